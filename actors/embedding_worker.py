@@ -1,0 +1,145 @@
+"""EmbeddingWorker: micro-batches concurrent embedding requests, caches query embeddings.
+
+The batcher is a plain asyncio class (tests drive it without Ray); the actor wraps it. Requests
+that arrive while a batch is being encoded queue up and go in the next batch, so under load one
+model call serves many requests, and a lone request waits at most `max_wait_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from memoray.embedding import Embedder, make_embedder
+from memoray.errors import ErrorCode, MemorayError
+
+
+class LRUCache:
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.data: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> np.ndarray | None:
+        v = self.data.get(key)
+        if v is None:
+            self.misses += 1
+            return None
+        self.data.move_to_end(key)
+        self.hits += 1
+        return v
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        self.data[key] = value
+        self.data.move_to_end(key)
+        while len(self.data) > self.capacity:
+            self.data.popitem(last=False)
+
+
+class MicroBatcher:
+    def __init__(self, embedder: Embedder, *, max_batch: int = 128, max_wait_s: float = 0.002,
+                 cache_size: int = 4096):
+        self.embedder = embedder
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.cache = LRUCache(cache_size)
+        self.queue: asyncio.Queue[tuple[list[str], asyncio.Future]] | None = None
+        self.task: asyncio.Task | None = None
+        self.batches = 0
+        self.texts = 0
+        self.busy_s = 0.0
+
+    def _start(self) -> None:
+        if self.task is None:
+            self.queue = asyncio.Queue()
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def embed(self, texts: list[str], *, query: bool = False) -> np.ndarray:
+        if query and len(texts) == 1:
+            hit = self.cache.get(texts[0])
+            if hit is not None:
+                return hit[None, :]
+        self._start()
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        await self.queue.put((texts, fut))
+        out = await fut
+        if query and len(texts) == 1:
+            self.cache.put(texts[0], out[0])
+        return out
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self.queue.get()]
+            size = len(items[0][0])
+            deadline = loop.time() + self.max_wait_s
+            while size < self.max_batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    break
+                items.append(item)
+                size += len(item[0])
+            texts = [t for batch, _ in items for t in batch]
+            t0 = time.perf_counter()
+            try:
+                vecs = await asyncio.to_thread(self.embedder.embed, texts)
+            except Exception as exc:  # the model failing is the caller's EMBEDDING_FAILED
+                err = MemorayError(ErrorCode.EMBEDDING_FAILED, f"embedding failed: {exc}")
+                for _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(err)
+                continue
+            self.busy_s += time.perf_counter() - t0
+            self.batches += 1
+            self.texts += len(texts)
+            offset = 0
+            for batch, fut in items:
+                if not fut.done():
+                    fut.set_result(vecs[offset: offset + len(batch)])
+                offset += len(batch)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "embedder": self.embedder.name,
+            "dim": self.embedder.dim,
+            "batches": self.batches,
+            "texts": self.texts,
+            "mean_batch": round(self.texts / self.batches, 2) if self.batches else 0.0,
+            "busy_seconds": round(self.busy_s, 3),
+            "cache_hits": self.cache.hits,
+            "cache_misses": self.cache.misses,
+            "cache_size": len(self.cache.data),
+            "device": getattr(self.embedder, "device", "cpu"),
+        }
+
+
+def actor_class():
+    import ray
+
+    @ray.remote(max_restarts=-1, max_task_retries=3, max_concurrency=64)
+    class EmbeddingWorker:
+        """Runs on a GPU when Ray assigns it one (num_gpus in options), CPU otherwise."""
+
+        def __init__(self, kind: str):
+            device = "cuda" if ray.get_gpu_ids() else ("cpu" if kind == "minilm" else None)
+            self.batcher = MicroBatcher(make_embedder(kind, device=device))
+
+        async def embed(self, texts: list[str], query: bool = False) -> np.ndarray:
+            return await self.batcher.embed(texts, query=query)
+
+        async def stats(self) -> dict:
+            return self.batcher.stats()
+
+        async def health(self) -> dict:
+            return {"status": "ok", **self.batcher.stats()}
+
+    return EmbeddingWorker

@@ -1,0 +1,261 @@
+"""One shard's LMDB environment: the source of truth.
+
+Databases: records (id -> msgpack record, sealed when encryption is on), vectors (label ->
+float32 bytes), labels (label -> id), ids (id -> label), log (seq -> op, for index replay),
+idem (workspace\\x00key -> id), meta. Every public write is one transaction; it returns only
+after LMDB commits (fsync'ed when durable), which is the moment a write may be acknowledged.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgpack
+import numpy as np
+
+from memoray.errors import ErrorCode, MemorayError
+
+_U64 = struct.Struct(">Q")
+OP_PUT = 1
+OP_DEL = 2
+
+
+def u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+def from_u64(b: bytes) -> int:
+    return _U64.unpack(b)[0]
+
+
+class Sealer:
+    """Identity sealing; crypto.Keyring-backed sealing plugs in with the same two methods."""
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
+        return plaintext
+
+    def open(self, blob: bytes, aad: bytes) -> bytes:
+        return blob
+
+
+def _storage_error(exc: Exception) -> MemorayError:
+    if isinstance(exc, lmdb.MapFullError):
+        return MemorayError(ErrorCode.STORAGE_FULL, "shard storage is full (map size reached)")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in str(exc):
+        return MemorayError(ErrorCode.STORAGE_FULL, "disk is full")
+    return MemorayError(ErrorCode.UNAVAILABLE, f"storage error: {type(exc).__name__}")
+
+
+class ShardStorage:
+    def __init__(self, path: Path, *, map_size: int, durable: bool = True,
+                 sealer: Sealer | None = None):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(
+            str(self.path / "lmdb"), map_size=map_size, max_dbs=16, subdir=True,
+            sync=durable, metasync=durable, writemap=False, readahead=False, lock=True,
+        )
+        self.sealer = sealer or Sealer()
+        self.records = self.env.open_db(b"records")
+        self.vectors = self.env.open_db(b"vectors")
+        self.labels = self.env.open_db(b"labels")
+        self.ids = self.env.open_db(b"ids")
+        self.log = self.env.open_db(b"log")
+        self.idem = self.env.open_db(b"idem")
+        self.meta = self.env.open_db(b"meta")
+        with self.env.begin(write=False) as txn:
+            self._seq = self._meta_int(txn, b"seq")
+            self._next_label = self._meta_int(txn, b"next_label")
+
+    # -- meta -------------------------------------------------------------------------------
+    def _meta_int(self, txn: lmdb.Transaction, key: bytes) -> int:
+        raw = txn.get(key, db=self.meta)
+        return from_u64(raw) if raw else 0
+
+    def get_meta(self, key: str) -> Any:
+        with self.env.begin() as txn:
+            raw = txn.get(b"m:" + key.encode(), db=self.meta)
+        return msgpack.unpackb(raw) if raw else None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self._write(lambda txn: txn.put(b"m:" + key.encode(), msgpack.packb(value), db=self.meta))
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    # -- codec ------------------------------------------------------------------------------
+    def encode(self, record: dict) -> bytes:
+        return self.sealer.seal(msgpack.packb(record, use_bin_type=True), record["id"].encode())
+
+    def decode(self, memory_id: bytes, blob: bytes) -> dict:
+        return msgpack.unpackb(self.sealer.open(blob, memory_id), raw=False)
+
+    # -- writes -----------------------------------------------------------------------------
+    def _write(self, fn: Callable[[lmdb.Transaction], Any]) -> Any:
+        try:
+            with self.env.begin(write=True) as txn:
+                return fn(txn)
+        except MemorayError:
+            raise
+        except (lmdb.Error, OSError) as exc:
+            raise _storage_error(exc) from exc
+
+    def put_many(self, records: list[dict], vectors: np.ndarray) -> list[tuple[str, int, bool]]:
+        """Commit records and vectors in one transaction.
+
+        Returns (id, label, created) per record; a record whose idempotency key was already
+        used returns the id stored under that key with label -1 and nothing is written for it.
+        """
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+
+        def tx(txn: lmdb.Transaction) -> list[tuple[str, int, bool]]:
+            seq, next_label = self._seq, self._next_label
+            out: list[tuple[str, int, bool]] = []
+            for record, vec in zip(records, vectors):
+                key = record.get("idempotency_key")
+                if key:
+                    ikey = f"{record['workspace_id']}\x00{key}".encode()
+                    existing = txn.get(ikey, db=self.idem)
+                    if existing is not None:
+                        out.append((existing.decode(), -1, False))
+                        continue
+                    txn.put(ikey, record["id"].encode(), db=self.idem)
+                mid = record["id"].encode()
+                old = txn.get(mid, db=self.ids)
+                if old is not None:
+                    label, created = from_u64(old), False
+                else:
+                    label, created = next_label, True
+                    next_label += 1
+                    txn.put(mid, u64(label), db=self.ids)
+                    txn.put(u64(label), mid, db=self.labels)
+                txn.put(mid, self.encode(record), db=self.records)
+                txn.put(u64(label), vec.tobytes(), db=self.vectors)
+                seq += 1
+                txn.put(u64(seq), msgpack.packb((OP_PUT, label)), db=self.log)
+                out.append((record["id"], label, created))
+            txn.put(b"seq", u64(seq), db=self.meta)
+            txn.put(b"next_label", u64(next_label), db=self.meta)
+            return out, seq, next_label
+
+        out, seq, next_label = self._write(tx)
+        self._seq, self._next_label = seq, next_label
+        return out
+
+    def replace_record(self, record: dict) -> None:
+        """Rewrite a record's body (metadata merge, key rotation) without touching its vector."""
+        mid = record["id"].encode()
+
+        def tx(txn: lmdb.Transaction) -> None:
+            if txn.get(mid, db=self.ids) is None:
+                raise MemorayError(ErrorCode.NOT_FOUND, f"memory {record['id']} not found")
+            txn.put(mid, self.encode(record), db=self.records)
+
+        self._write(tx)
+
+    def delete_many(self, ids: list[str]) -> list[tuple[str, int]]:
+        """Hard delete: the record, its vector, its id maps and its idempotency key go."""
+
+        def tx(txn: lmdb.Transaction) -> tuple[list[tuple[str, int]], int]:
+            seq = self._seq
+            gone: list[tuple[str, int]] = []
+            for memory_id in ids:
+                mid = memory_id.encode()
+                raw_label = txn.get(mid, db=self.ids)
+                if raw_label is None:
+                    continue
+                blob = txn.get(mid, db=self.records)
+                if blob is not None:
+                    record = self.decode(mid, blob)
+                    key = record.get("idempotency_key")
+                    if key:
+                        txn.delete(f"{record['workspace_id']}\x00{key}".encode(), db=self.idem)
+                label = from_u64(raw_label)
+                txn.delete(mid, db=self.records)
+                txn.delete(mid, db=self.ids)
+                txn.delete(raw_label, db=self.labels)
+                txn.delete(raw_label, db=self.vectors)
+                seq += 1
+                txn.put(u64(seq), msgpack.packb((OP_DEL, label)), db=self.log)
+                gone.append((memory_id, label))
+            txn.put(b"seq", u64(seq), db=self.meta)
+            return gone, seq
+
+        gone, seq = self._write(tx)
+        self._seq = seq
+        return gone
+
+    def trim_log(self, upto_seq: int) -> int:
+        """Drop log entries an index snapshot already covers."""
+
+        def tx(txn: lmdb.Transaction) -> int:
+            n = 0
+            cur = txn.cursor(db=self.log)
+            while cur.first() and from_u64(cur.key()) <= upto_seq:
+                cur.delete()
+                n += 1
+            return n
+
+        return self._write(tx)
+
+    # -- reads ------------------------------------------------------------------------------
+    def get(self, memory_id: str) -> dict | None:
+        mid = memory_id.encode()
+        with self.env.begin(buffers=False) as txn:
+            blob = txn.get(mid, db=self.records)
+            return self.decode(mid, blob) if blob is not None else None
+
+    def get_by_labels(self, labels: list[int]) -> list[dict | None]:
+        out: list[dict | None] = []
+        with self.env.begin() as txn:
+            for label in labels:
+                mid = txn.get(u64(label), db=self.labels)
+                blob = txn.get(mid, db=self.records) if mid is not None else None
+                out.append(self.decode(mid, blob) if blob is not None else None)
+        return out
+
+    def label_of(self, memory_id: str) -> int | None:
+        with self.env.begin() as txn:
+            raw = txn.get(memory_id.encode(), db=self.ids)
+        return from_u64(raw) if raw is not None else None
+
+    def iter_all(self) -> Iterator[tuple[int, dict, np.ndarray]]:
+        """Every live record with its label and vector, for rebuilding in-memory indexes."""
+        with self.env.begin() as txn:
+            ids = txn.cursor(db=self.ids)
+            for mid, raw_label in ids:
+                blob = txn.get(mid, db=self.records)
+                vec = txn.get(raw_label, db=self.vectors)
+                if blob is None or vec is None:
+                    continue
+                yield from_u64(raw_label), self.decode(mid, blob), np.frombuffer(vec, np.float32)
+
+    def iter_log(self, after_seq: int) -> Iterator[tuple[int, int, int]]:
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self.log)
+            if not cur.set_range(u64(after_seq + 1)):
+                return
+            for k, v in cur:
+                op, label = msgpack.unpackb(v)
+                yield from_u64(k), op, label
+
+    def vector_of(self, label: int) -> np.ndarray | None:
+        with self.env.begin() as txn:
+            raw = txn.get(u64(label), db=self.vectors)
+        return np.frombuffer(raw, np.float32).copy() if raw is not None else None
+
+    def count(self) -> int:
+        with self.env.begin() as txn:
+            return txn.stat(self.ids)["entries"]
+
+    def disk_bytes(self) -> int:
+        return sum(f.stat().st_size for f in (self.path / "lmdb").glob("*") if f.is_file())
+
+    def close(self) -> None:
+        self.env.close()

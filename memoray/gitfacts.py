@@ -1,0 +1,280 @@
+"""Git facts for scoping memories: which project (workspace id) and which branch we stand on.
+
+Runs inside `memoray hook`, so it is stdlib-only, reads `.git` files directly where that is cheap
+(HEAD, refs, packed-refs, config; worktrees and submodules through `gitdir:` files) and runs `git`
+only for what needs the object graph (merged branches, ahead/behind), each call with a short
+timeout. Every failure degrades to None or an empty tuple; nothing here raises.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+GIT_TIMEOUT_S = 0.3
+
+_SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*)://(.*)$")
+_SCP_RE = re.compile(r"^(?:[^@/\s]+@)?([^:/\s]+):(?!//)(.*)$")
+
+
+@dataclass(frozen=True)
+class GitFacts:
+    root: str | None  # repository work-tree root (absolute), None outside a repo
+    workspace_id: str
+    branch: str | None  # None when HEAD is detached or unknown
+    commit: str | None  # full sha of HEAD, None in a repo without commits
+    default_branch: str | None
+    upstream: str | None  # e.g. "origin/main"
+    ahead: int | None
+    behind: int | None
+    merged_branches: tuple[str, ...]  # local branches merged into HEAD (HEAD's own included)
+    remote_url: str | None
+
+    def visible_branches(self) -> tuple[str, ...]:
+        """Branches whose memories apply here: this one, those merged into it, the default one."""
+        seen: dict[str, None] = {}
+        for b in (self.branch, *self.merged_branches, self.default_branch):
+            if b:
+                seen.setdefault(b, None)
+        return tuple(seen)
+
+
+def normalize_remote_url(url: str) -> str | None:
+    """One id per repository however it was cloned: host/path, lowercase, no credentials,
+    port, scheme or `.git`. Local-path remotes become `file://<absolute path>` (case kept)."""
+    url = url.strip()
+    if not url:
+        return None
+    m = _SCHEME_RE.match(url)
+    if m:
+        scheme, rest = m.group(1).lower(), m.group(2)
+        if scheme == "file":
+            return _local_id(rest)
+        authority, _, path = rest.partition("/")
+        host = authority.rsplit("@", 1)[-1]
+        if host.startswith("["):  # [ipv6]:port
+            host = host.split("]", 1)[0] + "]"
+        else:
+            host = host.split(":", 1)[0]
+    elif _looks_local(url):
+        return _local_id(url)
+    else:
+        m = _SCP_RE.match(url)
+        if not m:
+            return _local_id(url)
+        host, path = m.group(1), m.group(2)
+    path = re.sub(r"/+", "/", path.strip("/"))
+    if path.startswith("~"):
+        path = path[1:].lstrip("/")
+    if path.lower().endswith(".git"):
+        path = path[:-4].rstrip("/")
+    host = host.lower()
+    if not host:
+        return None
+    return f"{host}/{path.lower()}" if path else host
+
+
+def _looks_local(url: str) -> bool:
+    if url.startswith(("/", "./", "../", "~")) or url in (".", ".."):
+        return True
+    # "C:\repo" or "C:/repo" on Windows; "host:path" only counts as scp-like without a slash first
+    if re.match(r"^[a-zA-Z]:[\\/]", url):
+        return True
+    colon, slash = url.find(":"), url.find("/")
+    return colon == -1 or (slash != -1 and slash < colon)
+
+
+def _local_id(path: str) -> str:
+    path = os.path.abspath(os.path.expanduser(path)).rstrip("/") or "/"
+    if path.lower().endswith(".git") and len(path) > 4:
+        path = path[:-4].rstrip("/") or "/"
+    return f"file://{path}"
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+
+
+def find_repo(cwd: str) -> tuple[Path, Path, Path] | None:
+    """(work-tree root, git dir, common git dir) for cwd, or None outside a repository."""
+    try:
+        here = Path(cwd).resolve()
+    except OSError:
+        return None
+    for d in (here, *here.parents):
+        dotgit = d / ".git"
+        try:
+            if dotgit.is_dir():
+                return d, dotgit, _common_dir(dotgit)
+            if dotgit.is_file():
+                text = _read(dotgit) or ""
+                if text.startswith("gitdir:"):
+                    gitdir = Path(text[len("gitdir:"):].strip())
+                    if not gitdir.is_absolute():
+                        gitdir = (d / gitdir).resolve()
+                    if gitdir.is_dir():
+                        return d, gitdir, _common_dir(gitdir)
+        except OSError:
+            return None
+    return None
+
+
+def _common_dir(gitdir: Path) -> Path:
+    """Linked worktrees keep refs and config in the main repository's git dir."""
+    text = _read(gitdir / "commondir")
+    if not text:
+        return gitdir
+    common = Path(text)
+    return common if common.is_absolute() else (gitdir / common).resolve()
+
+
+def _resolve_ref(gitdir: Path, common: Path, ref: str, depth: int = 0) -> str | None:
+    if depth > 5:
+        return None
+    for base in (gitdir, common):
+        text = _read(base / ref)
+        if text:
+            if text.startswith("ref:"):
+                return _resolve_ref(gitdir, common, text[4:].strip(), depth + 1)
+            return text if re.fullmatch(r"[0-9a-f]{40,64}", text) else None
+    packed = _read(common / "packed-refs") or ""
+    for line in packed.splitlines():
+        if line and line[0] not in "#^":
+            sha, _, name = line.partition(" ")
+            if name.strip() == ref:
+                return sha
+    return None
+
+
+def _ref_exists(gitdir: Path, common: Path, ref: str) -> bool:
+    return _resolve_ref(gitdir, common, ref) is not None
+
+
+def parse_git_config(text: str) -> dict[str, str]:
+    """Flat `section.subsection.key -> value` (last value wins); enough for remotes/branches."""
+    out: dict[str, str] = {}
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            m = re.match(r'^\[\s*([^\s\]"]+)(?:\s+"((?:[^"\\]|\\.)*)")?\s*\]', line)
+            if m:
+                name, sub = m.group(1).lower(), m.group(2)
+                if sub is None and "." in name:  # legacy [section.sub]
+                    name, _, sub = name.partition(".")
+                section = f"{name}.{sub}" if sub is not None else name
+            continue
+        key, sep, value = line.partition("=")
+        value = value.strip() if sep else "true"
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        out[f"{section}.{key.strip().lower()}"] = value
+    return out
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True,
+            timeout=GIT_TIMEOUT_S, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"},
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+_CACHE: dict[tuple[str, bool], GitFacts] = {}
+
+
+def git_facts(cwd: str, *, detailed: bool = True) -> GitFacts:
+    """Facts for the repository holding cwd (cached per process).
+
+    detailed=False skips the `git` subprocesses (merged branches, ahead/behind): the cheap form
+    for hooks that only tag a record with its branch and commit.
+    """
+    key = (os.path.abspath(cwd or "."), detailed)
+    if key not in _CACHE:
+        try:
+            _CACHE[key] = _compute(key[0], detailed)
+        except Exception:  # noqa: BLE001 - facts are best-effort by contract
+            _CACHE[key] = _empty(key[0])
+    return _CACHE[key]
+
+
+def clear_cache() -> None:
+    """Forget cached facts (tests; a long-lived process after a checkout)."""
+    _CACHE.clear()
+
+
+def _empty(cwd: str) -> GitFacts:
+    return GitFacts(None, f"local:{cwd}", None, None, None, None, None, None, (), None)
+
+
+def _compute(cwd: str, detailed: bool) -> GitFacts:
+    found = find_repo(cwd)
+    if found is None:
+        return _empty(cwd)
+    root, gitdir, common = found
+    head = _read(gitdir / "HEAD") or ""
+    branch = None
+    if head.startswith("ref:"):
+        ref = head[4:].strip()
+        branch = ref[len("refs/heads/"):] if ref.startswith("refs/heads/") else None
+        commit = _resolve_ref(gitdir, common, ref)
+    else:
+        commit = head if re.fullmatch(r"[0-9a-f]{40,64}", head) else None
+
+    config = parse_git_config(_read(common / "config") or "")
+    remotes = [k[len("remote."):-len(".url")] for k in config
+               if k.startswith("remote.") and k.endswith(".url")]
+    remote = "origin" if "origin" in remotes else (remotes[0] if remotes else None)
+    remote_url = config.get(f"remote.{remote}.url") if remote else None
+    workspace_id = (normalize_remote_url(remote_url) if remote_url else None) or f"local:{root}"
+
+    default_branch = _default_branch(gitdir, common, remote, config)
+    upstream = None
+    if branch:
+        up_remote = config.get(f"branch.{branch}.remote")
+        up_merge = config.get(f"branch.{branch}.merge", "")
+        if up_remote and up_merge.startswith("refs/heads/"):
+            name = up_merge[len("refs/heads/"):]
+            upstream = name if up_remote == "." else f"{up_remote}/{name}"
+
+    ahead = behind = None
+    merged: tuple[str, ...] = ()
+    if detailed and commit:
+        if upstream:
+            out = _git(root, "rev-list", "--left-right", "--count", "HEAD...@{upstream}")
+            parts = out.split() if out else []
+            if len(parts) == 2 and all(p.isdigit() for p in parts):
+                ahead, behind = int(parts[0]), int(parts[1])
+        out = _git(root, "for-each-ref", "--merged", "HEAD", "--format=%(refname:short)",
+                   "refs/heads")
+        if out is not None:
+            merged = tuple(sorted(line.strip() for line in out.splitlines() if line.strip()))
+    return GitFacts(str(root), workspace_id, branch, commit, default_branch, upstream, ahead,
+                    behind, merged, remote_url)
+
+
+def _default_branch(gitdir: Path, common: Path, remote: str | None,
+                    config: dict[str, str]) -> str | None:
+    """The remote's HEAD when cloned; else init.defaultBranch, main or master if present."""
+    if remote:
+        text = _read(common / "refs" / "remotes" / remote / "HEAD") or ""
+        prefix = f"ref: refs/remotes/{remote}/"
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    candidates = [config.get("init.defaultbranch"), "main", "master"]
+    for name in candidates:
+        if name and _ref_exists(gitdir, common, f"refs/heads/{name}"):
+            return name
+    return None

@@ -1,0 +1,5 @@
+"""Claude Code hooks: `memoray hook <Event>` captures what the agent did and feeds memories back.
+
+Everything under this package runs inside a hook process that Claude Code waits on, so it imports
+only the standard library and never lets a failure reach the agent (exit 0, errors on stderr).
+"""

@@ -1,0 +1,171 @@
+"""A minimal MCP streamable-HTTP client: one JSON-RPC `tools/call` per HTTP POST.
+
+The server is stateless, so no `initialize` handshake is needed: the protocol version travels in
+the `MCP-Protocol-Version` header. http.client (not urllib) keeps the import light and never
+routes loopback traffic through an `http_proxy`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+PROTOCOL_VERSION = "2025-06-18"
+
+# Retrying later may succeed: keep the items spooled. Everything else is permanent for that input.
+TRANSIENT_CODES = frozenset({
+    "RATE_LIMIT_EXCEEDED", "UNAVAILABLE", "QUERY_TIMEOUT", "STORAGE_FULL", "EMBEDDING_FAILED",
+    "UNAUTHORIZED", "FORBIDDEN", "NETWORK", "TIMEOUT", "PROTOCOL",
+})
+
+
+class CallError(Exception):
+    """A failed tool call. `code` is a contract error code, or NETWORK/TIMEOUT/PROTOCOL/UNKNOWN."""
+
+    def __init__(self, code: str, message: str, retry_after: float | None = None):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def transient(self) -> bool:
+        return self.code in TRANSIENT_CODES
+
+
+_HTTP_CODES = {401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "PROTOCOL", 429: "RATE_LIMIT_EXCEEDED"}
+
+
+class McpClient:
+    def __init__(self, mcp_url: str, token: str | None = None, *, connect_timeout: float = 0.5):
+        parts = urlsplit(mcp_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {mcp_url!r}")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._https else 80)
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._token = token
+        self._connect_timeout = connect_timeout
+        self._next_id = 1
+
+    def call_tool(self, name: str, arguments: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+        """The tool's structured result, or CallError. `timeout` bounds connect + each read."""
+        request_id = self._next_id
+        self._next_id += 1
+        body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+                           "params": {"name": name, "arguments": arguments}},
+                          ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": PROTOCOL_VERSION,
+        }
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        status, ctype, raw = self._post(body, headers, timeout)
+        message = _decode_message(ctype, raw, request_id)
+        if message is None:
+            code = _HTTP_CODES.get(status, "UNAVAILABLE" if status >= 500 else "PROTOCOL")
+            raise CallError(code, f"HTTP {status} without a JSON-RPC answer: {raw[:200]!r}")
+        if "error" in message:
+            err = message.get("error") or {}
+            code = _HTTP_CODES.get(status, "UNAVAILABLE" if status >= 500 else "PROTOCOL")
+            raise CallError(code, f"JSON-RPC error {err.get('code')}: {err.get('message')}")
+        result = message.get("result")
+        if not isinstance(result, dict):
+            raise CallError("PROTOCOL", "JSON-RPC answer without a result object")
+        if result.get("isError"):
+            raise _tool_error(result)
+        structured = result.get("structuredContent")
+        if isinstance(structured, dict):
+            return structured
+        text = _first_text(result)
+        try:
+            parsed = json.loads(text) if text else {}
+        except ValueError:
+            parsed = {"text": text}
+        return parsed if isinstance(parsed, dict) else {"result": parsed}
+
+    def _post(self, body: bytes, headers: dict[str, str],
+              timeout: float) -> tuple[int, str, bytes]:
+        deadline = time.monotonic() + timeout
+        conn_cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        conn = conn_cls(self._host, self._port, timeout=min(self._connect_timeout, timeout))
+        try:
+            conn.connect()
+            conn.sock.settimeout(max(0.05, deadline - time.monotonic()))
+            conn.request("POST", self._path, body=body, headers=headers)
+            resp = conn.getresponse()
+            chunks = []
+            while True:
+                if time.monotonic() > deadline:
+                    raise CallError("TIMEOUT", f"no complete answer within {timeout:.1f}s")
+                chunk = resp.read1(65536) if hasattr(resp, "read1") else resp.read()
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return resp.status, resp.getheader("Content-Type") or "", b"".join(chunks)
+        except CallError:
+            raise
+        except (TimeoutError, socket.timeout) as exc:
+            raise CallError("TIMEOUT", f"server did not answer within {timeout:.1f}s") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise CallError("NETWORK", f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            conn.close()
+
+
+def _decode_message(ctype: str, raw: bytes, request_id: int) -> dict[str, Any] | None:
+    """The JSON-RPC answer from a JSON body or from an SSE stream's `data:` lines."""
+    text = raw.decode("utf-8", errors="replace")
+    candidates: list[str]
+    if "text/event-stream" in ctype.lower():
+        candidates, data = [], []
+        for line in text.splitlines() + [""]:
+            if line.startswith("data:"):
+                data.append(line[5:].lstrip(" "))
+            elif not line and data:
+                candidates.append("\n".join(data))
+                data = []
+    else:
+        candidates = [text]
+    for chunk in candidates:
+        try:
+            msg = json.loads(chunk)
+        except ValueError:
+            continue
+        for m in msg if isinstance(msg, list) else [msg]:
+            if isinstance(m, dict) and m.get("id") == request_id and ("result" in m or "error" in m):
+                return m
+    return None
+
+
+def _first_text(result: dict[str, Any]) -> str:
+    for block in result.get("content") or []:
+        if isinstance(block, dict) and block.get("type") == "text":
+            return str(block.get("text") or "")
+    return ""
+
+
+def _tool_error(result: dict[str, Any]) -> CallError:
+    """The contract puts `{code, message, retryAfter?}` in the text (maybe after a prefix)."""
+    text = _first_text(result)
+    payload: Any = result.get("structuredContent")
+    if not (isinstance(payload, dict) and "code" in payload):
+        payload = None
+        start = text.find("{")
+        if start != -1:
+            try:
+                payload = json.loads(text[start:])
+            except ValueError:
+                payload = None
+    if isinstance(payload, dict) and isinstance(payload.get("code"), str):
+        retry = payload.get("retryAfter")
+        return CallError(payload["code"], str(payload.get("message", "")),
+                         float(retry) if isinstance(retry, (int, float)) else None)
+    return CallError("UNKNOWN", text[:500] or "tool error without a message")

@@ -1,0 +1,213 @@
+"""`memoray hooks install`: write memoray's hook entries and MCP server entry for Claude Code.
+
+Project scope writes `<project>/.claude/settings.json` (hooks) and `<project>/.mcp.json` (MCP
+server); `--user` writes `~/.claude/settings.json` and the `mcpServers` of `~/.claude.json`.
+Existing content is merged, never replaced: other hooks, servers and keys stay as they are.
+memoray's own entries are recognised by their command, so running install twice changes
+nothing, an older install is updated in place, and `--uninstall` removes only what is ours.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memoray.gitfacts import find_repo
+from memoray.hooks.config import DEFAULT_URL
+
+SERVER_NAME = "memoray"
+HOOK_TIMEOUT_S = 10  # a ceiling for Claude Code; the hook itself gives up after ~2 s
+# Reads, searches and to-do updates are noise: not spawning a hook for them keeps the agent fast.
+POST_TOOL_MATCHER = ("Edit|Write|MultiEdit|NotebookEdit|Bash|WebFetch|WebSearch|Task|Agent|"
+                     "ExitPlanMode|mcp__.*")
+EVENTS: dict[str, str | None] = {  # event -> matcher (None: the event takes no matcher)
+    "SessionStart": None,
+    "UserPromptSubmit": None,
+    "PostToolUse": POST_TOOL_MATCHER,
+    "Stop": None,
+    "SessionEnd": None,
+    "PreCompact": None,
+}
+_MARKERS = ("memoray hook ", "memoray.cli hook ")
+
+
+class InstallError(Exception):
+    pass
+
+
+@dataclass
+class JsonFile:
+    """A JSON object on disk, loaded once, written only if changed (atomically, mode kept)."""
+
+    path: Path
+    data: dict[str, Any] = field(default_factory=dict)
+    original: dict[str, Any] = field(default_factory=dict)
+    existed: bool = False
+
+    @classmethod
+    def load(cls, path: Path) -> JsonFile:
+        if not path.exists():
+            return cls(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = json.loads(text) if text.strip() else {}
+        except (OSError, ValueError) as exc:
+            raise InstallError(f"{path} is not valid JSON ({exc}); fix or move it and retry") \
+                from None
+        if not isinstance(data, dict):
+            raise InstallError(f"{path} does not hold a JSON object; fix or move it and retry")
+        return cls(path, data, copy.deepcopy(data), True)
+
+    @property
+    def changed(self) -> bool:
+        return self.data != self.original
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".memoray.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, ensure_ascii=False) + "\n",
+                       encoding="utf-8")
+        if self.existed:
+            shutil.copymode(self.path, tmp)
+        os.replace(tmp, self.path)
+
+
+def is_memoray_command(command: Any) -> bool:
+    return isinstance(command, str) and any(m in command for m in _MARKERS)
+
+
+def hook_command(event: str, url: str) -> str:
+    """`memoray hook <Event>`; the absolute interpreter when `memoray` is not on PATH."""
+    base = "memoray" if shutil.which("memoray") else f"{shlex.quote(sys.executable)} -m memoray.cli"
+    env = "" if url.rstrip("/") == DEFAULT_URL else f"MEMORAY_URL={shlex.quote(url)} "
+    return f"{env}{base} hook {event}"
+
+
+def server_entry(url: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {"type": "http", "url": url.rstrip("/") + "/mcp"}
+    if os.environ.get("MEMORAY_TOKEN"):
+        # Claude Code expands ${VAR} in MCP entries: the token itself never lands in the file.
+        entry["headers"] = {"Authorization": "Bearer ${MEMORAY_TOKEN}"}
+    return entry
+
+
+def _remove_ours(groups: list[Any]) -> list[Any]:
+    """The event's matcher groups without memoray's commands (emptied groups dropped)."""
+    kept = []
+    for group in groups:
+        if not isinstance(group, dict) or not isinstance(group.get("hooks"), list):
+            kept.append(group)
+            continue
+        hooks = [h for h in group["hooks"]
+                 if not (isinstance(h, dict) and is_memoray_command(h.get("command")))]
+        if hooks:
+            kept.append({**group, "hooks": hooks})
+        elif not group["hooks"]:
+            kept.append(group)  # someone else's empty group: not ours to remove
+    return kept
+
+
+def apply_hooks(settings: dict[str, Any], url: str, uninstall: bool) -> list[str]:
+    """Edit settings["hooks"] in place; returns one line per change."""
+    changes: list[str] = []
+    hooks = settings.get("hooks")
+    if hooks is None:
+        if uninstall:
+            return changes
+        hooks = settings["hooks"] = {}
+    if not isinstance(hooks, dict):
+        raise InstallError('"hooks" in the settings file is not an object; fix it and retry')
+    for event, matcher in EVENTS.items():
+        groups = hooks.get(event, [])
+        if not isinstance(groups, list):
+            raise InstallError(f'"hooks.{event}" is not a list; fix it and retry')
+        others = _remove_ours(groups)
+        had_ours = others != groups
+        if uninstall:
+            if had_ours:
+                changes.append(f"- hooks.{event}")
+                if others:
+                    hooks[event] = others
+                else:
+                    hooks.pop(event, None)
+            continue
+        group: dict[str, Any] = {"matcher": matcher} if matcher is not None else {}
+        group["hooks"] = [{"type": "command", "command": hook_command(event, url),
+                           "timeout": HOOK_TIMEOUT_S}]
+        if group in groups and len(groups) - len(others) == 1:
+            continue  # already installed exactly like this
+        hooks[event] = [*others, group]
+        changes.append(f"{'~' if had_ours else '+'} hooks.{event}: {group['hooks'][0]['command']}")
+    if uninstall and not hooks:
+        settings.pop("hooks", None)
+    return changes
+
+
+def apply_server(config: dict[str, Any], url: str, uninstall: bool) -> list[str]:
+    """Edit config["mcpServers"] in place; returns one line per change."""
+    servers = config.get("mcpServers")
+    if servers is None:
+        if uninstall:
+            return []
+        servers = config["mcpServers"] = {}
+    if not isinstance(servers, dict):
+        raise InstallError('"mcpServers" is not an object; fix it and retry')
+    if uninstall:
+        return [f"- mcpServers.{SERVER_NAME}"] if servers.pop(SERVER_NAME, None) is not None else []
+    entry = server_entry(url)
+    if servers.get(SERVER_NAME) == entry:
+        return []
+    verb = "~" if SERVER_NAME in servers else "+"
+    servers[SERVER_NAME] = entry
+    return [f"{verb} mcpServers.{SERVER_NAME}: {entry['url']}"]
+
+
+def _project_root(project_dir: Path | None) -> Path:
+    if project_dir is not None:
+        return project_dir.expanduser().resolve()
+    found = find_repo(os.getcwd())
+    return found[0] if found else Path.cwd().resolve()
+
+
+def main_install(project_dir: Path | None, user: bool, uninstall: bool, url: str | None) -> int:
+    """Install (or uninstall) memoray's Claude Code entries; prints what changed."""
+    url = (url or os.environ.get("MEMORAY_URL") or DEFAULT_URL).strip()
+    if not url.startswith(("http://", "https://")):
+        print(f"memoray hooks install: --url must be http(s)://..., got {url!r}", file=sys.stderr)
+        return 2
+    if user:
+        home = Path.home()
+        settings_path, server_path = home / ".claude" / "settings.json", home / ".claude.json"
+    else:
+        root = _project_root(project_dir)
+        if not root.is_dir():
+            print(f"memoray hooks install: {root} is not a directory", file=sys.stderr)
+            return 2
+        settings_path, server_path = root / ".claude" / "settings.json", root / ".mcp.json"
+    try:
+        settings, servers = JsonFile.load(settings_path), JsonFile.load(server_path)
+        hook_changes = apply_hooks(settings.data, url, uninstall)
+        server_changes = apply_server(servers.data, url, uninstall)
+    except InstallError as exc:
+        print(f"memoray hooks install: {exc}", file=sys.stderr)
+        return 1
+    for doc, changes in ((settings, hook_changes), (servers, server_changes)):
+        if doc.changed:
+            doc.save()
+            print(f"{doc.path}:")
+            for line in changes:
+                print(f"  {line}")
+    if not (settings.changed or servers.changed):
+        print(f"memoray: nothing to change in {settings_path} and {server_path}")
+    elif not uninstall and not user:
+        print("Claude Code asks once to approve the project's MCP server (.mcp.json).")
+    if not uninstall and "memoray hook" not in hook_command("Stop", url):
+        print("note: `memoray` is not on PATH; the hooks call this interpreter directly.")
+    return 0

@@ -1,0 +1,317 @@
+"""`memoray hook <Event>`: read the Claude Code payload on stdin, capture, print context.
+
+The contract with the agent: exit 0 always, print only valid hook JSON on stdout, finish within
+MEMORAY_HOOK_TIMEOUT (default 2 s) even when the server hangs, and right away when it is down.
+Captured items go through the spool (see spool.py), so an outage loses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from memoray.gitfacts import GitFacts, git_facts
+from memoray.hooks import events, state
+from memoray.hooks.client import CallError, McpClient
+from memoray.hooks.config import HookConfig
+from memoray.hooks.spool import FlushResult, Spool, log
+from memoray.hooks.transcript import last_assistant_text
+
+MIN_QUERY_WORDS = 3  # "yes", "go on": no point searching memories for these
+MAX_QUERY_CHARS = 2000
+
+
+def _sha(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Hook:
+    """One hook invocation: its payload, git facts, deadline, server client and spool."""
+
+    def __init__(self, event: str, payload: dict[str, Any], cfg: HookConfig, started: float):
+        self.event = event
+        self.payload = payload
+        self.cfg = cfg
+        self.deadline = started + cfg.timeout_s
+        self.session_id = str(payload.get("session_id") or "unknown")
+        self.cwd = str(payload.get("cwd") or os.environ.get("CLAUDE_PROJECT_DIR") or os.getcwd())
+        self.spool = Spool(cfg.spool_dir, cfg.spool_max_bytes)
+        self.server_down = False
+        self._client: McpClient | None = None
+        self._facts: GitFacts | None = None
+        self._detailed = False
+
+    def facts(self, detailed: bool = False) -> GitFacts:
+        """Git facts for the payload's cwd; the detailed form runs `git`, so only on demand."""
+        if self._facts is None or (detailed and not self._detailed):
+            self._facts = git_facts(self.cwd, detailed=detailed)
+            self._detailed = detailed
+        return self._facts
+
+    @property
+    def client(self) -> McpClient:
+        if self._client is None:
+            self._client = McpClient(self.cfg.mcp_url, self.cfg.token,
+                                     connect_timeout=self.cfg.connect_timeout_s)
+        return self._client
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def item(self, content: str, event_type: str, tier: str, metadata: dict[str, Any],
+             key: str) -> dict[str, Any]:
+        """A CaptureItem (wire form), tagged with workspace, session, branch and commit."""
+        facts = self.facts()
+        item: dict[str, Any] = {
+            "content": events.trim(content, events.MAX_CONTENT_CHARS),
+            "eventType": event_type,
+            "metadata": {"hook": self.event, **{k: v for k, v in metadata.items()
+                                                if v is not None}},
+            "workspaceId": facts.workspace_id,
+            "sessionId": self.session_id,
+            "agentId": self.cfg.agent_id,
+            "tier": tier,
+            "timestamp": _now_iso(),
+            "idempotencyKey": _sha(self.session_id, key),
+        }
+        if facts.branch:
+            item["gitBranch"] = facts.branch
+        if facts.commit:
+            item["gitCommit"] = facts.commit
+        return item
+
+    def capture(self, items: list[dict[str, Any]]) -> FlushResult | None:
+        """Spool the items, then (server permitting) flush the spool, oldest first."""
+        self.spool.append(items)
+        if self.server_down or self.remaining() <= 0.05:
+            return None
+        result = self.spool.flush(self.client, self.deadline)
+        if result.error is not None and result.error.transient:
+            log(f"server unavailable ({result.error.code}: {result.error.message[:200]}); "
+                f"items kept in {self.spool.data}")
+        return result
+
+    def flush(self) -> FlushResult | None:
+        if self.server_down or self.remaining() <= 0.05 or self.spool.pending_bytes() == 0:
+            return None
+        return self.spool.flush(self.client, self.deadline)
+
+    def context(self, query: str | None, budget: int,
+                extra_filter: dict[str, Any] | None = None) -> str | None:
+        """Markdown context from build-context, scoped to the branches visible from here."""
+        if self.spool.backoff_remaining() > 0 or self.remaining() <= 0.05:
+            return None
+        facts = self.facts(detailed=True)
+        clauses: list[dict[str, Any]] = []
+        visible = facts.visible_branches()
+        if facts.root is not None and visible:
+            clauses.append({"$or": [{"gitBranch": {"$in": list(visible)}},
+                                    {"gitBranch": {"$exists": False}}]})
+        if extra_filter:
+            clauses.append(extra_filter)
+        args: dict[str, Any] = {"query": query, "tokenBudget": budget,
+                                "workspaceId": facts.workspace_id, "gitBranch": facts.branch,
+                                "sessionId": self.session_id}
+        if clauses:
+            args["filters"] = clauses[0] if len(clauses) == 1 else {"$and": clauses}
+        try:
+            result = self.client.call_tool("build-context", args, timeout=self.remaining())
+        except CallError as exc:
+            if exc.code in ("NETWORK", "TIMEOUT"):
+                self.server_down = True
+                if exc.code == "TIMEOUT":
+                    self.spool.set_backoff(30.0)
+            elif exc.retry_after:
+                self.spool.set_backoff(min(exc.retry_after, 300.0))
+            log(f"no context ({exc.code}: {exc.message[:200]})")
+            return None
+        text = result.get("context")
+        return text.strip() if isinstance(text, str) and text.strip() else None
+
+
+def _output(event: str, context: str) -> dict[str, Any]:
+    return {"hookSpecificOutput": {"hookEventName": event, "additionalContext": context}}
+
+
+# -- events -----------------------------------------------------------------------------------
+
+def on_session_start(hook: Hook) -> dict[str, Any] | None:
+    state.prune_stale(hook.cfg.spool_dir)
+    facts = hook.facts(detailed=True)
+    query = None
+    if facts.branch and facts.branch != facts.default_branch:
+        query = f"work on branch {facts.branch}"
+    context = hook.context(query, hook.cfg.session_budget)
+    hook.flush()
+    if not context:
+        return None
+    where = f"branch {facts.branch}" if facts.branch else (
+        f"detached HEAD {facts.commit[:10]}" if facts.commit else None)
+    if where and facts.upstream and facts.ahead is not None and facts.behind is not None:
+        where += f", {facts.ahead} ahead / {facts.behind} behind {facts.upstream}"
+    header = f"Memories from memoray for {facts.workspace_id}" + (f" ({where})" if where else "")
+    return _output("SessionStart", f"{header}\n\n{context}")
+
+
+def on_user_prompt(hook: Hook) -> dict[str, Any] | None:
+    prompt = str(hook.payload.get("prompt") or "")
+    if not prompt.strip():
+        return None
+    with state.session_state(hook.cfg.spool_dir, hook.session_id) as st:
+        st["prompts"] = index = int(st.get("prompts", 0)) + 1
+        st["firstPrompt"] = st.get("firstPrompt") or events.one_line(prompt, 500)
+        st["lastPrompt"] = events.one_line(prompt, 500)
+    context = None
+    if len(prompt.split()) >= MIN_QUERY_WORDS:
+        # This session's earlier prompts are already in the agent's window: leave them out.
+        not_own_prompts = {"$or": [{"sessionId": {"$ne": hook.session_id}},
+                                   {"sessionId": {"$exists": False}},
+                                   {"eventType": {"$ne": "prompt"}}]}
+        context = hook.context(prompt[:MAX_QUERY_CHARS], hook.cfg.prompt_budget, not_own_prompts)
+    key = "prompt:" + str(hook.payload.get("prompt_id") or f"{index}:{_sha(prompt)[:16]}")
+    hook.capture([hook.item(events.trim(prompt, events.MAX_PROMPT_CHARS), "prompt", "session",
+                            {"promptIndex": index}, key)])
+    return _output("UserPromptSubmit", context) if context else None
+
+
+def on_post_tool_use(hook: Hook) -> dict[str, Any] | None:
+    root = hook.facts().root or hook.cwd
+    record = events.summarize_tool(hook.payload, root)
+    if record is None:
+        return None
+    tool = str(hook.payload.get("tool_name"))
+    with state.session_state(hook.cfg.spool_dir, hook.session_id) as st:
+        if record.noise:
+            state.record_noise(st, tool)
+            return None
+        seq = state.next_seq(st)
+        if record.file:
+            state.record_file(st, *record.file)
+        elif record.command:
+            state.record_command(st, *record.command)
+        else:
+            state.record_tool(st, tool)
+    key = "tool:" + str(hook.payload.get("tool_use_id") or seq)
+    if record.content:
+        hook.capture([hook.item(record.content, record.event_type, "session", record.metadata,
+                                key)])
+    return None
+
+
+def _last_message(hook: Hook) -> str | None:
+    text = hook.payload.get("last_assistant_message")
+    if isinstance(text, str) and text.strip():
+        return text.strip()
+    return last_assistant_text(hook.payload.get("transcript_path"))
+
+
+def _summary_metadata(activity: dict[str, Any], scope: str) -> dict[str, Any]:
+    commands = activity.get("commands") or []
+    return {"scope": scope, "filesChanged": sorted(activity.get("files") or {})[:50],
+            "commandsRun": len(commands),
+            "commandsFailed": sum(1 for c in commands if not c.get("ok"))}
+
+
+def on_stop(hook: Hook) -> dict[str, Any] | None:
+    """End of a turn: summarize it when it changed files, ran commands or used tools."""
+    with state.session_state(hook.cfg.spool_dir, hook.session_id) as st:
+        turn = st["turn"]
+        if not (turn["files"] or turn["commands"] or turn["tools"]):
+            hook.flush()
+            return None
+        asked = st.get("lastPrompt")
+        state.reset_turn(st)
+    facts = hook.facts()
+    body = events.session_summary(turn, first_prompt=asked,
+                                  last_message=_last_message(hook))
+    if body:
+        title = f"Turn summary on {facts.branch or 'detached HEAD'}"
+        hook.capture([hook.item(f"{title}\n{body}", "session_summary", "project",
+                                _summary_metadata(turn, "turn"), f"turn:{_sha(body)}")])
+    return None
+
+
+def on_session_summary(hook: Hook) -> dict[str, Any] | None:
+    """SessionEnd and PreCompact: the whole session so far, in one record."""
+    last = _last_message(hook)
+    with state.session_state(hook.cfg.spool_dir, hook.session_id) as st:
+        activity = st["session"]
+        body = events.session_summary(activity, first_prompt=st.get("firstPrompt"),
+                                      last_message=last, noise=dict(st.get("noise") or {}))
+        # Keyed on the body: a SessionEnd right after a PreCompact with nothing new is skipped
+        # here, and the server would store it once anyway.
+        key = f"summary:{_sha(body or '')}"
+        fresh = bool(body) and st.get("lastSummaryKey") != key
+        if fresh:
+            st["lastSummaryKey"] = key
+            st["summaries"] = int(st.get("summaries", 0)) + 1
+    if not fresh or not body:
+        hook.flush()
+        return None
+    facts = hook.facts()
+    why = hook.payload.get("reason") or hook.payload.get("trigger")
+    where = facts.branch or "detached HEAD"
+    if facts.commit:
+        where += f" @ {facts.commit[:10]}"
+    title = f"Session summary ({hook.event}{': ' + str(why) if why else ''}) on {where}"
+    metadata = _summary_metadata(activity, "session")
+    metadata["reason"] = why
+    hook.capture([hook.item(f"{title}\n{body}", "session_summary", "project", metadata, key)])
+    return None
+
+
+HANDLERS: dict[str, Callable[[Hook], dict[str, Any] | None]] = {
+    "SessionStart": on_session_start,
+    "UserPromptSubmit": on_user_prompt,
+    "PostToolUse": on_post_tool_use,
+    "Stop": on_stop,
+    "SessionEnd": on_session_summary,
+    "PreCompact": on_session_summary,
+}
+
+
+def _read_payload() -> dict[str, Any] | None:
+    if sys.stdin is None or sys.stdin.isatty():
+        return {}
+    raw = sys.stdin.read()
+    if not raw.strip():
+        return {}
+    try:
+        payload = json.loads(raw)
+    except ValueError as exc:
+        log(f"stdin is not JSON ({exc}); nothing done")
+        return None
+    if not isinstance(payload, dict):
+        log("stdin JSON is not an object; nothing done")
+        return None
+    return payload
+
+
+def run_hook(event: str) -> int:
+    """Run one hook; always returns 0 so a memory problem never stops the agent."""
+    started = time.monotonic()
+    try:
+        handler = HANDLERS.get(event)
+        if handler is None:
+            log(f"unknown hook event {event!r}")
+            return 0
+        payload = _read_payload()
+        if payload is None:
+            return 0
+        output = handler(Hook(event, payload, HookConfig.from_env(), started))
+        if output:
+            sys.stdout.write(json.dumps(output, ensure_ascii=False))
+            sys.stdout.flush()
+    except Exception as exc:  # noqa: BLE001 - the agent must never see a hook crash
+        log(f"{event} failed: {type(exc).__name__}: {exc}")
+    return 0

@@ -1,0 +1,128 @@
+"""Per-session state kept next to the spool, so the summary hooks know what the session did.
+
+One small JSON file per session (`<spool dir>/sessions/<id>.json`), read-modify-written under
+an flock because Claude Code may run hooks for parallel tool calls at the same time. It holds
+aggregates only (files touched, the last commands, counters), bounded in size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+MAX_COMMANDS = 40
+MAX_FILES = 200
+STALE_AFTER_S = 14 * 86400
+
+
+def _session_file(spool_dir: Path, session_id: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", session_id)[:80] or "unknown"
+    if safe != session_id:
+        safe += "-" + hashlib.sha256(session_id.encode()).hexdigest()[:8]
+    return spool_dir / "sessions" / f"{safe}.json"
+
+
+def new_state() -> dict[str, Any]:
+    return {"seq": 0, "prompts": 0, "firstPrompt": None, "lastPrompt": None,
+            "session": _activity(), "turn": _activity(), "noise": {}, "summaries": 0}
+
+
+def _activity() -> dict[str, Any]:
+    return {"files": {}, "commands": [], "tools": {}}
+
+
+@contextlib.contextmanager
+def session_state(spool_dir: Path, session_id: str) -> Iterator[dict[str, Any]]:
+    """Yield the session's state dict; changes made inside the block are saved atomically."""
+    path = _session_file(spool_dir, session_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        raw = b""
+        while chunk := os.read(fd, 1 << 16):
+            raw += chunk
+        try:
+            state = json.loads(raw) if raw.strip() else new_state()
+        except ValueError:
+            state = new_state()
+        if not isinstance(state, dict):
+            state = new_state()
+        for key, value in new_state().items():
+            state.setdefault(key, value)
+        before = json.dumps(state, sort_keys=True)
+        yield state
+        after = json.dumps(state, sort_keys=True)
+        if after != before:
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            os.write(fd, after.encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+def next_seq(state: dict[str, Any]) -> int:
+    state["seq"] = int(state.get("seq", 0)) + 1
+    return state["seq"]
+
+
+def record_file(state: dict[str, Any], path: str, added: int, removed: int, created: bool) -> None:
+    for scope in ("session", "turn"):
+        files = state[scope]["files"]
+        entry = files.get(path)
+        if entry is None:
+            if len(files) >= MAX_FILES:
+                continue
+            entry = files[path] = {"edits": 0, "added": 0, "removed": 0, "created": False}
+        entry["edits"] += 1
+        entry["added"] += added
+        entry["removed"] += removed
+        entry["created"] = entry["created"] or created
+
+
+def record_command(state: dict[str, Any], command: str, ok: bool, status: str) -> None:
+    entry = {"cmd": command[:200], "ok": ok, "status": status}
+    for scope in ("session", "turn"):
+        commands = state[scope]["commands"]
+        commands.append(entry)
+        del commands[:-MAX_COMMANDS]
+
+
+def record_tool(state: dict[str, Any], tool: str) -> None:
+    for scope in ("session", "turn"):
+        tools = state[scope]["tools"]
+        tools[tool] = tools.get(tool, 0) + 1
+
+
+def record_noise(state: dict[str, Any], tool: str) -> None:
+    state["noise"][tool] = state["noise"].get(tool, 0) + 1
+
+
+def reset_turn(state: dict[str, Any]) -> None:
+    state["turn"] = _activity()
+
+
+def prune_stale(spool_dir: Path, now: float | None = None) -> int:
+    """Delete state files of sessions idle for two weeks; returns how many went."""
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        entries = list((spool_dir / "sessions").iterdir())
+    except OSError:
+        return 0
+    for p in entries:
+        try:
+            if p.suffix == ".json" and now - p.stat().st_mtime > STALE_AFTER_S:
+                p.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed

@@ -1,0 +1,365 @@
+"""Per-shard in-memory BM25 index, the lexical half of hybrid retrieval.
+
+Embeddings blur exact identifiers, file names and error strings, which is what coding agents
+search for most; a keyword index next to each shard's hnswlib index catches those.
+
+Library trade-off: bm25s builds a fast static sparse matrix but has no add/remove, so every
+write or delete would rebuild the shard's whole index (O(N) per write). rank-bm25 is static
+too and scores every document in pure Python per query, hundreds of milliseconds at 100k docs.
+tantivy is incremental and fast, but it is a segment-based engine with a writer heap,
+commit/reload visibility and its own persistence, which duplicates LMDB (the source of truth
+we rebuild from anyway), and filtering by an arbitrary label set is awkward there. None fits
+"mutate one document at a time inside an actor, score within a candidate set", so this is a
+small inverted index: term -> {slot: tf} dicts for O(doc) updates, scored with numpy per
+query term.
+
+Not thread-safe: the owning shard actor serialises calls.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterable
+
+import numpy as np
+
+K1 = 1.2
+B = 0.75
+MAX_TOKENS = 5_000  # per document (and per query): huge contents must not dominate memory/time
+_MAX_CHARS = 64 * MAX_TOKENS  # scan bound for huge contents; ample for MAX_TOKENS tokens
+_CHUNK_CACHE_MAX = 200_000  # memoised chunk expansions (bounded; cleared when full)
+_CACHE_MIN_DF = 32  # cache numpy postings only where dict -> array conversion costs something
+_DIRECT_MAX_CANDIDATES = 256  # below this, look candidates up instead of masking postings
+
+_CHUNK_RE = re.compile(r"\w+(?:-\w+)*")
+_SEP_RE = re.compile(r"[_-]+")
+# camelCase / PascalCase / ACRONYMWord parts; digits stay attached (utf8, HTTP2Server -> http2).
+_CAMEL_RE = re.compile(r"[A-Z]+[0-9]*(?=[A-Z][a-z])|[A-Z]?[a-z0-9]+|[A-Z0-9]+")
+_STOPWORDS = frozenset(
+    """
+    a an and are as at be been but by can could did do does for from had has have he her his
+    how i if in into is it its just me my no not of on or our she so than that the their them
+    then there these they this those to too up us was we were what when where which while who
+    why will with would you your
+    """.split()
+)
+_VOWELS = frozenset("aeiouy")
+_chunk_cache: dict[str, tuple[str, ...]] = {}
+
+
+def _stem(word: str) -> str:
+    """Light suffix stripper (plurals, -ing, -ed, final -e) so "cached embeddings" meets
+    "embedding cache"; conservative lengths keep "string", "embed", "status" intact."""
+    n = len(word)
+    if n < 4 or not (word.isascii() and word.isalpha()):  # English suffixes only
+        return word
+    if word.endswith("ies") and n > 4:
+        word = word[:-3] + "y"
+    elif word.endswith(("sses", "xes", "zes", "ches", "shes")):
+        word = word[:-2]
+    elif word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        word = word[:-1]
+    n = len(word)
+    stripped = ""
+    if n >= 7 and word.endswith("ing"):
+        stripped = word[:-3]
+    elif n >= 6 and word.endswith("ed") and not word.endswith("eed"):
+        stripped = word[:-2]
+    if stripped and not _VOWELS.isdisjoint(stripped):
+        word = stripped
+        if word[-1] == word[-2] and word[-1] not in "lsz":  # running -> runn -> run
+            word = word[:-1]
+    if len(word) >= 5 and word.endswith("e") and not word.endswith("ee"):
+        word = word[:-1]  # cache/cached/caching/caches all -> cach
+    return word
+
+
+def _parts(chunk: str) -> list[str]:
+    """Identifier parts of a snake/kebab/camel chunk, lowercased."""
+    parts: list[str] = []
+    for piece in _SEP_RE.split(chunk):
+        if not piece:
+            continue
+        if piece.isascii():
+            parts.extend(p.lower() for p in _CAMEL_RE.findall(piece))
+        else:  # the camel regex is ASCII-only; keep non-ASCII words whole
+            parts.append(piece.lower())
+    return parts
+
+
+def _chunk_tokens(chunk: str) -> tuple[str, ...]:
+    low = chunk.lower()
+    if "_" not in chunk and "-" not in chunk and (
+        chunk == low or chunk[1:] == low[1:] or chunk.isupper()
+    ):  # plain word (lower, Capitalised or ACRONYM)
+        return () if len(low) < 2 or low in _STOPWORDS else (sys.intern(_stem(low)),)
+    parts = _parts(chunk)
+    tokens = [low.strip("_-")] if len(parts) > 1 else []  # literal identifier, unstemmed
+    tokens += (_stem(p) for p in parts if len(p) > 1 and p not in _STOPWORDS)
+    return tuple(map(sys.intern, tokens))
+
+
+def tokenize(text: str) -> list[str]:
+    """Code-aware terms: an identifier yields itself plus its parts, so `getUserToken` matches
+    exactly (rare whole token, high idf) and also matches prose about "user token".
+
+    Chunks repeat heavily (Zipf), so their expansions are memoised; that and `findall` keep
+    a 100k-document rebuild to a few seconds.
+    """
+    if len(text) > _MAX_CHARS:
+        text = text[:_MAX_CHARS]
+    out: list[str] = []
+    cache = _chunk_cache
+    for chunk in _CHUNK_RE.findall(text):
+        tokens = cache.get(chunk)
+        if tokens is None:
+            tokens = _chunk_tokens(chunk)
+            if len(cache) >= _CHUNK_CACHE_MAX:
+                cache.clear()
+            cache[chunk] = tokens
+        out += tokens
+    if len(out) > MAX_TOKENS:
+        del out[MAX_TOKENS:]
+    return out
+
+
+def normalize(scores: np.ndarray, scale: float) -> np.ndarray:
+    """Map raw BM25 scores into [0, 1) as tanh(score / scale), scale = `query_scale(query)`.
+
+    A fixed per-query reference (not the top hit) keeps absolute meaning: a best hit that only
+    shares one common word stays low instead of being stretched to 1.0 for fusion. At k1+1
+    weighting, a document of average length containing every query term once scores exactly
+    `scale`, so full coverage maps to tanh(1) ~ 0.76, weak partial matches stay near linear,
+    and repeated terms saturate towards 1.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scale <= 0:
+        return np.zeros_like(scores)
+    return np.tanh(scores / scale)
+
+
+class LexicalIndex:
+    """Incremental BM25 (Robertson form with the (k1 + 1) factor, Lucene's non-negative idf
+    ln(1 + (N - df + 0.5) / (df + 0.5))), keyed by int64 labels.
+
+    Documents live in dense slots so one query term's postings score as numpy arrays and
+    accumulate into a slot-indexed vector; df and avgdl are exact at every moment because
+    they derive from posting sizes and a running length total.
+    """
+
+    def __init__(self, k1: float = K1, b: float = B) -> None:
+        self.k1 = float(k1)
+        self.b = float(b)
+        self._postings: dict[str, dict[int, int]] = {}  # term -> {slot: tf}
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # term -> (slots, tfs)
+        self._slot_of: dict[int, int] = {}  # label -> slot
+        self._doc_terms: list[tuple[str, ...] | None] = []  # slot -> distinct terms
+        self._labels = np.full(0, -1, dtype=np.int64)  # slot -> label
+        self._doclen = np.zeros(0, dtype=np.float64)  # slot -> token count
+        self._free: list[int] = []
+        self._total_len = 0
+
+    @classmethod
+    def from_documents(cls, docs: Iterable[tuple[int, str]], **kwargs: float) -> LexicalIndex:
+        """Rebuild from (label, text) pairs, e.g. an LMDB scan on shard start."""
+        index = cls(**kwargs)
+        for label, text in docs:
+            index.add(label, text)
+        return index
+
+    def __len__(self) -> int:
+        return len(self._slot_of)
+
+    def __contains__(self, label: object) -> bool:
+        return label in self._slot_of
+
+    @property
+    def avgdl(self) -> float:
+        return self._total_len / len(self._slot_of) if self._slot_of else 0.0
+
+    def df(self, term: str) -> int:
+        postings = self._postings.get(term)
+        return len(postings) if postings else 0
+
+    def idf(self, df: int) -> float:
+        n = len(self._slot_of)
+        return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+
+    def add(self, label: int, text: str) -> None:
+        """Index `text` under `label`; an existing label is replaced."""
+        label = int(label)
+        if label in self._slot_of:
+            self.remove(label)
+        tokens = tokenize(text)
+        counts = Counter(tokens)
+        slot = self._free.pop() if self._free else self._new_slot()
+        self._slot_of[label] = slot
+        self._labels[slot] = label
+        self._doclen[slot] = len(tokens)
+        self._total_len += len(tokens)
+        postings, cache = self._postings, self._cache
+        for term, tf in counts.items():  # tokens are interned: one string per term, shared
+            plist = postings.get(term)
+            if plist is None:
+                postings[term] = {slot: tf}
+            else:
+                plist[slot] = tf
+                if cache:
+                    cache.pop(term, None)
+        self._doc_terms[slot] = tuple(counts)
+
+    def remove(self, label: int) -> bool:
+        """Drop `label`; returns whether it was present."""
+        slot = self._slot_of.pop(int(label), None)
+        if slot is None:
+            return False
+        postings, cache = self._postings, self._cache
+        for term in self._doc_terms[slot] or ():
+            plist = postings[term]
+            del plist[slot]
+            if not plist:
+                del postings[term]
+            cache.pop(term, None)
+        self._total_len -= int(self._doclen[slot])
+        self._doclen[slot] = 0.0
+        self._labels[slot] = -1
+        self._doc_terms[slot] = None
+        self._free.append(slot)
+        return True
+
+    def query_scale(self, query: str) -> float:
+        """Sum of idf over the query's distinct terms (unknown terms at df=0): the score of an
+        average-length document holding each term once; the reference for `normalize`."""
+        if not self._slot_of:
+            return 0.0
+        return sum(self.idf(self.df(t)) for t in dict.fromkeys(tokenize(query)))
+
+    def search(
+        self, query: str, k: int, candidates: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (labels, raw BM25 scores), score descending then label ascending, score > 0.
+
+        `candidates` (int64 labels that passed a filter, ideally sorted) restricts scoring:
+        few candidates are looked up directly, many are masked out of each term's postings.
+        Either way the floats are bit-identical to an unrestricted search.
+        """
+        if k <= 0 or not self._slot_of:
+            return _empty()
+        present = [
+            (term, plist)
+            for term in dict.fromkeys(tokenize(query))
+            if (plist := self._postings.get(term))
+        ]
+        if not present:
+            return _empty()
+        if candidates is None:
+            return self._search_all(present, k, None)
+        cand = np.asarray(candidates, dtype=np.int64).ravel()
+        if cand.size == 0:
+            return _empty()
+        if cand.size > 1 and bool(np.any(cand[1:] < cand[:-1])):
+            cand = np.sort(cand)
+        if cand.size <= _DIRECT_MAX_CANDIDATES:
+            return self._search_direct(present, k, cand)
+        return self._search_all(present, k, cand)
+
+    def stats(self) -> dict[str, int]:
+        """Sizes for metrics; approx_bytes walks every term, so call it rarely."""
+        getsize = sys.getsizeof
+        approx = sum(getsize(t) + getsize(p) for t, p in self._postings.items())
+        approx += getsize(self._postings) + getsize(self._slot_of) + getsize(self._doc_terms)
+        approx += sum(getsize(t) for t in self._doc_terms if t is not None)
+        approx += self._labels.nbytes + self._doclen.nbytes
+        approx += sum(s.nbytes + f.nbytes for s, f in self._cache.values())
+        return {
+            "docs": len(self._slot_of),
+            "terms": len(self._postings),
+            "postings": sum(len(p) for p in self._postings.values()),
+            "cached_terms": len(self._cache),
+            "approx_bytes": approx,
+        }
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _new_slot(self) -> int:
+        slot = len(self._doc_terms)
+        self._doc_terms.append(None)
+        if slot >= self._labels.size:
+            cap = max(1024, 2 * self._labels.size)
+            labels = np.full(cap, -1, dtype=np.int64)
+            labels[: self._labels.size] = self._labels
+            doclen = np.zeros(cap, dtype=np.float64)
+            doclen[: self._doclen.size] = self._doclen
+            self._labels, self._doclen = labels, doclen
+        return slot
+
+    def _term_arrays(self, term: str, plist: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        arrays = self._cache.get(term)
+        if arrays is None:
+            n = len(plist)
+            arrays = (
+                np.fromiter(plist.keys(), dtype=np.intp, count=n),
+                np.fromiter(plist.values(), dtype=np.float64, count=n),
+            )
+            if n >= _CACHE_MIN_DF:
+                self._cache[term] = arrays
+        return arrays
+
+    def _weights(self, tfs: np.ndarray, slots: np.ndarray, df: int) -> np.ndarray:
+        """BM25 term weights; the single formula both search paths share (bit-identical)."""
+        avgdl = self._total_len / len(self._slot_of)
+        k1, b = self.k1, self.b
+        norm = k1 * ((1.0 - b) + b * self._doclen[slots] / avgdl)
+        return self.idf(df) * (k1 + 1.0) * tfs / (tfs + norm)
+
+    def _search_all(
+        self, present: list[tuple[str, dict[int, int]]], k: int, cand: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        acc = np.zeros(self._labels.size, dtype=np.float64)
+        for term, plist in present:
+            slots, tfs = self._term_arrays(term, plist)
+            if cand is not None:
+                labels = self._labels[slots]
+                pos = np.searchsorted(cand, labels)
+                np.minimum(pos, cand.size - 1, out=pos)
+                keep = cand[pos] == labels
+                slots, tfs = slots[keep], tfs[keep]
+            # each slot occurs once per term, so fancy-index += is a correct scatter-add
+            acc[slots] += self._weights(tfs, slots, len(plist))
+        hits = np.flatnonzero(acc > 0.0)
+        return _top(self._labels[hits], acc[hits], k)
+
+    def _search_direct(
+        self, present: list[tuple[str, dict[int, int]]], k: int, cand: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        slot_of = self._slot_of
+        slot_list = [s for s in map(slot_of.get, cand.tolist()) if s is not None]
+        if not slot_list:
+            return _empty()
+        slots = np.asarray(slot_list, dtype=np.intp)
+        acc = np.zeros(slots.size, dtype=np.float64)
+        for term, plist in present:
+            tfs = np.fromiter(map(plist.get, slot_list, [0] * len(slot_list)), np.float64)
+            hit = tfs > 0.0
+            if hit.any():
+                acc[hit] += self._weights(tfs[hit], slots[hit], len(plist))
+        hits = np.flatnonzero(acc > 0.0)
+        return _top(self._labels[slots[hits]], acc[hits], k)
+
+
+def _empty() -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+
+
+def _top(labels: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic top-k: ties broken by label so equal indexes give equal answers."""
+    n = scores.size
+    if n > k:
+        kth = np.partition(scores, n - k)[n - k]
+        keep = scores >= kth
+        labels, scores = labels[keep], scores[keep]
+    order = np.lexsort((labels, -scores))[:k]
+    return labels[order], scores[order]

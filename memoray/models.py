@@ -1,0 +1,134 @@
+"""The wire contract: pydantic models for records and tool inputs/outputs (camelCase on the wire).
+
+Inside the server a record is a plain dict with snake_case keys (see RECORD_FIELDS); it is what
+shards msgpack into LMDB. Models exist only at the edges, where validation pays for itself.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+MAX_CONTENT_BYTES = 1024 * 1024
+MAX_BATCH = 1000
+MAX_LIMIT = 100
+MAX_QUERY_CHARS = 8192
+MAX_METADATA_BYTES = 64 * 1024
+MAX_ID_FIELD = 256
+
+Tier = Literal["session", "project", "preference", "pattern"]
+Visibility = Literal["private", "shared"]
+SearchMode = Literal["hybrid", "vector", "lexical"]
+
+# Well-known event types; any lowercase slug is accepted so agents can add their own.
+EVENT_TYPES = (
+    "note", "decision", "code_change", "tool_event", "review", "prompt", "conversation",
+    "session_summary", "error", "preference", "convention", "document",
+)
+_EVENT_RE = re.compile(r"^[a-z][a-z0-9_.\-]{0,63}$")
+
+# The scoped fields every shard indexes (postings) and every filter may name.
+SCOPED_FIELDS = ("event_type", "workspace_id", "session_id", "agent_id", "git_branch", "tier")
+WIRE_TO_FIELD = {to_camel(f): f for f in SCOPED_FIELDS} | {"timestamp": "timestamp"}
+
+RECORD_FIELDS = (
+    "id", "content", "event_type", "metadata", "workspace_id", "session_id", "agent_id",
+    "git_branch", "git_commit", "tier", "visibility", "timestamp", "created_at", "updated_at",
+    "expires_at", "parent_id", "chunk_index", "chunk_count", "content_hash", "merge_count",
+    "merged_ids", "idempotency_key",
+)
+
+
+class Wire(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are an error, never ignored."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", str_strip_whitespace=False
+    )
+
+
+def _check_content(v: str) -> str:
+    if not v or not v.strip():
+        raise ValueError("must not be empty")
+    if len(v.encode("utf-8", "surrogatepass")) > MAX_CONTENT_BYTES:
+        raise ValueError(f"is larger than {MAX_CONTENT_BYTES} bytes (1 MiB)")
+    if "\x00" in v:
+        raise ValueError("must not contain NUL bytes")
+    return v
+
+
+class CaptureItem(Wire):
+    content: str
+    event_type: str = "note"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    workspace_id: str = Field(default="default", min_length=1, max_length=MAX_ID_FIELD)
+    session_id: str | None = Field(default=None, max_length=MAX_ID_FIELD)
+    agent_id: str | None = Field(default=None, max_length=MAX_ID_FIELD)
+    git_branch: str | None = Field(default=None, max_length=MAX_ID_FIELD)
+    git_commit: str | None = Field(default=None, max_length=64)
+    tier: Tier | None = None
+    visibility: Visibility | None = None
+    ttl_seconds: int | None = Field(default=None, ge=1, le=100 * 365 * 86400)
+    timestamp: str | None = None
+    idempotency_key: str | None = Field(default=None, max_length=MAX_ID_FIELD)
+
+    _content = field_validator("content")(classmethod(lambda cls, v: _check_content(v)))
+
+    @field_validator("event_type")
+    @classmethod
+    def _event_type(cls, v: str) -> str:
+        if not _EVENT_RE.match(v):
+            raise ValueError("must be a lowercase slug such as 'decision' or 'code_change'")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
+        import msgpack
+
+        try:
+            size = len(msgpack.packb(v))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"must hold only JSON values ({exc})") from None
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"is larger than {MAX_METADATA_BYTES} bytes")
+        return v
+
+
+class RetrievedMemory(Wire):
+    id: str
+    content: str
+    score: float
+    metadata: dict[str, Any]
+    timestamp: str
+    event_type: str
+    session_id: str | None = None
+    workspace_id: str
+    git_branch: str | None = None
+    agent_id: str | None = None
+    tier: str | None = None
+    parent_id: str | None = None
+    chunk_index: int | None = None
+    chunk_count: int | None = None
+
+
+class CaptureResult(Wire):
+    ids: list[str]
+    chunks: int = 0
+    deduplicated: bool = False
+    redactions: dict[str, int] = Field(default_factory=dict)
+
+
+class BatchCaptureResult(Wire):
+    ids: list[list[str]]
+    count: int
+    redactions: dict[str, int] = Field(default_factory=dict)
+
+
+class DeleteResult(Wire):
+    id: str
+    deleted: bool
+    chunks_deleted: int = 0

@@ -1,0 +1,240 @@
+"""Per-shard secondary indexes: scoped field -> labels, and a timestamp order.
+
+A shard rebuilds these from its records on start and keeps them in step with every write. They
+answer the indexed leaves of a filter (see memoray.filters.evaluate) without touching rows, and
+keep a slim copy of each record (no content) so the residual, non-indexed leaves can still be
+checked without a trip to LMDB. Single-threaded: the shard serializes access.
+
+Labels are the shard's int64 row numbers. Every array handed out is sorted, unique int64; the
+cached ones are read-only, so a caller can never corrupt the cache.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from sortedcontainers import SortedList
+
+from memoray.models import SCOPED_FIELDS
+
+NONE_KEY = "__none__"  # stats() key for "field missing or None" (values are strings otherwise)
+N_QUANTILES = 21  # q0, q5, ..., q100 of the timestamps
+
+_EMPTY = np.empty(0, dtype=np.int64)
+_EMPTY.flags.writeable = False
+
+
+def _frozen(arr: np.ndarray) -> np.ndarray:
+    arr.flags.writeable = False
+    return arr
+
+
+class Postings:
+    """Inverted lists for SCOPED_FIELDS, a sorted (timestamp, label) index, and slim rows."""
+
+    __slots__ = ("_all", "_eq_cache", "_index", "_rows", "_stats", "_ts", "_ts_arrays", "_ts_of")
+
+    def __init__(self) -> None:
+        self._rows: dict[int, dict[str, Any]] = {}
+        self._index: dict[str, dict[Any, set[int]]] = {f: {} for f in SCOPED_FIELDS}
+        self._ts: SortedList = SortedList()  # (timestamp, label)
+        self._ts_of: dict[int, float] = {}  # what was added to _ts, so remove() undoes it exactly
+        self._eq_cache: dict[tuple[str, Any], np.ndarray] = {}
+        self._all: np.ndarray | None = None
+        self._ts_arrays: tuple[np.ndarray, np.ndarray] | None = None  # labels in timestamp order
+        self._stats: dict[str, Any] | None = None
+
+    # -- mutation -------------------------------------------------------------------------------
+
+    def add(self, label: int, record: dict[str, Any]) -> None:
+        """Index one record; re-adding a label replaces what it had."""
+        label = int(label)
+        if label in self._rows:
+            self.remove(label)
+        row = {k: v for k, v in record.items() if k != "content"}
+        self._rows[label] = row
+        for field in SCOPED_FIELDS:
+            value = row.get(field)
+            bucket = self._index[field].get(value)
+            if bucket is None:
+                bucket = self._index[field][value] = set()
+            bucket.add(label)
+            self._eq_cache.pop((field, value), None)
+        ts = row.get("timestamp")
+        if ts is not None:
+            ts = float(ts)
+            self._ts.add((ts, label))
+            self._ts_of[label] = ts
+            self._ts_arrays = None
+        self._all = None
+        self._stats = None
+
+    def remove(self, label: int) -> None:
+        """Undo add(); unknown labels are a no-op (deletes may race with expiry)."""
+        label = int(label)
+        row = self._rows.pop(label, None)
+        if row is None:
+            return
+        for field in SCOPED_FIELDS:
+            value = row.get(field)
+            index = self._index[field]
+            bucket = index[value]
+            bucket.discard(label)
+            if not bucket:
+                del index[value]  # so values() and stats() only list values still present
+            self._eq_cache.pop((field, value), None)
+        ts = self._ts_of.pop(label, None)
+        if ts is not None:
+            self._ts.remove((ts, label))
+            self._ts_arrays = None
+        self._all = None
+        self._stats = None
+
+    # -- lookups --------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, label: object) -> bool:
+        return label in self._rows
+
+    def row(self, label: int) -> dict[str, Any]:
+        """The slim record (everything but content); KeyError for an unknown label."""
+        return self._rows[int(label)]
+
+    def values(self, field: str) -> list[Any]:
+        """Distinct values present for a scoped field (None included): lets range leaves on
+        strings be answered from the dictionary, not the rows."""
+        return list(self._index_of(field))
+
+    def all_labels(self) -> np.ndarray:
+        if self._all is None:
+            arr = np.fromiter(self._rows, dtype=np.int64, count=len(self._rows))
+            arr.sort()
+            self._all = _frozen(arr)
+        return self._all
+
+    def labels_eq(self, field: str, value: Any) -> np.ndarray:
+        """Labels whose field equals value; None means the field is missing or None."""
+        if field == "timestamp":
+            if value is None:
+                return np.setdiff1d(
+                    self.all_labels(), self.labels_ts_range(None, True, None, True),
+                    assume_unique=True,
+                )
+            return self.labels_ts_range(value, True, value, True)
+        key = (field, value)
+        cached = self._eq_cache.get(key)
+        if cached is not None:
+            return cached
+        bucket = self._index_of(field).get(value)
+        if not bucket:
+            return _EMPTY  # not cached: arbitrary query values must not grow the cache
+        arr = np.fromiter(bucket, dtype=np.int64, count=len(bucket))
+        arr.sort()
+        self._eq_cache[key] = _frozen(arr)
+        return arr
+
+    def labels_in(self, field: str, values: Iterable[Any]) -> np.ndarray:
+        """Labels whose field equals any of values (None as in labels_eq)."""
+        arrays = [self.labels_eq(field, v) for v in _distinct(values)]
+        # deduped, not just merged: 1, 1.0 and True are one dict key but distinct filter values.
+        return union_sorted(arrays)
+
+    def labels_ts_range(
+        self, lo: float | None, lo_incl: bool, hi: float | None, hi_incl: bool
+    ) -> np.ndarray:
+        """Labels with lo <(=) timestamp <(=) hi; a None bound is open. Records without a
+        timestamp never match."""
+        sl = self._ts
+        n = len(sl)
+        i = 0 if lo is None else sl.bisect_left((lo,) if lo_incl else (lo, math.inf))
+        j = n if hi is None else sl.bisect_left((hi, math.inf) if hi_incl else (hi,))
+        if j <= i:
+            return _EMPTY
+        if j - i == len(self._rows):
+            return self.all_labels()
+        if self._ts_arrays is None and (j - i) * 4 < n:
+            # Small slice right after a write: cheaper than rebuilding the arrays.
+            out = np.fromiter((lab for _, lab in sl.islice(i, j)), dtype=np.int64, count=j - i)
+        else:
+            out = self._ts_order()[1][i:j].copy()
+        out.sort()
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """{"total", "fields": {field: {value or "__none__": count}}, "ts_quantiles": [21]}.
+
+        Cached until the next write; the returned dict is shared, so treat it as read-only.
+        """
+        if self._stats is None:
+            fields = {
+                field: {(NONE_KEY if v is None else v): len(s) for v, s in index.items()}
+                for field, index in self._index.items()
+            }
+            self._stats = {
+                "total": len(self._rows),
+                "fields": fields,
+                "ts_quantiles": self._quantiles(),
+            }
+        return self._stats
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _index_of(self, field: str) -> dict[Any, set[int]]:
+        index = self._index.get(field)
+        if index is None:
+            raise ValueError(f"{field!r} is not an indexed field (indexed: {SCOPED_FIELDS})")
+        return index
+
+    def _ts_order(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._ts_arrays is None:
+            n = len(self._ts)
+            ts = np.fromiter((t for t, _ in self._ts), dtype=np.float64, count=n)
+            labels = np.fromiter((lab for _, lab in self._ts), dtype=np.int64, count=n)
+            self._ts_arrays = (_frozen(ts), _frozen(labels))
+        return self._ts_arrays
+
+    def _quantiles(self) -> list[float]:
+        """Linear-interpolated quantiles read straight off the SortedList: 42 O(log n) lookups."""
+        sl = self._ts
+        n = len(sl)
+        if n == 0:
+            return []
+        out = []
+        for k in range(N_QUANTILES):
+            pos = k * (n - 1) / (N_QUANTILES - 1)
+            a = int(pos)
+            t = sl[a][0]
+            frac = pos - a
+            if frac:
+                t += frac * (sl[a + 1][0] - t)
+            out.append(float(t))
+        return out
+
+
+def union_sorted(arrays: list[np.ndarray]) -> np.ndarray:
+    """Union of sorted unique int64 arrays. A stable sort of concatenated sorted runs is a
+    linear merge (timsort), ~40x faster than np.union1d's quicksort on 50k labels."""
+    arrays = [a for a in arrays if len(a)]
+    if not arrays:
+        return _EMPTY
+    if len(arrays) == 1:
+        return arrays[0]
+    out = np.concatenate(arrays)
+    out.sort(kind="stable")
+    keep = np.empty(len(out), dtype=bool)
+    keep[0] = True
+    np.not_equal(out[1:], out[:-1], out=keep[1:])
+    return out[keep]
+
+
+def _distinct(values: Iterable[Any]) -> list[Any]:
+    """Dedupe keeping type apart (True, 1 and 1.0 hash alike but are different filter values)."""
+    seen: dict[tuple[type, Any], Any] = {}
+    for v in values:
+        seen.setdefault((type(v), v), v)
+    return list(seen.values())

@@ -1,0 +1,52 @@
+"""Server settings: flags override MEMORAY_* environment variables, which override defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEMORAY_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    data_dir: Path = Path("~/.memoray")
+    shards: int = Field(default=2, ge=1, le=256)
+    embedder: Literal["minilm", "hash"] = "minilm"
+    address: str | None = None  # join an existing Ray cluster instead of starting one
+    replicas: int = Field(default=1, ge=1, le=64)
+    embedding_workers: int = Field(default=1, ge=1, le=64)
+    embedding_gpus: float = Field(default=0.0, ge=0.0)
+
+    # Storage. map_size is virtual address space, not disk: LMDB grows the file as it fills.
+    map_size_bytes: int = 8 * 1024**3
+    durable: bool = True  # fsync every commit; False trades crash safety for speed (benchmarks)
+    snapshot_every: int = Field(default=5000, ge=1)  # records between index snapshots
+
+    # Security.
+    tokens_file: Path | None = None
+    encryption_key: str | None = None
+    encryption_key_file: Path | None = None
+    insecure: bool = False
+    rate_limit_captures_per_minute: int = 100
+    rate_limit_requests_per_hour: int = 1000
+    rate_limit_enabled: bool = True
+    redact_pii: Literal["off", "flag", "redact"] = "redact"
+
+    # Retrieval.
+    query_timeout_s: float = 10.0
+    hybrid_alpha: float = Field(default=0.5, ge=0.0, le=1.0)  # weight of the vector score
+
+    log_level: str = "INFO"
+
+    def resolved_data_dir(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    def resolved_tokens_file(self) -> Path:
+        if self.tokens_file is not None:
+            return Path(self.tokens_file).expanduser().resolve()
+        return self.resolved_data_dir() / "tokens.json"

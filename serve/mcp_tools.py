@@ -1,0 +1,252 @@
+"""The MCP surface: tools as typed functions (camelCase parameters are the wire contract).
+
+MemorayMCP turns every failure into the contract's tool error, a JSON object
+{code, message, retryAfter?}: argument validation -> INVALID_INPUT naming the field, unknown
+arguments -> INVALID_INPUT, MemorayError -> its code, anything unexpected -> UNAVAILABLE with
+nothing internal leaked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult, TextContent
+from pydantic import ValidationError
+
+from memoray.auth import authenticate
+from memoray.errors import ErrorCode, MemorayError, invalid
+from memoray.models import CaptureItem, MAX_BATCH
+from serve.observability import span
+
+log = logging.getLogger(__name__)
+
+READ_ONLY_TOOLS = {"retrieve-memories", "build-context", "get-memory", "get-document",
+                   "explain-query", "memory-stats", "health-check", "audit-log"}
+
+
+def error_result(err: MemorayError) -> CallToolResult:
+    body = err.to_dict()
+    return CallToolResult(content=[TextContent(type="text", text=json.dumps(body))],
+                          structured_content=body, is_error=True)
+
+
+def _validation_message(exc: ValidationError, prefix: str = "") -> str:
+    parts = []
+    for e in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in e["loc"]) or "arguments"
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{prefix}{loc}: {msg}")
+    return "; ".join(parts)
+
+
+class MemorayMCP(MCPServer):
+    def __init__(self, *args: Any, metrics: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.memoray_metrics = metrics
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None):
+        t0 = time.perf_counter()
+        outcome = "ok"
+        try:
+            tool = self._tool_manager.get_tool(name)
+            if tool is None:
+                raise invalid(f"unknown tool {name!r}")
+            allowed = set(tool.parameters.get("properties", {}))
+            extra = sorted(set(arguments or {}) - allowed)
+            if extra:
+                raise invalid(f"unknown argument(s): {', '.join(extra)} "
+                              f"(allowed: {', '.join(sorted(allowed))})")
+            with span("memoray.tool", tool=name):
+                return await super().call_tool(name, arguments, context)
+        except MemorayError as err:
+            outcome = err.code.value
+            return error_result(err)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, MemorayError):
+                err = cause
+            elif isinstance(cause, ValidationError):
+                err = invalid(_validation_message(cause))
+            else:
+                log.error("tool %s failed", name, exc_info=cause or exc)
+                err = MemorayError(ErrorCode.UNAVAILABLE, "internal error; see the server log")
+            outcome = err.code.value
+            return error_result(err)
+        finally:
+            m = self.memoray_metrics
+            if m is not None:
+                m.tool_calls.labels(tool=name if len(name) < 64 else "other", outcome=outcome).inc()
+                m.tool_latency.labels(tool=name if len(name) < 64 else "other").observe(
+                    time.perf_counter() - t0)
+                if outcome != "ok":
+                    m.errors.labels(code=outcome).inc()
+
+
+def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) -> MemorayMCP:
+    """Register the tools. `get_runtime()` returns the replica's Runtime (service, token store,
+    limiter), built lazily inside the replica process."""
+    mcp = MemorayMCP(name="memoray", metrics=metrics, instructions=(
+        "Persistent memory for coding agents. Capture decisions, code changes and lessons with "
+        "capture-memory; recall them with retrieve-memories or build-context."))
+
+    async def caller_for(ctx: Context, tool: str, workspace: str | None = None,
+                         agent_id: str | None = None, cost: int = 1):
+        rt = await get_runtime()
+        headers = ctx.headers or {}
+        from serve.service import Caller
+
+        try:
+            principal = authenticate(rt.tokens, headers.get("authorization"))
+        except MemorayError as err:
+            if rt.service.audit is not None:
+                rt.service.audit.append(principal="anonymous", action=tool, workspace=workspace,
+                                        ids=[], outcome="denied", code=err.code.value,
+                                        detail=err.message, request_id=None)
+            raise
+        caller = Caller(principal=principal, request_id=uuid.uuid4().hex[:16], agent_id=agent_id)
+        await rt.check_rate(caller, tool, workspace, headers, cost)
+        return rt, caller
+
+    @mcp.tool(name="capture-memory", description=(
+        "Store one memory (content up to 1 MiB; long content is chunked). Returns its id(s)."))
+    async def capture_memory(
+        content: str, ctx: Context, eventType: str = "note", metadata: dict[str, Any] | None = None,
+        workspaceId: str = "default", sessionId: str | None = None, agentId: str | None = None,
+        gitBranch: str | None = None, gitCommit: str | None = None,
+        tier: Literal["session", "project", "preference", "pattern"] | None = None,
+        visibility: Literal["private", "shared"] | None = None, ttlSeconds: int | None = None,
+        timestamp: str | None = None, idempotencyKey: str | None = None,
+    ) -> dict[str, Any]:
+        raw = {k: v for k, v in dict(
+            content=content, eventType=eventType, metadata=metadata or {},
+            workspaceId=workspaceId, sessionId=sessionId, agentId=agentId, gitBranch=gitBranch,
+            gitCommit=gitCommit, tier=tier, visibility=visibility, ttlSeconds=ttlSeconds,
+            timestamp=timestamp, idempotencyKey=idempotencyKey).items() if v is not None}
+        try:
+            item = CaptureItem.model_validate(raw)
+        except ValidationError as exc:
+            raise invalid(_validation_message(exc)) from None
+        rt, caller = await caller_for(ctx, "capture-memory", item.workspace_id, agentId)
+        res = (await rt.service.capture([item], caller))[0]
+        return {"ids": res["ids"], "id": res["ids"][0], "chunks": res["chunks"],
+                "parentId": res["parentId"], "deduplicated": res["deduplicated"],
+                "redactions": res["redactions"]}
+
+    @mcp.tool(name="capture-memories", description=(
+        f"Store a batch of memories (bulk import, hook queues); at most {MAX_BATCH} items, each "
+        "with the fields of capture-memory."))
+    async def capture_memories(items: list[dict[str, Any]], ctx: Context) -> dict[str, Any]:
+        if not items:
+            raise invalid("items: must hold at least one item")
+        if len(items) > MAX_BATCH:
+            raise invalid(f"items: at most {MAX_BATCH} items per batch")
+        parsed = []
+        for i, raw in enumerate(items):
+            try:
+                parsed.append(CaptureItem.model_validate(raw))
+            except ValidationError as exc:
+                raise invalid(_validation_message(exc, prefix=f"items[{i}].")) from None
+        workspaces = {p.workspace_id for p in parsed}
+        rt, caller = await caller_for(ctx, "capture-memories",
+                                      next(iter(workspaces)) if len(workspaces) == 1 else None,
+                                      parsed[0].agent_id, cost=len(parsed))
+        results = await rt.service.capture(parsed, caller, action="capture-batch")
+        redactions: dict[str, int] = {}
+        for r in results:
+            for k, v in r["redactions"].items():
+                redactions[k] = redactions.get(k, 0) + v
+        return {"ids": [r["ids"] for r in results], "count": len(results),
+                "deduplicated": sum(1 for r in results if r["deduplicated"]),
+                "redactions": redactions}
+
+    @mcp.tool(name="retrieve-memories", description=(
+        "Find the memories most relevant to a query (hybrid vector + lexical), under filters: "
+        "field equality and $and/$or/$not/$eq/$ne/$in/$nin/$gt/$gte/$lt/$lte/$exists over "
+        "eventType, workspaceId, sessionId, agentId, gitBranch, tier, timestamp and "
+        "metadata.<path>; startTime/endTime shorthand. Scores are 0-1."))
+    async def retrieve_memories(
+        query: str, ctx: Context, limit: int = 10, filters: dict[str, Any] | None = None,
+        mode: Literal["hybrid", "vector", "lexical"] = "hybrid", agentId: str | None = None,
+        recencyWeight: float = 0.0,
+    ) -> dict[str, Any]:
+        _check_query(query)
+        if not 0.0 <= recencyWeight <= 1.0:
+            raise invalid("recencyWeight: must be between 0 and 1")
+        rt, caller = await caller_for(ctx, "retrieve-memories", agent_id=agentId)
+        mems = await rt.service.retrieve(caller, query, limit, filters, mode=mode,
+                                         recency_weight=recencyWeight)
+        return {"memories": [m.model_dump(by_alias=True) for m in mems], "count": len(mems)}
+
+    @mcp.tool(name="build-context", description=(
+        "A markdown context block of the memories that matter for this workspace, branch and "
+        "query, packed to fit tokenBudget (counted with a real tokenizer)."))
+    async def build_context(
+        ctx: Context, query: str | None = None, limit: int = 40,
+        filters: dict[str, Any] | None = None, tokenBudget: int = 1500,
+        workspaceId: str | None = None, gitBranch: str | None = None,
+        sessionId: str | None = None, agentId: str | None = None,
+    ) -> dict[str, Any]:
+        if query is not None:
+            _check_query(query, allow_empty=True)
+        if not 1 <= tokenBudget <= 100_000:
+            raise invalid("tokenBudget: must be between 1 and 100000")
+        rt, caller = await caller_for(ctx, "build-context", workspaceId, agentId)
+        return await rt.context(caller, query=query, limit=limit, filters=filters,
+                                budget=tokenBudget, workspace_id=workspaceId, branch=gitBranch,
+                                session_id=sessionId)
+
+    @mcp.tool(name="get-memory", description="One memory by id.")
+    async def get_memory(id: str, ctx: Context) -> dict[str, Any]:
+        rt, caller = await caller_for(ctx, "get-memory")
+        return (await rt.service.get(caller, id)).model_dump(by_alias=True)
+
+    @mcp.tool(name="delete-memory", description=(
+        "Hard-delete one memory by id (a chunk id deletes its whole document)."))
+    async def delete_memory(id: str, ctx: Context) -> dict[str, Any]:
+        rt, caller = await caller_for(ctx, "delete-memory")
+        return await rt.service.delete(caller, id)
+
+    @mcp.tool(name="get-document", description=(
+        "Reassemble a chunked document, in order, from its parentId or any chunk id."))
+    async def get_document(id: str, ctx: Context) -> dict[str, Any]:
+        rt, caller = await caller_for(ctx, "get-document")
+        return await rt.service.get_document(caller, id)
+
+    @mcp.tool(name="explain-query", description=(
+        "The plan the query planner would run for a retrieve: strategy, estimated candidates "
+        "and cost, and the planner's measured accuracy."))
+    async def explain_query(ctx: Context, query: str = "", limit: int = 10,
+                            filters: dict[str, Any] | None = None) -> dict[str, Any]:
+        rt, caller = await caller_for(ctx, "explain-query")
+        return await rt.service.explain(caller, query, limit, filters)
+
+    @mcp.tool(name="memory-stats", description=(
+        "Counts per workspace, shard, eventType and tier; index and storage sizes."))
+    async def memory_stats(ctx: Context, workspaceId: str | None = None) -> dict[str, Any]:
+        rt, caller = await caller_for(ctx, "memory-stats", workspaceId)
+        return await rt.service.stats(caller, workspaceId)
+
+    @mcp.tool(name="health-check", description="Overall and per-component status.")
+    async def health_check(ctx: Context, detailed: bool = False) -> dict[str, Any]:
+        rt, caller = await caller_for(ctx, "health-check")
+        return await rt.service.health(detailed=detailed and caller.principal.can("admin"))
+
+    return mcp
+
+
+def _check_query(query: str, allow_empty: bool = False) -> None:
+    from memoray.models import MAX_QUERY_CHARS
+
+    if not allow_empty and not query.strip():
+        raise invalid("query: must not be empty")
+    if len(query) > MAX_QUERY_CHARS:
+        raise invalid(f"query: longer than {MAX_QUERY_CHARS} characters")
+    if "\x00" in query:
+        raise invalid("query: must not contain NUL bytes")

@@ -1,0 +1,217 @@
+"""git_facts in real temporary repositories: branches, merges, clones, worktrees, detached HEAD."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from memoray import gitfacts
+from memoray.gitfacts import git_facts, normalize_remote_url, parse_git_config
+
+
+@pytest.fixture(autouse=True)
+def isolated_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    for k, v in {"HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "t",
+                 "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+                 "GIT_COMMITTER_EMAIL": "t@example.com"}.items():
+        monkeypatch.setenv(k, v)
+    gitfacts.clear_cache()
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def commit(repo: Path, name: str) -> str:
+    (repo / name).write_text(name + "\n")
+    git(repo, "add", name)
+    git(repo, "commit", "-qm", name)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def fresh(cwd: Path, **kw: bool) -> gitfacts.GitFacts:
+    gitfacts.clear_cache()
+    return git_facts(str(cwd), **kw)
+
+
+@pytest.mark.parametrize("url,expected", [
+    ("https://github.com/Org/Repo.git", "github.com/org/repo"),
+    ("https://github.com/org/repo", "github.com/org/repo"),
+    ("https://github.com/org/repo/", "github.com/org/repo"),
+    ("git@github.com:Org/Repo.git", "github.com/org/repo"),
+    ("ssh://git@github.com/org/repo", "github.com/org/repo"),
+    ("ssh://git@GitHub.com:22/org/repo.git", "github.com/org/repo"),
+    ("https://user:s3cret@github.com/Org/Repo.git", "github.com/org/repo"),
+    ("https://x-access-token:ghs_abc@GITHUB.COM//org//repo.git", "github.com/org/repo"),
+    ("git://gitlab.example.com/group/sub/proj.git", "gitlab.example.com/group/sub/proj"),
+    ("http://git.corp:8080/team/app", "git.corp/team/app"),
+    ("gitlab.com:group/proj.git", "gitlab.com/group/proj"),
+    ("ssh://git@host.xz/~user/path/to/repo.git", "host.xz/user/path/to/repo"),
+    ("https://dev.azure.com/Org/Proj/_git/Repo", "dev.azure.com/org/proj/_git/repo"),
+    ("/srv/git/Project.git", "file:///srv/git/Project"),
+    ("file:///srv/git/project.git/", "file:///srv/git/project"),
+    ("", None),
+])
+def test_normalize_remote_url(url: str, expected: str | None) -> None:
+    assert normalize_remote_url(url) == expected
+
+
+def test_parse_git_config() -> None:
+    cfg = parse_git_config('[core]\n\tbare = false\n[remote "origin"]\n\turl = git@h:a/b.git\n'
+                           '\tfetch = +refs/heads/*:refs/remotes/origin/*\n# c\n'
+                           '[branch "feat/x"]\n\tremote = origin\n\tmerge = refs/heads/feat/x\n')
+    assert cfg["remote.origin.url"] == "git@h:a/b.git"
+    assert cfg["branch.feat/x.merge"] == "refs/heads/feat/x"
+    assert cfg["core.bare"] == "false"
+
+
+def test_outside_a_repo(tmp_path: Path) -> None:
+    facts = fresh(tmp_path)
+    assert facts.root is None and facts.branch is None and facts.commit is None
+    assert facts.workspace_id == f"local:{tmp_path}"
+    assert facts.visible_branches() == ()
+
+
+def test_empty_repo_without_remote(tmp_path: Path) -> None:
+    repo = tmp_path / "r"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    facts = fresh(repo)
+    assert facts.root == str(repo.resolve())
+    assert facts.workspace_id == f"local:{repo.resolve()}"
+    assert facts.branch == "main" and facts.commit is None
+    assert facts.merged_branches == () and facts.remote_url is None
+
+
+def test_branches_merges_and_subdirectories(tmp_path: Path) -> None:
+    repo = tmp_path / "r"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, "a")
+    git(repo, "checkout", "-qb", "fix/login")
+    commit(repo, "b")
+    git(repo, "checkout", "-q", "main")
+    git(repo, "merge", "-q", "--no-ff", "-m", "merge", "fix/login")
+    git(repo, "checkout", "-qb", "topic")
+    git(repo, "checkout", "-qb", "side", "main~1")  # before the merge
+    commit(repo, "c")
+    git(repo, "checkout", "-q", "topic")
+    (repo / "pkg" / "sub").mkdir(parents=True)
+
+    facts = fresh(repo / "pkg" / "sub")
+    assert facts.root == str(repo.resolve())
+    assert facts.branch == "topic" and facts.commit == git(repo, "rev-parse", "HEAD")
+    assert facts.default_branch == "main"
+    assert facts.merged_branches == ("fix/login", "main", "topic")
+    assert facts.visible_branches() == ("topic", "fix/login", "main")
+    assert facts.upstream is None and facts.ahead is None
+
+    git(repo, "checkout", "-q", "side")
+    facts = fresh(repo)
+    assert facts.branch == "side"
+    assert "fix/login" not in facts.merged_branches and "side" in facts.merged_branches
+    assert facts.visible_branches() == ("side", "main")  # default branch always visible
+
+    cheap = fresh(repo, detailed=False)
+    assert cheap.branch == "side" and cheap.merged_branches == ()
+
+
+def test_detached_head_and_packed_refs(tmp_path: Path) -> None:
+    repo = tmp_path / "r"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    first = commit(repo, "a")
+    second = commit(repo, "b")
+    git(repo, "pack-refs", "--all")
+    assert not (repo / ".git" / "refs" / "heads" / "main").exists()
+    assert fresh(repo).commit == second  # read from packed-refs
+    git(repo, "checkout", "-q", "--detach", first)
+    facts = fresh(repo)
+    assert facts.branch is None and facts.commit == first
+    assert facts.merged_branches == ()  # main is ahead of HEAD, so not merged into it
+    assert facts.visible_branches() == ("main",)
+
+
+def test_clones_of_one_remote_share_a_workspace(tmp_path: Path) -> None:
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
+    seed = tmp_path / "seed"
+    git(tmp_path, "clone", "-q", str(remote), str(seed))
+    git(seed, "checkout", "-qb", "main")
+    commit(seed, "a")
+    git(seed, "push", "-q", "origin", "main")
+    one, two = tmp_path / "one", tmp_path / "two"
+    git(tmp_path, "clone", "-q", str(remote), str(one))
+    git(tmp_path, "clone", "-q", str(remote), str(two))
+
+    f1, f2 = fresh(one), fresh(two)
+    assert f1.workspace_id == f2.workspace_id == f"file://{remote.with_suffix('')}"
+    assert f1.root != f2.root
+    assert f1.remote_url == str(remote)
+    assert f1.default_branch == "main" and f1.upstream == "origin/main"
+    assert (f1.ahead, f1.behind) == (0, 0)
+
+    commit(one, "b")
+    commit(one, "c")
+    commit(two, "d")
+    git(two, "push", "-q", "origin", "main")
+    git(one, "fetch", "-q")
+    facts = fresh(one)
+    assert (facts.ahead, facts.behind) == (2, 1)
+
+
+def test_linked_worktree(tmp_path: Path) -> None:
+    repo = tmp_path / "r"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "remote", "add", "origin", "git@github.com:Acme/Widget.git")
+    commit(repo, "a")
+    wt = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "wt-branch", str(wt))
+    commit(wt, "b")
+    facts = fresh(wt)
+    assert (wt / ".git").is_file()
+    assert facts.root == str(wt.resolve())
+    assert facts.branch == "wt-branch" and facts.commit == git(wt, "rev-parse", "HEAD")
+    assert facts.workspace_id == "github.com/acme/widget"  # from the main repository's config
+    assert facts.merged_branches == ("main", "wt-branch")
+
+
+def test_degrades_without_git_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "r"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    sha = commit(repo, "a")
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    facts = fresh(repo)
+    assert facts.branch == "main" and facts.commit == sha  # read from files
+    assert facts.merged_branches == () and facts.ahead is None
+
+
+def test_results_are_cached_per_process(tmp_path: Path) -> None:
+    repo = tmp_path / "r"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, "a")
+    first = fresh(repo)
+    git(repo, "checkout", "-qb", "other")
+    assert git_facts(str(repo)) is first
+    assert fresh(repo).branch == "other"
+
+
+def test_broken_git_dir_never_raises(tmp_path: Path) -> None:
+    repo = tmp_path / "r"
+    repo.mkdir()
+    (repo / ".git").write_text("gitdir: /does/not/exist\n")
+    facts = fresh(repo)
+    assert facts.root is None and facts.workspace_id == f"local:{repo}"
+    weird = tmp_path / "w"
+    (weird / ".git").mkdir(parents=True)
+    (weird / ".git" / "HEAD").write_text("garbage")
+    facts = fresh(weird)
+    assert facts.branch is None and facts.commit is None
