@@ -13,8 +13,9 @@ can leave one committed but unacknowledged mutation without a line.
 Concurrency: a lock serialises threads; processes share the file through O_APPEND (the kernel
 picks the end of file and writes the line in one step) and an flock on audit.log.lock (shared for
 appends, exclusive for rotation, so no line lands in a file that was just rotated away). Lines are
-capped at PIPE_BUF (4096 bytes), the size POSIX promises is written whole; a longer entry gets its
-detail (then its id list) truncated and is marked "truncated": true. Not safe on NFS.
+capped at PIPE_BUF (4096 bytes): POSIX promises that size is written whole on pipes, and local
+filesystems do not interleave O_APPEND writes of it either. A longer entry gets its detail (then
+its id list) truncated and is marked "truncated": true. NFS gives none of these guarantees.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -48,7 +49,7 @@ _READ_BLOCK = 64 * 1024
 
 def _iso(ts: float) -> str:
     """Fixed-width UTC timestamps, so lines sort and align."""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds")[:-6] + "Z"
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def _identity(text: str) -> str:
@@ -301,8 +302,10 @@ def main_audit(args: argparse.Namespace) -> int:
         data_dir = Settings().resolved_data_dir()
     log = AuditLog.for_data_dir(data_dir)
     try:
-        entries = log.read(limit=getattr(args, "limit", 50), principal=getattr(args, "principal", None),
-                           action=getattr(args, "action", None), since=getattr(args, "since", None))
+        entries = log.read(limit=getattr(args, "limit", 50),
+                           principal=getattr(args, "principal", None),
+                           action=getattr(args, "action", None),
+                           since=getattr(args, "since", None))
     except MemorayError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return 2

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ def new_token() -> str:
 
 
 def _utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def parse_workspaces(value: str | Iterable[str]) -> list[str]:
@@ -176,10 +176,11 @@ class TokenStore:
             for t in tokens:
                 if not (isinstance(t, dict) and isinstance(t.get("hash"), str)
                         and isinstance(t.get("id"), str)):
-                    raise ValueError("bad token entry")
+                    raise TypeError("bad token entry")
         except (ValueError, KeyError, TypeError) as e:
+            # No path in the message: it reaches remote callers.
             raise MemorayError(ErrorCode.UNAVAILABLE,
-                               f"tokens file {self.path} is malformed ({e}); fix or remove it") from None
+                               f"the server's tokens file is malformed ({e})") from None
         return tokens
 
     def _refresh(self, force: bool = False) -> None:

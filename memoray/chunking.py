@@ -15,6 +15,7 @@ whitespace, and only then at an arbitrary character. Small neighbouring pieces a
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ def split_document(
     splitter = _Splitter(text, max_chars)
     bounds = [0, *splitter.cuts(0, len(text), _HEADINGS), len(text)]
     chunks = []
-    for i, (start, end) in enumerate(zip(bounds, bounds[1:])):
+    for i, (start, end) in enumerate(itertools.pairwise(bounds)):
         pre = _overlap(text, start, overlap)
         chunks.append(Chunk(i, text[start - pre : end], start, end, pre))
     return chunks
@@ -103,9 +104,8 @@ def _overlap(text: str, start: int, overlap: int) -> int:
         return 0
     lo = max(0, start - overlap)
     line = lo if lo == 0 or text[lo - 1] == "\n" else text.find("\n", lo, start - 1) + 1
-    if line > 0 or lo == 0:
-        if not text[line:start].isspace():
-            return start - line
+    if (line > 0 or lo == 0) and not text[line:start].isspace():
+        return start - line
     if lo > 0 and text[lo - 1].isspace() and not text[lo].isspace():
         return start - lo
     m = _NON_SPACE_AFTER_SPACE.search(text, lo, start)

@@ -9,18 +9,26 @@ up to four sections in a fixed order; each memory appears once, in the first sec
    (``exitCode``/``exit_code`` non-zero, ``failed``/``isError``/``is_error`` true), newest first.
 4. "Relevant to the query": everything else, best score first.
 
-Budget: each memory has three forms, full text, trimmed (first ``TRIM_TOKENS`` tokens + "…") and one
-line (first meaningful line, at most ``LINE_TOKENS`` tokens), before it is dropped. Memories are
-ranked by priority (score, then recency, then tier), and forms are handed out top-down: while the
-detail share of the budget lasts, each memory gets its full text (unless that alone would take more
-than ``FULL_SHARE`` of the budget) or else its trimmed form; after that, one line each while room
-lasts; then whatever is left upgrades one-liners, best first. So lower-priority memories degrade
-first, and a long list still shows breadth instead of three memories in full.
+Budget: each memory has three forms before it is dropped: full text, trimmed (first
+``TRIM_TOKENS`` tokens, cut at a word, + "…") and one line (first meaningful line, at most
+``LINE_TOKENS`` tokens). Memories are ranked by priority, ``0.6 score + 0.25 recency + 0.15 tier``
+(missing scores count as neutral), ties to the newer. Forms are handed out best-first under a
+ceiling that only ever lowers, so no memory gets a better form than one ranked above it and the
+lowest-ranked degrade first: full text while ``DETAIL_SHARE`` of the room lasts, then trimmed
+while it lasts, then one line each while the whole room lasts, then dropped. The one exception is
+size, not rank: a memory whose full text alone would take more than ``FULL_SHARE`` of the room is
+trimmed without lowering the ceiling. Room left at the end upgrades forms best-first. So a long
+list shows breadth (many one-liners) under a few detailed entries, instead of three in full.
 
-Guarantee: ``count_tokens(text) * (1 + margin) <= budget``, always, header included. Counts are
-MiniLM WordPiece tokens (see ``memoray.tokens``); pass ``margin=SAFETY_MARGIN`` to leave room for the
-agent's own tokenizer. Tiny budgets: when no memory fits, the text is the header (with its
-"N memories omitted" line) if that fits, else just "# Memory context" (3 tokens), else "".
+Guarantee: ``count_tokens(text) * (1 + margin) <= budget``, always, header included. Costs are
+summed per entry (WordPiece counts are additive across whitespace) and the final text is counted
+once more; if that ever disagrees, the lowest-ranked entry degrades until it fits. Counts are
+MiniLM WordPiece tokens (see ``memoray.tokens``); pass ``margin=SAFETY_MARGIN`` to leave room for
+the agent's own tokenizer.
+
+Tiny budgets: with no room for even the best memory's line, the text is the first of these that
+fits: the full header with its "_N memories omitted to fit the budget_" line; "# Memory context"
+plus that line; "# Memory context" (3 tokens); "" (budgets of 0-2 tokens).
 """
 
 from __future__ import annotations
@@ -61,8 +69,8 @@ _TIER_WEIGHT = {"preference": 1.0, "pattern": 0.8, "project": 0.5, "session": 0.
 _FULL, _TRIM, _LINE, _DROP = 0, 1, 2, 3
 _ELLIPSIS = "\u2026"
 
-_FENCE_LINE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$", re.M)
-_FIRST_LINE = re.compile(r"^[^\S\n]*(?![`~]{3})\S[^\n]*", re.M)
+_FENCE_LINE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$", re.MULTILINE)
+_FIRST_LINE = re.compile(r"^[^\S\n]*(?![`~]{3})\S[^\n]*", re.MULTILINE)
 _LIST_MARK = re.compile(r"^(?:#{1,6}|>|[-*+]|\d{1,3}[.)])\s+")
 _WORD = re.compile(r"\w{2,}")
 _NAME_UNSAFE = re.compile(r"[`\s]+")
@@ -205,7 +213,17 @@ def build_context(
         text=text,
         tokens=tokens,
         included=[it.id for it in packer.display_order() if it.id in shown],
-        omitted=[it.id for it in packer.order if it.level == _DROP] + duplicates + empty,
+        omitted=list(
+            dict.fromkeys(
+                mid
+                for mid in [
+                    *(it.id for it in packer.order if it.level == _DROP),
+                    *duplicates,
+                    *empty,
+                ]
+                if mid not in shown
+            )
+        ),
         sections=sections,
     )
 
@@ -327,8 +345,11 @@ def _title(workspace_id: str, branch: str | None) -> str:
 
 def _age(seconds: float) -> str:
     for unit, size, upto in (
-        ("m", 60, 3600), ("h", 3600, 86400), ("d", 86400, 14 * 86400),
-        ("w", 7 * 86400, 60 * 86400), ("mo", 30 * 86400, 730 * 86400),
+        ("m", 60, 3600),
+        ("h", 3600, 86400),
+        ("d", 86400, 14 * 86400),
+        ("w", 7 * 86400, 60 * 86400),
+        ("mo", 30 * 86400, 730 * 86400),
     ):
         if seconds < upto:
             return "just now" if seconds < 60 else f"{int(seconds // size)}{unit} ago"
@@ -413,8 +434,10 @@ def _fence_close_tokens(text: str) -> int:
     return _marker_tokens(marker) if marker else 0
 
 
-def _entry(label: str, body: str) -> str:
+def _entry(label: str, body: str, level: int) -> str:
     """One bullet; continuation lines indented so the markdown list holds, open fences closed."""
+    if level == _LINE:  # one line after the label: backticks there are inline, never a fence
+        return f"{label} {body}"
     marker = _open_fence(body) if "``" in body or "~~" in body else None
     if marker:
         body += "\n" + marker
@@ -436,9 +459,10 @@ class _Packer:
         self.heading_tokens = count_many([f"## {name}" for name in SECTIONS])
         self._header_cache: dict[tuple[int, int], int] = {}
 
-    def header(self, dropped: int, shortened: int) -> str:
+    def note(self, dropped: int, shortened: int) -> str:
+        """What was left out, e.g. ``_12 more memories omitted, 3 shortened to fit the budget_``."""
         if not self.order:
-            return f"{self.title}\n\n_No memories to show._"
+            return "_No memories to show._"
         parts = []
         if dropped:
             more = "more " if dropped < len(self.order) else ""
@@ -446,9 +470,11 @@ class _Packer:
             parts.append(f"{dropped} {more}{noun} omitted")
         if shortened:
             parts.append(f"{shortened} shortened")
-        if not parts:
-            return self.title
-        return f"{self.title}\n_{' and '.join(parts)} to fit the token budget_"
+        return f"_{', '.join(parts)} to fit the budget_" if parts else ""
+
+    def header(self, dropped: int, shortened: int) -> str:
+        note = self.note(dropped, shortened)
+        return f"{self.title}\n{note}" if note else self.title
 
     def header_tokens(self, dropped: int, shortened: int) -> int:
         key = (dropped, shortened)
@@ -472,7 +498,15 @@ class _Packer:
 
     def pack(self) -> str:
         if self.order and not self._all_full():
-            self._allocate()
+            # The header's numbers depend on the outcome: start from the worst case, then retry
+            # with the header the last attempt produced while that frees room.
+            estimate = self.header_tokens(len(self.order), len(self.order))
+            for _ in range(3):
+                self._allocate(estimate)
+                actual = self.header_tokens(*self.counts())
+                if actual >= estimate:
+                    break
+                estimate = actual
         while any(it.level != _DROP for it in self.order) and self.total() > self.limit:
             self._degrade_lowest()
         text = self.render()
@@ -481,7 +515,8 @@ class _Packer:
             text = self.render()
         if any(it.level != _DROP for it in self.order):
             return text
-        for fallback in (text, MIN_TITLE):
+        note = self.note(*self.counts())
+        for fallback in (text, f"{MIN_TITLE}\n{note}", MIN_TITLE):
             if count_tokens(fallback) <= self.limit:
                 return fallback
         return ""
@@ -492,7 +527,8 @@ class _Packer:
         if lower + self.header_tokens(0, 0) > self.limit:
             return False
         small = [
-            it for it in self.order
+            it
+            for it in self.order
             if it.full_tokens is None and len(it.content) <= 16 * (self.limit + 1)
         ]
         for it, c in zip(small, count_many([it.content for it in small])):
@@ -510,48 +546,67 @@ class _Packer:
             it.level = _DROP
         return False
 
-    def _allocate(self) -> None:
-        n = len(self.order)
-        body = self.limit - self.header_tokens(n, n) - 2
+    def _allocate(self, header: int) -> None:
+        """Hand out forms best-first under a ceiling that only ever lowers, so no memory ever
+        gets a better form than one ranked above it; then spend what is left on upgrades.
+
+        The one exception is size, not rank: a memory whose full text alone would take more than
+        ``FULL_SHARE`` of the room is capped at its trimmed form without lowering the ceiling.
+        """
+        body = self.limit - header
+        share = int(FULL_SHARE * body)
         remaining = body
-        detail_left = DETAIL_SHARE * body
-        detail = True
+        detail_left = int(DETAIL_SHARE * body)
+        ceiling = _FULL
         used = [False] * len(SECTIONS)
         for it in self.order:
-            head = 0 if used[it.section] else self.heading_tokens[it.section]
             it.level = _DROP
-            if detail:
-                room = int(min(remaining, detail_left)) - head
-                cap = min(room, int(FULL_SHARE * body))
-                if it.cost(_LINE) + head > remaining:
-                    pass  # not even a line fits here; try the next, smaller memories
-                elif it.full_upto(cap) <= cap:
+            head = 0 if used[it.section] else self.heading_tokens[it.section]
+            if ceiling <= _TRIM:
+                room = min(remaining, detail_left) - head
+                big = ceiling == _FULL and it.full_upto(share) > share
+                if ceiling == _FULL and not big and it.cost(_FULL) <= room:
                     it.level = _FULL
                 elif it.cost(_TRIM) <= room:
                     it.level = _TRIM
+                    ceiling = _FULL if big else _TRIM
                 else:
-                    detail = False
-            if it.level == _DROP and it.cost(_LINE) + head <= remaining:
-                it.level = _LINE
+                    ceiling = _LINE
+            if ceiling == _LINE:
+                if it.cost(_LINE) + head <= remaining:
+                    it.level = _LINE
+                else:
+                    ceiling = _DROP
             if it.level != _DROP:
                 spent = head + it.cost(it.level)
                 remaining -= spent
                 if it.level != _LINE:
                     detail_left -= spent
                 used[it.section] = True
-        for it in self.order:  # leftover room: upgrade, best first
-            if remaining < 2:
-                break
-            if it.level in (_DROP, _FULL) or (it.level == _LINE and it.line_is_all):
-                continue
-            for better in (_FULL, _TRIM):
-                here = it.cost(it.level)
+        self._upgrade(remaining, share)
+
+    def _upgrade(self, remaining: int, share: int) -> None:
+        """Leftover room improves forms best-first under the same ceiling rule; the size cap no
+        longer applies, since every memory that fits already has its line."""
+        ceiling = _FULL
+        for it in self.order:
+            if it.level == _DROP or remaining <= 0:
+                return
+            here = it.cost(it.level)
+            for better in range(ceiling, it.level):
                 there = it.full_upto(here + remaining) if better == _FULL else it.cost(better)
                 extra = there - here
-                if better < it.level and extra <= remaining:
+                if extra <= remaining:
                     it.level = better
                     remaining -= extra
                     break
+            if not (it.level == _TRIM and ceiling == _FULL and it.full_upto(share) > share):
+                ceiling = max(ceiling, it.level)
+
+    def counts(self) -> tuple[int, int]:
+        """(dropped, shortened): what the header reports."""
+        dropped = sum(it.level == _DROP for it in self.order)
+        return dropped, sum(it.level not in (_FULL, _DROP) for it in self.order)
 
     def _degrade_lowest(self) -> None:
         for it in reversed(self.order):
@@ -563,7 +618,10 @@ class _Packer:
         by_section: list[list[_Item]] = [[] for _ in SECTIONS]
         for it in self.order:
             by_section[it.section].append(it)
-        newest = lambda it: (-(it.ts or 0.0), it.id)  # noqa: E731
+
+        def newest(it: _Item) -> tuple[float, str]:
+            return (-(it.ts or 0.0), it.id)
+
         by_section[1].sort(key=newest)
         by_section[2].sort(key=newest)
         by_section[3].sort(key=lambda it: (-it.score, -(it.ts or 0.0), it.id))
@@ -575,7 +633,9 @@ class _Packer:
         shortened = sum(it.level != _FULL for it in shown)
         parts = [self.header(dropped, shortened)]
         for s, name in enumerate(SECTIONS):
-            entries = [_entry(it.label, it.body(it.level)) for it in shown if it.section == s]
+            entries = [
+                _entry(it.label, it.body(it.level), it.level) for it in shown if it.section == s
+            ]
             if entries:
                 parts.append(f"## {name}\n" + "\n".join(entries))
         return "\n\n".join(parts)

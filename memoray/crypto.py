@@ -173,7 +173,8 @@ class Cipher:
 
     def rotation_needed(self, blob: bytes) -> bool:
         """Sealed with a key other than the current one (a rotation job should reseal it)."""
-        return is_sealed(blob) and blob[len(MAGIC): len(MAGIC) + KEY_ID_LEN] != self.keyring.current_id
+        kid = blob[len(MAGIC): len(MAGIC) + KEY_ID_LEN]
+        return is_sealed(blob) and kid != self.keyring.current_id
 
     def reseal(self, blob: bytes, aad: bytes) -> bytes:
         """Re-encrypt under the current key; plaintext records get encrypted."""
@@ -192,6 +193,39 @@ def unseal(blob: bytes, aad: bytes, cipher: Cipher | None) -> bytes:
     if cipher is None:
         raise MemorayError(ErrorCode.UNAVAILABLE, NO_KEY_MESSAGE)
     return cipher.open(blob, aad)
+
+
+class KeyringSealer:
+    """The shard storage's sealer (seal/open with the record id as aad). Seals with the current
+    key; opens sealed blobs with any key in the ring; passes plaintext through, so records written
+    before encryption was turned on stay readable. Without a keyring it seals nothing and refuses
+    sealed blobs with NO_KEY_MESSAGE instead of handing ciphertext to msgpack.
+
+    Pass-through means encryption protects confidentiality at rest, not integrity against someone
+    who can write the store's files: they could plant a plaintext record."""
+
+    def __init__(self, keyring: Keyring | None):
+        self.cipher = None if keyring is None else Cipher(keyring)
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
+        return plaintext if self.cipher is None else self.cipher.seal(plaintext, aad)
+
+    def open(self, blob: bytes, aad: bytes) -> bytes:
+        return unseal(blob, aad, self.cipher)
+
+    def rotation_needed(self, blob: bytes) -> bool:
+        """True for blobs a rotation job should rewrite: older key, or still plaintext."""
+        if self.cipher is None:
+            return False
+        return not is_sealed(blob) or self.cipher.rotation_needed(blob)
+
+
+def keyring_sealer(key: str | Keyring | None) -> KeyringSealer:
+    """A sealer from key text (what MEMORAY_ENCRYPTION_KEY or a key file holds: it crosses Ray
+    as text, since AESGCM objects don't pickle), a Keyring, or None."""
+    if key is None or isinstance(key, Keyring):
+        return KeyringSealer(key)
+    return KeyringSealer(Keyring.parse(key))
 
 
 def store_marker(keyring: Keyring) -> bytes:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,9 +180,11 @@ def parse_git_config(text: str) -> dict[str, str]:
 
 
 def _git(root: Path, *args: str) -> str | None:
+    import subprocess  # only the detailed form needs it; hooks that tag records skip the import
+
     try:
         proc = subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True,
+            ["git", "-C", str(root), *args], check=False, capture_output=True, text=True,
             timeout=GIT_TIMEOUT_S, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"},
             stdin=subprocess.DEVNULL,
         )

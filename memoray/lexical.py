@@ -324,7 +324,7 @@ class LexicalIndex:
             if cand is not None:
                 labels = self._labels[slots]
                 pos = np.searchsorted(cand, labels)
-                np.minimum(pos, cand.size - 1, out=pos)
+                np.minimum(pos, cand.size - 2, out=pos)
                 keep = cand[pos] == labels
                 slots, tfs = slots[keep], tfs[keep]
             # each slot occurs once per term, so fancy-index += is a correct scatter-add

@@ -29,6 +29,7 @@ lease_cap (bulk batches) skip leasing and go to the central limiter, which is ex
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
@@ -39,6 +40,7 @@ from typing import Any, Protocol
 from memoray.errors import ErrorCode, MemorayError
 
 Key = tuple[str, str]
+logger = logging.getLogger(__name__)
 
 SESSION, WORKSPACE, BULK, PRINCIPAL = "session", "workspace", "bulk", "principal"
 TOOL_PREFIX = "tool:"
@@ -321,7 +323,7 @@ class SlidingWindow:
     def stats(self, now: float | None = None) -> dict[str, Any]:
         now = self._now(now)
         self._sweep(now)
-        return {"keys": len(self._logs), "outstanding_leases": len(self._leases),
+        return {"keys": len(self._logs), "tracked_leases": len(self._leases),
                 **self._counts,
                 "limits": {k: {"capacity": v.capacity, "window_s": v.window_s}
                            for k, v in self.limits.items()}}
@@ -428,8 +430,8 @@ class LeaseClient:
         try:
             self.round_trips += 1
             await self.central.release(key, unused, lease_id)
-        except Exception:  # the units stay charged until they age out: safe side
-            pass
+        except Exception:  # the units stay charged until they age out: the safe side
+            logger.debug("returning %d units of %s failed", unused, key, exc_info=True)
 
     def try_acquire(self, keys: Sequence[Key], cost: int = 1) -> bool:
         """The synchronous fast path: True if local grants covered the whole request."""

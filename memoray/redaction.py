@@ -267,17 +267,26 @@ _IBAN_LENGTHS = {
 }
 
 
-def _iban_ok(m: re.Match[str], text: str) -> bool:
-    """The country's IBAN length, 4-character groups if spaced, and mod-97 == 1."""
-    raw = m.group()
-    if m.start() and text[m.start() - 1].isalnum():
-        return False
-    iban = raw.replace(" ", "")
-    if _IBAN_LENGTHS.get(iban[:2]) != len(iban):
-        return False
-    if " " in raw and any(len(g) != 4 for g in raw.split(" ")[:-1]):
-        return False
-    return int("".join(str(int(c, 36)) for c in iban[4:] + iban[:4])) % 97 == 1
+_IBAN_TAIL = re.compile(r"[0-9](?<=[A-Z][A-Z][0-9])[0-9](?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])")
+
+
+def _find_ibans(text: str) -> Iterator[Span]:
+    """Country length, 4-character groups if spaced, and mod-97 == 1.
+
+    Anchored on the check digits: digits are far rarer than the capitals an IBAN starts with.
+    """
+    for m in _IBAN_TAIL.finditer(text):
+        start = m.start() - 2
+        if start and text[start - 1].isalnum():
+            continue
+        raw = text[start : m.end()]
+        iban = raw.replace(" ", "")
+        if _IBAN_LENGTHS.get(iban[:2]) != len(iban):
+            continue
+        if " " in raw and any(len(g) != 4 for g in raw.split(" ")[:-1]):
+            continue
+        if int("".join(str(int(c, 36)) for c in iban[4:] + iban[:4])) % 97 == 1:
+            yield start, m.end(), "iban"
 
 
 _FILE_TLDS = frozenset(
@@ -399,6 +408,7 @@ _WEAK = frozenset(
 )
 _ASSIGN_ROOTS = ("pass", "pwd", "secret", "token", "key", "salt", "sig", "cookie", "credential",
                  "auth", "hmac", "session")
+_BARE = r"""[^\s"'`,;(){}\[\]<>]"""  # an unquoted value's characters
 _QUOTED = r"""[rRbBuUfF]{0,2}"(?:[^"\\\n]++|\\.)*+"|[rRbBuUfF]{0,2}'(?:[^'\\\n]++|\\.)*+'"""
 _ASSIGN = (
     r"(?P<kw>(?i:password|passwd|passphrase|pass|pwd|secret|token|key|salt|signature|sig"
@@ -406,8 +416,9 @@ _ASSIGN = (
     r"""(?:["']\]?)?"""
     r"(?P<sep>[ \t]*(?:=>|:=|==|=|:(?![:/\\])"
     r"(?:[ \t]*[A-Za-z_][\w.\[\]| ,]{0,40}?[ \t]*=(?!=))?)[ \t]*)"  # `password: str = "..."`
-    rf"""(?P<val>{_QUOTED}|[^\s"'`,;(){{}}\[\]<>]++)"""
+    rf"""(?P<val>{_QUOTED}|{_BARE}{{1,256}}+)"""
 )
+_BARE_RUN = re.compile(rf"{_BARE}*+")
 
 
 def _word_start(text: str, kw_start: int, kw: str) -> bool:
@@ -443,6 +454,9 @@ def _classify_assignment(m: re.Match[str], text: str) -> Span | None:
         if _WS.search(value):  # prose and messages: "Password must be 8 characters"
             return None
     else:
+        if len(raw) == 256:  # bounded so that no input rescans a long run per keyword
+            v_end = _BARE_RUN.match(text, v_end).end()
+            raw = text[v_start:v_end]
         value = raw
         head = m.start() - (len(key) - len(kw))
         if head and text[head - 1] in "?&":  # URL query: the value ends at the next parameter
@@ -555,8 +569,8 @@ _PII_RULES: tuple[_Rule, ...] = (
     _Rule("email", _find_emails, ("@",)),
     _scan("card_number", r"[0-9](?<![\w.\-+][0-9])(?:[ \-]?[0-9]){12,18}(?![ \-]?[0-9])",
           check=_card_ok),
-    _scan("iban", r"[A-Z][A-Z][0-9][0-9](?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])", check=_iban_ok),
-    _scan("phone", r"\+(?<![\w+]\+)[0-9]++(?:[ .\-]?+\(?[0-9]++\)?)*+", ("+",),
+    _Rule("iban", _find_ibans, ()),
+    _scan("phone", r"\+(?<![\w+]\+)(?=[0-9][0-9 .\-()]{8})[0-9]++(?:[ .\-]?+\(?[0-9]++\)?)*+", ("+",),
           check=_intl_phone_ok),
     _scan("phone", r"[0-9](?<![\w.+\-/][0-9])(?:(?<=1)[.\-][0-9]{3}[.\-]|[0-9]{2}[.\-])"
                    r"[0-9]{3}[.\-][0-9]{4}(?![\w\-]|\.[0-9])", check=_us_phone_ok),

@@ -110,6 +110,9 @@ def serve_forever(settings: Settings) -> int:
                 logging_config={"log_level": "WARNING"})
     serve.run(make_app(settings), name="memoray", route_prefix="/", blocking=False)
     url = f"http://{settings.host}:{settings.port}"
+    run_file = settings.resolved_data_dir() / "run.json"
+    run_file.write_text(json.dumps({"pid": os.getpid(), "url": url,
+                                    "ray_address": ray.get_runtime_context().gcs_address}))
     print(f"memoray ready at {url}/mcp ({settings.shards} shards, {settings.embedder} embedder, "
           f"data in {settings.resolved_data_dir()}, started in {time.time() - t0:.1f}s)",
           flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 
@@ -23,7 +24,7 @@ from memoray.errors import ErrorCode, MemorayError
 def check_invariants(text: str, chunks: list[Chunk], max_chars: int, overlap: int) -> None:
     assert [c.index for c in chunks] == list(range(len(chunks)))
     assert chunks[0].start == 0 and chunks[-1].end == len(text)
-    for prev, cur in zip(chunks, chunks[1:]):
+    for prev, cur in itertools.pairwise(chunks):
         assert prev.end == cur.start  # own spans tile the text
     for c in chunks:
         assert c.content == text[c.start - c.overlap_prefix : c.end]
@@ -44,14 +45,29 @@ def check_invariants(text: str, chunks: list[Chunk], max_chars: int, overlap: in
     st.integers(min_value=0, max_value=300),
 )
 def test_reassemble_inverts_split_for_any_text(text, max_chars, overlap):
-    check_invariants(text, split_document(text, max_chars=max_chars, overlap=overlap),
-                     max_chars, overlap)
+    check_invariants(
+        text, split_document(text, max_chars=max_chars, overlap=overlap), max_chars, overlap
+    )
 
 
 markdownish = st.lists(
     st.sampled_from(
-        ["# Title\n", "## Sub\n", "\n", "\r\n", "```py\n", "```\n", "~~~\n", "text line\n",
-         "A sentence. Another one! ", "word ", "x" * 50, "- item\n", "    code\n", "é🎉日本 "]
+        [
+            "# Title\n",
+            "## Sub\n",
+            "\n",
+            "\r\n",
+            "```py\n",
+            "```\n",
+            "~~~\n",
+            "text line\n",
+            "A sentence. Another one! ",
+            "word ",
+            "x" * 50,
+            "- item\n",
+            "    code\n",
+            "é🎉日本 ",
+        ]
     ),
     max_size=400,
 ).map("".join)
@@ -60,8 +76,9 @@ markdownish = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(markdownish, st.integers(min_value=8, max_value=400), st.integers(min_value=0, max_value=80))
 def test_reassemble_inverts_split_for_markdownish_text(text, max_chars, overlap):
-    check_invariants(text, split_document(text, max_chars=max_chars, overlap=overlap),
-                     max_chars, overlap)
+    check_invariants(
+        text, split_document(text, max_chars=max_chars, overlap=overlap), max_chars, overlap
+    )
 
 
 def test_empty_and_short_text_is_one_chunk():
@@ -81,8 +98,30 @@ def test_needs_chunking():
 def fenced_document(seed: int, size: int) -> tuple[str, list[tuple[int, int]]]:
     """Realistic markdown with code: sections, prose, lists, fences (recorded), tables."""
     rng = random.Random(seed)
-    words = ("shard index record vector replica query budget token branch merge commit the a of "
-             "to and LMDB HNSW snapshot durable acknowledged sequence").split()
+    words = [
+        "shard",
+        "index",
+        "record",
+        "vector",
+        "replica",
+        "query",
+        "budget",
+        "token",
+        "branch",
+        "merge",
+        "commit",
+        "the",
+        "a",
+        "of",
+        "to",
+        "and",
+        "LMDB",
+        "HNSW",
+        "snapshot",
+        "durable",
+        "acknowledged",
+        "sequence",
+    ]
     parts: list[str] = []
     fences: list[tuple[int, int]] = []
     pos = 0
@@ -99,8 +138,10 @@ def fenced_document(seed: int, size: int) -> tuple[str, list[tuple[int, int]]]:
         for _ in range(rng.randint(1, 6)):
             kind = rng.random()
             if kind < 0.45:
-                sents = [" ".join(rng.choices(words, k=rng.randint(4, 25))).capitalize() + "."
-                         for _ in range(rng.randint(1, 8))]
+                sents = [
+                    " ".join(rng.choices(words, k=rng.randint(4, 25))).capitalize() + "."
+                    for _ in range(rng.randint(1, 8))
+                ]
                 add(" ".join(sents) + "\n\n")
             elif kind < 0.75:
                 body = "".join(
@@ -132,7 +173,7 @@ def test_large_markdown_document_round_trips_and_keeps_fences_whole():
     # Cuts are structural: at a heading, a fence edge or a blank line, never mid-line here.
     for cut in cuts:
         assert text[cut - 1] == "\n"
-    headings = sum(1 for c in chunks[1:] if re.match(r"#{1,3} Section", text[c.start:]))
+    headings = sum(1 for c in chunks[1:] if re.match(r"#{1,3} Section", text[c.start :]))
     assert headings > len(chunks) // 3
     # Chunks are not needlessly small: merged up towards the limit.
     assert sum(c.end - c.start for c in chunks) / len(chunks) > DEFAULT_MAX_CHARS / 2
@@ -148,7 +189,9 @@ def test_fence_bigger_than_the_limit_is_cut_at_lines():
 
 def test_fence_that_fits_is_one_piece_and_hash_lines_inside_are_not_headings():
     fence = "```bash\n# install\npip install x\n\n# run\nx --go\n```\n"
-    text = "# Guide\n\n" + "Some words here. " * 20 + "\n\n" + fence + "\n# Next\n\n" + "More. " * 30
+    text = (
+        "# Guide\n\n" + "Some words here. " * 20 + "\n\n" + fence + "\n# Next\n\n" + "More. " * 30
+    )
     chunks = split_document(text, max_chars=len(fence) + 20, overlap=0)
     check_invariants(text, chunks, len(fence) + 20, 0)
     start = text.index(fence)
@@ -193,8 +236,10 @@ def test_reassemble_rejects_gaps_duplicates_and_bad_prefixes():
     assert reassemble([]) == ""
 
 
-@pytest.mark.parametrize("kwargs", [{"max_chars": 0}, {"max_chars": -3}, {"overlap": -1},
-                                    {"max_chars": True}, {"max_chars": 2.5}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_chars": 0}, {"max_chars": -3}, {"overlap": -1}, {"max_chars": True}, {"max_chars": 2.5}],
+)
 def test_bad_parameters_are_invalid_input(kwargs):
     with pytest.raises(MemorayError) as err:
         split_document("text", **kwargs)

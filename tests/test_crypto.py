@@ -22,6 +22,7 @@ from memoray.crypto import (
     is_sealed,
     key_from_settings,
     key_id,
+    keyring_sealer,
     record_aad,
     rotation_needed,
     store_marker,
@@ -168,3 +169,24 @@ def test_store_marker_cases():
     wrong_content = Cipher(ring).seal(b"other", b"memoray/store-marker")
     with pytest.raises(MemorayError):
         check_marker(wrong_content, ring)
+
+
+def test_keyring_sealer_for_shard_storage():
+    k1, k2 = (base64.b64encode(k).decode() for k in (K1, K2))
+    plain_record = msgpack.packb({"id": "A", "content": "old"})
+    sealer = keyring_sealer(f"# current\n{k2}\n{k1}\n")  # key-file text, as the launcher sends
+    blob = sealer.seal(plain_record, b"A")
+    assert is_sealed(blob) and sealer.open(blob, b"A") == plain_record
+    assert sealer.open(plain_record, b"A") == plain_record  # written before encryption
+    assert sealer.rotation_needed(plain_record)
+    assert sealer.rotation_needed(keyring_sealer(k1).seal(b"x", b"A"))
+    assert not sealer.rotation_needed(blob)
+    with pytest.raises(MemorayError):
+        sealer.open(blob, b"B")
+    none = keyring_sealer(None)
+    assert none.seal(b"p", b"A") == b"p" and none.open(b"p", b"A") == b"p"
+    assert not none.rotation_needed(b"p")
+    with pytest.raises(MemorayError) as e:
+        none.open(blob, b"A")
+    assert e.value.message == NO_KEY_MESSAGE
+    assert keyring_sealer(Keyring(K1)).open(keyring_sealer(k1).seal(b"z", b"i"), b"i") == b"z"

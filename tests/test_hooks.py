@@ -26,6 +26,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp_types import CallToolResult, TextContent
 
 from memoray.hooks import events, transcript
+from memoray.hooks.client import McpClient
 from memoray.hooks.spool import Spool
 
 HEAVY = ("ray", "torch", "numpy", "pydantic", "httpx", "mcp", "anyio", "starlette", "uvicorn")
@@ -43,7 +44,7 @@ class Recorder:
     stored: dict[str, dict[str, Any]] = field(default_factory=dict)  # idempotencyKey -> item
     headers: list[dict[str, str]] = field(default_factory=list)
     context: str = "## Relevant memories\n- use pnpm, not npm (decision)"
-    capture_error: dict[str, Any] | None = None
+    capture_error: dict[str, Any] | str | None = None
     poison: str | None = None  # items whose content contains this are INVALID_INPUT
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -80,6 +81,9 @@ def make_app(rec: Recorder):
     def capture(items: list[dict[str, Any]]) -> CallToolResult:
         with rec.lock:
             rec.log.append(("capture-memories", {"items": items}))
+            if isinstance(rec.capture_error, str):  # an uncoded failure, as a bug would give
+                return CallToolResult(content=[TextContent(type="text", text=rec.capture_error)],
+                                      is_error=True)
             if rec.capture_error:
                 return _result(rec.capture_error, error=True)
             if rec.poison and any(rec.poison in str(it.get("content")) for it in items):
@@ -91,9 +95,9 @@ def make_app(rec: Recorder):
         return _result({"ids": ids, "count": len(items)})
 
     @server.tool(name="build-context")
-    def build_context(query: str | None = None, tokenBudget: int = 1000,  # noqa: N803
-                      workspaceId: str = "default", gitBranch: str | None = None,  # noqa: N803
-                      sessionId: str | None = None, filters: dict[str, Any] | None = None,  # noqa: N803
+    def build_context(query: str | None = None, tokenBudget: int = 1000,
+                      workspaceId: str = "default", gitBranch: str | None = None,
+                      sessionId: str | None = None, filters: dict[str, Any] | None = None,
                       ) -> CallToolResult:
         args = {"query": query, "tokenBudget": tokenBudget, "workspaceId": workspaceId,
                 "gitBranch": gitBranch, "sessionId": sessionId, "filters": filters}
@@ -204,8 +208,8 @@ def hook(event: str, payload: Any, *, url: str, spool: Path, env: dict[str, str]
     data = raw if raw is not None else json.dumps(payload)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, *(extra or []), "-m", "memoray.cli", "hook", event],
-                          input=data, capture_output=True, text=True, env=full_env, timeout=30,
-                          cwd=payload.get("cwd") if isinstance(payload, dict) else None)
+                          check=False, input=data, capture_output=True, text=True, env=full_env,
+                          timeout=30, cwd=payload.get("cwd") if isinstance(payload, dict) else None)
     return Run(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start)
 
 
@@ -248,11 +252,11 @@ def test_hook_imports_only_the_standard_library(project: Path, tmp_path: Path) -
     assert heavy == [], f"hook imported heavy modules: {heavy}"
 
 
-@pytest.mark.parametrize("raw", ["not json", "[1, 2]", "", "{\"tool_name\": 5, \"tool_input\": \"x\"}",
-                                 "{\"session_id\": null, \"cwd\": 42}"])
+@pytest.mark.parametrize("raw", ["not json", "[1, 2]", "", '{"tool_name": 5, "tool_input": "x"}',
+                                 '{"session_id": null, "cwd": 42}'])
 @pytest.mark.parametrize("event", ["PostToolUse", "UserPromptSubmit", "SessionStart", "Stop"])
 def test_malformed_stdin_exits_zero(live, tmp_path: Path, raw: str, event: str) -> None:
-    url, rec = live
+    url, _ = live
     run = hook(event, None, url=url, spool=tmp_path / "spool", raw=raw)
     assert run.rc == 0
     assert run.stdout == "" or "hookSpecificOutput" in run.json()
@@ -282,7 +286,7 @@ def test_hanging_server_is_cut_off_by_the_timeout(project: Path, tmp_path: Path)
         run = hook("UserPromptSubmit", base(project, prompt="what did we decide about caching?"),
                    url=url, spool=tmp_path / "spool", env={"MEMORAY_HOOK_TIMEOUT": "0.5"})
         assert run.rc == 0 and run.stdout == ""
-        assert run.seconds < 1.5, run.seconds
+        assert run.seconds < 2.0, run.seconds  # 0.5 s budget, not the 30 s test timeout
         assert "TIMEOUT" in run.stderr
         assert Spool(tmp_path / "spool").backoff_remaining() > 0  # next hooks skip the wait
         again = hook("PostToolUse", edit_payload(project), url=url, spool=tmp_path / "spool",
@@ -424,7 +428,8 @@ def test_stop_and_session_end_summaries(live, project: Path, tmp_path: Path) -> 
     url, rec = live
     spool = tmp_path / "spool"
     write_transcript(project / "t.jsonl", "Fixed the parser; all tests pass.", pad_bytes=200_000)
-    hook("UserPromptSubmit", base(project, prompt="fix the parser bug in app"), url=url, spool=spool)
+    hook("UserPromptSubmit", base(project, prompt="fix the parser bug in app"), url=url,
+         spool=spool)
     hook("PostToolUse", edit_payload(project), url=url, spool=spool)
     hook("PostToolUse", bash_payload(project, "pytest -q", 1, exitCode=1, stderr="1 failed"),
          url=url, spool=spool)
@@ -451,8 +456,8 @@ def test_stop_and_session_end_summaries(live, project: Path, tmp_path: Path) -> 
     hook("Stop", base(project), url=url, spool=spool)  # nothing new in this turn
     assert len(rec.items()) == before
 
-    end = hook("SessionEnd", base(project, hook_event_name="SessionEnd", reason="prompt_input_exit"),
-               url=url, spool=spool)
+    end = hook("SessionEnd", base(project, hook_event_name="SessionEnd",
+                                  reason="prompt_input_exit"), url=url, spool=spool)
     assert end.rc == 0
     summary = rec.items()[-1]
     assert summary["metadata"]["scope"] == "session"
@@ -460,7 +465,7 @@ def test_stop_and_session_end_summaries(live, project: Path, tmp_path: Path) -> 
     assert summary["metadata"]["filesChanged"] == ["src/app.py"]
     assert summary["content"].startswith("Session summary (SessionEnd: prompt_input_exit) on "
                                          "feature @ ")
-    assert "Looked around: Read ×1" in summary["content"]
+    assert "Looked around: Read \u00d71" in summary["content"]
     hook("PreCompact", base(project, trigger="manual"), url=url, spool=spool)
     assert len(rec.items()) == before + 1  # same session, nothing new: not stored twice
 
@@ -473,6 +478,15 @@ def test_stop_uses_last_assistant_message_from_payload(live, project: Path,
     hook("Stop", base(project, transcript_path=str(tmp_path / "missing.jsonl"),
                       last_assistant_message="Renamed a to b."), url=url, spool=spool)
     assert rec.items()[-1]["content"].endswith("Outcome (last assistant message):\nRenamed a to b.")
+
+
+def test_unusable_spool_dir_still_delivers(live, project: Path, tmp_path: Path) -> None:
+    url, rec = live
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    run = hook("PostToolUse", edit_payload(project), url=url, spool=blocker / "spool")
+    assert run.rc == 0 and "cannot write the spool" in run.stderr
+    assert [it["eventType"] for it in rec.items()] == ["code_change"]
 
 
 # -- the spool --------------------------------------------------------------------------------
@@ -541,6 +555,38 @@ def test_invalid_item_is_dropped_the_rest_delivered(live, project: Path, tmp_pat
     assert Spool(spool).pending_items() == []
 
 
+def test_uncoded_errors_are_retried_then_cost_one_item(live, project: Path,
+                                                     tmp_path: Path) -> None:
+    url, rec = live
+    spool = tmp_path / "spool"
+    rec.capture_error = "Error executing tool capture-memories: KeyError('shard')"
+    for n in range(1, 5):
+        assert hook("PostToolUse", edit_payload(project, n), url=url, spool=spool).rc == 0
+        assert len(Spool(spool).pending_items()) == n  # kept: maybe the server recovers
+    run = hook("PostToolUse", edit_payload(project, 5), url=url, spool=spool)
+    assert "dropped" in run.stderr
+    assert len(Spool(spool).pending_items()) == 4  # the head alone went, after 5 tries
+    rec.capture_error = None
+    hook("Stop", base(project), url=url, spool=spool)
+    edits = [k for k, it in rec.stored.items() if it["eventType"] == "code_change"]
+    assert edits == [hook_key(project, n) for n in range(2, 6)]
+
+
+def test_large_spool_flushes_in_batches_and_compacts(live, tmp_path: Path) -> None:
+    url, rec = live
+    spool = Spool(tmp_path / "spool")
+    items = [{"content": f"item {n} " + "x" * 1000, "eventType": "note",
+              "idempotencyKey": f"k{n}"} for n in range(3000)]
+    assert spool.append(items) == 3000
+    client = McpClient(url + "/mcp")
+    result = spool.flush(client, time.monotonic() + 60)
+    assert (result.sent, result.dropped, result.pending) == (3000, 0, False)
+    assert [it["idempotencyKey"] for it in rec.items()] == [f"k{n}" for n in range(3000)]
+    assert max(len(a["items"]) for a in rec.calls("capture-memories")) == 100
+    assert (tmp_path / "spool" / "spool.jsonl").stat().st_size == 0
+    assert spool.pending_items() == []
+
+
 def test_concurrent_hooks_lose_nothing(live, project: Path, tmp_path: Path) -> None:
     url, rec = live
     spool, down = tmp_path / "spool", closed_url()
@@ -590,6 +636,10 @@ def test_tool_summaries() -> None:
         "type": "create", "filePath": "/repo/a.py", "structuredPatch": []}}, root)
     assert write.content == "Created a.py (+2 -0):\n+x = 1\n+y = 2"
     assert write.file == ("a.py", 2, 0, True)
+    bare_edit = events.summarize_tool({"tool_name": "Edit", "tool_input": {
+        "file_path": "/elsewhere/c.py", "old_string": "x = 1\ny = 2", "new_string": "x = 1\ny = 3"},
+        "tool_response": "ok"}, root)  # an older response without structuredPatch
+    assert bare_edit.content == "Edited /elsewhere/c.py (+1 -1):\n-y = 2\n+y = 3"
     multi = events.summarize_tool({"tool_name": "MultiEdit", "tool_input": {
         "file_path": "/repo/b.py", "edits": [{"old_string": "a", "new_string": "b"},
                                              {"old_string": "c\nd", "new_string": "c"}]}}, root)

@@ -102,6 +102,8 @@ def test_estimate_against_chars_over_4():
     ) * 40
     for name, text in (("python", code), ("prose", prose)):
         ratio = count_tokens(text) / (len(text) / 4)
-        print(f"{name}: {count_tokens(text)} WordPiece tokens vs {len(text) / 4:.0f} chars/4 "
-              f"= {ratio:.2f}x")
+        print(
+            f"{name}: {count_tokens(text)} WordPiece tokens vs {len(text) / 4:.0f} chars/4 "
+            f"= {ratio:.2f}x"
+        )
         assert 0.7 < ratio < 1.6

@@ -7,9 +7,7 @@ routes loopback traffic through an `http_proxy`.
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -93,6 +91,8 @@ class McpClient:
 
     def _post(self, body: bytes, headers: dict[str, str],
               timeout: float) -> tuple[int, str, bytes]:
+        import http.client  # here, not at the top: hooks that never reach the network skip it
+
         deadline = time.monotonic() + timeout
         conn_cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
         conn = conn_cls(self._host, self._port, timeout=min(self._connect_timeout, timeout))
@@ -112,7 +112,7 @@ class McpClient:
             return resp.status, resp.getheader("Content-Type") or "", b"".join(chunks)
         except CallError:
             raise
-        except (TimeoutError, socket.timeout) as exc:
+        except TimeoutError as exc:
             raise CallError("TIMEOUT", f"server did not answer within {timeout:.1f}s") from exc
         except (OSError, http.client.HTTPException) as exc:
             raise CallError("NETWORK", f"{type(exc).__name__}: {exc}") from exc
@@ -140,7 +140,8 @@ def _decode_message(ctype: str, raw: bytes, request_id: int) -> dict[str, Any] |
         except ValueError:
             continue
         for m in msg if isinstance(msg, list) else [msg]:
-            if isinstance(m, dict) and m.get("id") == request_id and ("result" in m or "error" in m):
+            if isinstance(m, dict) and m.get("id") == request_id and (
+                    "result" in m or "error" in m):
                 return m
     return None
 

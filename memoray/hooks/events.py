@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,12 +151,14 @@ def _patch_lines(response: Any) -> list[str] | None:
 
 
 def _diff_lines(old: str, new: str) -> list[str]:
-    if len(old) + len(new) > 200_000:  # too big to diff in a hook: count lines instead
-        return [f"-{x}" for x in old.splitlines()] + [f"+{x}" for x in new.splitlines()]
+    """+/- lines between two strings, in structuredPatch's form ("+line", "-line")."""
+    old_lines, new_lines = old.splitlines(), new.splitlines()
+    if len(old) + len(new) > 50_000:  # too big to diff inside a hook: count lines instead
+        return [f"-{x}" for x in old_lines] + [f"+{x}" for x in new_lines]
     import difflib  # only when the response has no structuredPatch
 
-    return [x for x in difflib.ndiff(old.splitlines(), new.splitlines()) if x[:1] in "+-"
-            and x[:2] != "? "]
+    diff = list(difflib.unified_diff(old_lines, new_lines, n=0, lineterm=""))[2:]  # no ---/+++
+    return [x for x in diff if not x.startswith("@@")]
 
 
 def _edit_record(tool: str, tool_input: dict[str, Any], response: Any,
@@ -204,6 +205,8 @@ def _edit_record(tool: str, tool_input: dict[str, Any], response: Any,
 
 def is_read_only(command: str) -> bool:
     """True when every step of a shell command only reads (ls, cat, git status...)."""
+    import shlex  # Bash calls only
+
     steps = [s.strip() for s in re.split(r"&&|\|\||;|\||\n", command) if s.strip()]
     if not steps:
         return True

@@ -4,7 +4,8 @@ Appending first and sending from the spool keeps the order of items across hooks
 a server outage or a killed hook. Files in the spool directory:
 
 - `spool.jsonl`: one CaptureItem per line, oldest first.
-- `spool.meta`: `{"offset": bytes already acknowledged, "backoffUntil": epoch seconds}`.
+- `spool.meta`: `{"offset": bytes already acknowledged, "backoffUntil": epoch seconds,
+  "strikes": uncoded failures at the head}`.
 - `spool.lock`: flock held briefly around every change to the two files above (no network).
 - `flush.lock`: flock held by the one hook flushing; others append and leave.
 
@@ -24,7 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ from memoray.hooks.client import CallError, McpClient
 BATCH_ITEMS = 100
 BATCH_BYTES = 2 * 1024 * 1024
 TIMEOUT_BACKOFF_S = 30.0  # a server that hangs would cost every hook its full timeout
+# An error without a contract code (a server bug, a crashed actor) is retried this many times
+# for the same spool head before it is treated like INVALID_INPUT: no item blocks forever.
+UNKNOWN_RETRIES = 5
 COMPACT_MIN_BYTES = 1024 * 1024
 
 
@@ -47,7 +51,6 @@ class FlushResult:
     pending: bool = False  # items remain in the spool
     skipped: str | None = None  # "busy" (another hook flushes) or "backoff"
     error: CallError | None = None
-    sent_items: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
 
 class Spool:
@@ -152,11 +155,9 @@ class Spool:
         """[(end offset, item)] from offset, and the offset after the last whole line read."""
         out: list[tuple[int, dict[str, Any]]] = []
         pos = offset
-        try:
-            f = open(self.data, "rb")
-        except OSError:
+        if not self.data.exists():
             return out, offset
-        with f:
+        with open(self.data, "rb") as f:
             f.seek(offset)
             used = 0
             for line in f:
@@ -178,17 +179,21 @@ class Spool:
                     break
         return out, pos
 
-    def _ack(self, new_offset: int) -> None:
-        """Mark everything before new_offset as delivered; reclaim space when worthwhile."""
+    def _ack(self, new_offset: int, *, compact: bool = True) -> None:
+        """Mark everything before new_offset as delivered; reclaim space when worthwhile.
+
+        compact=False while a caller still holds offsets into the current file.
+        """
         with self._locked():
             meta = self._meta()
             meta.pop("backoffUntil", None)
+            meta.pop("strikes", None)
             size = self._size()
             if new_offset >= size:
                 with open(self.data, "r+b") as f:
                     f.truncate(0)
                 meta["offset"] = 0
-            elif new_offset > COMPACT_MIN_BYTES and new_offset * 2 > size:
+            elif compact and new_offset > COMPACT_MIN_BYTES and new_offset * 2 > size:
                 tmp = self.data.with_suffix(".jsonl.tmp")
                 with open(self.data, "rb") as src, open(tmp, "wb") as dst:
                     src.seek(new_offset)
@@ -239,23 +244,36 @@ class Spool:
             try:
                 client.call_tool("capture-memories", {"items": items}, timeout=remaining)
             except CallError as exc:
-                if exc.transient:
+                if exc.transient or (exc.code == "UNKNOWN" and self._strike(start)):
                     self._transient(exc, result)
                     return
-                if len(batch) == 1:
+                if exc.code != "UNKNOWN" and len(batch) == 1:
                     self._drop(items[0], exc, result)
                     self._ack(end)
                     continue
-                if not self._one_by_one(client, deadline, start, batch, result):
+                # INVALID_INPUT: find the bad items. UNKNOWN, retries spent: the head alone
+                # decides, so a server failing everything loses one item per round, not all.
+                suspects = batch[:1] if exc.code == "UNKNOWN" else batch
+                if not self._one_by_one(client, deadline, suspects, result):
                     return
                 continue
             result.sent += len(items)
-            result.sent_items.extend(items)
             self._ack(end)
 
-    def _one_by_one(self, client: McpClient, deadline: float, start: int,
+    def _strike(self, head: int) -> bool:
+        """Count an uncoded failure at this spool head; True while it may still be retried."""
+        with self._locked():
+            meta = self._meta()
+            strikes = meta.get("strikes")
+            count = strikes.get("count", 0) + 1 if isinstance(strikes, dict) and strikes.get(
+                "offset") == head else 1
+            meta["strikes"] = {"offset": head, "count": count}
+            self._write_meta(meta)
+        return count < UNKNOWN_RETRIES
+
+    def _one_by_one(self, client: McpClient, deadline: float,
                     batch: list[tuple[int, dict[str, Any]]], result: FlushResult) -> bool:
-        """A batch was refused as invalid: find and drop the bad items, keep the rest."""
+        """Send items singly: refused ones are dropped, the rest delivered (False: stop)."""
         for end, item in batch:
             remaining = deadline - time.monotonic()
             if remaining <= 0.05:
@@ -264,13 +282,12 @@ class Spool:
             try:
                 client.call_tool("capture-memories", {"items": [item]}, timeout=remaining)
                 result.sent += 1
-                result.sent_items.append(item)
             except CallError as exc:
                 if exc.transient:
                     self._transient(exc, result)
                     return False
                 self._drop(item, exc, result)
-            self._ack(end)
+            self._ack(end, compact=False)
         return True
 
     def _transient(self, exc: CallError, result: FlushResult) -> None:

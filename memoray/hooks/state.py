@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,8 +44,13 @@ def _activity() -> dict[str, Any]:
 def session_state(spool_dir: Path, session_id: str) -> Iterator[dict[str, Any]]:
     """Yield the session's state dict; changes made inside the block are saved atomically."""
     path = _session_file(spool_dir, session_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:  # an unwritable spool dir costs the summary, not the capture
+        print(f"memoray hook: no session state ({exc})", file=sys.stderr)
+        yield new_state()
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         raw = b""

@@ -1,0 +1,183 @@
+"""The MCP tools through the real client over HTTP, against a real server on a local Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import httpx
+import pytest
+
+from tests.server_process import ToolError, mcp_client
+
+WS = "it-tools"
+
+MEMORIES = [
+    ("decision", "We chose LMDB as the storage engine because it gives crash-safe transactions."),
+    ("code_change", "Refactored the payment retry loop in billing/retry.py to use exponential backoff."),
+    ("review", "Review: the login handler leaks the session cookie in debug logs; must fix before release."),
+    ("decision", "The frontend uses React with Vite; no server-side rendering for now."),
+    ("tool_event", "pytest tests/test_api.py failed: 3 errors, database connection refused."),
+    ("preference", "The user prefers small commits with imperative-mood messages."),
+]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_tool_list(minilm_server):
+    async def go():
+        async with mcp_client(minilm_server.mcp_url) as c:
+            tools = await c.session.list_tools()
+            return {t.name for t in tools.tools}
+
+    names = run(go())
+    assert {"capture-memory", "capture-memories", "retrieve-memories", "build-context",
+            "get-memory", "delete-memory", "get-document", "explain-query", "memory-stats",
+            "health-check"} <= names
+
+
+def _seed(c, ws=WS, branch="main"):
+    async def go():
+        ids = []
+        for event, text in MEMORIES:
+            res = await c.call("capture-memory", content=text, eventType=event, workspaceId=ws,
+                               sessionId="s1", gitBranch=branch)
+            ids.append(res["id"])
+        return ids
+    return go()
+
+
+def test_capture_then_paraphrased_query_finds_it_first(minilm_server):
+    async def go():
+        async with mcp_client(minilm_server.mcp_url) as c:
+            ids = await _seed(c)
+            checks = {
+                "which database did we pick for persistence?": ids[0],
+                "how do failed charges get retried?": ids[1],
+                "security problem with cookies in logging": ids[2],
+                "what UI framework do we use": ids[3],
+            }
+            for query, want in checks.items():
+                res = await c.call("retrieve-memories", query=query, limit=3,
+                                   filters={"workspaceId": WS})
+                assert res["memories"][0]["id"] == want, (query, res["memories"])
+                for m in res["memories"]:
+                    assert 0.0 <= m["score"] <= 1.0
+                    assert m["workspaceId"] == WS
+    run(go())
+
+
+def test_equality_and_time_filters(minilm_server):
+    ws = WS + "-filters"
+
+    async def go():
+        async with mcp_client(minilm_server.mcp_url) as c:
+            await _seed(c, ws=ws, branch="feature/x")
+            old = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30)).isoformat()
+            await c.call("capture-memory", content="An old decision about caching with Redis",
+                         eventType="decision", workspaceId=ws, timestamp=old)
+            res = await c.call("retrieve-memories", query="decision", limit=20,
+                               filters={"workspaceId": ws, "eventType": "decision"})
+            assert {m["eventType"] for m in res["memories"]} == {"decision"}
+            assert len(res["memories"]) == 3
+            since = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).isoformat()
+            res = await c.call("retrieve-memories", query="decision caching", limit=20,
+                               filters={"workspaceId": ws, "startTime": since})
+            assert all("Redis" not in m["content"] for m in res["memories"])
+            res = await c.call("retrieve-memories", query="caching", limit=20,
+                               filters={"workspaceId": ws, "endTime": since})
+            assert [m["content"] for m in res["memories"]] == [
+                "An old decision about caching with Redis"]
+            res = await c.call("retrieve-memories", query="anything", limit=20,
+                               filters={"workspaceId": ws, "gitBranch": "main"})
+            assert res["memories"] == []
+            res = await c.call("retrieve-memories", query="commits", limit=20,
+                               filters={"workspaceId": ws, "tier": "preference"})
+            assert [m["eventType"] for m in res["memories"]] == ["preference"]
+    run(go())
+
+
+def test_get_and_delete(minilm_server):
+    ws = WS + "-delete"
+
+    async def go():
+        async with mcp_client(minilm_server.mcp_url) as c:
+            mid = (await c.call("capture-memory", content="Ephemeral note about the zebra cache",
+                                workspaceId=ws))["id"]
+            got = await c.call("get-memory", id=mid)
+            assert got["content"] == "Ephemeral note about the zebra cache"
+            assert (await c.call("delete-memory", id=mid))["deleted"] is True
+            with pytest.raises(ToolError) as err:
+                await c.call("get-memory", id=mid)
+            assert err.value.code == "NOT_FOUND"
+            res = await c.call("retrieve-memories", query="zebra cache", filters={"workspaceId": ws})
+            assert res["memories"] == []
+            with pytest.raises(ToolError) as err:
+                await c.call("delete-memory", id=mid)
+            assert err.value.code == "NOT_FOUND"
+    run(go())
+
+
+BAD_CALLS = [
+    ("capture-memory", {"content": "x" * (1024 * 1024 + 1), "workspaceId": "bad"}, "content"),
+    ("capture-memory", {"content": "", "workspaceId": "bad"}, "content"),
+    ("capture-memory", {"content": "   ", "workspaceId": "bad"}, "content"),
+    ("capture-memory", {"content": 42, "workspaceId": "bad"}, "content"),
+    ("capture-memory", {"content": "ok", "workspaceId": "bad", "colour": "red"}, "colour"),
+    ("capture-memory", {"content": "ok", "workspaceId": "bad", "ttlSeconds": -5}, "ttlSeconds"),
+    ("capture-memory", {"content": "ok", "workspaceId": "bad", "tier": "forever"}, "tier"),
+    ("capture-memory", {"content": "ok", "workspaceId": "bad", "eventType": "Not A Slug"}, "eventType"),
+    ("capture-memory", {"content": "ok", "workspaceId": "bad", "timestamp": "yesterday"}, "timestamp"),
+    ("capture-memories", {"items": [{"content": "fine", "workspaceId": "bad"}, {"content": ""}]}, "items[1]"),
+    ("retrieve-memories", {"query": "x", "limit": 101}, "limit"),
+    ("retrieve-memories", {"query": "x", "limit": 0}, "limit"),
+    ("retrieve-memories", {"query": "", "limit": 5}, "query"),
+    ("retrieve-memories", {"query": "x", "filters": {"colour": "red"}}, "colour"),
+    ("retrieve-memories", {"query": "x", "filters": {"tier": {"$regex": "a"}}}, "$regex"),
+    ("get-memory", {"id": "not-an-id"}, "id"),
+]
+
+
+@pytest.mark.parametrize("tool,args,field", BAD_CALLS, ids=[f"{t}-{f}" for t, _, f in BAD_CALLS])
+def test_bad_input_is_invalid_and_stores_nothing(minilm_server, tool, args, field):
+    async def go():
+        async with mcp_client(minilm_server.mcp_url) as c:
+            before = (await c.call("memory-stats"))["workspaces"].get("bad", 0)
+            is_error, body = await c.raw(tool, args)
+            after = (await c.call("memory-stats"))["workspaces"].get("bad", 0)
+            return is_error, body, before, after
+
+    is_error, body, before, after = run(go())
+    assert is_error, body
+    assert body["code"] == "INVALID_INPUT", body
+    assert field in body["message"], body
+    assert after == before == 0
+
+
+def test_batch_capture_and_build_context(minilm_server):
+    ws = WS + "-batch"
+
+    async def go():
+        async with mcp_client(minilm_server.mcp_url) as c:
+            items = [{"content": f"Batch memory {i}: the service {i} listens on port {8000 + i}",
+                      "workspaceId": ws, "eventType": "note"} for i in range(50)]
+            res = await c.call("capture-memories", items=items)
+            assert res["count"] == 50 and all(len(ids) == 1 for ids in res["ids"])
+            stats = await c.call("memory-stats", workspaceId=ws)
+            assert stats["total"] == 50
+            ctx = await c.call("build-context", query="which port does service 7 use",
+                               workspaceId=ws, tokenBudget=200)
+            assert ctx["tokens"] <= 200
+            assert "port 8007" in ctx["context"]
+    run(go())
+
+
+def test_health_and_metrics_endpoints(minilm_server):
+    health = httpx.get(minilm_server.url + "/healthz", timeout=30).json()
+    assert health["status"] == "ok"
+    assert {"shard-0", "shard-1", "embedder"} <= set(health["components"])
+    metrics = httpx.get(minilm_server.url + "/metrics", timeout=30).text
+    assert "memoray_tool_calls_total" in metrics
+    assert "memoray_memory_captures_total" in metrics

@@ -1,0 +1,171 @@
+"""A real `memoray serve` in a subprocess, and the real MCP client to talk to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def descendants(pid: int) -> list[int]:
+    tree, out, todo = _children(), [], [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+class ServerProcess:
+    def __init__(self, data_dir: Path, *, embedder: str = "hash", shards: int = 2,
+                 port: int | None = None, env: dict[str, str] | None = None,
+                 extra_args: list[str] | None = None):
+        self.data_dir = Path(data_dir)
+        self.embedder = embedder
+        self.shards = shards
+        self.port = port or free_port()
+        self.env = env or {}
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.data_dir.parent / f"server-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def mcp_url(self) -> str:
+        return self.url + "/mcp"
+
+    def start(self, timeout: float = 180) -> "ServerProcess":
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
+               "PYTHONUNBUFFERED": "1", **self.env}
+        cmd = [sys.executable, "-m", "memoray.cli", "serve", "--data-dir", str(self.data_dir),
+               "--port", str(self.port), "--shards", str(self.shards),
+               "--embedder", self.embedder, *self.extra_args]
+        self.log = open(self.log_path, "ab")
+        offset = self.log.tell()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.tail()}")
+            if b"memoray ready at" in self.log_path.read_bytes()[offset:]:
+                return self
+            time.sleep(0.5)
+        self.kill9()
+        raise TimeoutError(f"server did not start in {timeout}s:\n{self.tail()}")
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log_path.read_bytes()[-n:].decode(errors="replace")
+
+    def run_info(self) -> dict[str, Any]:
+        return json.loads((self.data_dir / "run.json").read_text())
+
+    def kill9(self) -> None:
+        """SIGKILL the server, then reap what Ray leaves behind (its agents outlive the driver)."""
+        if self.proc is None:
+            return
+        family = descendants(self.proc.pid)
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        time.sleep(1.0)
+        for pid in family:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc = None
+
+    def stop(self, timeout: float = 90) -> None:
+        if self.proc is None:
+            return
+        family = descendants(self.proc.pid)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        for pid in family:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc = None
+
+
+class ToolError(Exception):
+    def __init__(self, body: dict):
+        super().__init__(body)
+        self.body = body
+        self.code = body.get("code")
+
+
+class Client:
+    """Thin convenience over the real mcp ClientSession: call(tool, **args) -> dict."""
+
+    def __init__(self, session: ClientSession):
+        self.session = session
+
+    async def call(self, tool: str, **args: Any) -> dict:
+        res = await self.session.call_tool(tool, args)
+        text = res.content[0].text if res.content else "{}"
+        body = res.structured_content if res.structured_content is not None else json.loads(text)
+        if res.is_error:
+            raise ToolError(body if isinstance(body, dict) else {"message": text})
+        return body
+
+    async def raw(self, tool: str, args: dict) -> tuple[bool, dict]:
+        res = await self.session.call_tool(tool, args)
+        text = res.content[0].text if res.content else "{}"
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = {"message": text}
+        return bool(res.is_error), body
+
+
+@asynccontextmanager
+async def mcp_client(url: str, token: str | None = None):
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(60.0))
+    async with http:
+        async with streamable_http_client(url, http_client=http) as (read, write, *_):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                yield Client(session)
