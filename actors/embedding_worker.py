@@ -50,14 +50,18 @@ class MicroBatcher:
         self.cache = LRUCache(cache_size)
         self.queue: asyncio.Queue[tuple[list[str], asyncio.Future]] | None = None
         self.task: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
         self.texts = 0
         self.busy_s = 0.0
 
     def _start(self) -> None:
-        if self.task is None:
+        loop = asyncio.get_running_loop()
+        if self.task is None or self.loop is not loop or self.task.done():
+            # (Re)bind to the running loop: a queue and task belong to the loop that made them.
+            self.loop = loop
             self.queue = asyncio.Queue()
-            self.task = asyncio.get_running_loop().create_task(self._run())
+            self.task = loop.create_task(self._run())
 
     async def embed(self, texts: list[str], *, query: bool = False) -> np.ndarray:
         if query and len(texts) == 1:

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sortedcontainers import SortedList
 
-from actors.shard_storage import OP_DEL, OP_PUT, Sealer, ShardStorage
+from actors.shard_storage import OP_DEL, OP_PUT, ShardStorage
 from actors.vector_index import VectorIndex
 from memoray import filters as flt
+from memoray.lifecycle import TIER_WEIGHT
 from memoray.lexical import LexicalIndex, normalize as lexical_normalize
 from memoray.postings import Postings
 
@@ -30,6 +33,8 @@ ANN = "ann"
 ANN_ADAPTIVE = "ann_adaptive"
 STRATEGIES = (EXACT, ANN, ANN_ADAPTIVE)
 MAX_OVERSAMPLE_K = 4096
+REBUILD_DELETED_FRACTION = 0.2   # rebuild the graph when this share of its nodes is deleted
+REBUILD_MIN_DELETED = 500        # ...and at least this many, so small shards don't churn
 
 
 @dataclass
@@ -49,6 +54,7 @@ class SearchRequest:
     recency_weight: float = 0.0
     half_life_days: float = 30.0
     include_content: bool = True
+    tier_weighting: bool = True
 
 
 @dataclass
@@ -66,16 +72,20 @@ def _slim(record: dict) -> dict:
 
 class ShardCore:
     def __init__(self, shard_id: int, path: Path | str, dim: int, *, map_size: int = 8 << 30,
-                 durable: bool = True, snapshot_every: int = 5000, sealer: Sealer | None = None):
+                 durable: bool = True, snapshot_every: int = 5000, keyring: Any = None):
         self.shard_id = shard_id
         self.path = Path(path)
         self.dim = dim
         self.snapshot_every = snapshot_every
-        self.storage = ShardStorage(self.path, map_size=map_size, durable=durable, sealer=sealer)
+        self.storage = ShardStorage(self.path, map_size=map_size, durable=durable,
+                                    keyring=keyring)
         self.index = VectorIndex(dim, self.path)
         self.postings = Postings()
         self.lexical = LexicalIndex()
         self.parents: dict[str, set[int]] = {}
+        self.expiry: SortedList = SortedList()  # (expires_at, label)
+        self._rebuild: dict[str, Any] | None = None  # the background graph rebuild in flight
+        self.rebuilds = 0
         self.started_at = time.time()
         self.recovery: dict[str, Any] = {}
         self._recover()
@@ -127,10 +137,15 @@ class ShardCore:
         parent = record.get("parent_id")
         if parent:
             self.parents.setdefault(parent, set()).add(label)
+        if record.get("expires_at"):
+            self.expiry.add((float(record["expires_at"]), label))
 
     def _unindex(self, label: int) -> None:
         if label in self.postings:
-            parent = self.postings.row(label).get("parent_id")
+            row = self.postings.row(label)
+            if row.get("expires_at"):
+                self.expiry.discard((float(row["expires_at"]), label))
+            parent = row.get("parent_id")
             if parent and parent in self.parents:
                 self.parents[parent].discard(label)
                 if not self.parents[parent]:
@@ -154,7 +169,10 @@ class ShardCore:
             new_labels.append(label)
             new_vecs.append(vec)
         if new_labels:
+            self._swap_if_rebuilt()
             self.index.add(np.asarray(new_labels, np.int64), np.vstack(new_vecs))
+            if self._rebuild is not None:
+                self._rebuild["delta"].extend(("put", lb) for lb in new_labels)
         self._maybe_snapshot()
         return [(mid, label >= 0) for mid, label, _ in results]
 
@@ -171,9 +189,97 @@ class ShardCore:
         labels = [label for _, label in gone]
         for label in labels:
             self._unindex(label)
+        self._swap_if_rebuilt()
         self.index.remove(labels)
+        if self._rebuild is not None:
+            self._rebuild["delta"].extend(("del", lb) for lb in labels)
         self._maybe_snapshot()
+        self._maybe_start_rebuild()
         return [mid for mid, _ in gone]
+
+    # -- expiry -----------------------------------------------------------------------------
+    def expired(self, now: float, limit: int = 10000) -> list[dict]:
+        """Rows (no content) whose expires_at has passed, oldest first."""
+        out = []
+        for exp, label in self.expiry.irange(maximum=(now, math.inf)):
+            if len(out) >= limit:
+                break
+            out.append(self.postings.row(label))
+        return out
+
+    def purge(self, ids: list[str]) -> list[str]:
+        """Hard delete (expiry, retention): LMDB, vector index, lexical index, postings."""
+        return self.delete(ids)
+
+    # -- background graph rebuild -----------------------------------------------------------
+    def _maybe_start_rebuild(self) -> None:
+        dead = self.index.deleted_in_graph
+        total = dead + self.index.count
+        if (self._rebuild is None and dead >= REBUILD_MIN_DELETED
+                and total and dead / total >= REBUILD_DELETED_FRACTION):
+            self.start_rebuild()
+
+    def start_rebuild(self) -> bool:
+        """Build a fresh graph (without deleted nodes) in a thread from a copy of the live
+        vectors; reads and writes go on against the old graph and are logged as a delta that is
+        replayed on the new graph at the swap. hnswlib releases the GIL while it builds."""
+        if self._rebuild is not None:
+            return False
+        labels = np.flatnonzero(self.index.live)
+        vectors = self.index.matrix[labels].copy()
+        state: dict[str, Any] = {"delta": [], "graph": None, "error": None,
+                                 "started": time.time(), "labels": len(labels)}
+
+        def build() -> None:
+            try:
+                g = self.index._new_graph(max(self.index.capacity, len(labels) + 1))
+                if len(labels):
+                    g.add_items(vectors, labels, num_threads=1)
+                state["graph"] = g
+            except Exception as exc:  # keep serving from the old graph
+                state["error"] = repr(exc)
+
+        state["thread"] = threading.Thread(target=build, name=f"rebuild-{self.shard_id}",
+                                           daemon=True)
+        self._rebuild = state
+        state["thread"].start()
+        return True
+
+    def _swap_if_rebuilt(self, wait: bool = False) -> bool:
+        state = self._rebuild
+        if state is None:
+            return False
+        if wait:
+            state["thread"].join()
+        if state["thread"].is_alive():
+            return False
+        self._rebuild = None
+        if state["error"] or state["graph"] is None:
+            log.error("shard %d rebuild failed: %s", self.shard_id, state["error"])
+            return False
+        g = state["graph"]
+        if g.get_max_elements() < self.index.capacity:
+            g.resize_index(self.index.capacity)
+        for op, label in state["delta"]:  # replay what happened during the build
+            if op == "put" and self.index.live[label]:
+                g.add_items(self.index.matrix[label][None, :], np.array([label]), num_threads=1)
+            elif op == "del":
+                try:
+                    g.mark_deleted(label)
+                except RuntimeError:
+                    pass
+        g.set_ef(self.index.graph.ef)
+        self.index.graph = g
+        self.index.deleted_in_graph = sum(1 for op, _ in state["delta"] if op == "del")
+        self.rebuilds += 1
+        log.info("shard %d swapped in a rebuilt graph (%d labels, %d delta ops, %.1fs)",
+                 self.shard_id, state["labels"], len(state["delta"]),
+                 time.time() - state["started"])
+        self.snapshot()
+        return True
+
+    def finish_rebuild(self) -> bool:
+        return self._swap_if_rebuilt(wait=True)
 
     def _maybe_snapshot(self) -> None:
         if self.storage.seq - self.index.covered_seq >= self.snapshot_every:
@@ -207,6 +313,7 @@ class ShardCore:
 
     def search(self, req: SearchRequest) -> dict:
         t0 = time.perf_counter()
+        self._swap_if_rebuilt()
         node = req.filter if req.filter is not None else flt.All()
         k = max(1, req.k)
         pool_k = min(max(k * 4, 20), MAX_OVERSAMPLE_K)
@@ -292,6 +399,8 @@ class ShardCore:
             ages = np.array([max(0.0, now - (r.get("timestamp") or now)) for r in rows])
             decay = np.power(0.5, ages / (req.half_life_days * 86400.0))
             score = score * (1.0 - req.recency_weight + req.recency_weight * decay)
+        if req.tier_weighting:
+            score = score * np.array([TIER_WEIGHT.get(r.get("tier"), 0.9) for r in rows])
         expired = np.array([(r.get("expires_at") or math.inf) <= now for r in rows])
         score = np.where(expired, -1.0, score)
         order = np.argsort(-score, kind="stable")[: k]
@@ -317,6 +426,9 @@ class ShardCore:
             "lexical": self.lexical.stats(),
             "postings": st,
             "recovery": self.recovery,
+            "rebuilds": self.rebuilds,
+            "rebuilding": self._rebuild is not None,
+            "expiring": len(self.expiry),
         }
 
     def health(self) -> dict:
@@ -324,6 +436,7 @@ class ShardCore:
                 "seq": self.storage.seq}
 
     def close(self) -> None:
+        self._swap_if_rebuilt(wait=True)
         try:
             self.snapshot()
         finally:
@@ -337,15 +450,15 @@ def actor_class():
     @ray.remote(max_restarts=-1, max_task_retries=3, num_cpus=0)
     class VectorShard:
         def __init__(self, shard_id: int, path: str, dim: int, options: dict):
-            sealer = None
+            keyring = None
             if options.get("encryption"):
-                from memoray.crypto import keyring_sealer
+                from memoray.crypto import Keyring
 
-                sealer = keyring_sealer(options["encryption"])
+                keyring = Keyring.parse(options["encryption"])
             self.core = ShardCore(shard_id, path, dim, map_size=options.get("map_size", 8 << 30),
                                   durable=options.get("durable", True),
                                   snapshot_every=options.get("snapshot_every", 5000),
-                                  sealer=sealer)
+                                  keyring=keyring)
 
         def put(self, records, vectors):
             return self.core.put(records, vectors)
@@ -382,6 +495,21 @@ def actor_class():
 
         def snapshot(self):
             return self.core.snapshot()
+
+        def expired(self, now, limit=10000):
+            return self.core.expired(now, limit)
+
+        def purge(self, ids):
+            return self.core.purge(ids)
+
+        def start_rebuild(self):
+            return self.core.start_rebuild()
+
+        def finish_rebuild(self):
+            return self.core.finish_rebuild()
+
+        def reseal(self):
+            return self.core.storage.reseal_all()
 
         def pid(self):
             import os

@@ -18,6 +18,7 @@ import lmdb
 import msgpack
 import numpy as np
 
+from memoray.crypto import Keyring, check_marker, keyring_sealer, store_marker
 from memoray.errors import ErrorCode, MemorayError
 
 _U64 = struct.Struct(">Q")
@@ -33,16 +34,6 @@ def from_u64(b: bytes) -> int:
     return _U64.unpack(b)[0]
 
 
-class Sealer:
-    """Identity sealing; crypto.Keyring-backed sealing plugs in with the same two methods."""
-
-    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
-        return plaintext
-
-    def open(self, blob: bytes, aad: bytes) -> bytes:
-        return blob
-
-
 def _storage_error(exc: Exception) -> MemorayError:
     if isinstance(exc, lmdb.MapFullError):
         return MemorayError(ErrorCode.STORAGE_FULL, "shard storage is full (map size reached)")
@@ -53,14 +44,15 @@ def _storage_error(exc: Exception) -> MemorayError:
 
 class ShardStorage:
     def __init__(self, path: Path, *, map_size: int, durable: bool = True,
-                 sealer: Sealer | None = None):
+                 keyring: Keyring | None = None):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.env = lmdb.open(
             str(self.path / "lmdb"), map_size=map_size, max_dbs=16, subdir=True,
             sync=durable, metasync=durable, writemap=False, readahead=False, lock=True,
         )
-        self.sealer = sealer or Sealer()
+        self.keyring = keyring
+        self.sealer = keyring_sealer(keyring)
         self.records = self.env.open_db(b"records")
         self.vectors = self.env.open_db(b"vectors")
         self.labels = self.env.open_db(b"labels")
@@ -71,6 +63,12 @@ class ShardStorage:
         with self.env.begin(write=False) as txn:
             self._seq = self._meta_int(txn, b"seq")
             self._next_label = self._meta_int(txn, b"next_label")
+            marker = txn.get(b"encryption_marker", db=self.meta)
+        # An encrypted store refuses to open without its key; a plaintext store opened with a key
+        # is marked before its first sealed write, so it never opens without the key again.
+        new_marker = check_marker(marker, keyring)
+        if new_marker is not None:
+            self._write(lambda txn: txn.put(b"encryption_marker", new_marker, db=self.meta))
 
     # -- meta -------------------------------------------------------------------------------
     def _meta_int(self, txn: lmdb.Transaction, key: bytes) -> int:
@@ -190,6 +188,39 @@ class ShardStorage:
         gone, seq = self._write(tx)
         self._seq = seq
         return gone
+
+    def reseal_all(self, batch: int = 500) -> int:
+        """Online key rotation: re-encrypt every record not sealed with the current key, a batch
+        per transaction (readers never wait on one long transaction), then re-mark the store."""
+        if self.keyring is None:
+            return 0
+        done = 0
+        after = b""
+        while True:
+            with self.env.begin() as txn:
+                cur = txn.cursor(db=self.records)
+                found = cur.set_range(after) if after else cur.first()
+                chunk = []
+                while found and len(chunk) < batch:
+                    k, v = cur.key(), cur.value()
+                    if k != after:
+                        chunk.append((bytes(k), bytes(v)))
+                    found = cur.next()
+            if not chunk:
+                break
+            stale = [(k, v) for k, v in chunk if self.sealer.rotation_needed(v)]
+
+            def tx(txn: lmdb.Transaction, stale=stale) -> None:
+                for k, v in stale:
+                    txn.put(k, self.sealer.seal(self.sealer.open(v, k), k), db=self.records)
+
+            if stale:
+                self._write(tx)
+                done += len(stale)
+            after = chunk[-1][0]
+        marker = store_marker(self.keyring)
+        self._write(lambda txn: txn.put(b"encryption_marker", marker, db=self.meta))
+        return done
 
     def trim_log(self, upto_seq: int) -> int:
         """Drop log entries an index snapshot already covers."""

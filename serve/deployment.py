@@ -20,9 +20,9 @@ async def make_runtime(settings: Settings, metrics: Metrics):
 
     from actors.rate_limiter import RemoteCentral
     from memoray.ratelimit import LeaseClient, limits_from_settings
-    from serve.backend import RayBackend
-    from serve.runtime import (LIMITER_NAME, NAMESPACE, PLANNER_NAME, Runtime, embedder_name,
-                               shard_name)
+    from actors.backend import RayBackend
+    from serve.runtime import (EXPIRY_NAME, LIMITER_NAME, NAMESPACE, PLANNER_NAME, Runtime,
+                               embedder_name, shard_name)
 
     shards = [ray.get_actor(shard_name(i), namespace=NAMESPACE) for i in range(settings.shards)]
     embedders = [ray.get_actor(embedder_name(i), namespace=NAMESPACE)
@@ -30,8 +30,9 @@ async def make_runtime(settings: Settings, metrics: Metrics):
     planner = ray.get_actor(PLANNER_NAME, namespace=NAMESPACE)
     limiter = LeaseClient(RemoteCentral(ray.get_actor(LIMITER_NAME, namespace=NAMESPACE)),
                           limits_from_settings(settings))
+    expiry = ray.get_actor(EXPIRY_NAME, namespace=NAMESPACE)
     rt = Runtime(settings, RayBackend(shards, embedders), metrics=metrics,
-                 planner_handle=planner, limiter=limiter)
+                 planner_handle=planner, limiter=limiter, expiry=expiry)
     rt.start_background()
     await rt.refresh_planner_now()
     return rt

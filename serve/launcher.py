@@ -46,9 +46,9 @@ def start_actors(settings: Settings) -> dict:
     """Get-or-create every named actor; returns their handles. Safe to call twice."""
     import ray
 
-    from actors import embedding_worker, planner, rate_limiter, shard
-    from serve.runtime import (LIMITER_NAME, NAMESPACE, PLANNER_NAME, embedder_name,
-                               shard_name)
+    from actors import embedding_worker, expiry, planner, rate_limiter, shard
+    from serve.runtime import (EXPIRY_NAME, LIMITER_NAME, NAMESPACE, PLANNER_NAME,
+                               embedder_name, shard_name)
 
     data = settings.resolved_data_dir()
     opts = {"map_size": settings.map_size_bytes, "durable": settings.durable,
@@ -72,10 +72,15 @@ def start_actors(settings: Settings) -> dict:
     plan = Planner.options(name=PLANNER_NAME, namespace=NAMESPACE, get_if_exists=True).remote(
         [shard_name(i) for i in range(settings.shards)], NAMESPACE)
     limiter = rate_limiter.create(settings, name=LIMITER_NAME, namespace=NAMESPACE)
+    Expiry = expiry.actor_class()
+    expiry_worker = Expiry.options(name=EXPIRY_NAME, namespace=NAMESPACE,
+                                   get_if_exists=True).remote(
+        [shard_name(i) for i in range(settings.shards)], NAMESPACE, settings.model_dump_json())
     # Wait for recovery: a shard answers health only once its LMDB is replayed.
     ray.get([s.health.remote() for s in shards] + [e.health.remote() for e in embedders]
-            + [plan.health.remote()], timeout=600)
-    return {"shards": shards, "embedders": embedders, "planner": plan, "limiter": limiter}
+            + [plan.health.remote(), expiry_worker.health.remote()], timeout=600)
+    return {"shards": shards, "embedders": embedders, "planner": plan, "limiter": limiter,
+            "expiry": expiry_worker}
 
 
 def serve_forever(settings: Settings) -> int:
@@ -86,9 +91,12 @@ def serve_forever(settings: Settings) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from memoray.auth import TokenStore, check_bind
 
+    from memoray.crypto import key_from_settings
+
     try:
         check_bind(settings.host, TokenStore(settings.resolved_tokens_file()).enabled,
                    settings.insecure)
+        key_from_settings(settings)  # a malformed key fails here, not inside a shard
         check_layout(settings)
     except MemorayError as err:
         print(f"memoray: {err.message}", file=sys.stderr)

@@ -27,8 +27,6 @@ from serve.observability import span
 
 log = logging.getLogger(__name__)
 
-READ_ONLY_TOOLS = {"retrieve-memories", "build-context", "get-memory", "get-document",
-                   "explain-query", "memory-stats", "health-check", "audit-log"}
 
 
 def error_result(err: MemorayError) -> CallToolResult:
@@ -201,6 +199,58 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         return await rt.context(caller, query=query, limit=limit, filters=filters,
                                 budget=tokenBudget, workspace_id=workspaceId, branch=gitBranch,
                                 session_id=sessionId)
+
+    @mcp.tool(name="upsert-memory", description=(
+        "Store memories, merging near-duplicates (cosine >= similarityThreshold, default 0.85, "
+        "same workspace and scope) into the existing memory instead of adding; exact duplicates "
+        "are left unchanged. Returns a merge report."))
+    async def upsert_memory(items: list[dict[str, Any]], ctx: Context,
+                            similarityThreshold: float = 0.85) -> dict[str, Any]:
+        if not items:
+            raise invalid("items: must hold at least one item")
+        if len(items) > MAX_BATCH:
+            raise invalid(f"items: at most {MAX_BATCH} items per call")
+        parsed = []
+        for i, raw in enumerate(items):
+            try:
+                parsed.append(CaptureItem.model_validate(raw))
+            except ValidationError as exc:
+                raise invalid(_validation_message(exc, prefix=f"items[{i}].")) from None
+        workspaces = {p.workspace_id for p in parsed}
+        rt, caller = await caller_for(ctx, "upsert-memory",
+                                      next(iter(workspaces)) if len(workspaces) == 1 else None,
+                                      parsed[0].agent_id, cost=len(parsed))
+        return await rt.service.upsert(parsed, caller, threshold=similarityThreshold)
+
+    @mcp.tool(name="share-memory", description=(
+        "Make a private memory visible to the whole workspace (visibility 'shared'), or take it "
+        "back ('private'). Only the owning agent (agentId) or an admin may."))
+    async def share_memory(id: str, ctx: Context, agentId: str | None = None,
+                           visibility: Literal["private", "shared"] = "shared") -> dict[str, Any]:
+        rt, caller = await caller_for(ctx, "share-memory", agent_id=agentId)
+        return await rt.service.share(caller, id, visibility)
+
+    @mcp.tool(name="expire-memories", description=(
+        "Run TTL expiry and the retention policies now (dryRun reports without deleting). "
+        "Returns the purge report."))
+    async def expire_memories(ctx: Context, dryRun: bool = False,
+                              workspaceId: str | None = None) -> dict[str, Any]:
+        rt, caller = await caller_for(ctx, "expire-memories", workspaceId)
+        return await rt.service.expire(caller, dryRun, workspaceId)
+
+    @mcp.tool(name="audit-log", description=(
+        "Admin: the newest audit entries (every mutation and every denied request)."))
+    async def audit_log(ctx: Context, limit: int = 50, principal: str | None = None,
+                        action: str | None = None) -> dict[str, Any]:
+        rt, caller = await caller_for(ctx, "audit-log")
+        return await rt.service.audit_log(caller, limit, principal, action)
+
+    @mcp.tool(name="rotate-encryption", description=(
+        "Admin: re-encrypt every stored record under the current key (start the server with "
+        "MEMORAY_ENCRYPTION_KEY='NEW,OLD' first). Runs online."))
+    async def rotate_encryption(ctx: Context) -> dict[str, Any]:
+        rt, caller = await caller_for(ctx, "rotate-encryption")
+        return await rt.service.rotate_encryption(caller)
 
     @mcp.tool(name="get-memory", description="One memory by id.")
     async def get_memory(id: str, ctx: Context) -> dict[str, Any]:

@@ -8,9 +8,8 @@ import logging
 from typing import Any
 
 from actors.planner import QueryPlanner
-from memoray.errors import ErrorCode, MemorayError
 from memoray.settings import Settings
-from serve.backend import Backend
+from actors.backend import Backend
 from serve.observability import Metrics
 from serve.service import Caller, MemoryService
 
@@ -34,7 +33,7 @@ EXPIRY_NAME = "memoray-expiry"
 
 class Runtime:
     def __init__(self, settings: Settings, backend: Backend, *, metrics: Metrics | None = None,
-                 planner_handle: Any = None, limiter: Any = None):
+                 planner_handle: Any = None, limiter: Any = None, expiry: Any = None):
         from memoray.audit import AuditLog
         from memoray.auth import TokenStore
         from memoray.redaction import Redactor
@@ -50,7 +49,7 @@ class Runtime:
         self.planner_handle = planner_handle
         self.service = MemoryService(settings, backend, planner=self.planner,
                                      redactor=self.redactor, audit=self.audit, limiter=limiter,
-                                     metrics=self.metrics)
+                                     metrics=self.metrics, expiry=expiry)
         self._planner_task: asyncio.Task | None = None
         self._feedback: list[tuple[int, int | None, str]] = []
 
@@ -103,15 +102,13 @@ class Runtime:
             self.metrics.rate_limited.labels(kind=decision.kind or "request").inc()
             self.service._audit(caller, tool, workspace=workspace, outcome="denied",
                                 code="RATE_LIMIT_EXCEEDED")
-            raise MemorayError(ErrorCode.RATE_LIMIT_EXCEEDED,
-                               f"rate limit exceeded ({decision.kind}); retry later",
-                               retry_after=decision.retry_after)
+            raise decision.error()
 
     # -- build-context ----------------------------------------------------------------------
     async def context(self, caller: Caller, *, query: str | None, limit: int,
                       filters: dict | None, budget: int, workspace_id: str | None,
                       branch: str | None, session_id: str | None) -> dict:
-        from memoray.context import build_context
+        from memoray.context import SAFETY_MARGIN, build_context
 
         if not 1 <= limit <= 100:
             from memoray.errors import invalid
@@ -134,7 +131,8 @@ class Runtime:
             seen = {r["id"] for r in records}
             records += [r for r in more if r["id"] not in seen]
         block = build_context(records, budget=budget, query=query,
-                              workspace_id=workspace_id or "all workspaces", branch=branch)
+                              workspace_id=workspace_id or "all workspaces", branch=branch,
+                              margin=SAFETY_MARGIN)
         return {"context": block.text, "tokens": block.tokens, "included": len(block.included),
                 "omitted": len(block.omitted), "includedIds": block.included,
                 "sections": block.sections}

@@ -26,7 +26,7 @@ from memoray.ids import is_valid_id, new_id, new_id_on_shard, shard_for
 from memoray.models import MAX_LIMIT, CaptureItem, RetrievedMemory
 from memoray.settings import Settings
 from memoray.timeutil import now as utc_now, parse_iso, to_iso
-from serve.backend import Backend
+from actors.backend import Backend
 from serve.observability import Metrics, span
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class Prepared:
 class MemoryService:
     def __init__(self, settings: Settings, backend: Backend, *, planner: QueryPlanner | None = None,
                  redactor: Any = None, audit: Any = None, limiter: Any = None,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, expiry: Any = None):
         self.settings = settings
         self.backend = backend
         self.planner = planner or QueryPlanner()
@@ -66,7 +66,9 @@ class MemoryService:
         self.audit = audit
         self.limiter = limiter
         self.metrics = metrics or Metrics()
+        self.expiry = expiry  # ExpiryWorker, or an actor handle with the same methods
         self.started = time.time()
+        self._upsert_locks: dict[str, asyncio.Lock] = {}
 
     # -- authorization helpers --------------------------------------------------------------
     def _audit(self, caller: Caller, action: str, *, workspace: str | None = None,
@@ -131,7 +133,7 @@ class MemoryService:
         ts = parse_iso(item.timestamp, "timestamp") if item.timestamp else now
         tier = item.tier or lifecycle.default_tier(item.event_type)
         ttl = item.ttl_seconds if item.ttl_seconds is not None else lifecycle.default_ttl(
-            item.event_type, tier)
+            item.event_type, tier, self.settings.ttl_overrides)
         visibility = item.visibility or "shared"
         if visibility == "private" and not item.agent_id:
             raise invalid("visibility: a private memory needs an agentId")
@@ -200,8 +202,155 @@ class MemoryService:
                             "redactions": dict(p.redactions)})
         for item, res in zip(items, results):
             self.metrics.captures.labels(event_type=item.event_type).inc()
+            for kind, n in res["redactions"].items():
+                self.metrics.redactions.labels(kind=kind).inc(n)
             self._audit(caller, action, workspace=item.workspace_id, ids=res["ids"])
         return results
+
+    # -- upsert with merge ------------------------------------------------------------------
+    async def upsert(self, items: list[CaptureItem], caller: Caller,
+                     threshold: float = 0.85) -> dict:
+        """Exact duplicates (same content hash in the same scope) are left unchanged;
+        near-duplicates (cosine >= threshold in the same scope) merge into the existing memory,
+        the newer wording winning; everything else is created. Items are applied in order, so a
+        batch deduplicates against itself. Scope: workspace, branch, and the agent for private
+        memories. Upserts of one workspace are serialized within a replica."""
+        if not 0.0 < threshold <= 1.0:
+            raise invalid("similarityThreshold: must be in (0, 1]")
+        for item in items:
+            self._require(caller, "write", "upsert", item.workspace_id)
+        report: list[dict] = []
+        counts = Counter()
+        for item in items:
+            lock = self._upsert_locks.setdefault(item.workspace_id, asyncio.Lock())
+            async with lock:
+                res = await self._upsert_one(item, caller, threshold)
+            counts[res["action"]] += 1
+            report.append(res)
+        return {"totalInput": len(items), "created": counts["created"],
+                "merged": counts["merged"], "unchanged": counts["unchanged"], "items": report}
+
+    def _scope_filter(self, item: CaptureItem) -> dict:
+        parts: list[dict] = [{"workspaceId": item.workspace_id},
+                             {"gitBranch": item.git_branch}, {"parentId": None}]
+        if item.visibility == "private":
+            parts += [{"visibility": "private"}, {"agentId": item.agent_id}]
+        else:
+            parts.append({"visibility": {"$ne": "private"}})
+        return {"$and": parts}
+
+    async def _upsert_one(self, item: CaptureItem, caller: Caller, threshold: float) -> dict:
+        if len(item.content) > CHUNK_THRESHOLD_CHARS:  # documents are stored, never merged
+            res = (await self.capture([item], caller, action="upsert"))[0]
+            return {"action": "created", "id": res["ids"][0], "ids": res["ids"]}
+        content, _ = self._redact(item.content)
+        vector = (await self._embed([content]))[0]
+        digest = content_hash(content)
+        node = self._scoped_filter(caller, flt.parse_filter(self._scope_filter(item)), "upsert")
+        req = SearchRequest(vector=vector, query="", k=1, filter=node, strategy="exact",
+                            mode="vector", tier_weighting=False, now=time.time())
+        parts = await self.backend.all_shards("search", req)
+        hits = sorted((h for p in parts for h in p["hits"]), key=lambda h: -h.vector_score)
+        if hits and hits[0].record.get("content_hash") == digest:
+            return {"action": "unchanged", "id": hits[0].record["id"], "similarity": 1.0}
+        if hits and hits[0].vector_score >= threshold:
+            return await self._merge(hits[0], item, content, vector, caller)
+        res = (await self.capture([item], caller, action="upsert"))[0]
+        return {"action": "created", "id": res["ids"][0],
+                "similarity": round(hits[0].vector_score, 4) if hits else None}
+
+    async def _merge(self, hit: Any, item: CaptureItem, content: str, vector: np.ndarray,
+                     caller: Caller) -> dict:
+        old = hit.record
+        shard = shard_for(old["id"], self.backend.shards)
+        full = (await self.backend.shard(shard, "get", [old["id"]]))[0] or old
+        meta, _ = self._redact_meta(item.metadata)
+        merged_meta = {**(full.get("metadata") or {}), **meta}
+        input_id = new_id()
+        now = utc_now()
+        record = {**full, "content": content, "content_hash": content_hash(content),
+                  "metadata": merged_meta, "updated_at": now,
+                  "timestamp": parse_iso(item.timestamp) if item.timestamp else now,
+                  "merge_count": int(full.get("merge_count") or 1) + 1,
+                  "merged_ids": [*(full.get("merged_ids") or []), input_id],
+                  "previous_content": full.get("content"),
+                  "session_id": item.session_id or full.get("session_id"),
+                  "git_commit": item.git_commit or full.get("git_commit")}
+        await self.backend.shard(shard, "put", [record], vector[None, :])
+        self._audit(caller, "upsert-merge", workspace=item.workspace_id, ids=[old["id"]])
+        return {"action": "merged", "id": old["id"], "mergedInputId": input_id,
+                "similarity": round(hit.vector_score, 4), "mergeCount": record["merge_count"]}
+
+    # -- sharing ----------------------------------------------------------------------------
+    async def share(self, caller: Caller, memory_id: str, visibility: str) -> dict:
+        """Only the owning agent (or an admin) changes who sees a private memory."""
+        self._require(caller, "write", "share")
+        if visibility not in ("private", "shared"):
+            raise invalid("visibility: must be 'private' or 'shared'")
+        rec = await self._get_record(caller, memory_id, "share")
+        self._require(caller, "write", "share", rec["workspace_id"])
+        owner = rec.get("agent_id")
+        if owner and owner != caller.agent_id and not caller.principal.can("admin"):
+            self._audit(caller, "share", ids=[memory_id], outcome="denied", code="FORBIDDEN")
+            raise MemorayError(ErrorCode.FORBIDDEN, "only the agent that owns a memory may share it")
+        if visibility == "private" and not owner:
+            raise invalid("visibility: a memory without an agentId cannot be private")
+        shard = shard_for(memory_id, self.backend.shards)
+        rec = {**rec, "visibility": visibility, "updated_at": utc_now()}
+        await self.backend.shard(shard, "update_record", rec)
+        self._audit(caller, "share", workspace=rec["workspace_id"], ids=[memory_id],
+                    detail=visibility)
+        return {"id": memory_id, "visibility": visibility}
+
+    # -- expiry -----------------------------------------------------------------------------
+    async def expire(self, caller: Caller, dry_run: bool, workspace_id: str | None) -> dict:
+        """Run TTL expiry and retention now. Admins may run it for everything; others only for
+        workspaces they hold (a workspaceId is then required unless they hold all)."""
+        if self.expiry is None:
+            raise MemorayError(ErrorCode.UNAVAILABLE, "the expiry worker is not running")
+        self._require(caller, "write", "expire", workspace_id)
+        allowed = caller.principal.visible_workspaces()
+        if workspace_id:
+            scope: list[str] | None = [workspace_id]
+        elif allowed is None:
+            scope = None
+        else:
+            scope = sorted(allowed)
+        report = await self._call_expiry("run", dry_run, scope)
+        self._audit(caller, "expire", workspace=workspace_id,
+                    detail=f"dryRun={dry_run} expired={report['expired']}")
+        return report
+
+    async def expiry_status(self, caller: Caller) -> dict:
+        self._require(caller, "admin", "expiry-status")
+        if self.expiry is None:
+            raise MemorayError(ErrorCode.UNAVAILABLE, "the expiry worker is not running")
+        return await self._call_expiry("status")
+
+    async def _call_expiry(self, method: str, *args: Any) -> Any:
+        fn = getattr(self.expiry, method)
+        if hasattr(fn, "remote"):
+            return await fn.remote(*args)
+        if method == "run":
+            return await fn(dry_run=args[0], workspaces=set(args[1]) if args[1] else None)
+        return fn()
+
+    # -- admin ------------------------------------------------------------------------------
+    async def audit_log(self, caller: Caller, limit: int, principal: str | None,
+                        action: str | None) -> dict:
+        self._require(caller, "admin", "audit-log")
+        if not 1 <= limit <= 1000:
+            raise invalid("limit: must be between 1 and 1000")
+        entries = self.audit.read(limit=limit, principal=principal, action=action) if (
+            self.audit is not None) else []
+        return {"entries": entries, "count": len(entries)}
+
+    async def rotate_encryption(self, caller: Caller) -> dict:
+        """Re-encrypt every record under the current key, online, shard by shard."""
+        self._require(caller, "admin", "rotate-encryption")
+        resealed = await self.backend.all_shards("reseal")
+        self._audit(caller, "rotate-encryption", detail=f"resealed={sum(resealed)}")
+        return {"resealed": sum(resealed), "perShard": resealed}
 
     async def _embed(self, texts: list[str], query: bool = False) -> np.ndarray:
         try:
@@ -373,6 +522,12 @@ class MemoryService:
                              for s in shards]
             out["storageBytes"] = sum(s["disk_bytes"] for s in shards)
             out["indexBytes"] = sum(s["index_bytes"] for s in shards)
+            if self.expiry is not None:
+                try:
+                    out["expiry"] = await self._call_expiry("status")
+                except Exception as exc:  # stats must not fail because the worker restarts
+                    out["expiry"] = {"error": type(exc).__name__}
+            out["planner"] = self.planner.accuracy()
         return out
 
     async def health(self, detailed: bool = False) -> dict:

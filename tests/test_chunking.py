@@ -224,15 +224,18 @@ def test_sentences_then_words_then_hard_cuts():
     assert [c.end - c.start for c in chunks] == [300, 300, 300, 100]
 
 
-def test_reassemble_rejects_gaps_duplicates_and_bad_prefixes():
-    chunks = split_document("a b c d e f g h i j " * 10, max_chars=30, overlap=5)
+def test_reassemble_rejects_corrupt_input_and_joins_partial_documents():
+    text = "a b c d e f g h i j " * 10
+    chunks = split_document(text, max_chars=30, overlap=5)
+    partial = reassemble(chunks[:1] + chunks[2:])  # a missing chunk is the caller's to report
+    assert partial == text[: chunks[0].end] + text[chunks[2].start :]
     with pytest.raises(MemorayError) as err:
-        reassemble(chunks[:1] + chunks[2:])
+        reassemble(chunks + chunks[1:2])
     assert err.value.code == ErrorCode.INVALID_INPUT
     with pytest.raises(MemorayError):
-        reassemble(chunks + chunks[1:2])
-    with pytest.raises(MemorayError):
         reassemble([(0, "abc", 4)])
+    with pytest.raises(MemorayError):
+        reassemble([(-1, "abc", 0)])
     assert reassemble([]) == ""
 
 

@@ -617,6 +617,46 @@ def test_spool_is_bounded(project: Path, tmp_path: Path) -> None:
     assert 1 <= len(Spool(spool).pending_items()) < 6
 
 
+def test_items_and_filters_meet_the_server_contract(live, project: Path,
+                                                    tmp_path: Path) -> None:
+    """What the hooks send passes the server's own validation and filter semantics."""
+    from memoray.filters import matches, parse_filter
+    from memoray.models import CaptureItem
+    from memoray.timeutil import parse_iso
+
+    url, rec = live
+    spool = tmp_path / "spool"
+    write_transcript(project / "t.jsonl", "All done.")
+    hook("UserPromptSubmit", base(project, prompt="why does the login flow retry twice?"),
+         url=url, spool=spool)
+    hook("PostToolUse", edit_payload(project), url=url, spool=spool)
+    hook("PostToolUse", bash_payload(project, "npm test", 1, exitCode=1), url=url, spool=spool)
+    hook("PostToolUse", base(project, tool_name="WebFetch", tool_input={"url": "https://x.io",
+                                                                        "prompt": "API"}),
+         url=url, spool=spool)
+    hook("Stop", base(project), url=url, spool=spool)
+    hook("SessionEnd", base(project, reason="clear"), url=url, spool=spool)
+    items = rec.items()
+    assert {it["eventType"] for it in items} == {"prompt", "code_change", "error", "tool_event",
+                                                 "session_summary"}
+    for item in items:
+        CaptureItem.model_validate(item)
+        parse_iso(item["timestamp"])
+    [ctx] = rec.calls("build-context")
+    node = parse_filter(ctx["filters"])
+
+    def record(**kw: Any) -> dict[str, Any]:
+        return {"workspace_id": WORKSPACE, "session_id": "other", "event_type": "decision",
+                "git_branch": None, "metadata": {}, **kw}
+
+    assert matches(node, record(git_branch="fix"))  # merged into feature
+    assert matches(node, record(git_branch="main"))  # the default branch
+    assert matches(node, record())  # no branch: visible everywhere
+    assert not matches(node, record(git_branch="unmerged"))
+    assert not matches(node, record(session_id="sess-1", event_type="prompt"))  # our own prompts
+    assert matches(node, record(session_id="sess-1", event_type="code_change"))
+
+
 # -- pieces, in process -----------------------------------------------------------------------
 
 def test_transcript_reading_is_robust(tmp_path: Path) -> None:

@@ -199,7 +199,7 @@ def test_scores_agree_with_bm25s_lucene(corpus_index: LexicalIndex) -> None:
 
 
 def test_normalize_saturates_with_absolute_meaning(corpus_index: LexicalIndex) -> None:
-    labels, scores = corpus_index.search("getUserToken", k=10)
+    _, scores = corpus_index.search("getUserToken", k=10)
     scale = corpus_index.query_scale("getUserToken")
     norm = normalize(scores, scale)
     assert np.all((norm > 0) & (norm < 1)) and np.all(np.diff(norm) <= 0)
@@ -237,11 +237,12 @@ def test_add_remove_replace_keep_statistics_exact() -> None:
     assert index.search("getUserToken", 5)[0].size == 0
 
 
-WORDS = [
-    "getUserToken", "get_user", "token", "tokens", "auth", "test_auth.py", "cache", "cached",
-    "lmdb", "shard", "error", "ModuleNotFoundError", "the", "of", "running", "HTTPServer",
-    "deploy", "x", "redis", "port", "6379", "embedding", "embeddings", "kebab-case-name",
-]
+_WORD_TEXT = """
+    getUserToken get_user token tokens auth test_auth.py cache cached lmdb shard error
+    ModuleNotFoundError the of running HTTPServer deploy x redis port 6379 embedding embeddings
+    kebab-case-name
+"""
+WORDS = _WORD_TEXT.split()
 texts = st.lists(st.sampled_from(WORDS), min_size=0, max_size=12).map(" ".join)
 ops = st.lists(
     st.one_of(
@@ -257,15 +258,15 @@ ops = st.lists(
 @given(
     ops=ops,
     queries=st.lists(texts, min_size=1, max_size=4),
-    cand=st.lists(st.integers(-3, 25), max_size=15),
-    direct_max=st.sampled_from([0, 256]),
+    cand=st.lists(st.integers(-2, 22), max_size=12),
+    lookup_cost=st.sampled_from([0, 10**18]),
 )
 def test_incremental_equals_fresh_rebuild(
-    ops: list[tuple[str, int, str]], queries: list[str], cand: list[int], direct_max: int
+    ops: list[tuple[str, int, str]], queries: list[str], cand: list[int], lookup_cost: int
 ) -> None:
-    knobs = (lexical._DIRECT_MAX_CANDIDATES, lexical._CACHE_MIN_DF)
+    knobs = (lexical._DIRECT_LOOKUP_COST, lexical._CACHE_MIN_DF)
     # exercise both candidate paths; cache every term's arrays so stale ones would show
-    lexical._DIRECT_MAX_CANDIDATES, lexical._CACHE_MIN_DF = direct_max, 0
+    lexical._DIRECT_LOOKUP_COST, lexical._CACHE_MIN_DF = lookup_cost, 0
     try:
         index, alive = LexicalIndex(), {}
         for op, label, text in ops:
@@ -294,7 +295,7 @@ def test_incremental_equals_fresh_rebuild(
             assert np.array_equal(labels, all_labels[keep][:50])
             assert np.array_equal(scores, all_scores[keep][:50])
     finally:
-        lexical._DIRECT_MAX_CANDIDATES, lexical._CACHE_MIN_DF = knobs
+        lexical._DIRECT_LOOKUP_COST, lexical._CACHE_MIN_DF = knobs
 
 
 def test_ties_break_by_label_deterministically() -> None:
@@ -304,16 +305,20 @@ def test_ties_break_by_label_deterministically() -> None:
     got, scores = index.search("rebalance", k=3)
     assert got.tolist() == [3, 8, 11] and len(set(scores.tolist())) == 1
     cand = np.array([8, 17, 25, 42, 99], dtype=np.int64)
-    old = lexical._DIRECT_MAX_CANDIDATES
-    for direct_max in (0, 256):
-        lexical._DIRECT_MAX_CANDIDATES = direct_max
+    old = lexical._DIRECT_LOOKUP_COST
+    for lookup_cost in (0, 10**18):  # always / never score candidates directly
+        lexical._DIRECT_LOOKUP_COST = lookup_cost
         try:
             assert index.search("rebalance", 2, cand)[0].tolist() == [8, 17]
         finally:
-            lexical._DIRECT_MAX_CANDIDATES = old
+            lexical._DIRECT_LOOKUP_COST = old
 
 
-def test_candidates_restrict_results(corpus_index: LexicalIndex) -> None:
+@pytest.mark.parametrize("lookup_cost", [0, 10**18])  # direct candidate scoring / hit filter
+def test_candidates_restrict_results(
+    corpus_index: LexicalIndex, monkeypatch: pytest.MonkeyPatch, lookup_cost: int
+) -> None:
+    monkeypatch.setattr(lexical, "_DIRECT_LOOKUP_COST", lookup_cost)
     labels, _ = corpus_index.search("test_auth.py", k=10)
     assert labels[0] == 5
     cand = np.array([6, 7, 8, 999], dtype=np.int64)
@@ -321,6 +326,8 @@ def test_candidates_restrict_results(corpus_index: LexicalIndex) -> None:
     assert set(labels.tolist()) <= {6, 7, 8} and labels[0] == 6
     unsorted = corpus_index.search("test_auth.py", k=10, candidates=cand[::-1].copy())
     assert np.array_equal(unsorted[0], labels) and np.array_equal(unsorted[1], scores)
+    edge = corpus_index.search("test_auth.py", k=10, candidates=np.array([5, 7]))
+    assert edge[0].tolist() == [5, 7]  # first and last candidate both hit
     assert corpus_index.search("test_auth.py", 10, np.array([], dtype=np.int64))[0].size == 0
     assert corpus_index.search("test_auth.py", 10, np.array([12, 13]))[0].size == 0
 

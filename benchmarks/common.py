@@ -1,0 +1,200 @@
+"""Shared helpers for the benchmark harness: percentiles, progress lines, results on disk,
+and the in-process service stack (ShardCores + MicroBatcher, no Ray).
+
+Everything here is plain Python; importing it never imports ray, torch or matplotlib.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+# -- statistics -------------------------------------------------------------------------------
+
+def percentile(values: list[float] | np.ndarray, q: float) -> float:
+    """Linear-interpolated percentile (numpy's default); NaN for no values."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return math.nan
+    return float(np.percentile(arr, q))
+
+
+def latency_summary(seconds: list[float] | np.ndarray) -> dict[str, float]:
+    """p50/p95/mean/max in milliseconds, rounded for JSON."""
+    arr = np.asarray(seconds, dtype=np.float64) * 1000.0
+    if arr.size == 0:
+        return {"n": 0, "p50_ms": math.nan, "p95_ms": math.nan, "mean_ms": math.nan,
+                "max_ms": math.nan}
+    return {"n": int(arr.size), "p50_ms": round(percentile(arr, 50), 3),
+            "p95_ms": round(percentile(arr, 95), 3), "mean_ms": round(float(arr.mean()), 3),
+            "max_ms": round(float(arr.max()), 3)}
+
+
+def mean(values: list[float]) -> float:
+    return float(np.mean(values)) if len(values) else math.nan
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+class Progress:
+    """A single updating stderr line: `label  done/total  rate/s  ETA`."""
+
+    def __init__(self, label: str, total: int, unit: str = "items", every_s: float = 0.5):
+        self.label = label
+        self.total = max(int(total), 0)
+        self.unit = unit
+        self.every_s = every_s
+        self.done = 0
+        self.t0 = time.perf_counter()
+        self._last = 0.0
+        self._decile = -1
+        self._tty = sys.stderr.isatty()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self._last >= self.every_s or self.done >= self.total:
+            self._last = now
+            self._print(final=False)
+
+    def _print(self, final: bool) -> None:
+        elapsed = time.perf_counter() - self.t0
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.done) / rate if rate > 0 else math.inf
+        eta = "" if final or not math.isfinite(left) else f"  ETA {left:5.0f}s"
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        line = (f"{self.label:<28} {self.done:>7}/{self.total:<7} {pct:5.1f}%  "
+                f"{rate:8.1f} {self.unit}/s  {elapsed:6.1f}s{eta}")
+        if self._tty:
+            sys.stderr.write("\r" + line + ("\n" if final else ""))
+        elif final or int(pct) // 10 > self._decile:
+            self._decile = int(pct) // 10
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> float:
+        self._print(final=True)
+        return time.perf_counter() - self.t0
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+# -- results ----------------------------------------------------------------------------------
+
+def environment() -> dict[str, Any]:
+    """What the figures were measured on."""
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "cpus": os.cpu_count(), "loadavg_at_save": load,
+            "numpy": np.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # strict JSON has no NaN/Infinity
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def save_json(name: str, data: dict[str, Any]) -> Path:
+    """Write benchmarks/results/<name> (strict JSON, NaN as null) and return its path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / name
+    payload = {"environment": environment(), **data}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def fmt_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A plain fixed-width table (floats to 3 decimals)."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else f"{v:.3f}"
+        return str(v)
+
+    cells = [[cell(v) for v in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+              for i, h in enumerate(headers)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)),
+           "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            for r in cells]
+    return "\n".join(out)
+
+
+# -- the in-process stack ---------------------------------------------------------------------
+
+def local_backend_class():
+    """LocalBackend wherever it lives (it moved from serve/ to actors/)."""
+    try:
+        from actors.backend import LocalBackend
+    except ImportError:  # older layout
+        from serve.backend import LocalBackend
+    return LocalBackend
+
+
+def make_embedder(kind: str):
+    from memoray.embedding import HashEmbedder, MiniLMEmbedder
+
+    if kind == "hash":
+        return HashEmbedder()
+    if kind == "minilm":
+        return MiniLMEmbedder(device="cpu")
+    raise SystemExit(f"unknown embedder {kind!r} (expected minilm or hash)")
+
+
+def build_service(root: Path, embedder: Any, shards: int = 2, **settings: Any):
+    """MemoryService over in-process ShardCores (durable=False) and a MicroBatcher: the same
+    code path a Serve replica runs, minus Ray's actor hops."""
+    from actors.embedding_worker import MicroBatcher
+    from actors.planner import QueryPlanner
+    from actors.shard import ShardCore
+    from memoray.settings import Settings
+    from serve.service import MemoryService
+
+    cores = [ShardCore(i, Path(root) / f"shard-{i}", embedder.dim, map_size=2 << 30,
+                       durable=False, snapshot_every=10**9) for i in range(shards)]
+    batcher = MicroBatcher(embedder)
+    backend = local_backend_class()(cores, batcher)
+    cfg = Settings(durable=False, shards=shards, embedder=embedder.name, **settings)
+    planner = QueryPlanner()
+    service = MemoryService(cfg, backend, planner=planner)
+    return service, cores, batcher, planner
+
+
+def refresh_planner(planner: Any, cores: list) -> None:
+    """What the QueryPlanner actor does every second in production."""
+    for i, core in enumerate(cores):
+        planner.update_stats(i, core.postings.stats())
