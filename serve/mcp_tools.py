@@ -283,6 +283,12 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         rt, caller = await caller_for(ctx, "memory-stats", workspaceId)
         return await rt.service.stats(caller, workspaceId)
 
+    @mcp.tool(name="ping", description=(
+        "Liveness through the whole HTTP/MCP/auth/rate-limit stack; touches no data."))
+    async def ping(ctx: Context) -> dict[str, Any]:
+        await caller_for(ctx, "ping")
+        return {"ok": True}
+
     @mcp.tool(name="health-check", description="Overall and per-component status.")
     async def health_check(ctx: Context, detailed: bool = False) -> dict[str, Any]:
         rt, caller = await caller_for(ctx, "health-check")

@@ -168,15 +168,17 @@ class MemoryService:
         return Prepared(records, red)
 
     async def capture(self, items: list[CaptureItem], caller: Caller, *,
-                      action: str = "capture") -> list[dict]:
+                      action: str = "capture", vectors: np.ndarray | None = None) -> list[dict]:
+        """`vectors`, when given, are the embeddings of the items' (unchunked) contents."""
         for item in items:
             self._require(caller, "write", action, item.workspace_id)
         now = utc_now()
         with span("memoray.prepare", items=len(items)):
             prepared = [self._prepare(item, now) for item in items]
         records = [r for p in prepared for r in p.records]
-        with span("memoray.embed", texts=len(records)):
-            vectors = await self._embed([r["content"] for r in records])
+        if vectors is None or len(vectors) != len(records):
+            with span("memoray.embed", texts=len(records)):
+                vectors = await self._embed([r["content"] for r in records])
         by_shard: dict[int, list[int]] = {}
         for i, rec in enumerate(records):
             by_shard.setdefault(shard_for(rec["id"], self.backend.shards), []).append(i)
@@ -221,10 +223,15 @@ class MemoryService:
             self._require(caller, "write", "upsert", item.workspace_id)
         report: list[dict] = []
         counts = Counter()
-        for item in items:
+        small = [i for i, it in enumerate(items) if len(it.content) <= CHUNK_THRESHOLD_CHARS]
+        texts = {i: self._redact(items[i].content)[0] for i in small}
+        vectors = await self._embed([texts[i] for i in small]) if small else None
+        vec_of = {i: vectors[j] for j, i in enumerate(small)}
+        for n, item in enumerate(items):
             lock = self._upsert_locks.setdefault(item.workspace_id, asyncio.Lock())
             async with lock:
-                res = await self._upsert_one(item, caller, threshold)
+                res = await self._upsert_one(item, caller, threshold, texts.get(n),
+                                             vec_of.get(n))
             counts[res["action"]] += 1
             report.append(res)
         return {"totalInput": len(items), "created": counts["created"],
@@ -239,12 +246,11 @@ class MemoryService:
             parts.append({"visibility": {"$ne": "private"}})
         return {"$and": parts}
 
-    async def _upsert_one(self, item: CaptureItem, caller: Caller, threshold: float) -> dict:
-        if len(item.content) > CHUNK_THRESHOLD_CHARS:  # documents are stored, never merged
+    async def _upsert_one(self, item: CaptureItem, caller: Caller, threshold: float,
+                          content: str | None, vector: np.ndarray | None) -> dict:
+        if content is None or vector is None:  # documents are stored, never merged
             res = (await self.capture([item], caller, action="upsert"))[0]
             return {"action": "created", "id": res["ids"][0], "ids": res["ids"]}
-        content, _ = self._redact(item.content)
-        vector = (await self._embed([content]))[0]
         digest = content_hash(content)
         node = self._scoped_filter(caller, flt.parse_filter(self._scope_filter(item)), "upsert")
         req = SearchRequest(vector=vector, query="", k=1, filter=node, strategy="exact",
@@ -255,7 +261,7 @@ class MemoryService:
             return {"action": "unchanged", "id": hits[0].record["id"], "similarity": 1.0}
         if hits and hits[0].vector_score >= threshold:
             return await self._merge(hits[0], item, content, vector, caller)
-        res = (await self.capture([item], caller, action="upsert"))[0]
+        res = (await self.capture([item], caller, action="upsert", vectors=vector[None, :]))[0]
         return {"action": "created", "id": res["ids"][0],
                 "similarity": round(hits[0].vector_score, 4) if hits else None}
 

@@ -1,0 +1,171 @@
+"""The first benchmark (issue 2): capture and retrieve through the whole stack, each beside the
+in-process cost of its own parts, from one run.
+
+- capture throughput through /mcp (capture-memories, batches of 100) beside the raw embedder's
+  in-process throughput on the same texts;
+- retrieve latency p50/p95 through /mcp at N memories, beside in-process embed + hnswlib query,
+  and beside `ping` (a tool that does nothing) through the same HTTP/MCP/Serve stack.
+
+Run: python -m benchmarks.bench_core [--n 10000] [--queries 200] [--embedder minilm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import Progress, fmt_table, latency_summary, log, save_json
+from benchmarks.corpus import corpus, queries
+
+BATCH = 100
+
+
+async def _through_mcp(url: str, n: int, n_queries: int, texts: list[dict]) -> dict:
+    from tests.server_process import mcp_client
+
+    out: dict = {}
+    async with mcp_client(url) as c:
+        prog = Progress("capture via /mcp", n, "memories")
+        t0 = time.perf_counter()
+        for i in range(0, n, BATCH):
+            items = [{"content": t["content"], "eventType": t["eventType"],
+                      "workspaceId": "bench"} for t in texts[i:i + BATCH]]
+            await c.call("capture-memories", items=items)
+            prog.update(len(items))
+        elapsed = prog.close()
+        out["capture_per_s"] = round(n / elapsed, 1)
+        out["capture_seconds"] = round(time.perf_counter() - t0, 2)
+
+        qs = queries(n_queries)
+        for q in qs[:10]:  # warm-up (first calls compile, connect, fill caches)
+            await c.call("retrieve-memories", query=q + " warm", limit=10)
+        lat, ping = [], []
+        prog = Progress("retrieve via /mcp", n_queries, "queries")
+        for q in qs:
+            t = time.perf_counter()
+            await c.call("retrieve-memories", query=q, limit=10,
+                         filters={"workspaceId": "bench"})
+            lat.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            await c.call("ping")
+            ping.append(time.perf_counter() - t)
+            prog.update()
+        prog.close()
+        out["retrieve"] = latency_summary(lat)
+        out["ping"] = latency_summary(ping)
+    return out
+
+
+def _in_process(texts: list[str], n_queries: int, embedder_kind: str, n: int) -> dict:
+    import hnswlib
+
+    from memoray.embedding import make_embedder
+
+    emb = make_embedder(embedder_kind)
+    sample = texts[: min(2000, len(texts))]
+    emb.embed(sample[:64])  # warm-up
+    t0 = time.perf_counter()
+    vecs = emb.embed(sample)
+    embed_rate = len(sample) / (time.perf_counter() - t0)
+    rng = np.random.default_rng(0)
+    base = np.vstack([vecs] * (n // len(vecs) + 1))[:n]
+    base = base + rng.normal(scale=0.01, size=base.shape).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    index = hnswlib.Index(space="ip", dim=base.shape[1])
+    index.init_index(max_elements=n, ef_construction=200, M=16)
+    index.add_items(base, np.arange(n), num_threads=1)
+    index.set_ef(64)
+    index.set_num_threads(1)
+    qs = queries(n_queries, seed=99)
+    emb_lat, knn_lat = [], []
+    for q in qs:
+        t = time.perf_counter()
+        qv = emb.embed([q])[0]
+        emb_lat.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        index.knn_query(qv, k=10, num_threads=1)
+        knn_lat.append(time.perf_counter() - t)
+    return {"embed_per_s": round(embed_rate, 1), "query_embed": latency_summary(emb_lat),
+            "hnsw_knn": latency_summary(knn_lat),
+            "embed_plus_knn_p50_ms": round(latency_summary(emb_lat)["p50_ms"]
+                                           + latency_summary(knn_lat)["p50_ms"], 3)}
+
+
+def _plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = ["capture via /mcp", "embedder in-process"]
+    a.bar(labels, [res["mcp"]["capture_per_s"], res["in_process"]["embed_per_s"]],
+          color=["#3b7dd8", "#9ab"])
+    a.set_ylabel("memories / s")
+    a.set_title(f"Capture throughput ({res['embedder']})")
+    names = ["ping via /mcp", "embed+knn in-process", "retrieve via /mcp"]
+    p50 = [res["mcp"]["ping"]["p50_ms"], res["in_process"]["embed_plus_knn_p50_ms"],
+           res["mcp"]["retrieve"]["p50_ms"]]
+    p95 = [res["mcp"]["ping"]["p95_ms"], np.nan, res["mcp"]["retrieve"]["p95_ms"]]
+    x = np.arange(len(names))
+    b.bar(x - 0.2, p50, 0.4, label="p50")
+    b.bar(x + 0.2, p95, 0.4, label="p95")
+    b.set_xticks(x, names)
+    b.set_ylabel("ms")
+    b.set_title(f"Retrieve latency at {res['n']} memories")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run(n: int = 10000, n_queries: int = 200, embedder: str = "minilm",
+        shards: int = 2) -> dict:
+    from tests.server_process import ServerProcess
+
+    texts = corpus(n)
+    with tempfile.TemporaryDirectory() as tmp:
+        log(f"starting a server ({embedder}, {shards} shards) ...")
+        server = ServerProcess(Path(tmp) / "data", embedder=embedder, shards=shards).start()
+        try:
+            mcp = asyncio.run(_through_mcp(server.mcp_url, n, n_queries, texts))
+        finally:
+            server.stop()
+    log("in-process baselines ...")
+    base = _in_process([t["content"] for t in texts], n_queries, embedder, n)
+    res = {"n": n, "queries": n_queries, "embedder": embedder, "shards": shards,
+           "batch": BATCH, "mcp": mcp, "in_process": base}
+    path = save_json("core.json", res)
+    from benchmarks.common import RESULTS_DIR
+
+    _plot(res, RESULTS_DIR / "core.png")
+    print(fmt_table(["measure", "value"], [
+        ["capture via /mcp (memories/s)", mcp["capture_per_s"]],
+        ["embedder in-process (texts/s)", base["embed_per_s"]],
+        ["retrieve via /mcp p50 / p95 (ms)",
+         f"{mcp['retrieve']['p50_ms']:.1f} / {mcp['retrieve']['p95_ms']:.1f}"],
+        ["in-process query embed p50 (ms)", base["query_embed"]["p50_ms"]],
+        ["in-process hnswlib knn p50 (ms)", base["hnsw_knn"]["p50_ms"]],
+        ["ping via /mcp p50 / p95 (ms)",
+         f"{mcp['ping']['p50_ms']:.1f} / {mcp['ping']['p95_ms']:.1f}"],
+    ]))
+    print(f"saved {path} and core.png")
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=10000)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--embedder", default="minilm", choices=["minilm", "hash"])
+    ap.add_argument("--shards", type=int, default=2)
+    a = ap.parse_args()
+    run(a.n, a.queries, a.embedder, a.shards)
+
+
+if __name__ == "__main__":
+    main()
