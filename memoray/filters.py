@@ -48,11 +48,11 @@ DEFAULT_EQ_SELECTIVITY = 0.3
 DEFAULT_SELECTIVITY = 0.5
 
 WIRE_FIELDS: dict[str, str] = WIRE_TO_FIELD | {
-    "id": "id", "parentId": "parent_id", "visibility": "visibility"
+    "id": "id", "parentId": "parent_id", "visibility": "visibility", "gitCommit": "git_commit"
 }
 FIELD_TO_WIRE: dict[str, str] = {v: k for k, v in WIRE_FIELDS.items()}
 INDEXED_FIELDS = frozenset(SCOPED_FIELDS) | {"timestamp"}
-_STRING_FIELDS = frozenset(SCOPED_FIELDS) | {"id", "parent_id", "visibility"}
+_STRING_FIELDS = frozenset(SCOPED_FIELDS) | {"id", "parent_id", "visibility", "git_commit"}
 _ALLOWED_FIELDS = ", ".join([*WIRE_FIELDS, "metadata.<path>", "startTime", "endTime"])
 _FIELD_OPS = ("$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte", "$exists", "$not")
 # operator -> (is the lower bound, inclusive)

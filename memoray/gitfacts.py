@@ -19,6 +19,9 @@ _SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*)://(.*)$")
 _SCP_RE = re.compile(r"^(?:[^@/\s]+@)?([^:/\s]+):(?!//)(.*)$")
 
 
+MAX_MERGED_BRANCHES = 25  # the most recently committed; keeps the filter within its limits
+
+
 @dataclass(frozen=True)
 class GitFacts:
     root: str | None  # repository work-tree root (absolute), None outside a repo
@@ -31,6 +34,24 @@ class GitFacts:
     behind: int | None
     merged_branches: tuple[str, ...]  # local branches merged into HEAD (HEAD's own included)
     remote_url: str | None
+    merged_tips: tuple[tuple[str, str], ...] = ()  # (branch, tip sha), most recent first
+
+    def branch_filter(self) -> dict:
+        """The memories visible from HEAD, as a filter.
+
+        This branch's and the default branch's memories, memories with no branch, and those of
+        each branch merged into HEAD whose work was committed after the memory was captured
+        (its tip moved past the memory's gitCommit). `git branch --merged` alone would also
+        count a branch with no commits of its own, leaking its uncommitted work's memories.
+        """
+        own = [b for b in (self.branch, self.default_branch) if b]
+        clauses: list[dict] = [{"gitBranch": {"$exists": False}}]
+        if own:
+            clauses.append({"gitBranch": {"$in": sorted(set(own))}})
+        for name, tip in self.merged_tips[:MAX_MERGED_BRANCHES]:
+            if name not in own:
+                clauses.append({"gitBranch": name, "gitCommit": {"$ne": tip}})
+        return {"$or": clauses}
 
     def visible_branches(self) -> tuple[str, ...]:
         """Branches whose memories apply here: this one, those merged into it, the default one."""
@@ -252,18 +273,21 @@ def _compute(cwd: str, detailed: bool) -> GitFacts:
 
     ahead = behind = None
     merged: tuple[str, ...] = ()
+    tips: tuple[tuple[str, str], ...] = ()
     if detailed and commit:
         if upstream:
             out = _git(root, "rev-list", "--left-right", "--count", "HEAD...@{upstream}")
             parts = out.split() if out else []
             if len(parts) == 2 and all(p.isdigit() for p in parts):
                 ahead, behind = int(parts[0]), int(parts[1])
-        out = _git(root, "for-each-ref", "--merged", "HEAD", "--format=%(refname:short)",
-                   "refs/heads")
+        out = _git(root, "for-each-ref", "--merged", "HEAD", "--sort=-committerdate",
+                   "--format=%(objectname) %(refname:short)", "refs/heads")
         if out is not None:
-            merged = tuple(sorted(line.strip() for line in out.splitlines() if line.strip()))
+            pairs = [line.strip().split(" ", 1) for line in out.splitlines() if " " in line]
+            tips = tuple((name, sha) for sha, name in pairs)
+            merged = tuple(sorted(name for name, _ in tips))
     return GitFacts(str(root), workspace_id, branch, commit, default_branch, upstream, ahead,
-                    behind, merged, remote_url)
+                    behind, merged, remote_url, tips)
 
 
 def _default_branch(gitdir: Path, common: Path, remote: str | None,

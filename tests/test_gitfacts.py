@@ -215,3 +215,29 @@ def test_broken_git_dir_never_raises(tmp_path: Path) -> None:
     (weird / ".git" / "HEAD").write_text("garbage")
     facts = fresh(weird)
     assert facts.branch is None and facts.commit is None
+
+
+def test_branch_filter_hides_uncommitted_work_of_a_branch_with_no_commits(tmp_path):
+    """`git branch --merged` counts a fresh branch as merged; its memories (captured at the
+    fork commit, before any commit of its own) must stay hidden until its work is committed
+    and merged, fast-forward included."""
+    from memoray import filters as flt
+
+    repo = tmp_path / "r"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, "a")
+    base_sha = git(repo, "rev-parse", "HEAD")
+    git(repo, "branch", "feature")  # no commits of its own yet
+    node = flt.parse_filter(fresh(repo).branch_filter())
+    memory = {"git_branch": "feature", "git_commit": base_sha}
+    assert not flt.matches(node, memory)
+    assert flt.matches(node, {"git_branch": "main", "git_commit": base_sha})
+    assert flt.matches(node, {"git_branch": None})
+
+    git(repo, "checkout", "-q", "feature")
+    commit(repo, "b")
+    git(repo, "checkout", "-q", "main")
+    assert not flt.matches(flt.parse_filter(fresh(repo).branch_filter()), memory)  # unmerged
+    git(repo, "merge", "-q", "--ff-only", "feature")  # a fast-forward merge
+    assert flt.matches(flt.parse_filter(fresh(repo).branch_filter()), memory)

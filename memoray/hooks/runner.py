@@ -125,10 +125,8 @@ class Hook:
             return None
         facts = self.facts(detailed=True)
         clauses: list[dict[str, Any]] = []
-        visible = facts.visible_branches()
-        if facts.root is not None and visible:
-            clauses.append({"$or": [{"gitBranch": {"$in": list(visible)}},
-                                    {"gitBranch": {"$exists": False}}]})
+        if facts.root is not None and (facts.branch or facts.default_branch):
+            clauses.append(facts.branch_filter())
         if extra_filter:
             clauses.append(extra_filter)
         args: dict[str, Any] = {"query": query, "tokenBudget": budget,
