@@ -301,6 +301,16 @@ class ShardCore:
         recs = [r for r in self.storage.get_by_labels(labels) if r is not None]
         return sorted(recs, key=lambda r: r.get("chunk_index") or 0)
 
+    def scan(self, after: str | None, limit: int = 256) -> list[dict]:
+        return self.storage.scan(after, limit)
+
+    def backup(self, dest: str) -> dict:
+        """LMDB hot copy plus a fresh index snapshot beside it."""
+        t0 = time.perf_counter()
+        size = self.storage.backup(Path(dest) / "lmdb")
+        return {"shard": self.shard_id, "bytes": size, "records": len(self.postings),
+                "seq": self.storage.seq, "seconds": round(time.perf_counter() - t0, 3)}
+
     def labels_matching(self, node: Any) -> np.ndarray:
         return flt.evaluate(node, self.postings)
 
@@ -495,6 +505,12 @@ def actor_class():
 
         def snapshot(self):
             return self.core.snapshot()
+
+        def scan(self, after, limit=256):
+            return self.core.scan(after, limit)
+
+        def backup(self, dest):
+            return self.core.backup(dest)
 
         def expired(self, now, limit=10000):
             return self.core.expired(now, limit)

@@ -120,8 +120,8 @@ class ShardStorage:
                 if key:
                     ikey = f"{record['workspace_id']}\x00{key}".encode()
                     existing = txn.get(ikey, db=self.idem)
-                    if existing is not None:
-                        out.append((existing.decode(), -1, False))
+                    if existing is not None and existing.decode() != record["id"]:
+                        out.append((existing.decode(), -1, False))  # a retry: stored already
                         continue
                     txn.put(ikey, record["id"].encode(), db=self.idem)
                 mid = record["id"].encode()
@@ -280,6 +280,26 @@ class ShardStorage:
         with self.env.begin() as txn:
             raw = txn.get(u64(label), db=self.vectors)
         return np.frombuffer(raw, np.float32).copy() if raw is not None else None
+
+    def scan(self, after: str | None, limit: int) -> list[dict]:
+        """Records in id order after `after`: paging for batch jobs (reindex, export)."""
+        out: list[dict] = []
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self.records)
+            found = cur.set_range(after.encode()) if after else cur.first()
+            while found and len(out) < limit:
+                k = bytes(cur.key())
+                if after is None or k != after.encode():
+                    out.append(self.decode(k, bytes(cur.value())))
+                found = cur.next()
+        return out
+
+    def backup(self, dest: Path) -> int:
+        """A consistent, compacted copy of the environment (LMDB's own hot backup)."""
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        self.env.copy(str(dest), compact=True)
+        return sum(f.stat().st_size for f in dest.iterdir() if f.is_file())
 
     def count(self) -> int:
         with self.env.begin() as txn:

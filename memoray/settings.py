@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     replicas: int = Field(default=1, ge=1, le=64)
     embedding_workers: int = Field(default=1, ge=1, le=64)
     embedding_gpus: float = Field(default=0.0, ge=0.0)
+    dashboard: bool = True  # Ray's dashboard serves the job API that `ray job submit` uses
+    dashboard_port: int = Field(default=8265, ge=0, le=65535)
 
     # Storage. map_size is virtual address space, not disk: LMDB grows the file as it fills.
     map_size_bytes: int = 8 * 1024**3

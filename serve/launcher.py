@@ -109,7 +109,9 @@ def serve_forever(settings: Settings) -> int:
     from serve.runtime import NAMESPACE
 
     t0 = time.time()
-    ray.init(address=settings.address, namespace=NAMESPACE, include_dashboard=False,
+    ray.init(address=settings.address, namespace=NAMESPACE,
+             include_dashboard=settings.dashboard if not settings.address else None,
+             dashboard_port=settings.dashboard_port,
              logging_level=logging.WARNING, log_to_driver=True,
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                                        "RAY_USAGE_STATS_ENABLED": "0"}})

@@ -72,7 +72,9 @@ class ServerProcess:
 
     def start(self, timeout: float = 180) -> "ServerProcess":
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
-               "PYTHONUNBUFFERED": "1", **self.env}
+               "PYTHONUNBUFFERED": "1", "MEMORAY_DASHBOARD": "false",
+               "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+               **self.env}
         cmd = [sys.executable, "-m", "memoray.cli", "serve", "--data-dir", str(self.data_dir),
                "--port", str(self.port), "--shards", str(self.shards),
                "--embedder", self.embedder, *self.extra_args]

@@ -159,3 +159,31 @@ def test_modes_score_in_unit_interval(tmp_path, mode):
     put(core, [rec(f"some words {i}") for i in range(10)])
     for h in search(core, "some words 3", mode=mode)["hits"]:
         assert 0.0 <= h.score <= 1.0
+
+
+def test_rewriting_a_record_with_an_idempotency_key_updates_it(tmp_path):
+    core = open_core(tmp_path)
+    a = rec("first wording", idempotency_key="k")
+    core.put([a], EMB.embed([a["content"]]))
+    b = dict(a, content="second wording")  # same id: a reindex or a merge, not a retry
+    assert core.put([b], EMB.embed([b["content"]])) == [(a["id"], True)]
+    assert core.get([a["id"]])[0]["content"] == "second wording"
+
+
+def test_scan_pages_through_every_record_and_backup_copies_them(tmp_path):
+    core = open_core(tmp_path)
+    records = [rec(f"scan {i}") for i in range(25)]
+    put(core, records)
+    seen, after = [], None
+    while page := core.scan(after, 10):
+        seen += [r["id"] for r in page]
+        after = page[-1]["id"]
+    assert sorted(seen) == sorted(r["id"] for r in records)
+    info = core.backup(str(tmp_path / "bk"))
+    assert info["records"] == 25 and info["bytes"] > 0
+    copy = open_core(tmp_path / "restored")
+    copy.storage.close()
+    import shutil
+    shutil.rmtree(tmp_path / "restored" / "lmdb")
+    shutil.copytree(tmp_path / "bk" / "lmdb", tmp_path / "restored" / "lmdb")
+    assert len(open_core(tmp_path / "restored").postings) == 25
