@@ -142,9 +142,18 @@ def load(path: Path, limit: int | None = None) -> list[Conversation]:
     return convs
 
 
-def turn_text(turn: Turn, fmt: str) -> str:
-    """What a turn is stored as. fmt: comma-separated options out of speaker, caption, date."""
-    opts = set(fmt.split(","))
+def turn_text(turn: Turn, fmt: str, prev: Turn | None = None) -> str:
+    """What a turn is stored as. fmt: comma-separated options out of
+    speaker  "<speaker>: " in front (questions name people; turns say "I"),
+    caption  " [shares <blip caption>]" for a turn that shares a photo,
+    date     "(<session date>) " in front,
+    prev     " (replying to <speaker>: <text>)" with the previous turn of the same session,
+             as context: the memory is still this one turn (its id, its diaId), but a short
+             reply ("Wow, that's great!") becomes findable by what it replies to."""
+    opts = {o.strip() for o in fmt.split(",") if o.strip()}
+    unknown = opts - {"speaker", "caption", "date", "prev"}
+    if unknown:
+        raise SystemExit(f"--text-format: unknown option(s) {sorted(unknown)}")
     text = turn.text.strip()
     if "caption" in opts and turn.caption:
         text = f"{text} [shares {turn.caption.strip()}]"
@@ -152,6 +161,8 @@ def turn_text(turn: Turn, fmt: str) -> str:
         text = f"{turn.speaker}: {text}"
     if "date" in opts:
         text = f"({turn.date}) {text}"
+    if "prev" in opts and prev is not None:
+        text = f"{text} (replying to {prev.speaker}: {prev.text.strip()})"
     return text
 
 
@@ -250,9 +261,10 @@ async def capture_all(service: Any, caller: Any, convs: list[Conversation], fmt:
 
     items = []
     for conv in convs:
-        for t in conv.turns:
+        for i, t in enumerate(conv.turns):
+            prev = conv.turns[i - 1] if i and conv.turns[i - 1].session == t.session else None
             items.append(CaptureItem(
-                content=turn_text(t, fmt), event_type="conversation", tier="project",
+                content=turn_text(t, fmt, prev), event_type="conversation", tier="project",
                 workspace_id=workspace(conv), session_id=f"{conv.sample_id}-s{t.session}",
                 agent_id=None, timestamp=t.timestamp,
                 metadata={"speaker": t.speaker, "diaId": t.dia_id, "session": t.session,

@@ -356,6 +356,7 @@ _EMAIL_AT = re.compile(r"@(?<=[A-Za-z0-9._%+\-]@)[A-Za-z0-9\-]++(?:\.[A-Za-z0-9\
 
 def _find_emails(text: str) -> Iterator[Span]:
     """Anchored at '@' (rare) and read backwards: a forward regex would start at every word."""
+    last_end = 0
     for m in _EMAIL_AT.finditer(text):
         at, domain = m.start(), m.group()[1:]
         tld = domain.rsplit(".", 1)[-1]
@@ -364,16 +365,17 @@ def _find_emails(text: str) -> Iterator[Span]:
         if re.match(r"[0-9]+x\.", domain):  # icon@2x.png
             continue
         start = at
-        while start > 0 and at - start < 64 and text[start - 1] in _LOCAL_CHARS:
+        while start > last_end and at - start < 64 and text[start - 1] in _LOCAL_CHARS:
             start -= 1
         while start < at and text[start] in ".+-":
             start += 1
-        if start == at or (start > 0 and text[start - 1] in _LOCAL_CHARS):
+        if start == at or (start > last_end and text[start - 1] in _LOCAL_CHARS):
             continue
         nxt = text[m.end() : m.end() + 2]
         # git@github.com:org/repo.git and ssh://git@host/path address repositories, not people.
         if nxt[:1] == "/" or (nxt[:1] == ":" and nxt[1:2] not in ("", " ", "\n")):
             continue
+        last_end = m.end()
         yield start, m.end(), "email"
 
 

@@ -63,3 +63,15 @@ class MemorayServer:
 
 def make_app(settings: Settings):
     return MemorayServer.options(num_replicas=settings.replicas).bind(settings.model_dump_json())
+
+
+def build_app(args: dict | None = None):
+    """Application builder for Serve config files (`serve deploy`, KubeRay RayService):
+    import_path serve.deployment:build_app, with `args` holding Settings fields (or MEMORAY_*
+    env vars). Creates or joins the named actors, then returns the bound app."""
+    from serve.launcher import check_layout, start_actors
+
+    settings = Settings(**(args or {}))
+    check_layout(settings)
+    start_actors(settings)
+    return make_app(settings)
