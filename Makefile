@@ -3,12 +3,15 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# The venv first on PATH, so Ray workers and `ray job submit` entrypoints find its python.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 export HNSWLIB_NO_NATIVE := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install run test test-unit test-integration bench bench-quick lint clean
+.PHONY: install run test test-unit test-integration bench bench-core bench-hooks bench-locomo \
+        bench-planner bench-dedup bench-security reindex backup lint clean
 
 install: $(STAMP)
 
@@ -32,11 +35,41 @@ test-unit: install
 test-integration: install
 	$(BIN)/python -m pytest -q -m integration tests
 
+# Every benchmark, one after the other; each prints its table and saves JSON (+ PNG) under
+# benchmarks/results/. Run them one by one with the targets below.
 bench: install
 	$(BIN)/python -m benchmarks
 
+bench-core: install
+	$(BIN)/python -m benchmarks.bench_core
+
+bench-hooks: install
+	$(BIN)/python -m benchmarks.bench_hooks_server
+
+bench-locomo: install
+	$(BIN)/python -m benchmarks.locomo
+
+bench-planner: install
+	$(BIN)/python -m benchmarks.bench_planner
+
+bench-dedup: install
+	$(BIN)/python -m benchmarks.bench_dedup
+
+bench-security: install
+	$(BIN)/python -m benchmarks.bench_security
+
+# Batch jobs against the running server (`make run` in another terminal).
+DATA_DIR ?= $(HOME)/.memoray
+reindex: install
+	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:8265 --working-dir . \
+	  -- python -m cluster.jobs.reindex --data-dir $(DATA_DIR)
+
+backup: install
+	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:8265 --working-dir . \
+	  -- python -m cluster.jobs.backup --data-dir $(DATA_DIR) --dest $(DEST)
+
 lint: install
-	$(BIN)/ruff check memoray actors serve benchmarks tests
+	$(BIN)/ruff check memoray actors serve cluster benchmarks tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -24,6 +24,10 @@ from typing import Any
 EVENTS = ("SessionStart", "PostToolUse")
 
 
+BENCH_REMOTE = "https://github.com/memoray/bench-project.git"
+BENCH_WORKSPACE = "github.com/memoray/bench-project"  # what gitfacts makes of BENCH_REMOTE
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -36,8 +40,8 @@ def _repo(root: Path) -> Path:
     (repo / "src" / "app.py").write_text("def handler(event):\n    return event\n")
     env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.com"}
-    for args in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-qm", "init"],
-                 ["checkout", "-qb", "feature/bench"]):
+    for args in (["init", "-q", "-b", "main"], ["remote", "add", "origin", BENCH_REMOTE],
+                 ["add", "."], ["commit", "-qm", "init"], ["checkout", "-qb", "feature/bench"]):
         try:
             subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True,
                            timeout=10)

@@ -42,8 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import (Progress, fmt_table, latency_summary, log, mean, percentile,
-                               save_json)
+from benchmarks.common import Progress, fmt_table, latency_summary, mean, percentile, save_json
 
 DIM = 384
 LATENT = 32
@@ -66,7 +65,7 @@ SEVERITY = (("high", 0.05), ("medium", 0.25), ("low", 0.70))
 
 
 def filters() -> list[tuple[str, dict | None]]:
-    iso = lambda days: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0 - days * DAY))  # noqa: E731
+    iso = lambda days: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0 - days * DAY))
     return [
         ("workspaceId=ws-10", {"workspaceId": "ws-10"}),
         ("workspaceId=ws-100", {"workspaceId": "ws-100"}),
@@ -255,31 +254,49 @@ def plan_timing(planner: Any, nodes: list, reps: int = 300) -> dict[str, Any]:
             t0 = time.perf_counter()
             planner.plan(node, K)
             cached.append(time.perf_counter() - t0)
-    us = lambda xs: {"p50_us": round(percentile(xs, 50) * 1e6, 1),  # noqa: E731
+    us = lambda xs: {"p50_us": round(percentile(xs, 50) * 1e6, 1),
                      "p95_us": round(percentile(xs, 95) * 1e6, 1)}
     return {"cached": us(cached), "uncached": us(uncached), "calls": len(cached) + len(uncached)}
 
 
-def fit_costs(rows: list[dict], shards: int, k: int) -> dict[str, float]:
-    """Least-squares fits, in microseconds, of the planner's cost model to what was measured
-    (p50 of the slowest shard, the planner's own latency model), on the vector+lexical path."""
-    pool = max(4 * k, 20)
-    # exact: fixed + per_candidate * (candidates of the biggest shard ~ total / shards)
+def ann_cost_curve(cores: list, node: Any, queries: list, mode: str) -> list[dict]:
+    """ANN latency against k' (oversample varied) on a broad filter, where post-filtering
+    always keeps enough: the planner's ann cost is fixed + per_result * k'."""
+    from actors.shard import ANN, SearchRequest
+
+    pool = max(4 * K, 20)
+    out = []
+    for over in (1.0, 2.0, 3.0, 6.0, 12.0, 25.0, 50.0, 100.0):
+        par = []
+        for qi, (vec, words) in enumerate(queries):
+            req = SearchRequest(vector=vec, query=words if mode == "hybrid" else "", k=K,
+                                filter=node, strategy=ANN, oversample=over, mode=mode, now=T0,
+                                include_content=False)
+            _, _, s_par, _used, _ = fanout(cores, req)
+            if qi >= WARMUP:
+                par.append(s_par)
+        out.append({"oversample": over, "k_prime": min(math.ceil(pool * over), 4096),
+                    "par_p50_us": round(percentile(par, 50) * 1e6, 1)})
+    return out
+
+
+def fit_costs(rows: list[dict], curve: list[dict], shards: int) -> dict[str, float]:
+    """Least-squares fits, in microseconds, of the planner's cost model to what was measured:
+    p50 of the slowest shard (the planner's own latency model). exact = fixed + per_candidate
+    x (candidates of one shard), over the filters exact answered itself; ann = fixed +
+    per_result x k', from the k' curve."""
+    rows = [r for r in rows if r["indexable"]]  # a residual row scan costs far more per candidate
     xs = np.array([r["actual_candidates"] / shards for r in rows], dtype=np.float64)
     ys = np.array([r["exact"]["par"]["p50_ms"] * 1000 for r in rows])
     a = np.vstack([np.ones_like(xs), xs]).T
     (e_fixed, e_per), *_ = np.linalg.lstsq(a, ys, rcond=None)
-    # ann: where it did not fall back (every shard answered "ann") its cost is flat in the
-    # filter; the unfiltered query is the pure graph search.
-    ann_pts = [r["ann"]["par"]["p50_ms"] * 1000 for r in rows
-               if set(r["ann"]["shard_strategies"]) == {"ann"}]
-    ann_fixed = float(np.median(ann_pts)) if ann_pts else float("nan")
-    unfiltered = [r["ann"]["par"]["p50_ms"] * 1000 for r in rows if r["name"] == "(none)"]
-    return {"COST_EXACT_FIXED": round(float(e_fixed), 1),
+    kx = np.array([c["k_prime"] for c in curve], dtype=np.float64)
+    ky = np.array([c["par_p50_us"] for c in curve])
+    (a_fixed, a_per), *_ = np.linalg.lstsq(np.vstack([np.ones_like(kx), kx]).T, ky, rcond=None)
+    return {"COST_EXACT_FIXED": round(float(max(e_fixed, 1.0)), 1),
             "COST_EXACT_PER_CANDIDATE": round(float(e_per), 4),
-            "ann_filtered_p50_us": round(ann_fixed, 1),
-            "ann_unfiltered_p50_us": round(unfiltered[0], 1) if unfiltered else None,
-            "oversampled_k": pool * 3}
+            "COST_ANN_FIXED": round(float(max(a_fixed, 1.0)), 1),
+            "COST_ANN_PER_RESULT": round(float(a_per), 3)}
 
 
 def choose_oracle(r: dict) -> str:
@@ -363,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench_planner")
     args = ap.parse_args(argv)
 
-    from actors.planner import QueryPlanner
     import actors.planner as planner_module
+    from actors.planner import QueryPlanner
     from memoray import filters as flt
 
     t_start = time.perf_counter()
@@ -394,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
             prog = Progress(f"{mode}: filters x strategies", len(named), "filters", every_s=0)
             for name, wire, node in named:
                 r = run_filter(cores, planner, node, queries, mode)
-                r.update({"name": name, "filter": wire, "selectivity": truth_sel[name]})
+                r.update({"name": name, "filter": wire, "selectivity": truth_sel[name],
+                          "indexable": flt.is_indexable(node)})
                 r["oracle"] = choose_oracle(r)
                 rows.append(r)
                 prog.update()
@@ -406,8 +424,17 @@ def main(argv: list[str] | None = None) -> int:
              for r in out["results"][next(iter(out["results"]))]]
         out["estimate_q_error"] = {"p50": round(percentile(q, 50), 3),
                                    "max": round(max(q), 3)}
-        first = out["results"][next(iter(out["results"]))]
-        out["fitted_costs"] = fit_costs(first, args.shards, K)
+        broad = flt.parse_filter({"tier": {"$ne": "preference"}})
+        out["ann_cost_curve"] = {}
+        out["fitted_costs"] = {}
+        out["replanned"] = {}
+        for mode, rows in out["results"].items():
+            curve = ann_cost_curve(cores, broad, queries[: 20 + WARMUP], mode)
+            out["ann_cost_curve"][mode] = curve
+            fitted = fit_costs(rows, curve, args.shards)
+            out["fitted_costs"][mode] = fitted
+            choices = replan(QueryPlanner, cores, [n for _, _, n in named], fitted)
+            out["replanned"][mode] = choices
         for core in cores:
             core.storage.close()
     out["total_seconds"] = round(time.perf_counter() - t_start, 1)
@@ -431,17 +458,25 @@ def main(argv: list[str] | None = None) -> int:
         totals = {s: sum(r[s]["seq"]["p50_ms"] for r in rows) for s in (*STRATEGY_NAMES,
                                                                          "planner")}
         totals["oracle"] = sum(r[r["oracle"]]["seq"]["p50_ms"] for r in rows)
+        refit = out["replanned"][mode]
+        totals["planner_fitted"] = sum(r[c]["seq"]["p50_ms"] + r["planner"]["plan_us_p50"] / 1000
+                                       for r, c in zip(rows, refit))
+        changed = [f"{r['name']}: {r['plan']['strategy']} -> {c}"
+                   for r, c in zip(rows, refit) if c != r["plan"]["strategy"]]
+        fitted_bad = [r["name"] for r, c in zip(rows, refit) if r[c]["recall@10"] < RECALL_OK]
         bad = [r["name"] for r in rows if r["planner"]["recall@10"] < RECALL_OK]
         print("sum of p50 over the filters (ms): " + ", ".join(
             f"{s} {v:.1f}" for s, v in totals.items())
               + f"; filters where the planner's recall@10 < {RECALL_OK}: {bad or 'none'}")
+        print(f"fitted cost constants ({mode}, slowest shard, us): {out['fitted_costs'][mode]}")
+        print(f"planner with the fitted constants would change: {changed or 'nothing'}"
+              f"; its recall < {RECALL_OK} on: {fitted_bad or 'none'}")
         out.setdefault("totals_p50_ms", {})[mode] = {k: round(v, 2) for k, v in totals.items()}
     pt = out["plan_timing"]
     print(f"\nplan(): cached p50 {pt['cached']['p50_us']} us (p95 {pt['cached']['p95_us']}), "
           f"uncached p50 {pt['uncached']['p50_us']} us (p95 {pt['uncached']['p95_us']})")
     print(f"planner candidate estimates: q-error p50 {out['estimate_q_error']['p50']}, "
           f"max {out['estimate_q_error']['max']}")
-    print(f"fitted costs (vector mode, slowest shard): {out['fitted_costs']}")
     json_path = save_json(f"{args.out}.json", out)
     png = json_path.with_suffix(".png")
     plot(out["results"], png, f"planner benchmark: {args.n} memories, {args.shards} in-process "

@@ -4,9 +4,12 @@
 
 Every dialogue turn of ../shared/data/locomo10.json (Maharana et al., ACL 2024; 10 conversations,
 5,882 turns, 1,986 questions) is captured through MemoryService.capture, in batches, as one
-memory: content "<speaker>: <text>" plus "[shares <image caption>]" when the turn carries a
-photo; metadata {speaker, diaId, session, sessionDate, conversation}; timestamp = the session's
-date; each conversation its own workspace. Every question is then asked through
+memory; metadata {speaker, diaId, session, sessionDate, conversation}; timestamp = the session's
+date; each conversation its own workspace. The stored text (`--text-format`, default
+"speaker,caption,date,prev") is "(<session date>) <speaker>: <text> [shares <image caption>]
+(replying to <previous speaker>: <previous text>)": the previous turn of the same session rides
+along as context, while the memory (its id, its diaId) stays this one turn. `--text-format
+speaker,caption,date` stores the turn alone. Every question is then asked through
 MemoryService.search (limit 10), scoped to its conversation's workspace with the filter
 {"workspaceId": ...}, in three modes: vector-only, lexical-only (BM25) and hybrid.
 
@@ -39,14 +42,23 @@ import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import (Progress, build_service, fmt_table, latency_summary, log,
-                               make_embedder, mean, refresh_planner, save_json)
+from benchmarks.common import (
+    Progress,
+    build_service,
+    fmt_table,
+    latency_summary,
+    log,
+    make_embedder,
+    mean,
+    refresh_planner,
+    save_json,
+)
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "locomo10.json"
 DATA_FALLBACK = Path("/work/shared/data/locomo10.json")
@@ -94,7 +106,7 @@ class Conversation:
 
 def parse_session_date(text: str) -> datetime:
     """'1:56 pm on 8 May, 2023' -> an aware datetime (UTC: the data carries no zone)."""
-    return datetime.strptime(text.strip(), "%I:%M %p on %d %B, %Y").replace(tzinfo=timezone.utc)
+    return datetime.strptime(text.strip(), "%I:%M %p on %d %B, %Y").replace(tzinfo=UTC)
 
 
 def normalize_evidence(raw: list[str]) -> list[str]:
@@ -254,6 +266,12 @@ async def run_queries(service: Any, caller: Any, convs: list[Conversation], mode
             "strategies": dict(strategies)}
 
 
+def _bm25_defaults() -> list[float]:
+    from memoray.lexical import LexicalIndex
+
+    return list(LexicalIndex.__init__.__defaults__ or ())
+
+
 # -- the run ----------------------------------------------------------------------------------
 
 async def capture_all(service: Any, caller: Any, convs: list[Conversation], fmt: str) -> dict:
@@ -285,8 +303,7 @@ async def seed_query_cache(batcher: Any, convs: list[Conversation]) -> dict:
     """Embed every question in batches (what a busy server's micro-batcher would do) and put
     them in the query cache, so per-query latency measures retrieval, not the model."""
     questions = list(dict.fromkeys(q.question for c in convs for q in c.questions if q.evidence))
-    if len(questions) > batcher.cache.capacity:
-        batcher.cache.capacity = len(questions)  # the benchmark's own cache, not the server's
+    batcher.cache.capacity = max(batcher.cache.capacity, len(questions))  # the benchmark's own cache, not the server's
     prog = Progress("embed questions", len(questions), "q")
     for i in range(0, len(questions), 256):
         chunk = questions[i: i + 256]
@@ -394,7 +411,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     caller = Caller(principal=LOCAL_PRINCIPAL)
     out: dict[str, Any] = {
         "benchmark": "locomo", "embedder": args.embedder, "text_format": args.text_format,
-        "shards": args.shards, "limit": K, "data": str(path),
+        "shards": args.shards, "limit": K, "data": str(path), "alpha": args.alpha,
+        "bm25_k1_b": _bm25_defaults(), "bm25_patched": bool(args.bm25),
         "conversations": len(convs), "turns": sum(len(c.turns) for c in convs),
         "questions": n_q, "questions_asked": asked,
         "questions_excluded_no_evidence": n_q - asked,
@@ -454,21 +472,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--alpha", type=float, default=0.5,
                     help="hybrid weight of the vector score for the main run (server default 0.5)")
-    ap.add_argument("--text-format", default="speaker,caption",
+    ap.add_argument("--text-format", default="speaker,caption,date,prev",
                     help="what each turn is stored as: comma list of speaker, caption, date")
     ap.add_argument("--no-sweep", action="store_true", help="skip the alpha/recency sweeps")
+    ap.add_argument("--bm25", default=None, metavar="K1,B",
+                    help="what-if: run with other BM25 parameters (patches LexicalIndex's "
+                         "defaults in this process only; the core default is unchanged)")
     ap.add_argument("--data", default=None)
     ap.add_argument("--out", default="locomo", help="result file stem under benchmarks/results")
     args = ap.parse_args(argv)
 
+    if args.bm25:
+        from memoray.lexical import LexicalIndex
+
+        k1, b = (float(x) for x in args.bm25.split(","))
+        LexicalIndex.__init__.__defaults__ = (k1, b)
     out = asyncio.run(main_async(args))
     headers = ["mode", "subset", "n", "R@1", "R@5", "R@10", "hit@1", "hit@5", "hit@10", "MRR"]
     table = fmt_table(headers, summary_rows(out["results"]))
     lat_rows = [[m, r["latency"]["p50_ms"], r["latency"]["p95_ms"], r["latency"]["mean_ms"],
                  ", ".join(f"{k}:{v}" for k, v in r["strategies"].items())]
                 for m, r in out["results"].items()]
+    bm25 = "k1={},b={}".format(*out["bm25_k1_b"]) + (" (patched)" if args.bm25 else "")
     print(f"\nLoCoMo evidence retrieval, embedder={out['embedder']}, "
-          f"text={out['text_format']}, alpha={args.alpha}, top {K}, "
+          f"text={out['text_format']}, alpha={args.alpha}, BM25 {bm25}, top {K}, "
           f"{out['questions_asked']} questions ({out['conversations']} conversations, "
           f"{out['turns']} turns)\n")
     print(table)

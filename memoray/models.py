@@ -50,14 +50,23 @@ class Wire(BaseModel):
     )
 
 
+def check_text(v: str) -> str:
+    """Storable text: valid Unicode (JSON may carry lone surrogates; UTF-8 cannot) and no NUL."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    if "\x00" in v:
+        raise ValueError("must not contain NUL bytes")
+    return v
+
+
 def _check_content(v: str) -> str:
     if not v or not v.strip():
         raise ValueError("must not be empty")
     if len(v.encode("utf-8", "surrogatepass")) > MAX_CONTENT_BYTES:
         raise ValueError(f"is larger than {MAX_CONTENT_BYTES} bytes (1 MiB)")
-    if "\x00" in v:
-        raise ValueError("must not contain NUL bytes")
-    return v
+    return check_text(v)
 
 
 class CaptureItem(Wire):
@@ -76,6 +85,12 @@ class CaptureItem(Wire):
     idempotency_key: str | None = Field(default=None, max_length=MAX_ID_FIELD)
 
     _content = field_validator("content")(classmethod(lambda cls, v: _check_content(v)))
+
+    @field_validator("workspace_id", "session_id", "agent_id", "git_branch", "git_commit",
+                     "timestamp", "idempotency_key")
+    @classmethod
+    def _text_fields(cls, v: str | None) -> str | None:
+        return None if v is None else check_text(v)
 
     @field_validator("event_type")
     @classmethod

@@ -73,12 +73,14 @@ def merge_counts(*counts: Mapping[str, int]) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------
 # Value heuristics: is an assigned value a real secret, or a placeholder, a path, some code?
 
-_BENIGN_WORDS = frozenset(
-    """none null nil true false undefined empty yes no on off required optional string str
-    bytes int bool any object unknown redacted hidden masked secret secrets password passwd
-    token tokens key keys apikey api_key changeme example sample test dummy placeholder default
-    value auto env include omit same-origin basic bearer digest""".split()
-)
+_BENIGN_WORDS = frozenset({
+    "none", "null", "nil", "true", "false", "undefined", "empty", "yes", "no", "on", "off",
+    "required", "optional", "string", "str", "bytes", "int", "bool", "any", "object", "unknown",
+    "redacted", "hidden", "masked", "secret", "secrets", "password", "passwd", "token", "tokens",
+    "key", "keys", "apikey", "api_key", "changeme", "example", "sample", "test", "dummy",
+    "placeholder", "default", "value", "auto", "env", "include", "omit", "same-origin", "basic",
+    "bearer", "digest",
+})
 _BENIGN_INSIDE = re.compile(
     r"your[_\-]?|placeholder|example|changeme|change[_\-]me|replace[_\-]?me|x{5,}|\.\.\.|…"
     r"|%s|%\(|\{\{|\$\{|\{[A-Za-z_]*\}",
@@ -179,11 +181,12 @@ Check = Callable[[re.Match[str], str], bool]
 
 @dataclass(frozen=True)
 class _Rule:
-    """One detector: `find(text)` yields spans; `needles` (lowercase) gate it cheaply."""
+    """One detector: `find` yields spans; `needles` (lowercase) gate it cheaply."""
 
     kind: str
-    find: Callable[[str], Iterator[Span]]
+    find: Callable[[str, str], Iterator[Span]]  # (text, text.lower() when `folds`, else "")
     needles: tuple[str, ...]
+    folds: bool = False  # searches case-insensitively, so needs the current lowercase text
 
 
 def _scan(kind: str, pattern: str, needles: tuple[str, ...] = (), *, group: int | str = 0,
@@ -191,7 +194,7 @@ def _scan(kind: str, pattern: str, needles: tuple[str, ...] = (), *, group: int 
     """A rule whose pattern starts with a literal or an ASCII class: plain `finditer`."""
     rx = re.compile(pattern)
 
-    def find(text: str) -> Iterator[Span]:
+    def find(text: str, _low: str) -> Iterator[Span]:
         for m in rx.finditer(text):
             if check is None or check(m, text):
                 yield m.start(group), m.end(group), kind
@@ -199,15 +202,24 @@ def _scan(kind: str, pattern: str, needles: tuple[str, ...] = (), *, group: int 
     return _Rule(kind, find, needles)
 
 
-def _positions(text: str, needles: tuple[str, ...], fold: bool) -> list[int]:
-    """Where any needle occurs; with `fold`, as lower, Capitalized or UPPER case."""
-    variants = {v for n in needles for v in ((n, n.capitalize(), n.upper()) if fold else (n,))}
+def _positions(text: str, low: str, needles: tuple[str, ...], fold: bool) -> list[int]:
+    """Where any needle occurs, case-insensitively with `fold`.
+
+    Folded search runs on `low` when it aligns with `text` (lower() kept every character one
+    character long, as it does for ASCII); otherwise on lower, Capitalized and UPPER forms.
+    """
+    if fold and len(low) == len(text):
+        hay, variants = low, {n.lower() for n in needles}
+    elif fold:
+        hay, variants = text, {v for n in needles for v in (n, n.capitalize(), n.upper())}
+    else:
+        hay, variants = text, set(needles)
     found: set[int] = set()
     for v in variants:
-        i = text.find(v)
+        i = hay.find(v)
         while i >= 0:
             found.add(i)
-            i = text.find(v, i + 1)
+            i = hay.find(v, i + 1)
     return sorted(found)
 
 
@@ -216,16 +228,16 @@ def _anchored(kind: str, needles: tuple[str, ...], pattern: str, *, fold: bool =
     """A rule matched only where a needle occurs: `re` cannot skip ahead on `(?i:...)`."""
     rx = re.compile(pattern)
 
-    def find(text: str) -> Iterator[Span]:
+    def find(text: str, low: str) -> Iterator[Span]:
         end = -1
-        for p in _positions(text, needles, fold):
+        for p in _positions(text, low, needles, fold):
             if p < end or (m := rx.match(text, p)) is None:
                 continue
             if check is None or check(m, text):
                 end = m.end()
                 yield m.start(group), m.end(group), kind
 
-    return _Rule(kind, find, tuple(n.lower() for n in needles))
+    return _Rule(kind, find, tuple(n.lower() for n in needles), fold)
 
 
 def _not_benign(group: int | str) -> Check:
@@ -278,7 +290,7 @@ def _card_window(groups: list[str], seps: list[str]) -> bool:
             and all(4 <= len(g) <= 6 for g in groups[1:-1]))
 
 
-def _find_cards(text: str) -> Iterator[Span]:
+def _find_cards(text: str, _low: str) -> Iterator[Span]:
     """Card numbers inside runs of digit groups: issuer prefix, grouping, and Luhn.
 
     A run is split into its groups and each window of 13-19 digits is tried, so a card
@@ -327,7 +339,7 @@ _IBAN_LENGTHS = {
 _IBAN_TAIL = re.compile(r"[0-9](?<=[A-Z][A-Z][0-9])[0-9](?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])")
 
 
-def _find_ibans(text: str) -> Iterator[Span]:
+def _find_ibans(text: str, _low: str) -> Iterator[Span]:
     """Country length, 4-character groups if spaced, and mod-97 == 1.
 
     Anchored on the check digits: digits are far rarer than the capitals an IBAN starts with.
@@ -346,15 +358,16 @@ def _find_ibans(text: str) -> Iterator[Span]:
             yield start, m.end(), "iban"
 
 
-_FILE_TLDS = frozenset(
-    "png jpg jpeg gif svg webp ico bmp tif tiff js mjs cjs ts tsx jsx css scss py md json yaml "
-    "yml toml txt lock map wasm".split()
-)
+_FILE_TLDS = frozenset({
+    "png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp", "tif", "tiff", "js", "mjs", "cjs",
+    "ts", "tsx", "jsx", "css", "scss", "py", "md", "json", "yaml", "yml", "toml", "txt", "lock",
+    "map", "wasm",
+})
 _LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
 _EMAIL_AT = re.compile(r"@(?<=[A-Za-z0-9._%+\-]@)[A-Za-z0-9\-]++(?:\.[A-Za-z0-9\-]++)++")
 
 
-def _find_emails(text: str) -> Iterator[Span]:
+def _find_emails(text: str, _low: str) -> Iterator[Span]:
     """Anchored at '@' (rare) and read backwards: a forward regex would start at every word."""
     last_end = 0
     for m in _EMAIL_AT.finditer(text):
@@ -431,10 +444,12 @@ def _aws_secret_ok(m: re.Match[str], text: str) -> bool:
 
 _PEM_BEGIN = re.compile(r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
 _PEM_END = re.compile(r"-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
-_PEM_TAIL = re.compile(r"(?:(?:\\n|\r?\n)(?:[A-Za-z0-9+/=]{16,}+|[A-Za-z][A-Za-z\-]*+:[^\n\\]*+))*+")
+_PEM_TAIL = re.compile(  # base64 lines and "Proc-Type: ..." headers, real or escaped newlines
+    r"(?:(?:\\n|\r?\n)(?:[A-Za-z0-9+/=]{16,}+|[A-Za-z][A-Za-z\-]*+:[^\n\\]*+))*+"
+)
 
 
-def _find_pem(text: str) -> Iterator[Span]:
+def _find_pem(text: str, _low: str) -> Iterator[Span]:
     """BEGIN through END; a truncated key (no END) through its base64 and header lines.
 
     By hand, because one lazy regex re-reads the whole tail for every BEGIN without an END.
@@ -443,7 +458,8 @@ def _find_pem(text: str) -> Iterator[Span]:
     while m := _PEM_BEGIN.search(text, pos):
         nxt = _PEM_BEGIN.search(text, m.end())
         end_m = _PEM_END.search(text, m.end(), nxt.start() if nxt else len(text))
-        end = end_m.end() if end_m else _PEM_TAIL.match(text, m.end()).end()  # type: ignore[union-attr]
+        tail = _PEM_TAIL.match(text, m.end())  # always matches: it may match nothing
+        end = end_m.end() if end_m else tail.end() if tail else m.end()
         yield m.start(), end, "private_key"
         pos = end
 
@@ -561,9 +577,9 @@ def _classify_assignment(m: re.Match[str], text: str) -> Span | None:
 _ASSIGN_RX = re.compile(_ASSIGN)
 
 
-def _find_assignments(text: str) -> Iterator[Span]:
+def _find_assignments(text: str, low: str) -> Iterator[Span]:
     end = -1
-    for p in _positions(text, _ASSIGN_ROOTS, True):
+    for p in _positions(text, low, _ASSIGN_ROOTS, True):
         if p < end or (m := _ASSIGN_RX.match(text, p)) is None:
             continue
         span = _classify_assignment(m, text)
@@ -584,7 +600,7 @@ _FLAG = re.compile(
 )
 
 
-def _find_flags(text: str) -> Iterator[Span]:
+def _find_flags(text: str, _low: str) -> Iterator[Span]:
     """`--password xyz`, `--token "..."`: a CLI flag whose next word is the secret."""
     for m in _FLAG.finditer(text):
         raw, s, e = m.group("val"), m.start("val"), m.end("val")
@@ -634,7 +650,8 @@ _SECRET_RULES: tuple[_Rule, ...] = (
               r"(?<![A-Za-z0-9_\-])(?:xox[abposre]|xapp)-[A-Za-z0-9\-]{10,}+",
               check=lambda m, _t: any(c.isdigit() for c in m.group())),
     _anchored("stripe_key", ("sk_live_", "rk_live_", "sk_test_", "rk_test_", "whsec_"),
-              r"(?<![A-Za-z0-9_])(?:[sr]k_(?:live|test)_[A-Za-z0-9]{16,}+|whsec_[A-Za-z0-9]{24,}+)"),
+              r"(?<![A-Za-z0-9_])"
+              r"(?:[sr]k_(?:live|test)_[A-Za-z0-9]{16,}+|whsec_[A-Za-z0-9]{24,}+)"),
     _scan("anthropic_key", _token("sk-ant-", r"[A-Za-z0-9_\-]{20,}+"), ("sk-ant-",)),
     _scan("openai_key", _token("sk-", r"[A-Za-z0-9_\-]{20,}+"), ("sk-",), check=_openai_ok),
     _scan("npm_token", _token("npm_", r"[A-Za-z0-9]{36}(?![A-Za-z0-9_])"), ("npm_",)),
@@ -650,14 +667,15 @@ _SECRET_RULES: tuple[_Rule, ...] = (
               r"(?<![A-Za-z0-9_])(?i:bearer)[ \t]+(?P<v>[A-Za-z0-9\-._~+/]{8,}+=*)",
               fold=True, group="v", check=_bearer_ok),
     _Rule("secret_assignment", _find_flags, ("-",)),
-    _Rule("secret_assignment", _find_assignments, _ASSIGN_ROOTS),
+    _Rule("secret_assignment", _find_assignments, _ASSIGN_ROOTS, folds=True),
 )
 
 _PII_RULES: tuple[_Rule, ...] = (
     _Rule("email", _find_emails, ("@",)),
     _Rule("card_number", _find_cards, ()),
     _Rule("iban", _find_ibans, ()),
-    _scan("phone", r"\+(?<![\w+]\+)(?=[0-9][0-9 .\-()]{8})[0-9]++(?:[ .\-]?+\(?[0-9]++\)?)*+", ("+",),
+    _scan("phone",
+          r"\+(?<![\w+]\+)(?=[0-9][0-9 .\-()]{8})[0-9]++(?:[ .\-]?+\(?[0-9]++\)?)*+", ("+",),
           check=_intl_phone_ok),
     _scan("phone", r"[0-9](?<![\w.+\-/][0-9])(?:(?<=1)[.\-][0-9]{3}[.\-]|[0-9]{2}[.\-])"
                    r"[0-9]{3}[.\-][0-9]{4}(?![\w\-]|\.[0-9])", check=_us_phone_ok),
@@ -666,11 +684,11 @@ _PII_RULES: tuple[_Rule, ...] = (
 )
 
 
-def _apply(rule: _Rule, text: str, out: dict[str, int], *, replace: bool) -> str:
+def _apply(rule: _Rule, text: str, low: str, out: dict[str, int], *, replace: bool) -> str:
     """Run one rule; replace (or only count) its findings, never inside a placeholder."""
     parts: list[str] = []
     pos = 0
-    for start, end, kind in rule.find(text):
+    for start, end, kind in rule.find(text, low):
         if start < pos or end <= start or _in_placeholder(text, start, end):
             continue
         out[kind] = out.get(kind, 0) + 1
@@ -681,6 +699,26 @@ def _apply(rule: _Rule, text: str, out: dict[str, int], *, replace: bool) -> str
         return text
     parts.append(text[pos:])
     return "".join(parts)
+
+
+def _pass(rules: tuple[_Rule, ...], text: str, out: dict[str, int], *, replace: bool) -> str:
+    """Every rule once, in order; a rule runs only if one of its needles is in the text.
+
+    Gating reads the text as the pass began: a placeholder never brings a needle that
+    could complete a match (and the final pass, which replaces nothing, gates exactly as a
+    fresh call would). The lowercase copy is refreshed only for rules that search with it.
+    """
+    gate = text.lower()
+    low: str | None = gate
+    for rule in rules:
+        if rule.needles and not any(n in gate for n in rule.needles):
+            continue
+        if rule.folds and low is None:
+            low = text.lower()
+        new = _apply(rule, text, low or "", out, replace=replace)
+        if new is not text:
+            text, low = new, None
+    return text
 
 
 def _in_placeholder(text: str, start: int, end: int) -> bool:
@@ -704,18 +742,23 @@ class Redactor:
         self.pii: PiiMode = pii
 
     def redact(self, text: str) -> RedactionResult:
+        """Replace secrets (and PII, by mode) with typed placeholders.
+
+        Passes repeat until one replaces nothing, so `redact(redact(x).text)` is a no-op by
+        construction: a replacement can change what a neighbouring rule sees (a boundary
+        character becomes `]`). Each replacing pass shrinks the unredacted text, so this
+        ends; in practice a text with findings takes two passes, one without takes one.
+        """
         counts: dict[str, int] = {}
+        rules = _SECRET_RULES + _PII_RULES if self.pii == "redact" else _SECRET_RULES
+        while True:
+            found = sum(counts.values())
+            text = _pass(rules, text, counts, replace=True)
+            if sum(counts.values()) == found:
+                break
         flags: dict[str, int] = {}
-        # Gate on the input: placeholders never bring a needle that could complete a match.
-        low = text.lower()
-        for rule in _SECRET_RULES:
-            if not rule.needles or any(n in low for n in rule.needles):
-                text = _apply(rule, text, counts, replace=True)
-        if self.pii != "off":
-            replace = self.pii == "redact"
-            for rule in _PII_RULES:
-                if not rule.needles or any(n in low for n in rule.needles):
-                    text = _apply(rule, text, counts if replace else flags, replace=replace)
+        if self.pii == "flag":
+            _pass(_PII_RULES, text, flags, replace=False)
         return RedactionResult(text, counts, flags)
 
     def redact_value(self, obj: Any) -> tuple[Any, dict[str, int]]:

@@ -141,20 +141,9 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         f"Store a batch of memories (bulk import, hook queues); at most {MAX_BATCH} items, each "
         "with the fields of capture-memory."))
     async def capture_memories(items: list[dict[str, Any]], ctx: Context) -> dict[str, Any]:
-        if not items:
-            raise invalid("items: must hold at least one item")
-        if len(items) > MAX_BATCH:
-            raise invalid(f"items: at most {MAX_BATCH} items per batch")
-        parsed = []
-        for i, raw in enumerate(items):
-            try:
-                parsed.append(CaptureItem.model_validate(raw))
-            except ValidationError as exc:
-                raise invalid(_validation_message(exc, prefix=f"items[{i}].")) from None
-        workspaces = {p.workspace_id for p in parsed}
-        rt, caller = await caller_for(ctx, "capture-memories",
-                                      next(iter(workspaces)) if len(workspaces) == 1 else None,
-                                      parsed[0].agent_id, cost=len(parsed))
+        parsed, workspace = _parse_items(items)
+        rt, caller = await caller_for(ctx, "capture-memories", workspace, parsed[0].agent_id,
+                                      cost=len(parsed))
         results = await rt.service.capture(parsed, caller, action="capture-batch")
         redactions: dict[str, int] = {}
         for r in results:
@@ -206,20 +195,9 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         "are left unchanged. Returns a merge report."))
     async def upsert_memory(items: list[dict[str, Any]], ctx: Context,
                             similarityThreshold: float = 0.85) -> dict[str, Any]:
-        if not items:
-            raise invalid("items: must hold at least one item")
-        if len(items) > MAX_BATCH:
-            raise invalid(f"items: at most {MAX_BATCH} items per call")
-        parsed = []
-        for i, raw in enumerate(items):
-            try:
-                parsed.append(CaptureItem.model_validate(raw))
-            except ValidationError as exc:
-                raise invalid(_validation_message(exc, prefix=f"items[{i}].")) from None
-        workspaces = {p.workspace_id for p in parsed}
-        rt, caller = await caller_for(ctx, "upsert-memory",
-                                      next(iter(workspaces)) if len(workspaces) == 1 else None,
-                                      parsed[0].agent_id, cost=len(parsed))
+        parsed, workspace = _parse_items(items)
+        rt, caller = await caller_for(ctx, "upsert-memory", workspace, parsed[0].agent_id,
+                                      cost=len(parsed))
         return await rt.service.upsert(parsed, caller, threshold=similarityThreshold)
 
     @mcp.tool(name="share-memory", description=(
@@ -297,6 +275,22 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
     return mcp
 
 
+def _parse_items(items: list[dict[str, Any]]) -> tuple[list[CaptureItem], str | None]:
+    """Validate a batch; returns the items and their workspace when they share one."""
+    if not items:
+        raise invalid("items: must hold at least one item")
+    if len(items) > MAX_BATCH:
+        raise invalid(f"items: at most {MAX_BATCH} items per call")
+    parsed = []
+    for i, raw in enumerate(items):
+        try:
+            parsed.append(CaptureItem.model_validate(raw))
+        except ValidationError as exc:
+            raise invalid(_validation_message(exc, prefix=f"items[{i}].")) from None
+    workspaces = {p.workspace_id for p in parsed}
+    return parsed, (next(iter(workspaces)) if len(workspaces) == 1 else None)
+
+
 def _check_query(query: str, allow_empty: bool = False) -> None:
     from memoray.models import MAX_QUERY_CHARS
 
@@ -304,5 +298,9 @@ def _check_query(query: str, allow_empty: bool = False) -> None:
         raise invalid("query: must not be empty")
     if len(query) > MAX_QUERY_CHARS:
         raise invalid(f"query: longer than {MAX_QUERY_CHARS} characters")
-    if "\x00" in query:
-        raise invalid("query: must not contain NUL bytes")
+    from memoray.models import check_text
+
+    try:
+        check_text(query)
+    except ValueError as exc:
+        raise invalid(f"query: {exc}") from None

@@ -49,6 +49,14 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def _reap(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 class ServerProcess:
     def __init__(self, data_dir: Path, *, embedder: str = "hash", shards: int = 2,
                  port: int | None = None, env: dict[str, str] | None = None,
@@ -106,11 +114,7 @@ class ServerProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(30)
         time.sleep(1.0)
-        for pid in family:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _reap(family)
         self.proc = None
 
     def stop(self, timeout: float = 90) -> None:
@@ -123,11 +127,7 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
-        for pid in family:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _reap(family)
         self.proc = None
 
 

@@ -9,22 +9,15 @@ import pytest
 
 from memoray import gitfacts
 from memoray.gitfacts import git_facts, normalize_remote_url, parse_git_config
+from tests.gitutil import git, isolate_git
 
 
 @pytest.fixture(autouse=True)
 def isolated_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    for k, v in {"HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "t",
-                 "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-                 "GIT_COMMITTER_EMAIL": "t@example.com"}.items():
-        monkeypatch.setenv(k, v)
+    isolate_git(tmp_path, monkeypatch)
     gitfacts.clear_cache()
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout.strip()
 
 
 def commit(repo: Path, name: str) -> str:

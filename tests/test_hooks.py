@@ -28,6 +28,7 @@ from mcp_types import CallToolResult, TextContent
 from memoray.hooks import events, transcript
 from memoray.hooks.client import McpClient
 from memoray.hooks.spool import Spool
+from tests.gitutil import git, isolate_git
 
 HEAVY = ("ray", "torch", "numpy", "pydantic", "httpx", "mcp", "anyio", "starlette", "uvicorn")
 REMOTE = "https://github.com/Acme/Widget.git"
@@ -151,20 +152,12 @@ def live(server) -> tuple[str, Recorder]:
 
 # -- a project and a way to run hooks in it ---------------------------------------------------
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout.strip()
 
 
 @pytest.fixture()
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A repo with origin=Acme/Widget, main, a merged branch `fix`, on branch `feature`."""
-    home = tmp_path / "home"
-    home.mkdir()
-    for k, v in {"HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "t",
-                 "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-                 "GIT_COMMITTER_EMAIL": "t@example.com"}.items():
-        monkeypatch.setenv(k, v)
+    isolate_git(tmp_path, monkeypatch)
     repo = tmp_path / "widget"
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
@@ -365,8 +358,10 @@ def test_user_prompt_gets_context_and_is_stored(live, project: Path, tmp_path: P
     assert ctx["workspaceId"] == WORKSPACE and ctx["gitBranch"] == "feature"
     assert ctx["sessionId"] == "sess-1"
     branch_scope, not_own = ctx["filters"]["$and"]
-    assert branch_scope == {"$or": [{"gitBranch": {"$in": ["feature", "fix", "main"]}},
-                                    {"gitBranch": {"$exists": False}}]}
+    fix_tip = git(project, "rev-parse", "fix")
+    assert branch_scope == {"$or": [
+        {"gitBranch": {"$exists": False}}, {"gitBranch": {"$in": ["feature", "main"]}},
+        {"gitBranch": "fix", "gitCommit": {"$ne": fix_tip}}]}
     assert {"sessionId": {"$ne": "sess-1"}} in not_own["$or"]
     [item] = rec.items()
     assert item["eventType"] == "prompt" and item["tier"] == "session"
@@ -398,7 +393,9 @@ def test_session_start_prints_context(live, project: Path, tmp_path: Path) -> No
     assert out["additionalContext"].endswith(rec.context)
     [ctx] = rec.calls("build-context")
     assert ctx["tokenBudget"] == 900 and ctx["query"] == "work on branch feature"
-    assert ctx["filters"]["$or"][0]["gitBranch"]["$in"] == ["feature", "fix", "main"]
+    assert ctx["filters"]["$or"][1]["gitBranch"]["$in"] == ["feature", "main"]
+    assert {"gitBranch": "fix", "gitCommit": {"$ne": git(project, "rev-parse", "fix")}} in (
+        ctx["filters"]["$or"])
     rec.context = ""
     again = hook("SessionStart", base(project, source="resume"), url=url, spool=tmp_path / "sp")
     assert again.rc == 0 and again.stdout == ""

@@ -91,7 +91,8 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "xoxb": lambda: f"xoxb-{_s(string.digits, 12)}-{_s(string.digits, 13)}-{_s(ALNUM, 24)}",
     "xoxp": lambda: f"xoxp-{_s(string.digits, 12)}-{_s(string.digits, 12)}-"
     f"{_s(string.digits, 13)}-{_s('0123456789abcdef', 32)}",
-    "slack_webhook_path": lambda: f"T{_s(UPPER_DIGITS, 10)}/B{_s(UPPER_DIGITS, 10)}/{_s(ALNUM, 24)}",
+    "slack_webhook_path": lambda: f"T{_s(UPPER_DIGITS, 10)}/B{_s(UPPER_DIGITS, 10)}/"
+    f"{_s(ALNUM, 24)}",
     "sk_live": lambda: "sk_live_" + _s(ALNUM, 99),
     "rk_live": lambda: "rk_live_" + _s(ALNUM, 99),
     "openai_proj": lambda: "sk-proj-" + _s(B64URL, 156),
@@ -101,7 +102,9 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "jwt": _jwt,
     "pem_rsa": lambda: _pem("RSA PRIVATE KEY", 1190),
     "pem_openssh": lambda: _pem("OPENSSH PRIVATE KEY", 380, prefix=b"openssh-key-v1\0"),
-    "pem_ec_indented": lambda: "\n".join("  " + ln for ln in _pem("EC PRIVATE KEY", 121).split("\n")),
+    "pem_ec_indented": lambda: "\n".join(
+        "  " + ln for ln in _pem("EC PRIVATE KEY", 121).split("\n")
+    ),
     "pem_pkcs8": lambda: _pem("PRIVATE KEY", 1216),
     "pem_encrypted": lambda: _pem(
         "RSA PRIVATE KEY", 1192,
@@ -113,7 +116,8 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "opaque_token": lambda: _s(ALNUM + "-._~", 40),
     "basic_b64": lambda: base64.b64encode(f"admin:{_password()}".encode()).decode(),
     "token_alnum": lambda: _s(ALNUM, 32),
-    "django_secret": lambda: "django-insecure-" + _s(string.ascii_lowercase + string.digits + "-_=+!", 50),
+    "django_secret": lambda: "django-insecure-"
+    + _s(string.ascii_lowercase + string.digits + "-_=+!", 50),
     "rand_b64_32": lambda: _s(B64, 32),
     "rand_b64_44": lambda: base64.b64encode(_rng.randbytes(32)).decode(),
     "rand_hex_64": lambda: _rng.randbytes(32).hex(),
@@ -122,25 +126,28 @@ GENERATORS: dict[str, Callable[[], str]] = {
 _HOLE = re.compile(r"\{([a-z0-9_]+)\}")
 
 
+def _fill(body: str) -> tuple[str, list[str]]:
+    """Fill each known {generator} hole; the same hole twice gets the same value."""
+    values: dict[str, str] = {}
+
+    def one(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in GENERATORS:
+            return m.group()
+        return values.setdefault(name, GENERATORS[name]())
+
+    return _HOLE.sub(one, body), list(values.values())
+
+
 def _load_contexts() -> list[tuple[str, list[str], str, list[str]]]:
     """(block id, expected kinds, filled text, secret values) for each fixture block."""
     text = (DATA / "secret_contexts.txt").read_text()
-    blocks = re.split(r"^--- ", text, flags=re.M)[1:]
     out = []
-    for i, block in enumerate(blocks):
+    for i, block in enumerate(re.split(r"^--- ", text, flags=re.MULTILINE)[1:]):
         header, _, body = block.partition("\n")
         kinds = header.split()
-        values: dict[str, str] = {}
-
-        def fill(m: re.Match[str]) -> str:
-            name = m.group(1)
-            if name not in GENERATORS:
-                return m.group()
-            values.setdefault(name, GENERATORS[name]())
-            return values[name]
-
-        out.append((f"{i:02d}-{'+'.join(kinds)}", kinds, _HOLE.sub(fill, body.rstrip("\n")),
-                    list(values.values())))
+        filled, values = _fill(body.rstrip("\n"))
+        out.append((f"{i:02d}-{'+'.join(kinds)}", kinds, filled, values))
     return out
 
 
@@ -175,7 +182,9 @@ def test_every_secret_kind_has_a_context():
 
 def test_url_password_keeps_user_and_host():
     res = redact("git clone https://deploy:Zq8!vR2#mK4@git.example.com/team/repo.git")
-    assert res.text == "git clone https://deploy:[REDACTED:url_password]@git.example.com/team/repo.git"
+    assert res.text == (
+        "git clone https://deploy:[REDACTED:url_password]@git.example.com/team/repo.git"
+    )
 
 
 def test_placeholders_are_typed_and_counts_are_per_kind():
@@ -391,7 +400,8 @@ def test_redact_value_over_nested_metadata():
         "input": {
             "command": f"curl -H 'Authorization: Bearer {jwt}' https://api.example.com",
             "env": {"DB_PASSWORD": "pw", "GITHUB_TOKEN": "${{ secrets.GH }}", "HOME": "/root"},
-            "auth": {"username": "bob", "password": "hunter2", "apiKey": "abc", "Authorization": "x"},
+            "auth": {"username": "bob", "password": "hunter2", "apiKey": "abc",
+                     "Authorization": "x"},
             "args": ["--verbose", ghp, ("contact", "jane.doe@example.org")],
         },
         "password": "",  # empty: nothing to hide
@@ -431,7 +441,8 @@ def test_redact_value_scalars_and_module_helpers():
 
 
 def test_merge_counts():
-    assert merge_counts({"jwt": 1}, {"jwt": 2, "email": 1}, {}, {"iban": 0}) == {"jwt": 3, "email": 1}
+    merged = merge_counts({"jwt": 1}, {"jwt": 2, "email": 1}, {}, {"iban": 0})
+    assert merged == {"jwt": 3, "email": 1}
     assert merge_counts() == {}
 
 

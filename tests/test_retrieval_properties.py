@@ -40,16 +40,16 @@ TIERS = ("session", "project", "pattern", "preference")
 SESSIONS = ("s0", "s1", "s2", None)
 BRANCHES = ("main", "dev", None)
 TAGS = ("a", "b", "c", None)  # None: the key is absent from metadata
-WORDS = tuple("apple banana cherry delta echo foxtrot golf hotel india juliet kilo lima "
-              "mango nectar oscar papa quartz romeo sierra tango".split())
+WORDS = ("apple", "banana", "cherry", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+         "juliet", "kilo", "lima", "mango", "nectar", "oscar", "papa", "quartz", "romeo",
+         "sierra", "tango")
 
 # Only pass tier_weighting where the shard has it: the brute force below scores pure cosine.
 _PURE = ({"tier_weighting": False}
          if "tier_weighting" in getattr(SearchRequest, "__dataclass_fields__", {}) else {})
 
-SETTINGS = dict(deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow,
-                                       HealthCheck.function_scoped_fixture])
+SETTINGS = {"deadline": None, "derandomize": True, "database": None,
+            "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]}
 
 
 class Store:
@@ -227,11 +227,11 @@ def test_ann_strategies_recall_at_10(store):
             for strategy in recalls:
                 assert store.search(node, q, 10, strategy) == []
             return
-        for strategy in recalls:
+        for strategy, values in recalls.items():
             hits = store.search(node, q, 10, strategy)
             assert all(flt.matches(node, h.record) for h in hits)
             got = {h.record["id"] for h in hits}
-            recalls[strategy].append(len(got & set(want)) / len(want))
+            values.append(len(got & set(want)) / len(want))
 
     check()
     assert seen["pairs"] - seen["empty"] >= 100, seen  # the mean rests on many queries

@@ -721,6 +721,9 @@ def test_zz_nothing_stored_and_server_healthy(server, session):
           f"{STATS['by_test']}")
 
 
+STREAMS = 260  # just over the replica's max_ongoing_requests (256)
+
+
 def test_zzz_idle_get_streams_do_not_starve_the_server(server):
     """MCP is served stateless with JSON responses, yet GET /mcp opens a server-sent-event stream
     that never ends, without authentication. Each holds one of the replica's
@@ -743,9 +746,9 @@ def test_zzz_idle_get_streams_do_not_starve_the_server(server):
 
         limits = httpx.Limits(max_connections=400, max_keepalive_connections=0)
         async with httpx.AsyncClient(limits=limits) as hc:
-            tasks = [asyncio.create_task(hold(hc)) for _ in range(300)]
+            tasks = [asyncio.create_task(hold(hc)) for _ in range(STREAMS)]
             t0 = time.time()
-            while len(opened) < 300 and time.time() - t0 < 15:
+            while len(opened) < STREAMS - 4 and time.time() - t0 < 15:
                 await asyncio.sleep(0.2)
             t_open = time.time() - t0
             try:
@@ -760,7 +763,7 @@ def test_zzz_idle_get_streams_do_not_starve_the_server(server):
         # once the streams are gone, the server must answer again
         t1, recovered = time.time(), None
         async with httpx.AsyncClient() as probe:
-            while time.time() - t1 < 30:
+            while time.time() - t1 < 10:
                 try:
                     r = await probe.post(server.mcp_url, headers=HEADERS,
                                          content=_rpc("health-check", "{}"), timeout=3)
@@ -772,6 +775,7 @@ def test_zzz_idle_get_streams_do_not_starve_the_server(server):
         return sum(1 for s in opened if s == 200), round(t_open, 1), outcome, recovered
 
     streams, t_open, outcome, recovered = asyncio.run(go())
-    assert recovered is not None, "the server did not answer within 30 s after the streams closed"
-    assert outcome[0] == 200, (f"with {streams} idle GET /mcp streams open (opened in "
-                               f"{t_open}s), a tool call got {outcome}")
+    assert outcome[0] == 200, (
+        f"with {streams} idle GET /mcp streams open (opened in {t_open}s), a tool call got "
+        f"{outcome}; after they closed the server answered again "
+        + (f"in {recovered}s" if recovered is not None else "not within 10 s"))

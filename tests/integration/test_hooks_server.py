@@ -13,21 +13,12 @@ from pathlib import Path
 import pytest
 
 from memoray.tokens import count_tokens
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout.strip()
+from tests.gitutil import git, isolate_git
 
 
 @pytest.fixture()
 def repos(tmp_path, monkeypatch):
-    home = tmp_path / "home"
-    home.mkdir()
-    for k, v in {"HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "t",
-                 "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-                 "GIT_COMMITTER_EMAIL": "t@example.com"}.items():
-        monkeypatch.setenv(k, v)
+    isolate_git(tmp_path, monkeypatch)
     remote = tmp_path / "remote.git"
     git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
     a = tmp_path / "clone-a"

@@ -1,0 +1,71 @@
+"""Hook wall time as Claude Code experiences it (process start to exit), against a real server
+holding N memories, and with the server down (issue 4). Goal: p95 < 150 ms up, < 1 s down.
+
+Run: python -m benchmarks.bench_hooks_server [--n 10000] [--samples 50] [--embedder minilm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from pathlib import Path
+
+from benchmarks import bench_hooks
+from benchmarks.common import Progress, fmt_table, log, save_json
+from benchmarks.corpus import corpus
+
+BATCH = 200
+
+
+async def _fill(url: str, n: int, workspace: str) -> None:
+    from tests.server_process import mcp_client
+
+    texts = corpus(n, seed=5)
+    async with mcp_client(url) as c:
+        prog = Progress("filling the server", n, "memories")
+        for i in range(0, n, BATCH):
+            await c.call("capture-memories", items=[
+                {"content": t["content"], "eventType": t["eventType"], "workspaceId": workspace,
+                 "gitBranch": "main"} for t in texts[i:i + BATCH]])
+            prog.update(min(BATCH, n - i))
+        prog.close()
+
+
+def run(n: int = 10000, samples: int = 50, embedder: str = "minilm") -> dict:
+    from tests.server_process import ServerProcess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerProcess(Path(tmp) / "data", embedder=embedder, env={
+            # the benchmark's own hooks must not be rate limited
+            "MEMORAY_RATE_LIMIT_ENABLED": "false"}).start()
+        try:
+            # the hooks run in a repo whose origin makes this their workspace
+            asyncio.run(_fill(server.mcp_url, n, bench_hooks.BENCH_WORKSPACE))
+            log("timing hook processes ...")
+            res = bench_hooks.run(server.url, samples=samples)
+        finally:
+            server.stop()
+    out = {"memories": n, "embedder": embedder, "samples": samples, **res}
+    path = save_json("hooks.json", out)
+    rows = []
+    for state in ("up", "down"):
+        for event, st in res.get(state, {}).items():
+            rows.append([f"{event} (server {state})", st["p50_ms"], st["p95_ms"], st["max_ms"]])
+    print(fmt_table(["hook", "p50 ms", "p95 ms", "max ms"], rows))
+    print(f"python startup alone: {res.get('python_startup')}")
+    print(f"saved {path}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=10000)
+    ap.add_argument("--samples", type=int, default=50)
+    ap.add_argument("--embedder", default="minilm", choices=["minilm", "hash"])
+    a = ap.parse_args()
+    run(a.n, a.samples, a.embedder)
+
+
+if __name__ == "__main__":
+    main()
