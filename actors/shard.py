@@ -22,8 +22,9 @@ from sortedcontainers import SortedList
 from actors.shard_storage import OP_DEL, OP_PUT, ShardStorage
 from actors.vector_index import VectorIndex
 from memoray import filters as flt
+from memoray.lexical import LexicalIndex
+from memoray.lexical import normalize as lexical_normalize
 from memoray.lifecycle import TIER_WEIGHT
-from memoray.lexical import LexicalIndex, normalize as lexical_normalize
 from memoray.postings import Postings
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ class ShardCore:
             raise ValueError("records and vectors differ in length")
         results = self.storage.put_many(records, vectors)  # durable from here on
         new_labels, new_vecs = [], []
-        for (mid, label, created), record, vec in zip(results, records, vectors):
+        for (_mid, label, created), record, vec in zip(results, records, vectors):
             if label < 0:
                 continue  # idempotent replay: already stored under this key
             if not created:
@@ -201,7 +202,7 @@ class ShardCore:
     def expired(self, now: float, limit: int = 10000) -> list[dict]:
         """Rows (no content) whose expires_at has passed, oldest first."""
         out = []
-        for exp, label in self.expiry.irange(maximum=(now, math.inf)):
+        for _exp, label in self.expiry.irange(maximum=(now, math.inf)):
             if len(out) >= limit:
                 break
             out.append(self.postings.row(label))

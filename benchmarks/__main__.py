@@ -11,8 +11,14 @@ from benchmarks.common import log
 
 def main() -> None:
     quick = os.environ.get("MEMORAY_BENCH_QUICK") == "1"
-    from benchmarks import (bench_core, bench_dedup, bench_hooks_server, bench_planner,
-                            bench_security, locomo)
+    from benchmarks import (
+        bench_core,
+        bench_dedup,
+        bench_hooks_server,
+        bench_planner,
+        bench_security,
+        locomo,
+    )
 
     steps = [
         ("core (issue 2)", lambda: bench_core.run(n=1000 if quick else 10000,

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import random
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks.common import Progress, fmt_table, log, save_json
@@ -62,7 +61,6 @@ async def _one(mode: str, root: Path, embedder, fs, st) -> dict:
 
     svc = make_service(root / mode, embedder=embedder)
     prog = Progress(f"{mode}", len(st), "items")
-    t0 = time.perf_counter()
     batch = 50
     for i in range(0, len(st), batch):
         items = [CaptureItem(content=text, event_type="decision", workspace_id="bench")
@@ -75,7 +73,7 @@ async def _one(mode: str, root: Path, embedder, fs, st) -> dict:
     seconds = prog.close()
     stored = sum(len(c.postings) for c in svc.cores)
     hits = 0
-    for i, (canonical, paraphrase, question) in enumerate(fs):
+    for canonical, paraphrase, question in fs:
         res = await svc.retrieve(caller(), question, limit=5, filters={"workspaceId": "bench"})
         if any(r.content in (canonical, paraphrase) for r in res):
             hits += 1

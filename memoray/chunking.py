@@ -40,7 +40,8 @@ _HEADINGS, _FENCES, _HARD = 0, 1, 2 + len(_FINE_LEVELS)
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """``content == text[start - overlap_prefix : end]``; ``[start, end)`` is the chunk's own span."""
+    """``content == text[start - overlap_prefix : end]``; ``[start, end)`` is the chunk's own
+    span."""
 
     index: int
     content: str
@@ -124,7 +125,8 @@ class _Splitter:
         self._scan()
 
     def _scan(self) -> None:
-        """One pass over the lines: fence blocks (open line .. close line) and headings outside them."""
+        """One pass over the lines: fence blocks (open line .. close line) and headings outside
+        them."""
         fence: tuple[str, int] | None = None
         for m in _LINE.finditer(self.text):
             line = m.group()

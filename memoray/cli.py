@@ -7,7 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
-HOOK_EVENTS = ("SessionStart", "UserPromptSubmit", "PostToolUse", "Stop", "SessionEnd", "PreCompact")
+HOOK_EVENTS = (
+    "SessionStart", "UserPromptSubmit", "PostToolUse", "Stop", "SessionEnd", "PreCompact",
+)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -73,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     hs_sub = hs.add_subparsers(dest="hooks_cmd", required=True)
     hi = hs_sub.add_parser("install", help="write hooks and the MCP server entry")
     scope = hi.add_mutually_exclusive_group()
-    scope.add_argument("--project", type=Path, default=None, help="project directory (default: cwd)")
+    scope.add_argument("--project", type=Path, default=None,
+                       help="project directory (default: cwd)")
     scope.add_argument("--user", action="store_true", help="install into ~/.claude/settings.json")
     hi.add_argument("--uninstall", action="store_true")
     hi.add_argument("--url", default=None, help="server URL (default: MEMORAY_URL or http://127.0.0.1:8000)")

@@ -3,7 +3,8 @@
 Layout: a header naming the workspace and branch (and, when anything was left out, how much), then
 up to four sections in a fixed order; each memory appears once, in the first section that claims it:
 
-1. "Decisions and conventions": event types decision/convention/preference, tiers preference/pattern.
+1. "Decisions and conventions": event types decision/convention/preference, tiers
+   preference/pattern.
 2. "Recent changes on this branch": code_change/session_summary on ``branch``, newest first.
 3. "Open problems and failures": errors, reviews, and commands whose metadata says they failed
    (``exitCode``/``exit_code`` non-zero, ``failed``/``isError``/``is_error`` true), newest first.
@@ -301,7 +302,8 @@ def _timestamp(value: Any) -> float | None:
 
 
 def _score(raw: Any, q_terms: set[str], norm: str) -> float:
-    """A query score in 0-1; without one, a neutral 0.25-0.75 from the share of query words present."""
+    """A query score in 0-1; without one, a neutral 0.25-0.75 from the share of query words
+    present."""
     if isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw):
         return min(1.0, max(0.0, float(raw)))
     if not q_terms:

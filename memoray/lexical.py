@@ -347,7 +347,7 @@ class LexicalIndex:
             return _empty()
         slots = np.asarray(slot_list, dtype=np.intp)
         acc = np.zeros(slots.size, dtype=np.float64)
-        for term, plist in present:
+        for _term, plist in present:
             tfs = np.fromiter(map(plist.get, slot_list, [0] * len(slot_list)), np.float64)
             hit = tfs > 0.0
             if hit.any():

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from memoray.errors import invalid
 
 
 def now() -> float:
-    return datetime.now(timezone.utc).timestamp()
+    return datetime.now(UTC).timestamp()
 
 
 def parse_iso(value: str | float | int | datetime, field: str = "timestamp") -> float:
@@ -29,9 +29,9 @@ def parse_iso(value: str | float | int | datetime, field: str = "timestamp") -> 
     else:
         raise invalid(f"{field}: expected an ISO 8601 timestamp")
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 
 def to_iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")

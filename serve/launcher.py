@@ -47,8 +47,14 @@ def start_actors(settings: Settings) -> dict:
     import ray
 
     from actors import embedding_worker, expiry, planner, rate_limiter, shard
-    from serve.runtime import (EXPIRY_NAME, LIMITER_NAME, NAMESPACE, PLANNER_NAME,
-                               embedder_name, shard_name)
+    from serve.runtime import (
+        EXPIRY_NAME,
+        LIMITER_NAME,
+        NAMESPACE,
+        PLANNER_NAME,
+        embedder_name,
+        shard_name,
+    )
 
     data = settings.resolved_data_dir()
     opts = {"map_size": settings.map_size_bytes, "durable": settings.durable,
@@ -90,7 +96,6 @@ def serve_forever(settings: Settings) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from memoray.auth import TokenStore, check_bind
-
     from memoray.crypto import key_from_settings
 
     try:

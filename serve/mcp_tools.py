@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from memoray.auth import authenticate
 from memoray.errors import ErrorCode, MemorayError, invalid
-from memoray.models import CaptureItem, MAX_BATCH
+from memoray.models import MAX_BATCH, CaptureItem
 from serve.observability import span
 
 log = logging.getLogger(__name__)

@@ -7,9 +7,9 @@ import asyncio
 import logging
 from typing import Any
 
+from actors.backend import Backend
 from actors.planner import QueryPlanner
 from memoray.settings import Settings
-from actors.backend import Backend
 from serve.observability import Metrics
 from serve.service import Caller, MemoryService
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from actors.backend import Backend
 from actors.planner import QueryPlanner
 from actors.shard import SearchRequest
 from memoray import filters as flt
@@ -25,8 +26,8 @@ from memoray.errors import ErrorCode, MemorayError, invalid, not_found
 from memoray.ids import is_valid_id, new_id, new_id_on_shard, shard_for
 from memoray.models import MAX_LIMIT, CaptureItem, RetrievedMemory
 from memoray.settings import Settings
-from memoray.timeutil import now as utc_now, parse_iso, to_iso
-from actors.backend import Backend
+from memoray.timeutil import now as utc_now
+from memoray.timeutil import parse_iso, to_iso
 from serve.observability import Metrics, span
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ class MemoryService:
                 self.backend.shard(s, "put", [records[i] for i in idx], vectors[idx])
                 for s, idx in by_shard.items()])
         stored: dict[int, tuple[str, bool]] = {}
-        for (s, idx), out in zip(by_shard.items(), outs):
+        for (_shard, idx), out in zip(by_shard.items(), outs):
             for i, res in zip(idx, out):
                 stored[i] = res
         results, pos = [], 0
@@ -298,7 +299,8 @@ class MemoryService:
         owner = rec.get("agent_id")
         if owner and owner != caller.agent_id and not caller.principal.can("admin"):
             self._audit(caller, "share", ids=[memory_id], outcome="denied", code="FORBIDDEN")
-            raise MemorayError(ErrorCode.FORBIDDEN, "only the agent that owns a memory may share it")
+            raise MemorayError(ErrorCode.FORBIDDEN,
+                               "only the agent that owns a memory may share it")
         if visibility == "private" and not owner:
             raise invalid("visibility: a memory without an agentId cannot be private")
         shard = shard_for(memory_id, self.backend.shards)
@@ -390,7 +392,7 @@ class MemoryService:
             try:
                 parts = await asyncio.wait_for(self.backend.all_shards("search", req),
                                                self.settings.query_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise MemorayError(ErrorCode.QUERY_TIMEOUT,
                                    f"query exceeded {self.settings.query_timeout_s}s") from None
         hits = sorted((h for p in parts for h in p["hits"]), key=lambda h: -h.score)[:limit]

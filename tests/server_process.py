@@ -78,7 +78,7 @@ class ServerProcess:
     def mcp_url(self) -> str:
         return self.url + "/mcp"
 
-    def start(self, timeout: float = 180) -> "ServerProcess":
+    def start(self, timeout: float = 180) -> ServerProcess:
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
                "PYTHONUNBUFFERED": "1", "MEMORAY_DASHBOARD": "false",
                "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",

@@ -20,7 +20,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from memoray.ratelimit import LEASE_MAX_UNITS, LEASE_FRACTION
+from memoray.ratelimit import LEASE_FRACTION, LEASE_MAX_UNITS
 from tests.server_process import Client, ServerProcess
 
 CAPACITY = 40

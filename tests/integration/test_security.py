@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from memoray.ids import new_id
-from tests.server_process import ROOT, ServerProcess, ToolError, mcp_client
+from tests.server_process import ROOT, ServerProcess, mcp_client
 
 WS_A, WS_B, WS_VICTIM = "ws-a", "ws-b", "ws-victim"
 # Per-workspace request budget for this server: high enough for every test of the module, low
@@ -174,6 +173,7 @@ def test_no_token_is_unauthorized(env):
         import httpx2
         from mcp import ClientSession
         from mcp.client.streamable_http import streamable_http_client
+
         from tests.server_process import Client
 
         for header in ("Basic YWxpY2U6cGFzcw==", "Bearer", f"Token {env.tokens['alice']}"):

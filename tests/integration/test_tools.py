@@ -75,14 +75,14 @@ def test_equality_and_time_filters(minilm_server):
     async def go():
         async with mcp_client(minilm_server.mcp_url) as c:
             await _seed(c, ws=ws, branch="feature/x")
-            old = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30)).isoformat()
+            old = (dt.datetime.now(dt.UTC) - dt.timedelta(days=30)).isoformat()
             await c.call("capture-memory", content="An old decision about caching with Redis",
                          eventType="decision", workspaceId=ws, timestamp=old)
             res = await c.call("retrieve-memories", query="decision", limit=20,
                                filters={"workspaceId": ws, "eventType": "decision"})
             assert {m["eventType"] for m in res["memories"]} == {"decision"}
             assert len(res["memories"]) == 3
-            since = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).isoformat()
+            since = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).isoformat()
             res = await c.call("retrieve-memories", query="decision caching", limit=20,
                                filters={"workspaceId": ws, "startTime": since})
             assert all("Redis" not in m["content"] for m in res["memories"])
