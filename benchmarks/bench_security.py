@@ -1,7 +1,7 @@
 """What the protections cost: retrieve-memories and capture-memory latency over the real MCP
 client, with every protection on against all of them off.
 
-Two servers, one after the other (hash embedder, 2 shards, the same seeded data):
+Two servers, started one after the other (hash embedder, 2 shards, the same seeded data):
   on   tokens (a bearer token on every call), rate limits (high enough that nothing is refused,
        so every call still goes through the limiter's leases), PII redaction (redact), encryption
        at rest (MEMORAY_ENCRYPTION_KEY)
@@ -9,11 +9,13 @@ Two servers, one after the other (hash embedder, 2 shards, the same seeded data)
 Secret redaction cannot be turned off (it always runs before storage), and the audit log is
 always written: both are in both runs, so they are not part of the difference measured here.
 
-Each server is seeded with the same memories (a tenth carry a secret, a tenth an email), warmed
-up, then measured sequentially from one MCP session: `samples` retrieves (limit 10, filtered
-to the workspace) and `samples` captures. Goal: < 10% added at p95.
+Each server is seeded with the same memories (a tenth carry a secret, a tenth an email) and
+warmed up. Then, from one MCP session per server, `samples` retrieves (limit 10, filtered to the
+workspace) and `samples` captures are measured per server, in alternating blocks (off, on, on,
+off, ...): the machine is shared, and load that comes and goes then falls on both alike.
+Goal: < 10% added at p95.
 
-    python -m benchmarks.bench_security [--samples 200] [--memories 2000]
+    python -m benchmarks.bench_security [--samples 200] [--memories 2000] [--blocks 10]
 
 Writes benchmarks/results/security.json.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import random
 import subprocess
 import sys
@@ -70,98 +73,125 @@ def _token(data: Path) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-async def _measure(url: str, token: str | None, *, samples: int, memories: int,
-                   seed: int) -> dict[str, Any]:
+async def _seed(c: Any, data: list[dict]) -> float:
+    t0 = time.perf_counter()
+    for i in range(0, len(data), 100):
+        res = await c.call("capture-memories", items=data[i:i + 100])
+        assert res["count"] == len(data[i:i + 100])
+    return round(time.perf_counter() - t0, 2)
+
+
+async def _retrieve(c: Any, queries: list[str], lat: list[float]) -> None:
+    for q in queries:
+        t = time.perf_counter()
+        res = await c.call("retrieve-memories", query=q, limit=10, filters={"workspaceId": WS})
+        lat.append(time.perf_counter() - t)
+        assert res["count"] > 0
+
+
+async def _capture(c: Any, items: list[dict], lat: list[float]) -> int:
+    redactions = 0
+    for item in items:
+        t = time.perf_counter()
+        res = await c.call("capture-memory", **item)
+        lat.append(time.perf_counter() - t)
+        redactions += sum(res["redactions"].values())
+    return redactions
+
+
+async def _measure(servers: dict[str, tuple[str, str | None]], *, samples: int, memories: int,
+                   seed: int, blocks: int) -> dict[str, Any]:
+    """Seed every server, warm it up, then measure in alternating blocks."""
     from tests.server_process import mcp_client
 
     rng = random.Random(seed)
     data = [_memory(rng, i) for i in range(memories)]
     queries = _queries(random.Random(seed + 1), samples + 20)
     captures = [_memory(random.Random(seed + 2 + i), 10_000 + i) for i in range(samples + 10)]
-    out: dict[str, Any] = {}
-    async with mcp_client(url, token) as c:
-        t0 = time.perf_counter()
-        for i in range(0, len(data), 100):
-            res = await c.call("capture-memories", items=data[i:i + 100])
-            assert res["count"] == len(data[i:i + 100])
-        out["seed_s"] = round(time.perf_counter() - t0, 2)
-        stats = await c.call("memory-stats", workspaceId=WS)
-        out["stored"] = stats["total"]
-        filters = {"workspaceId": WS}
-        for q in queries[:20]:  # warm-up: embed cache, planner stats, leases, connections
-            await c.call("retrieve-memories", query=q, limit=10, filters=filters)
-        for item in captures[:10]:
-            await c.call("capture-memory", **item)
-        lat: list[float] = []
-        for q in queries[20:]:
-            t = time.perf_counter()
-            res = await c.call("retrieve-memories", query=q, limit=10, filters=filters)
-            lat.append(time.perf_counter() - t)
-            assert res["count"] > 0
-        out["retrieve"] = latency_summary(lat)
-        lat = []
-        redactions = 0
-        for item in captures[10:]:
-            t = time.perf_counter()
-            res = await c.call("capture-memory", **item)
-            lat.append(time.perf_counter() - t)
-            redactions += sum(res["redactions"].values())
-        out["capture"] = latency_summary(lat)
-        out["redactions_in_measured_captures"] = redactions
+    names = list(servers)
+    out: dict[str, Any] = {n: {} for n in names}
+    lat: dict[str, dict[str, list[float]]] = {n: {"retrieve": [], "capture": []} for n in names}
+    redactions = {n: 0 for n in names}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {}
+        for n in names:
+            url, token = servers[n]
+            clients[n] = c = await stack.enter_async_context(mcp_client(url, token))
+            log(f"[{n}] seeding {memories} memories ...")
+            out[n]["seed_s"] = await _seed(c, data)
+            out[n]["stored"] = (await c.call("memory-stats", workspaceId=WS))["total"]
+            await _retrieve(c, queries[:20], [])  # warm-up: caches, planner stats, leases
+            await _capture(c, captures[:10], [])
+        log(f"measuring {samples} retrieves and {samples} captures per server in {blocks} "
+            "alternating blocks ...")
+        bounds = [round(b * samples / blocks) for b in range(blocks + 1)]
+        for b in range(blocks):
+            order = names if b % 2 == 0 else names[::-1]
+            qs = queries[20 + bounds[b]: 20 + bounds[b + 1]]
+            items = captures[10 + bounds[b]: 10 + bounds[b + 1]]
+            for n in order:
+                await _retrieve(clients[n], qs, lat[n]["retrieve"])
+            for n in order:
+                redactions[n] += await _capture(clients[n], items, lat[n]["capture"])
+    for n in names:
+        out[n]["retrieve"] = latency_summary(lat[n]["retrieve"])
+        out[n]["capture"] = latency_summary(lat[n]["capture"])
+        out[n]["redactions_in_measured_captures"] = redactions[n]
     return out
-
-
-def _phase(name: str, env: dict[str, str], with_token: bool, **kw: Any) -> dict[str, Any]:
-    from tests.server_process import ServerProcess
-
-    with tempfile.TemporaryDirectory(prefix=f"bench-security-{name}-") as tmp:
-        data = Path(tmp) / "data"
-        data.mkdir()
-        token = _token(data) if with_token else None
-        log(f"[{name}] starting server ...")
-        t0 = time.perf_counter()
-        srv = ServerProcess(data, embedder="hash", shards=2, env=env).start()
-        started = time.perf_counter() - t0
-        try:
-            log(f"[{name}] seeding {kw['memories']} memories, measuring {kw['samples']} "
-                "retrieves and captures ...")
-            res = asyncio.run(_measure(srv.mcp_url, token, **kw))
-        finally:
-            srv.stop()
-        res["startup_s"] = round(started, 1)
-        # sanity check of the setting: is the seeded text readable in the shard files?
-        raw = b"".join(p.read_bytes() for p in data.glob("shards/*/lmdb/data.mdb"))
-        res["plaintext_on_disk"] = any(v.encode() in raw for v in VERB)
-    return res
 
 
 def _pct(on: float, off: float) -> float:
     return round(100.0 * (on - off) / off, 1) if off else float("nan")
 
 
-def run(samples: int = 200, memories: int = 2000, seed: int = 7) -> dict[str, Any]:
+def run(samples: int = 200, memories: int = 2000, seed: int = 7, blocks: int = 10
+        ) -> dict[str, Any]:
+    from tests.server_process import ServerProcess
+
     key = base64.b64encode(random.Random(seed).randbytes(32)).decode()
-    limits = {"MEMORAY_RATE_LIMIT_ENABLED": "true",
-              "MEMORAY_RATE_LIMIT_CAPTURES_PER_MINUTE": HIGH,
-              "MEMORAY_RATE_LIMIT_REQUESTS_PER_HOUR": HIGH,
-              "MEMORAY_RATE_LIMIT_BULK_ITEMS_PER_MINUTE": HIGH}
-    on_env = {**limits, "MEMORAY_REDACT_PII": "redact", "MEMORAY_ENCRYPTION_KEY": key}
-    off_env = {"MEMORAY_RATE_LIMIT_ENABLED": "false", "MEMORAY_REDACT_PII": "off"}
-    kw = dict(samples=samples, memories=memories, seed=seed)
-    off = _phase("off", off_env, with_token=False, **kw)
-    on = _phase("on", on_env, with_token=True, **kw)
+    envs = {
+        "off": {"MEMORAY_RATE_LIMIT_ENABLED": "false", "MEMORAY_REDACT_PII": "off"},
+        "on": {"MEMORAY_RATE_LIMIT_ENABLED": "true",
+               "MEMORAY_RATE_LIMIT_CAPTURES_PER_MINUTE": HIGH,
+               "MEMORAY_RATE_LIMIT_REQUESTS_PER_HOUR": HIGH,
+               "MEMORAY_RATE_LIMIT_BULK_ITEMS_PER_MINUTE": HIGH,
+               "MEMORAY_REDACT_PII": "redact", "MEMORAY_ENCRYPTION_KEY": key},
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-security-") as tmp, \
+            contextlib.ExitStack() as stack:
+        servers: dict[str, tuple[str, str | None]] = {}
+        started: dict[str, float] = {}
+        dirs: dict[str, Path] = {}
+        for name, env in envs.items():  # started one after the other
+            data = dirs[name] = Path(tmp) / name / "data"
+            data.mkdir(parents=True)
+            token = _token(data) if name == "on" else None
+            log(f"[{name}] starting server ...")
+            t0 = time.perf_counter()
+            srv = ServerProcess(data, embedder="hash", shards=2, env=env).start()
+            stack.callback(srv.stop)
+            started[name] = round(time.perf_counter() - t0, 1)
+            servers[name] = (srv.mcp_url, token)
+        res = asyncio.run(_measure(servers, samples=samples, memories=memories, seed=seed,
+                                   blocks=blocks))
+        for name in envs:
+            res[name]["startup_s"] = started[name]
+            # the settings took effect: is the seeded text readable in the shard files?
+            raw = b"".join(p.read_bytes() for p in dirs[name].glob("shards/*/lmdb/data.mdb"))
+            res[name]["plaintext_on_disk"] = any(v.encode() in raw for v in VERB)
+    on, off = res["on"], res["off"]
     overhead = {f"{op}_{q}_pct": _pct(on[op][f"{q}_ms"], off[op][f"{q}_ms"])
                 for op in ("retrieve", "capture") for q in ("p50", "p95")}
-    result = {
+    return {
         "benchmark": "security",
         "params": {"samples": samples, "memories": memories, "seed": seed, "embedder": "hash",
-                   "shards": 2, "replicas": 1, "client": "mcp streamable HTTP, one session, "
-                   "sequential calls"},
+                   "shards": 2, "replicas": 1, "blocks": blocks,
+                   "client": "mcp streamable HTTP, one session per server, sequential calls"},
         "on": {"protections": ["bearer token", "rate limits (high, nothing refused)",
                                "PII redaction (redact)", "encryption at rest (AES-256-GCM)"],
                **on},
-        "off": {"protections": ["none configurable; secret redaction and the audit log always "
-                                "run"], **off},
+        "off": {"protections": ["none of the configurable ones; secret redaction and the audit "
+                                "log always run"], **off},
         "overhead": overhead,
         "goal": "retrieve p95 overhead < 10%",
         "goal_met": bool(overhead["retrieve_p95_pct"] < 10.0),
@@ -170,10 +200,10 @@ def run(samples: int = 200, memories: int = 2000, seed: int = 7) -> dict[str, An
             "secrets; only PII redaction is switched off",
             "the audit log (one fsync per mutation) is written in both runs",
             "captures are durable (LMDB fsync per commit) in both runs",
-            "servers run one after the other on a shared machine: compare within one run",
+            "both servers run side by side and are measured in alternating blocks, so other "
+            "load on the machine falls on both alike; compare figures within one run",
         ],
     }
-    return result
 
 
 def _print(result: dict[str, Any]) -> None:
@@ -184,8 +214,11 @@ def _print(result: dict[str, Any]) -> None:
             rows.append([f"{op} {q} (ms)", off[op][f"{q}_ms"], on[op][f"{q}_ms"],
                          f"{ov[f'{op}_{q}_pct']:+.1f}%"])
     print(fmt_table(["metric", "all off", "all on", "added"], rows))
-    print(f"samples per metric: {result['params']['samples']}; seeded memories: "
-          f"{result['params']['memories']} (stored: off {off['stored']}, on {on['stored']})")
+    p = result["params"]
+    print(f"{p['samples']} samples per metric and server, {p['blocks']} alternating blocks; "
+          f"seeded memories: {p['memories']} (stored: off {off['stored']}, on {on['stored']}); "
+          f"plaintext in shard files: off {off['plaintext_on_disk']}, "
+          f"on {on['plaintext_on_disk']}")
     print(f"goal ({result['goal']}): {'met' if result['goal_met'] else 'NOT met'}")
 
 
@@ -194,8 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--memories", type=int, default=2000)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--blocks", type=int, default=10)
     args = p.parse_args(argv)
-    result = run(samples=args.samples, memories=args.memories, seed=args.seed)
+    result = run(samples=args.samples, memories=args.memories, seed=args.seed,
+                 blocks=args.blocks)
     path = save_json("security.json", result)
     _print(result)
     print(f"saved {path}")

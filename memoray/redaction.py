@@ -8,7 +8,8 @@ Design, and why:
 - Rules run in a fixed order, most specific first, so a GitHub token is reported as
   `github_token`, not as the `secret_assignment` it also is. Each rule sees the previous
   rules' output and never matches inside a `[REDACTED:<kind>]` placeholder, so nothing is
-  redacted twice and redacting redacted text changes nothing.
+  redacted twice. The pass repeats until it finds nothing (see `Redactor.redact`), so
+  redacting redacted text changes nothing, by construction.
 - Speed: the 1 MiB content limit must redact in well under 200 ms. Python's `re` only
   skips ahead fast when a pattern starts with a literal or a plain character class, so
   every rule does one of: start with a literal; start with an ASCII class; or, for the
@@ -42,6 +43,8 @@ SECRET_KINDS: tuple[str, ...] = (
 PII_KINDS: tuple[str, ...] = ("email", "phone", "card_number", "iban")
 
 _MARK = "[REDACTED:"
+# Only well-formed placeholders count as redacted: "[REDACTED: pw=hunter2]" shields nothing.
+_PLACEHOLDER = re.compile(r"\[REDACTED:[a-z0-9_]{1,32}\]")
 
 
 def placeholder(kind: str) -> str:
@@ -97,7 +100,7 @@ _WS = re.compile(r"\s")
 
 def _is_benign(value: str) -> bool:
     """Placeholders, templates, env-var references, paths and URLs are not secrets."""
-    if not value or _MARK in value:
+    if not value or _PLACEHOLDER.search(value):
         return True
     if value[0] in "$%<{[!:*@&#" or len(set(value)) == 1:
         return True
@@ -184,7 +187,8 @@ class _Rule:
     """One detector: `find` yields spans; `needles` (lowercase) gate it cheaply."""
 
     kind: str
-    find: Callable[[str, str], Iterator[Span]]  # (text, text.lower() when `folds`, else "")
+    # (text, text.lower() when `folds` else "", needles that may occur in the text)
+    find: Callable[[str, str, frozenset[str]], Iterator[Span]]
     needles: tuple[str, ...]
     folds: bool = False  # searches case-insensitively, so needs the current lowercase text
 
@@ -194,7 +198,7 @@ def _scan(kind: str, pattern: str, needles: tuple[str, ...] = (), *, group: int 
     """A rule whose pattern starts with a literal or an ASCII class: plain `finditer`."""
     rx = re.compile(pattern)
 
-    def find(text: str, _low: str) -> Iterator[Span]:
+    def find(text: str, _low: str, _present: frozenset[str]) -> Iterator[Span]:
         for m in rx.finditer(text):
             if check is None or check(m, text):
                 yield m.start(group), m.end(group), kind
@@ -228,16 +232,19 @@ def _anchored(kind: str, needles: tuple[str, ...], pattern: str, *, fold: bool =
     """A rule matched only where a needle occurs: `re` cannot skip ahead on `(?i:...)`."""
     rx = re.compile(pattern)
 
-    def find(text: str, low: str) -> Iterator[Span]:
+    lowered = tuple(n.lower() for n in needles)
+
+    def find(text: str, low: str, present: frozenset[str]) -> Iterator[Span]:
         end = -1
-        for p in _positions(text, low, needles, fold):
+        live = tuple(n for n, n_low in zip(needles, lowered) if n_low in present)
+        for p in _positions(text, low, live, fold):
             if p < end or (m := rx.match(text, p)) is None:
                 continue
             if check is None or check(m, text):
                 end = m.end()
                 yield m.start(group), m.end(group), kind
 
-    return _Rule(kind, find, tuple(n.lower() for n in needles), fold)
+    return _Rule(kind, find, lowered, fold)
 
 
 def _not_benign(group: int | str) -> Check:
@@ -290,7 +297,7 @@ def _card_window(groups: list[str], seps: list[str]) -> bool:
             and all(4 <= len(g) <= 6 for g in groups[1:-1]))
 
 
-def _find_cards(text: str, _low: str) -> Iterator[Span]:
+def _find_cards(text: str, _low: str, _present: frozenset[str]) -> Iterator[Span]:
     """Card numbers inside runs of digit groups: issuer prefix, grouping, and Luhn.
 
     A run is split into its groups and each window of 13-19 digits is tried, so a card
@@ -339,7 +346,7 @@ _IBAN_LENGTHS = {
 _IBAN_TAIL = re.compile(r"[0-9](?<=[A-Z][A-Z][0-9])[0-9](?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])")
 
 
-def _find_ibans(text: str, _low: str) -> Iterator[Span]:
+def _find_ibans(text: str, _low: str, _present: frozenset[str]) -> Iterator[Span]:
     """Country length, 4-character groups if spaced, and mod-97 == 1.
 
     Anchored on the check digits: digits are far rarer than the capitals an IBAN starts with.
@@ -367,7 +374,7 @@ _LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01
 _EMAIL_AT = re.compile(r"@(?<=[A-Za-z0-9._%+\-]@)[A-Za-z0-9\-]++(?:\.[A-Za-z0-9\-]++)++")
 
 
-def _find_emails(text: str, _low: str) -> Iterator[Span]:
+def _find_emails(text: str, _low: str, _present: frozenset[str]) -> Iterator[Span]:
     """Anchored at '@' (rare) and read backwards: a forward regex would start at every word."""
     last_end = 0
     for m in _EMAIL_AT.finditer(text):
@@ -449,7 +456,7 @@ _PEM_TAIL = re.compile(  # base64 lines and "Proc-Type: ..." headers, real or es
 )
 
 
-def _find_pem(text: str, _low: str) -> Iterator[Span]:
+def _find_pem(text: str, _low: str, _present: frozenset[str]) -> Iterator[Span]:
     """BEGIN through END; a truncated key (no END) through its base64 and header lines.
 
     By hand, because one lazy regex re-reads the whole tail for every BEGIN without an END.
@@ -479,7 +486,7 @@ _PASSWORD_ENDINGS = ("password", "passwd", "passphrase", "pass", "pwd")
 _BOUNDARY_STRONG = frozenset({"pass", "pwd"})
 _WEAK = frozenset(
     {"key", "salt", "signature", "sig", "cookie", "credential", "credentials", "auth",
-     "authorization", "hmac", "sessionid"}
+     "authorization", "hmac", "session", "sessionid"}
 )
 _ASSIGN_ROOTS = ("pass", "pwd", "secret", "token", "key", "salt", "sig", "cookie", "credential",
                  "auth", "hmac", "session")
@@ -487,7 +494,7 @@ _BARE = r"""[^\s"'`,;(){}\[\]<>]"""  # an unquoted value's characters
 _QUOTED = r"""[rRbBuUfF]{0,2}"(?:[^"\\\n]++|\\.)*+"|[rRbBuUfF]{0,2}'(?:[^'\\\n]++|\\.)*+'"""
 _ASSIGN = (
     r"(?P<kw>(?i:password|passwd|passphrase|pass|pwd|secret|token|key|salt|signature|sig"
-    r"|cookie|credentials?|authorization|auth|hmac|session[_\-]?id))"
+    r"|cookie|credentials?|authorization|auth|hmac|session(?:[_\-]?id)?))"
     r"""(?:["']\]?)?"""
     r"(?P<sep>[ \t]*(?:=>|:=|==|=|:(?![:/\\])"
     r"(?:[ \t]*[A-Za-z_][\w.\[\]| ,]{0,40}?[ \t]*=(?!=))?)[ \t]*)"  # `password: str = "..."`
@@ -546,9 +553,13 @@ def _classify_assignment(m: re.Match[str], text: str) -> Span | None:
         return None
     else:
         kind = "secret_assignment"
+        # SHELL_VAR=value, --flag=value, ?token=value, INI/.properties `db.password=value` at
+        # a line start, `;Password=value;` in a connection string: a literal, never code.
+        line_start = head == 0 or text[head - 1] in "\n;"
         env_style = not quoted and (
-            in_query or key.startswith("-") or (key.isupper() and m.group("sep") == "=")
-        )  # SHELL_VAR=value, --flag=value, ?token=value: what follows is a value, not code
+            in_query or key.startswith("-")
+            or ((key.isupper() or line_start) and m.group("sep") == "=")
+        )
         if not quoted:
             # `token = next_token`, `apiKey: config.apiKey!`; `password: hunter2` has a digit.
             bare = value.rstrip("!")
@@ -570,16 +581,18 @@ def _classify_assignment(m: re.Match[str], text: str) -> Span | None:
     if not quoted and len(raw) == 256 and v_end == m.end("val"):
         # The regex reads at most 256 characters so that no input rescans a long run for
         # every keyword in it: judge on those, then redact the whole run.
-        v_end = _BARE_RUN.match(text, v_end).end()  # type: ignore[union-attr]
+        run = _BARE_RUN.match(text, v_end)  # always matches: it may match nothing
+        v_end = run.end() if run else v_end
     return v_start, v_end, kind
 
 
 _ASSIGN_RX = re.compile(_ASSIGN)
 
 
-def _find_assignments(text: str, low: str) -> Iterator[Span]:
+def _find_assignments(text: str, low: str, present: frozenset[str]) -> Iterator[Span]:
+    """`<key> <sep> <value>` at each keyword hit; `_classify_assignment` decides."""
     end = -1
-    for p in _positions(text, low, _ASSIGN_ROOTS, True):
+    for p in _positions(text, low, tuple(r for r in _ASSIGN_ROOTS if r in present), True):
         if p < end or (m := _ASSIGN_RX.match(text, p)) is None:
             continue
         span = _classify_assignment(m, text)
@@ -600,7 +613,7 @@ _FLAG = re.compile(
 )
 
 
-def _find_flags(text: str, _low: str) -> Iterator[Span]:
+def _find_flags(text: str, _low: str, _present: frozenset[str]) -> Iterator[Span]:
     """`--password xyz`, `--token "..."`: a CLI flag whose next word is the secret."""
     for m in _FLAG.finditer(text):
         raw, s, e = m.group("val"), m.start("val"), m.end("val")
@@ -616,6 +629,26 @@ def _find_flags(text: str, _low: str) -> Iterator[Span]:
         if _is_benign(raw) or raw.lower() == m.group("kw").lower():
             continue
         yield s, e, "secret_assignment"
+
+
+_XML = re.compile(r"<(?P<tag>[A-Za-z][\w.:\-]{0,40})>(?P<v>[^<>\s]{1,256})</(?P=tag)>")
+
+
+def _find_xml(text: str, _low: str, _present: frozenset[str]) -> Iterator[Span]:
+    """`<password>...</password>`, `<apiKey>...</apiKey>`: Maven settings, app configs."""
+    for m in _XML.finditer(text):
+        tag = "".join(c for c in m.group("tag").lower() if c.isalnum())
+        value = m.group("v")
+        if not tag.endswith(_STRONG_ENDINGS) or "public" in tag or _is_benign(value):
+            continue
+        if len(value) >= 4 if tag.endswith(_PASSWORD_ENDINGS) else _machine_like(value):
+            yield m.start("v"), m.end("v"), "secret_assignment"
+
+
+_NETRC = re.compile(  # .netrc: machine HOST login USER password SECRET
+    r"(?:machine[ \t]+\S+|default)(?:[ \t]+(?:login|account)[ \t]+\S+)+"
+    r"[ \t]+password[ \t]+(?P<v>\S+)"
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -667,6 +700,9 @@ _SECRET_RULES: tuple[_Rule, ...] = (
               r"(?<![A-Za-z0-9_])(?i:bearer)[ \t]+(?P<v>[A-Za-z0-9\-._~+/]{8,}+=*)",
               fold=True, group="v", check=_bearer_ok),
     _Rule("secret_assignment", _find_flags, ("-",)),
+    _Rule("secret_assignment", _find_xml, ("</",)),
+    _anchored("secret_assignment", ("machine", "default"), _NETRC, group="v",
+              check=_not_benign("v")),
     _Rule("secret_assignment", _find_assignments, _ASSIGN_ROOTS, folds=True),
 )
 
@@ -684,11 +720,18 @@ _PII_RULES: tuple[_Rule, ...] = (
 )
 
 
-def _apply(rule: _Rule, text: str, low: str, out: dict[str, int], *, replace: bool) -> str:
+_NEEDLES = frozenset(n for rule in _SECRET_RULES + _PII_RULES for n in rule.needles)
+_PLACEHOLDER_NEEDLES = frozenset(
+    n for n in _NEEDLES if any(n in placeholder(k).lower() for k in SECRET_KINDS + PII_KINDS)
+)
+
+
+def _apply(rule: _Rule, text: str, low: str, present: frozenset[str], out: dict[str, int],
+           *, replace: bool) -> str:
     """Run one rule; replace (or only count) its findings, never inside a placeholder."""
     parts: list[str] = []
     pos = 0
-    for start, end, kind in rule.find(text, low):
+    for start, end, kind in rule.find(text, low, present):
         if start < pos or end <= start or _in_placeholder(text, start, end):
             continue
         out[kind] = out.get(kind, 0) + 1
@@ -701,21 +744,19 @@ def _apply(rule: _Rule, text: str, low: str, out: dict[str, int], *, replace: bo
     return "".join(parts)
 
 
-def _pass(rules: tuple[_Rule, ...], text: str, out: dict[str, int], *, replace: bool) -> str:
-    """Every rule once, in order; a rule runs only if one of its needles is in the text.
+def _pass(rules: tuple[_Rule, ...], text: str, present: frozenset[str], out: dict[str, int],
+          *, replace: bool) -> str:
+    """Every rule once, in order; a rule runs only if one of its needles is `present`.
 
-    Gating reads the text as the pass began: a placeholder never brings a needle that
-    could complete a match (and the final pass, which replaces nothing, gates exactly as a
-    fresh call would). The lowercase copy is refreshed only for rules that search with it.
+    The lowercase copy is refreshed only for the rules that search with it.
     """
-    gate = text.lower()
-    low: str | None = gate
+    low: str | None = None
     for rule in rules:
-        if rule.needles and not any(n in gate for n in rule.needles):
+        if rule.needles and present.isdisjoint(rule.needles):
             continue
         if rule.folds and low is None:
             low = text.lower()
-        new = _apply(rule, text, low or "", out, replace=replace)
+        new = _apply(rule, text, low or "", present, out, replace=replace)
         if new is not text:
             text, low = new, None
     return text
@@ -723,10 +764,9 @@ def _pass(rules: tuple[_Rule, ...], text: str, out: dict[str, int], *, replace: 
 
 def _in_placeholder(text: str, start: int, end: int) -> bool:
     """A finding overlapping a placeholder would re-redact redacted text."""
-    if _MARK in text[start:end]:
-        return True
-    opened = text.rfind(_MARK, max(0, start - 40), start)
-    return opened >= 0 and text.find("]", opened) >= start
+    if _MARK not in text[max(0, start - 42) : end]:
+        return False
+    return any(p.end() > start for p in _PLACEHOLDER.finditer(text, max(0, start - 42), end))
 
 
 # --------------------------------------------------------------------------------------------
@@ -751,14 +791,19 @@ class Redactor:
         """
         counts: dict[str, int] = {}
         rules = _SECRET_RULES + _PII_RULES if self.pii == "redact" else _SECRET_RULES
+        low = text.lower()
+        present = frozenset(n for n in _NEEDLES if n in low)
         while True:
             found = sum(counts.values())
-            text = _pass(rules, text, counts, replace=True)
+            text = _pass(rules, text, present, counts, replace=True)
             if sum(counts.values()) == found:
                 break
+            # The text is now input plus placeholders, and no needle spans the seam (none
+            # has a bracket): gating on this superset runs every rule a fresh call would.
+            present |= _PLACEHOLDER_NEEDLES
         flags: dict[str, int] = {}
         if self.pii == "flag":
-            _pass(_PII_RULES, text, flags, replace=False)
+            _pass(_PII_RULES, text, present, flags, replace=False)
         return RedactionResult(text, counts, flags)
 
     def redact_value(self, obj: Any) -> tuple[Any, dict[str, int]]:
@@ -788,7 +833,7 @@ class Redactor:
             return out
         if isinstance(obj, list | tuple):
             items = [self._value(v, counts) for v in obj]
-            return items if isinstance(obj, list) else type(obj)(items)
+            return items if isinstance(obj, list) else tuple(items)
         return obj
 
 
@@ -800,13 +845,13 @@ _SECRET_KEY_ENDINGS = (
 
 def is_secret_key(key: Any) -> bool:
     """Whether a metadata key names a credential: `password`, `GITHUB_TOKEN`, `apiKey`..."""
-    if not isinstance(key, str) or _MARK in key:
+    if not isinstance(key, str) or _PLACEHOLDER.search(key):
         return False
     return "".join(c for c in key.lower() if c.isalnum()).endswith(_SECRET_KEY_ENDINGS)
 
 
 def _is_placeholder(value: str) -> bool:
-    return value.startswith(_MARK) and value.endswith("]") and value.count("]") == 1
+    return _PLACEHOLDER.fullmatch(value) is not None
 
 
 _DEFAULT = Redactor()

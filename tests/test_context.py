@@ -316,7 +316,7 @@ memory_st = st.builds(
 
 @settings(max_examples=250, deadline=None)
 @given(
-    st.lists(memory_st, max_size=40),
+    st.lists(memory_st, max_size=40, unique_by=lambda m: m["id"]),
     st.one_of(st.integers(0, 40), st.integers(0, 3000)),
     st.sampled_from([0.0, 0.1, SAFETY_MARGIN, 0.5]),
     st.one_of(st.none(), st.text(max_size=30)),

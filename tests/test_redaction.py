@@ -467,6 +467,12 @@ def test_existing_placeholders_are_left_alone():
     assert res.text == text and res.counts == {}
 
 
+def test_malformed_placeholder_shields_nothing():
+    ghp = GENERATORS["ghp"]()
+    res = redact(f"[REDACTED:{ghp} and [REDACTED: {ghp}]")
+    assert ghp not in res.text and res.counts == {"github_token": 2}
+
+
 _FRAGMENTS = [
     "password", "PASSWORD", "token", "Token", "api_key", "apiKey", "secret", "key", "salt",
     "auth", "Authorization: ", "Bearer ", "Basic ", "--password ", "--token=", "-u ", "=", ": ",

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,16 @@ def server(tmp_path_factory):
 def submit(server, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_AUTH_MODE": "token",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", server.dashboard,
-         "--working-dir", str(ROOT), "--", "python", "-m", *args],
-        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    deadline = time.time() + 120
+    while True:
+        res = subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address",
+             server.dashboard, "--working-dir", str(ROOT), "--", "python", "-m", *args],
+            capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+        # The dashboard answers before its job agent is up, and says to try again later.
+        if "No available agent" not in res.stderr + res.stdout or time.time() > deadline:
+            return res
+        time.sleep(2)
 
 
 def last_json(out: str) -> dict:

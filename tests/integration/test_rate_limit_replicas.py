@@ -128,6 +128,10 @@ def test_session_limit_holds_across_two_replicas_and_retry_after_is_right(server
     assert sum(v[0] for v in views) == n_allowed, (views, n_allowed)
     assert sum(v[1] for v in views) == len(denied), (views, len(denied))
     assert all(v[0] > 0 for v in views), f"a replica admitted no capture: {views}"
+    print(f"\nrate limit: {n_allowed} admitted / {len(denied)} refused in {elapsed:.1f}s by "
+          f"{CLIENTS} clients; per replica (admitted, refused): {sorted(views)}; retryAfter "
+          f"range {min(d[2]['retryAfter'] for d in denied):.1f}-"
+          f"{max(d[2]['retryAfter'] for d in denied):.1f}s")
 
     async def one(sess: str | None, content: str, **extra):
         async with session_client(server.mcp_url, sess) as c:

@@ -161,13 +161,16 @@ def test_batch_capture_and_build_context(minilm_server):
 
     async def go():
         async with mcp_client(minilm_server.mcp_url) as c:
-            items = [{"content": f"Batch memory {i}: the service {i} listens on port {8000 + i}",
-                      "workspaceId": ws, "eventType": "note"} for i in range(50)]
+            animals = ["walrus", "heron", "lynx", "tapir", "gecko", "okapi", "ibis", "marmot",
+                       "dingo", "narwhal"]
+            items = [{"content": f"The {animals[i % 10]}-{i // 10} service listens on port "
+                                 f"{8000 + i}", "workspaceId": ws, "eventType": "note"}
+                     for i in range(50)]
             res = await c.call("capture-memories", items=items)
             assert res["count"] == 50 and all(len(ids) == 1 for ids in res["ids"])
             stats = await c.call("memory-stats", workspaceId=ws)
             assert stats["total"] == 50
-            ctx = await c.call("build-context", query="which port does service 7 use",
+            ctx = await c.call("build-context", query="which port does the marmot-0 service use",
                                workspaceId=ws, tokenBudget=200)
             assert ctx["tokens"] <= 200
             assert "port 8007" in ctx["context"]
