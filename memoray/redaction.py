@@ -8,8 +8,8 @@ Design, and why:
 - Rules run in a fixed order, most specific first, so a GitHub token is reported as
   `github_token`, not as the `secret_assignment` it also is. Each rule sees the previous
   rules' output and never matches inside a `[REDACTED:<kind>]` placeholder, so nothing is
-  redacted twice. The pass repeats until it finds nothing (see `Redactor.redact`), so
-  redacting redacted text changes nothing, by construction.
+  redacted twice. Rules repeat until none finds anything (see `_run`), so redacting
+  redacted text changes nothing, by construction.
 - Speed: the 1 MiB content limit must redact in well under 200 ms. Python's `re` only
   skips ahead fast when a pattern starts with a literal or a plain character class, so
   every rule does one of: start with a literal; start with an ASCII class; or, for the
@@ -96,6 +96,7 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 _HEX = re.compile(r"[0-9a-fA-F]+")
 _SLUG = re.compile(r"[a-z0-9]+(?:[\-_.:/][a-z0-9]+)+")
 _WS = re.compile(r"\s")
+_CAMEL_HUMP = re.compile(r"[A-Z][a-z]{2,}")
 
 
 def _is_benign(value: str) -> bool:
@@ -144,7 +145,7 @@ def _looks_random(value: str) -> bool:
     """Random-looking for its alphabet, and not a harmless shape (SHA-1, UUID, slug, words).
 
     Calibrated on random tokens vs. identifiers, versions, paths and MIME types: detects
-    85-95% of random 16-24 character tokens and 97-100% from 32 characters on.
+    80-95% of random 16-24 character tokens and 93-100% from 32 characters on.
     """
     n = len(value)
     if n < 16 or len(set(value)) < min(10, n // 2) or _WS.search(value) or _is_benign(value):
@@ -160,15 +161,23 @@ def _looks_random(value: str) -> bool:
         return False
     if not any(c.isdigit() for c in value) or not any(c.isalpha() for c in value):
         return False
+    # Words glued together, not random letters: pronounceable (about 40% vowels against 19%
+    # for random letters), or CamelCase humps covering half of it ("PKCS7PrivateKeyTypes").
     letters = [c for c in value.lower() if c.isalpha()]
     if len(letters) >= 8 and sum(c in "aeiou" for c in letters) >= 0.38 * len(letters):
-        return False  # pronounceable: words glued together, not random letters
+        return False
+    humps = [h for h in _CAMEL_HUMP.findall(value) if any(c in "aeiou" for c in h[1:])]
+    if len(humps) >= 2 and sum(map(len, humps)) >= n / 2:
+        return False
     return shannon_entropy(value) >= _random_entropy(min(n, 256), _alphabet(value)) - 0.35
 
 
 def _machine_like(value: str) -> bool:
-    """Tokens and API keys are generated: they have digits, mixed case, or sheer length."""
-    if len(value) < 8:
+    """Tokens and API keys are generated: they have digits, mixed case, or sheer length.
+
+    Slugs of words ("auth-request-type/at") are names, not generated values.
+    """
+    if len(value) < 8 or (_SLUG.fullmatch(value) and sum(c.isdigit() for c in value) <= 2):
         return False
     has_digit = any(c.isdigit() for c in value)
     mixed = any(c.isupper() for c in value) and any(c.islower() for c in value)
@@ -451,6 +460,8 @@ def _aws_secret_ok(m: re.Match[str], text: str) -> bool:
 
 _PEM_BEGIN = re.compile(r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
 _PEM_END = re.compile(r"-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
+_PEM_BODY = re.compile(r"[A-Za-z0-9+/=:,\-\s\\]*+")  # base64, headers, real or escaped newlines
+_KEY_MATERIAL = re.compile(r"[A-Za-z0-9+/]{16}")
 _PEM_TAIL = re.compile(  # base64 lines and "Proc-Type: ..." headers, real or escaped newlines
     r"(?:(?:\\n|\r?\n)(?:[A-Za-z0-9+/=]{16,}+|[A-Za-z][A-Za-z\-]*+:[^\n\\]*+))*+"
 )
@@ -459,16 +470,22 @@ _PEM_TAIL = re.compile(  # base64 lines and "Proc-Type: ..." headers, real or es
 def _find_pem(text: str, _low: str, _present: frozenset[str]) -> Iterator[Span]:
     """BEGIN through END; a truncated key (no END) through its base64 and header lines.
 
-    By hand, because one lazy regex re-reads the whole tail for every BEGIN without an END.
+    The body must look like key material: code that names the markers as constants (a PEM
+    parser) holds no key. By hand, because one lazy regex would re-read the whole tail for
+    every BEGIN without an END.
     """
     pos = 0
     while m := _PEM_BEGIN.search(text, pos):
         nxt = _PEM_BEGIN.search(text, m.end())
         end_m = _PEM_END.search(text, m.end(), nxt.start() if nxt else len(text))
-        tail = _PEM_TAIL.match(text, m.end())  # always matches: it may match nothing
-        end = end_m.end() if end_m else tail.end() if tail else m.end()
-        yield m.start(), end, "private_key"
-        pos = end
+        if end_m and _PEM_BODY.fullmatch(text, m.end(), end_m.start()):
+            end = end_m.end()
+        else:
+            tail = _PEM_TAIL.match(text, m.end())  # always matches: it may match nothing
+            end = tail.end() if tail else m.end()
+        if _KEY_MATERIAL.search(text, m.end(), end):
+            yield m.start(), end, "private_key"
+        pos = max(end, m.end())
 
 
 # --------------------------------------------------------------------------------------------
@@ -501,6 +518,15 @@ _ASSIGN = (
     rf"""(?P<val>{_QUOTED}|{_BARE}{{1,256}}+)"""
 )
 _BARE_RUN = re.compile(rf"{_BARE}*+")
+
+
+_WORDS_ONLY = re.compile(r"[A-Za-z][A-Za-z_\-. ]*")
+
+
+def _is_label(value: str, kw: str) -> bool:
+    """"challengePassword", "current-password", "Token": words naming the field, not its
+    value. A value with digits ("Password123!") is still a password."""
+    return kw.lower() in value.lower() and _WORDS_ONLY.fullmatch(value) is not None
 
 
 def _word_start(text: str, kw_start: int, kw: str) -> bool:
@@ -547,9 +573,13 @@ def _classify_assignment(m: re.Match[str], text: str) -> Span | None:
                 value, v_end = value[:cut], v_start + cut
         if text[v_end : v_end + 1] in ("(", "["):  # a call or a subscript: code
             return None
+        if m.group("sep").strip() == ":" and _IDENT_PATH.fullmatch(value):
+            # A typed parameter or field: `private_key: PKCS7PrivateKeyTypes,`, `key: T | None`
+            if text[v_end : v_end + 3].lstrip(" ")[:1] in (",", ")", "}", "|", "="):
+                return None
     if not strong:
         kind, ok = "high_entropy", _looks_random(value)
-    elif _is_benign(value) or value.lower() in (kw.lower(), key.lower()):
+    elif _is_benign(value) or _is_label(value, kw):
         return None
     else:
         kind = "secret_assignment"
@@ -561,10 +591,11 @@ def _classify_assignment(m: re.Match[str], text: str) -> Span | None:
             or ((key.isupper() or line_start) and m.group("sep") == "=")
         )
         if not quoted:
-            # `token = next_token`, `apiKey: config.apiKey!`; `password: hunter2` has a digit.
+            # `token = next_token`, `apiKey: config.apiKey!`, `t = imdsv2_token`; but
+            # `password: hunter2` (a digit, no dot or underscore) reads as a value.
             bare = value.rstrip("!")
             looks_code = _IDENT_PATH.fullmatch(bare) is not None and (
-                "." in bare or not any(c.isdigit() for c in bare)
+                "." in bare or "_" in bare.strip("_") or not any(c.isdigit() for c in bare)
             )
             if not env_style and (looks_code or _NUMBER.fullmatch(value)):
                 return None  # `password: str`, `token = next_token`, `secret: 42`
@@ -622,9 +653,14 @@ def _find_flags(text: str, _low: str, _present: frozenset[str]) -> Iterator[Span
         elif raw.startswith("-"):  # the next flag: this one took no value
             continue
         elif raw.isalpha() and raw.islower():
-            # "use the --token flag to ..." is prose; a bare word ending a command line is not.
+            # "use the --token flag to ..." is prose; a bare word ending a command line is
+            # not, nor one before the next flag unless it reads as a word ("--x-password
+            # requires --y"): plain-word passwords there are missed, prose is not redacted.
             rest = text[e : e + 8].lstrip(" \t")
             if rest and rest[0] not in "\n\r-|\\;&":
+                continue
+            vowels = sum(c in "aeiou" for c in raw)
+            if rest[:1] == "-" and len(raw) >= 5 and vowels >= 0.3 * len(raw):
                 continue
         if _is_benign(raw) or raw.lower() == m.group("kw").lower():
             continue
@@ -658,7 +694,7 @@ _B64U = r"[A-Za-z0-9_\-]"
 
 _SECRET_RULES: tuple[_Rule, ...] = (
     _scan("gcp_private_key", r'"private_key"[ \t]*:[ \t]*"(-----BEGIN[^"]*+)"',
-          ('"private_key"',), group=1),
+          ('"private_key"',), group=1, check=lambda m, _t: bool(_KEY_MATERIAL.search(m[1]))),
     _Rule("private_key", _find_pem, ("-----begin",)),
     _anchored("aws_access_key", ("AKIA", "ASIA", "ABIA", "ACCA"),
               r"(?<![A-Za-z0-9])A[A-Z]{3}[A-Z0-9]{16}(?![A-Za-z0-9])"),
@@ -744,21 +780,32 @@ def _apply(rule: _Rule, text: str, low: str, present: frozenset[str], out: dict[
     return "".join(parts)
 
 
-def _pass(rules: tuple[_Rule, ...], text: str, present: frozenset[str], out: dict[str, int],
-          *, replace: bool) -> str:
-    """Every rule once, in order; a rule runs only if one of its needles is `present`.
+def _run(rules: tuple[_Rule, ...], text: str, present: frozenset[str], out: dict[str, int],
+         *, replace: bool = True) -> str:
+    """Apply `rules` in order, round and round, until each has run on the current text and
+    found nothing (with `replace=False` the text never changes: one round that counts).
 
-    The lowercase copy is refreshed only for the rules that search with it.
+    That end state makes `redact(redact(x).text)` a no-op by construction, even where one
+    replacement changes what another rule sees (a boundary character becomes `]`). A
+    replacement shrinks the unredacted text, so this ends; rules after the last one that
+    replaced have already seen the final text, so only those up to it run a second time.
+    `present` (needles that may occur) only grows with placeholders, so gating stays exact:
+    no needle contains a bracket, so none can straddle a placeholder's edge.
     """
     low: str | None = None
-    for rule in rules:
-        if rule.needles and present.isdisjoint(rule.needles):
-            continue
-        if rule.folds and low is None:
-            low = text.lower()
-        new = _apply(rule, text, low or "", present, out, replace=replace)
-        if new is not text:
-            text, low = new, None
+    clean = i = 0  # clean: rules in a row that ran on the current text and found nothing
+    while clean < len(rules):
+        rule = rules[i]
+        i = (i + 1) % len(rules)
+        if not rule.needles or not present.isdisjoint(rule.needles):
+            if rule.folds and low is None:
+                low = text.lower()
+            new = _apply(rule, text, low or "", present, out, replace=replace)
+            if new is not text:
+                text, low, clean = new, None, 0
+                present |= _PLACEHOLDER_NEEDLES
+                continue
+        clean += 1
     return text
 
 
@@ -782,28 +829,15 @@ class Redactor:
         self.pii: PiiMode = pii
 
     def redact(self, text: str) -> RedactionResult:
-        """Replace secrets (and PII, by mode) with typed placeholders.
-
-        Passes repeat until one replaces nothing, so `redact(redact(x).text)` is a no-op by
-        construction: a replacement can change what a neighbouring rule sees (a boundary
-        character becomes `]`). Each replacing pass shrinks the unredacted text, so this
-        ends; in practice a text with findings takes two passes, one without takes one.
-        """
+        """Replace secrets (and PII, by mode) with typed placeholders; see `_run`."""
         counts: dict[str, int] = {}
-        rules = _SECRET_RULES + _PII_RULES if self.pii == "redact" else _SECRET_RULES
         low = text.lower()
         present = frozenset(n for n in _NEEDLES if n in low)
-        while True:
-            found = sum(counts.values())
-            text = _pass(rules, text, present, counts, replace=True)
-            if sum(counts.values()) == found:
-                break
-            # The text is now input plus placeholders, and no needle spans the seam (none
-            # has a bracket): gating on this superset runs every rule a fresh call would.
-            present |= _PLACEHOLDER_NEEDLES
+        rules = _SECRET_RULES + _PII_RULES if self.pii == "redact" else _SECRET_RULES
+        text = _run(rules, text, present, counts)
         flags: dict[str, int] = {}
         if self.pii == "flag":
-            _pass(_PII_RULES, text, present, flags, replace=False)
+            _run(_PII_RULES, text, present, flags, replace=False)
         return RedactionResult(text, counts, flags)
 
     def redact_value(self, obj: Any) -> tuple[Any, dict[str, int]]:

@@ -467,9 +467,12 @@ class MemoryService:
                         "workspaceId": rec["workspace_id"]}
             parent = rec["parent_id"]
             doc = await self.backend.shard(shard, "document", parent)
-        doc = [r for r in doc if self._can_see(caller, r)]
-        if not doc:
-            raise not_found(f"document {memory_id} not found")
+        visible = [r for r in doc if self._can_see(caller, r)]
+        if not visible:  # another workspace's document answers like a missing id
+            self._audit(caller, "get-document", ids=[memory_id], outcome="denied",
+                        code="NOT_FOUND")
+            raise not_found(f"memory {memory_id} not found")
+        doc = visible
         expected = int(doc[0].get("chunk_count") or len(doc))
         present = {int(r["chunk_index"]) for r in doc}
         missing = sorted(set(range(expected)) - present)

@@ -180,6 +180,13 @@ def test_every_secret_kind_has_a_context():
     assert covered == set(SECRET_KINDS)
 
 
+@pytest.mark.parametrize("prefix", ["xoxa-2", "xoxr", "xoxs", "xoxp", "xoxb", "xoxe.xoxp-1"])
+def test_every_slack_token_prefix(prefix: str):
+    value = f"{prefix}-{_s(string.digits, 11)}-{_s(ALNUM, 24)}"
+    res = redact(f"SLACK={value}")
+    assert res.counts == {"slack_token": 1} and value not in res.text, res.text
+
+
 def test_url_password_keeps_user_and_host():
     res = redact("git clone https://deploy:Zq8!vR2#mK4@git.example.com/team/repo.git")
     assert res.text == (
@@ -273,6 +280,15 @@ def test_no_secrets_in_stdlib_sources(name: str):
     'if token == self.eof:\n    return "token"',
     "monkey = 'Zx8Qw2Er5Ty7Ui9Op1As3DfGh'; bypass = 'Zx8Qw2Er5Ty7Ui9Op1As3DfGh'",
     "author = 'Zx8Qw2Er5Ty7Ui9Op1As3DfGh'",
+    # seen in real libraries (cryptography, google-auth, huggingface_hub):
+    'def sign(private_key: PKCS7PrivateKeyTypes, key: PKCS12PrivateKeyTypes | None = None):',
+    'headers = {"X-aws-ec2-metadata-token": imdsv2_session_token}',
+    'REQUEST_TYPE_ACCESS_TOKEN = "auth-request-type/at"',
+    'AttributeOID.CHALLENGE_PASSWORD: "challengePassword",',
+    'raise CLIError("--registry-password requires --registry-username.")',
+    '"private_key": "-----BEGIN EC PRIVATE KEY-----\\n<key bytes>\\n-----END EC PRIVATE KEY-----"',
+    '_SK_START = b"-----BEGIN OPENSSH PRIVATE KEY-----"\nparse(data)\n'
+    '_SK_END = b"-----END OPENSSH PRIVATE KEY-----"',
 ])
 def test_ordinary_text_is_left_alone(text: str):
     res = redact(text)
@@ -307,6 +323,15 @@ def test_data_uris_are_content_not_secrets():
 def test_secret_assignments(text: str, value: str):
     res = redact(text)
     assert value not in res.text and res.counts == {"secret_assignment": 1}, res.text
+
+
+def test_non_ascii_text_where_lower_changes_length():
+    text = "İstanbul ofisi: Password = 'Tr0ub4dor&3' ve SECRET_TOKEN=f3K9sLq2Vw8Xz1Rt ✓"
+    assert len(text.lower()) != len(text)  # keyword search falls back to case variants
+    res = redact(text)
+    assert res.counts == {"secret_assignment": 2}
+    assert "Tr0ub4dor&3" not in res.text and "f3K9sLq2Vw8Xz1Rt" not in res.text
+    assert res.text.startswith("İstanbul ofisi: ") and res.text.endswith(" ✓")
 
 
 def test_high_entropy_needs_a_key_like_name_and_a_random_value():
