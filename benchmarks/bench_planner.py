@@ -1,6 +1,7 @@
 """Query planner benchmark: latency and recall of each search strategy across filter selectivity.
 
-    python -m benchmarks.bench_planner [--n 100000] [--shards 4] [--queries 50] [--modes vector,hybrid]
+    python -m benchmarks.bench_planner [--n 100000] [--shards 4] [--queries 50]
+                                       [--modes vector,hybrid] [--repeat 2]
 
 Data: `--n` memories spread over `--shards` in-process ShardCores (durable=False, no Ray) by
 the service's own routing (shard_for of the id). Vectors are synthetic but shaped like sentence
@@ -32,6 +33,7 @@ re-run with those constants (monkeypatched, not edited) to show what they would 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -42,7 +44,15 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import Progress, fmt_table, latency_summary, mean, percentile, save_json
+from benchmarks.common import (
+    Progress,
+    fmt_table,
+    latency_summary,
+    log,
+    mean,
+    percentile,
+    save_json,
+)
 
 DIM = 384
 LATENT = 32
@@ -53,6 +63,7 @@ K = 10
 DAY = 86400.0
 T0 = 1_735_689_600.0  # 2025-01-01T00:00:00Z: "now" for the synthetic timestamps
 STRATEGY_NAMES = ("exact", "ann", "ann_adaptive")
+SHORT = {"exact": "E", "ann": "A", "ann_adaptive": "AA"}
 RECALL_OK = 0.95
 WARMUP = 3
 
@@ -65,7 +76,9 @@ SEVERITY = (("high", 0.05), ("medium", 0.25), ("low", 0.70))
 
 
 def filters() -> list[tuple[str, dict | None]]:
-    iso = lambda days: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0 - days * DAY))
+    def iso(days: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0 - days * DAY))
+
     return [
         ("workspaceId=ws-10", {"workspaceId": "ws-10"}),
         ("workspaceId=ws-100", {"workspaceId": "ws-100"}),
@@ -195,48 +208,142 @@ def fanout(cores: list, req: Any) -> tuple[list, float, float, list[str], list[i
     return hits[: req.k], sum(times), max(times), used, cands
 
 
-def run_filter(cores: list, planner: Any, node: Any, queries: list, mode: str) -> dict[str, Any]:
+class TunedPlanner:
+    """What-if planner (built on QueryPlanner, nothing edited): the same statistics and
+    selectivity estimates, with a cost model calibrated on this machine and run the way the
+    shard runs each strategy:
+
+    - exact = fixed + per_candidate x (candidates of the biggest shard), plus a per-row scan of
+      the shard when the filter has non-indexed leaves (metadata.*: rows are read in Python);
+    - ann = one HNSW pass at k' = pool x oversample + post-filter, plus the exact cost times
+      the chance that fewer than k survive (Poisson with mean selectivity x k'), because then
+      the shard falls back to exact;
+    - ann_adaptive = passes at k' = pool x oversample x 2, x4 each time up to 4096, each
+      reached with the chance the previous one came up short, then the exact fallback;
+    - recall is not a guard: post-filtering an exact top-k' that keeps >= k survivors is the
+      exact filtered top-k, and with fewer the shard falls back, so only HNSW's own
+      approximation costs recall (measured below);
+    - a filter with non-indexed leaves has a guessed selectivity, so each strategy is costed
+      at the guess and at a tenth of it and the worse figure counts (minimax).
+    """
+
+    def __init__(self, base_cls: Any, constants: dict[str, float]):
+        self.c = constants
+        self.base = base_cls()
+
+    def update_stats(self, shard_id: int, stats: dict) -> None:
+        self.base.update_stats(shard_id, stats)
+
+    def plan(self, node: Any, k: int) -> Any:
+        from memoray import filters as flt
+
+        plan = self.base.plan(node, k)  # estimates (cached like the real one)
+        c = self.c
+        pool = max(4 * k, 20)
+        over = plan.oversample
+        rows_max = max(int(s.get("total", 0)) for s in self.base.shard_stats.values())
+        biggest = max(plan.per_shard or [0])
+        indexable = flt.is_indexable(node)
+        exact = c["COST_EXACT_FIXED"] + c["COST_EXACT_PER_CANDIDATE"] * (
+            rows_max if isinstance(node, flt.All) else biggest)
+        if not indexable:
+            exact += c["COST_SCAN_PER_ROW"] * rows_max
+
+        def ann_pass(kp: float) -> float:
+            return c["COST_ANN_FIXED"] + c["COST_ANN_PER_RESULT"] * kp
+
+        def costs(sel: float) -> dict[str, float]:
+            if isinstance(node, flt.All):
+                one = ann_pass(pool)
+                return {"exact": exact, "ann": one, "ann_adaptive": one}
+            kp = min(math.ceil(pool * over), 4096)
+            ann = ann_pass(kp) + _p_short(sel * kp, k) * exact
+            kp = min(math.ceil(pool * over * 2), 4096)
+            reach, adaptive = 1.0, 0.0
+            while True:
+                adaptive += reach * ann_pass(kp)
+                reach *= _p_short(sel * kp, k)
+                if kp >= 4096:
+                    adaptive += reach * exact
+                    break
+                kp = min(kp * 4, 4096)
+            return {"exact": exact, "ann": ann, "ann_adaptive": adaptive}
+
+        est = costs(plan.selectivity)
+        if not indexable:
+            low = costs(plan.selectivity / 10)
+            est = {s: max(v, low[s]) for s, v in est.items()}
+        choice = min(("ann", "ann_adaptive", "exact"), key=lambda s: est[s])  # ties: ann
+        plan.strategy = choice
+        plan.costs_us = {s: round(v, 1) for s, v in est.items()}
+        plan.estimated_cost_us = round(est[choice], 1)
+        return plan
+
+
+def _p_short(lam: float, k: int) -> float:
+    """P(X < k) for X ~ Poisson(lam): the chance a post-filtered pass keeps fewer than k."""
+    if lam <= 0:
+        return 1.0
+    term = math.exp(-lam)
+    total = term
+    for i in range(1, k):
+        term *= lam / i
+        total += term
+    return min(1.0, total)
+
+
+def run_filter(cores: list, planners: dict[str, Any], node: Any, queries: list, mode: str,
+               repeat: int) -> dict[str, Any]:
+    """Every runner on every query, interleaved (the order rotates per query) so that load
+    from other processes hits all strategies alike; each timing is the min of `repeat`
+    back-to-back runs. Runners: the fixed strategies, and each planner (its plan() time
+    included)."""
     from actors.shard import SearchRequest
 
-    plan = planner.plan(node, K)
-    out: dict[str, Any] = {"plan": {"strategy": plan.strategy,
-                                    "selectivity_est": plan.selectivity,
-                                    "estimated_candidates": plan.estimated_candidates,
-                                    "costs_us": plan.costs_us}}
-    truth: list[set[str]] = []
-    for name in (*STRATEGY_NAMES, "planner"):
-        seq, par, rec, plan_s, used_all = [], [], [], [], defaultdict(int)
-        for qi, (vec, words) in enumerate([*queries[:WARMUP], *queries]):
-            warm = qi < WARMUP
-            t0 = time.perf_counter()
-            if name == "planner":
-                p = planner.plan(node, K)
-                strategy, over = p.strategy, p.oversample
-            else:
-                strategy, over = name, plan.oversample
-            t_plan = time.perf_counter() - t0
-            req = SearchRequest(vector=vec, query=words if mode == "hybrid" else "", k=K,
-                                filter=node, strategy=strategy, oversample=over, mode=mode,
-                                now=T0, include_content=False)
-            hits, s_seq, s_par, used, cands = fanout(cores, req)
-            if warm:
+    plans = {name: p.plan(node, K) for name, p in planners.items()}
+    out: dict[str, Any] = {name: {"strategy": p.strategy, "selectivity_est": p.selectivity,
+                                  "estimated_candidates": p.estimated_candidates,
+                                  "costs_us": p.costs_us} for name, p in plans.items()}
+    out = {"plans": out}
+    runners = [*STRATEGY_NAMES, *planners]
+    acc = {r: {"seq": [], "par": [], "ids": [], "plan": [], "used": defaultdict(int)}
+           for r in runners}
+    over = plans["planner"].oversample
+    for qi, (vec, words) in enumerate(queries):
+        order = runners[qi % len(runners):] + runners[: qi % len(runners)]
+        for name in order:
+            best_seq = best_par = math.inf
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                if name in planners:
+                    p = planners[name].plan(node, K)
+                    strategy, ov = p.strategy, p.oversample
+                else:
+                    strategy, ov = name, over
+                t_plan = time.perf_counter() - t0
+                req = SearchRequest(vector=vec, query=words if mode == "hybrid" else "", k=K,
+                                    filter=node, strategy=strategy, oversample=ov, mode=mode,
+                                    now=T0, include_content=False)
+                hits, s_seq, s_par, used, _cands = fanout(cores, req)
+                best_seq = min(best_seq, s_seq + t_plan)
+                best_par = min(best_par, s_par + t_plan)
+            if qi < WARMUP:
                 continue
-            ids = {h.record["id"] for h in hits}
-            if name == "exact":
-                truth.append(ids)
-                if "actual_candidates" not in out:
-                    out["actual_candidates"] = int(sum(c for c in cands if c is not None))
-            t = truth[qi - WARMUP]
-            rec.append(len(ids & t) / len(t) if t else 1.0)
-            seq.append(s_seq + t_plan)
-            par.append(s_par + t_plan)
-            plan_s.append(t_plan)
+            a = acc[name]
+            a["seq"].append(best_seq)
+            a["par"].append(best_par)
+            a["plan"].append(t_plan)
+            a["ids"].append({h.record["id"] for h in hits})
             for u in used:
-                used_all[u] += 1
-        out[name] = {"seq": latency_summary(seq), "par": latency_summary(par),
+                a["used"][u] += 1
+    truth = acc["exact"]["ids"]
+    for name in runners:
+        a = acc[name]
+        rec = [len(got & t) / len(t) if t else 1.0 for got, t in zip(a["ids"], truth)]
+        out[name] = {"seq": latency_summary(a["seq"]), "par": latency_summary(a["par"]),
                      "recall@10": round(mean(rec), 4), "recall@10_min": round(min(rec), 4),
-                     "plan_us_p50": round(percentile(plan_s, 50) * 1e6, 1),
-                     "shard_strategies": dict(used_all)}
+                     "plan_us_p50": round(percentile(a["plan"], 50) * 1e6, 1),
+                     "shard_strategies": dict(a["used"])}
     return out
 
 
@@ -254,71 +361,112 @@ def plan_timing(planner: Any, nodes: list, reps: int = 300) -> dict[str, Any]:
             t0 = time.perf_counter()
             planner.plan(node, K)
             cached.append(time.perf_counter() - t0)
-    us = lambda xs: {"p50_us": round(percentile(xs, 50) * 1e6, 1),
-                     "p95_us": round(percentile(xs, 95) * 1e6, 1)}
+
+    def us(xs: list[float]) -> dict[str, float]:
+        return {"p50_us": round(percentile(xs, 50) * 1e6, 1),
+                "p95_us": round(percentile(xs, 95) * 1e6, 1)}
+
     return {"cached": us(cached), "uncached": us(uncached), "calls": len(cached) + len(uncached)}
 
 
-def ann_cost_curve(cores: list, node: Any, queries: list, mode: str) -> list[dict]:
-    """ANN latency against k' (oversample varied) on a broad filter, where post-filtering
-    always keeps enough: the planner's ann cost is fixed + per_result * k'."""
-    from actors.shard import ANN, SearchRequest
+def calibrate(cores: list, queries: list, mode: str, repeat: int) -> dict[str, Any]:
+    """Measure the cost model's terms on this machine (p50 of the slowest shard, us):
+    exact against candidates per shard (workspace filters of 100 to 74k records, and none),
+    one ANN pass against k' (oversample varied on a 99% filter, so nothing falls back), and a
+    residual row scan (a metadata filter evaluated over every row)."""
+    from actors.shard import ANN, EXACT, SearchRequest
+    from memoray import filters as flt
 
-    pool = max(4 * K, 20)
-    out = []
-    for over in (1.0, 2.0, 3.0, 6.0, 12.0, 25.0, 50.0, 100.0):
+    def timed(node: Any, strategy: str, over: float) -> float:
         par = []
         for qi, (vec, words) in enumerate(queries):
             req = SearchRequest(vector=vec, query=words if mode == "hybrid" else "", k=K,
-                                filter=node, strategy=ANN, oversample=over, mode=mode, now=T0,
-                                include_content=False)
-            _, _, s_par, _used, _ = fanout(cores, req)
+                                filter=node, strategy=strategy, oversample=over, mode=mode,
+                                now=T0, include_content=False)
+            best = min(fanout(cores, req)[2] for _ in range(repeat))
             if qi >= WARMUP:
-                par.append(s_par)
-        out.append({"oversample": over, "k_prime": min(math.ceil(pool * over), 4096),
-                    "par_p50_us": round(percentile(par, 50) * 1e6, 1)})
+                par.append(best)
+        return percentile(par, 50) * 1e6
+
+    exact_pts = []
+    for wire in ({"workspaceId": "ws-100"}, {"workspaceId": "ws-1k"}, {"workspaceId": "ws-5k"},
+                 {"workspaceId": "ws-20k"}, {"workspaceId": "ws-rest"}, None):
+        node = flt.parse_filter(wire)
+        cand = max(len(c.labels_matching(node)) for c in cores)
+        exact_pts.append({"filter": wire, "candidates_per_shard": cand,
+                          "par_p50_us": round(timed(node, EXACT, 3.0), 1)})
+    pool = max(4 * K, 20)
+    broad = flt.parse_filter({"tier": {"$ne": "preference"}})
+    ann_pts = []
+    for over in (1.0, 3.0, 6.0, 12.0, 25.0, 50.0, 102.4):
+        ann_pts.append({"oversample": over, "k_prime": min(math.ceil(pool * over), 4096),
+                        "par_p50_us": round(timed(broad, ANN, over), 1)})
+    meta = flt.parse_filter({"metadata.severity": "high"})
+    scans = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        cores[0].labels_matching(meta)
+        scans.append((time.perf_counter() - t0) / max(len(cores[0].postings), 1))
+    x = np.array([p["candidates_per_shard"] for p in exact_pts], dtype=np.float64)
+    y = np.array([p["par_p50_us"] for p in exact_pts])
+    (e_fix, e_per), *_ = np.linalg.lstsq(np.vstack([np.ones_like(x), x]).T, y, rcond=None)
+    x = np.array([p["k_prime"] for p in ann_pts], dtype=np.float64)
+    y = np.array([p["par_p50_us"] for p in ann_pts])
+    (a_fix, a_per), *_ = np.linalg.lstsq(np.vstack([np.ones_like(x), x]).T, y, rcond=None)
+    constants = {"COST_EXACT_FIXED": round(float(max(e_fix, 1.0)), 1),
+                 "COST_EXACT_PER_CANDIDATE": round(float(max(e_per, 0.0)), 4),
+                 "COST_ANN_FIXED": round(float(max(a_fix, 1.0)), 1),
+                 "COST_ANN_PER_RESULT": round(float(max(a_per, 0.0)), 3),
+                 "COST_SCAN_PER_ROW": round(float(np.median(scans)) * 1e6, 4)}
+    return {"constants": constants, "exact_points": exact_pts, "ann_points": ann_pts}
+
+
+def scoped_overhead(cores: list, planner: Any, queries: list, repeat: int) -> list[dict]:
+    """What MemoryService adds to every retrieve: it ANDs the caller's filter with
+    Or(Not(visibility == "private"), ...) so private memories stay hidden. `visibility` is not
+    an indexed field, so that leaf is a Python scan of every candidate row, and the planner
+    guesses it (1 - 0.3). Measured: exact-strategy search and the planner's pick, hybrid mode,
+    with the plain filter, with the service's scoped filter, and with the same scoping on an
+    indexed field (agent_id != a value no record has: the cost visibility would have if the
+    postings indexed it)."""
+    from actors.shard import EXACT, SearchRequest
+    from memoray import filters as flt
+
+    out = []
+    for wire in ({"workspaceId": "ws-1k"}, {"workspaceId": "ws-20k"},
+                 {"tier": {"$ne": "preference"}}, None):
+        base = flt.parse_filter(wire)
+        variants = {
+            "plain": base,
+            "scoped (service)": flt._and([base, flt._or([flt._not(flt.Eq("visibility",
+                                                                          "private"))])]),
+            "scoped, indexed proxy": flt._and([base, flt._not(flt.Eq("agent_id",
+                                                                     "__no_such_agent__"))]),
+        }
+        row: dict[str, Any] = {"filter": wire}
+        for label, node in variants.items():
+            plan = planner.plan(node, K)
+            for strategy in (EXACT, plan.strategy):
+                times = []
+                for qi, (vec, words) in enumerate(queries):
+                    req = SearchRequest(vector=vec, query=words, k=K, filter=node,
+                                        strategy=strategy, mode="hybrid", now=T0,
+                                        include_content=False)
+                    best = min(fanout(cores, req)[1] for _ in range(repeat))
+                    if qi >= WARMUP:
+                        times.append(best)
+                key = "exact" if strategy == EXACT and "exact" not in row.get(label, {}) else (
+                    f"planner:{strategy}")
+                row.setdefault(label, {})[key] = round(percentile(times, 50) * 1000, 3)
+            row[label]["selectivity_est"] = round(plan.selectivity, 4)
+        out.append(row)
     return out
 
 
-def fit_costs(rows: list[dict], curve: list[dict], shards: int) -> dict[str, float]:
-    """Least-squares fits, in microseconds, of the planner's cost model to what was measured:
-    p50 of the slowest shard (the planner's own latency model). exact = fixed + per_candidate
-    x (candidates of one shard), over the filters exact answered itself; ann = fixed +
-    per_result x k', from the k' curve."""
-    rows = [r for r in rows if r["indexable"]]  # a residual row scan costs far more per candidate
-    xs = np.array([r["actual_candidates"] / shards for r in rows], dtype=np.float64)
-    ys = np.array([r["exact"]["par"]["p50_ms"] * 1000 for r in rows])
-    a = np.vstack([np.ones_like(xs), xs]).T
-    (e_fixed, e_per), *_ = np.linalg.lstsq(a, ys, rcond=None)
-    kx = np.array([c["k_prime"] for c in curve], dtype=np.float64)
-    ky = np.array([c["par_p50_us"] for c in curve])
-    (a_fixed, a_per), *_ = np.linalg.lstsq(np.vstack([np.ones_like(kx), kx]).T, ky, rcond=None)
-    return {"COST_EXACT_FIXED": round(float(max(e_fixed, 1.0)), 1),
-            "COST_EXACT_PER_CANDIDATE": round(float(e_per), 4),
-            "COST_ANN_FIXED": round(float(max(a_fixed, 1.0)), 1),
-            "COST_ANN_PER_RESULT": round(float(a_per), 3)}
-
-
 def choose_oracle(r: dict) -> str:
+    """The fastest fixed strategy (seq p50) among those with recall@10 >= RECALL_OK."""
     ok = [s for s in STRATEGY_NAMES if r[s]["recall@10"] >= RECALL_OK]
     return min(ok or ["exact"], key=lambda s: r[s]["seq"]["p50_ms"])
-
-
-def replan(planner_cls: Any, cores: list, nodes: list, constants: dict[str, float]) -> list[str]:
-    """The planner's choices with other cost constants (module attributes patched, restored)."""
-    import actors.planner as planner_module
-
-    saved = {name: getattr(planner_module, name) for name in constants}
-    try:
-        for name, value in constants.items():
-            setattr(planner_module, name, value)
-        p = planner_cls()
-        for i, core in enumerate(cores):
-            p.update_stats(i, core.postings.stats())
-        return [p.plan(node, K).strategy for node in nodes]
-    finally:
-        for name, value in saved.items():
-            setattr(planner_module, name, value)
 
 
 def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
@@ -338,11 +486,15 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
             ax.plot(sel, [r[s]["seq"]["p50_ms"] for r in rows], "-o", ms=4, color=colors[s],
                     label=f"{s} p50")
         for x, r in zip(sel, rows):
-            ax.scatter([x], [r["planner"]["seq"]["p50_ms"]], s=160, facecolors="none",
-                       edgecolors=colors.get(r["plan"]["strategy"], "k"), linewidths=2,
-                       zorder=5)
-        ax.scatter([], [], s=160, facecolors="none", edgecolors="k", label="planner's pick "
-                   "(ring colour = strategy)")
+            ax.scatter([x], [r["planner"]["seq"]["p50_ms"]], s=170, facecolors="none",
+                       edgecolors=colors.get(r["plans"]["planner"]["strategy"], "k"),
+                       linewidths=2, zorder=5)
+            ax.scatter([x], [r["tuned"]["seq"]["p50_ms"]], s=90, marker="x",
+                       color=colors.get(r["plans"]["tuned"]["strategy"], "k"), linewidths=2,
+                       zorder=6)
+        ax.scatter([], [], s=170, facecolors="none", edgecolors="k",
+                   label="planner's pick (ring colour = strategy)")
+        ax.scatter([], [], s=90, marker="x", color="k", label="tuned what-if pick")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("filter selectivity (% of all memories)")
@@ -355,6 +507,7 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
             ax.plot(sel, [r[s]["recall@10"] for r in rows], "-o", ms=4, color=colors[s],
                     label=s)
         ax.plot(sel, [r["planner"]["recall@10"] for r in rows], "k--", lw=1, label="planner")
+        ax.plot(sel, [r["tuned"]["recall@10"] for r in rows], "k:", lw=1, label="tuned")
         ax.axhline(RECALL_OK, color="gray", ls=":", lw=1)
         ax.set_xscale("log")
         ax.set_ylim(0, 1.05)
@@ -377,6 +530,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default="vector,hybrid")
     ap.add_argument("--vectors", choices=("latent", "random"), default="latent")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--sections", default="main,scoped",
+                    help="main: the strategy table; scoped: the service's visibility filter")
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="runs per (query, runner); the min is kept (damps other load)")
     ap.add_argument("--out", default="bench_planner")
     args = ap.parse_args(argv)
 
@@ -388,14 +545,16 @@ def main(argv: list[str] | None = None) -> int:
     corpus = Corpus(args.n, args.seed, args.vectors)
     queries = corpus.queries(args.queries + WARMUP)
     named = [(name, wire, flt.parse_filter(wire)) for name, wire in filters()]
-    truth_sel = {}
-    for name, wire, node in named:
-        truth_sel[name] = None  # filled from the shards below
-    out: dict[str, Any] = {"benchmark": "bench_planner", "n": args.n, "shards": args.shards,
-                           "queries_per_filter": args.queries, "k": K, "vectors": args.vectors,
-                           "constants": {c: getattr(planner_module, c) for c in dir(planner_module)
-                                         if c.startswith(("COST_", "ANN_", "ADAPTIVE_"))},
-                           "results": {}}
+    out: dict[str, Any] = {
+        "benchmark": "bench_planner", "n": args.n, "shards": args.shards,
+        "queries_per_filter": args.queries, "k": K, "vectors": args.vectors,
+        "repeat": args.repeat, "recall_ok": RECALL_OK,
+        "constants": {c: getattr(planner_module, c) for c in dir(planner_module)
+                      if c.startswith(("COST_", "ANN_", "ADAPTIVE_"))},
+        "latency": "seq = sum of per-shard search times (in-process, one after another), par = "
+                   "slowest shard; per query the min of `repeat` runs; p50/p95 over queries; "
+                   "runners interleaved per query; planners include their plan() time",
+        "results": {}, "calibration": {}}
     with tempfile.TemporaryDirectory(prefix="memoray-planner-") as tmp:
         t0 = time.perf_counter()
         cores = build(Path(tmp), corpus, args.shards)
@@ -403,75 +562,93 @@ def main(argv: list[str] | None = None) -> int:
         planner = QueryPlanner()
         for i, core in enumerate(cores):
             planner.update_stats(i, core.postings.stats())
-        for name, _wire, node in named:
-            truth_sel[name] = sum(len(c.labels_matching(node)) for c in cores) / args.n
+        selectivity = {name: sum(len(c.labels_matching(node)) for c in cores) / args.n
+                       for name, _wire, node in named}
         out["plan_timing"] = plan_timing(planner, [n for _, _, n in named])
-        for mode in args.modes.split(","):
+        for mode in (args.modes.split(",") if "main" in args.sections else []):
+            log(f"{mode}: calibrating the cost model ...")
+            cal = calibrate(cores, queries[: 15 + WARMUP], mode, args.repeat)
+            out["calibration"][mode] = cal
+            tuned = TunedPlanner(QueryPlanner, cal["constants"])
+            for i, core in enumerate(cores):
+                tuned.update_stats(i, core.postings.stats())
+            planners = {"planner": planner, "tuned": tuned}
             rows = []
-            prog = Progress(f"{mode}: filters x strategies", len(named), "filters", every_s=0)
+            prog = Progress(f"{mode}: filters x runners", len(named), "filters", every_s=0)
             for name, wire, node in named:
-                r = run_filter(cores, planner, node, queries, mode)
-                r.update({"name": name, "filter": wire, "selectivity": truth_sel[name],
+                r = run_filter(cores, planners, node, queries, mode, args.repeat)
+                r.update({"name": name, "filter": wire, "selectivity": selectivity[name],
+                          "actual_candidates": round(selectivity[name] * args.n),
                           "indexable": flt.is_indexable(node)})
                 r["oracle"] = choose_oracle(r)
                 rows.append(r)
                 prog.update()
             prog.close()
             out["results"][mode] = rows
-        # q-error of the planner's candidate estimates
-        q = [max((r["plan"]["estimated_candidates"] + 1) / (r["actual_candidates"] + 1),
-                 (r["actual_candidates"] + 1) / (r["plan"]["estimated_candidates"] + 1))
-             for r in out["results"][next(iter(out["results"]))]]
+        if "scoped" in args.sections:
+            log("measuring the service's visibility scoping ...")
+            out["scoped_overhead"] = scoped_overhead(cores, planner, queries[: 20 + WARMUP],
+                                                     args.repeat)
+        first = out["results"][next(iter(out["results"]))] if out["results"] else []
+        q = [max((r["plans"]["planner"]["estimated_candidates"] + 1) / (r["actual_candidates"] + 1),
+                 (r["actual_candidates"] + 1) / (r["plans"]["planner"]["estimated_candidates"] + 1))
+             for r in first]
         out["estimate_q_error"] = {"p50": round(percentile(q, 50), 3),
-                                   "max": round(max(q), 3)}
-        broad = flt.parse_filter({"tier": {"$ne": "preference"}})
-        out["ann_cost_curve"] = {}
-        out["fitted_costs"] = {}
-        out["replanned"] = {}
-        for mode, rows in out["results"].items():
-            curve = ann_cost_curve(cores, broad, queries[: 20 + WARMUP], mode)
-            out["ann_cost_curve"][mode] = curve
-            fitted = fit_costs(rows, curve, args.shards)
-            out["fitted_costs"][mode] = fitted
-            choices = replan(QueryPlanner, cores, [n for _, _, n in named], fitted)
-            out["replanned"][mode] = choices
+                                   "max": round(max(q), 3) if q else None,
+                                   "per_filter": {r["name"]: round(x, 3) for r, x in zip(first, q)}}
         for core in cores:
             core.storage.close()
     out["total_seconds"] = round(time.perf_counter() - t_start, 1)
 
+    runners = (*STRATEGY_NAMES, "planner", "tuned")
     for mode, rows in out["results"].items():
-        print(f"\n{mode} mode: {args.n} memories, {args.shards} shards, k={K}, "
-              f"{args.queries} queries per filter; latency = p50/p95 ms summed over shards "
-              f"(in-process), 'par' = p50 of the slowest shard; recall@10 vs exact")
+        print(f"\n{mode} mode: {args.n} memories, {args.shards} in-process shards, k={K}, "
+              f"{args.queries} queries per filter. Cells: latency p50/p95 ms (sum over shards, "
+              f"min of {args.repeat} runs per query), recall@10 vs exact shown when < 1. "
+              f"planner = actors/planner.py as is; tuned = calibrated what-if (see JSON).")
         table = []
         for r in rows:
-            line = [r["name"], f"{100 * r['selectivity']:.3g}%"]
-            for s in (*STRATEGY_NAMES, "planner"):
+            line = [r["name"], f"{100 * r['selectivity']:.3g}%",
+                    f"{100 * r['plans']['planner']['selectivity_est']:.3g}%"]
+            for s in runners:
                 x = r[s]
-                line.append(f"{x['seq']['p50_ms']:.2f}/{x['seq']['p95_ms']:.2f} "
-                            f"({x['par']['p50_ms']:.2f}) r={x['recall@10']:.3f}")
-            line += [r["plan"]["strategy"], r["oracle"],
-                     f"{r['planner']['seq']['p50_ms'] / r[r['oracle']]['seq']['p50_ms']:.2f}"]
+                cell = f"{x['seq']['p50_ms']:.2f}/{x['seq']['p95_ms']:.2f}"
+                if x["recall@10"] < 0.9995:
+                    cell += f" r={x['recall@10']:.3f}"
+                if s in ("planner", "tuned"):
+                    cell += f" {SHORT[r['plans'][s]['strategy']]}"
+                line.append(cell)
+            best = r[r["oracle"]]["seq"]["p50_ms"]
+            line += [SHORT[r["oracle"]], f"{r['planner']['seq']['p50_ms'] / best:.2f}",
+                     f"{r['tuned']['seq']['p50_ms'] / best:.2f}"]
             table.append(line)
-        print(fmt_table(["filter", "sel", "exact", "ann", "ann_adaptive", "planner",
-                         "picked", "best", "x best"], table))
-        totals = {s: sum(r[s]["seq"]["p50_ms"] for r in rows) for s in (*STRATEGY_NAMES,
-                                                                         "planner")}
-        totals["oracle"] = sum(r[r["oracle"]]["seq"]["p50_ms"] for r in rows)
-        refit = out["replanned"][mode]
-        totals["planner_fitted"] = sum(r[c]["seq"]["p50_ms"] + r["planner"]["plan_us_p50"] / 1000
-                                       for r, c in zip(rows, refit))
-        changed = [f"{r['name']}: {r['plan']['strategy']} -> {c}"
-                   for r, c in zip(rows, refit) if c != r["plan"]["strategy"]]
-        fitted_bad = [r["name"] for r, c in zip(rows, refit) if r[c]["recall@10"] < RECALL_OK]
-        bad = [r["name"] for r in rows if r["planner"]["recall@10"] < RECALL_OK]
-        print("sum of p50 over the filters (ms): " + ", ".join(
-            f"{s} {v:.1f}" for s, v in totals.items())
-              + f"; filters where the planner's recall@10 < {RECALL_OK}: {bad or 'none'}")
-        print(f"fitted cost constants ({mode}, slowest shard, us): {out['fitted_costs'][mode]}")
-        print(f"planner with the fitted constants would change: {changed or 'nothing'}"
-              f"; its recall < {RECALL_OK} on: {fitted_bad or 'none'}")
+        print(fmt_table(["filter", "sel", "est", "exact", "ann", "ann_adaptive", "planner",
+                         "tuned", "best", "planner/best", "tuned/best"], table))
+        totals = {s: sum(r[s]["seq"]["p50_ms"] for r in rows) for s in runners}
+        totals["best fixed per filter"] = sum(r[r["oracle"]]["seq"]["p50_ms"] for r in rows)
+        low = {s: [r["name"] for r in rows if r[s]["recall@10"] < RECALL_OK]
+               for s in ("planner", "tuned")}
+        print("sum of p50 over the 17 filters (ms): " + ", ".join(
+            f"{s} {v:.1f}" for s, v in totals.items()))
+        print(f"recall@10 < {RECALL_OK}: planner on {low['planner'] or 'none'}, tuned on "
+              f"{low['tuned'] or 'none'}; lowest recall@10 of any runner: "
+              f"{min(r[s]['recall@10'] for r in rows for s in runners):.3f}")
+        print(f"calibrated constants ({mode}, us, slowest shard): "
+              f"{out['calibration'][mode]['constants']}")
         out.setdefault("totals_p50_ms", {})[mode] = {k: round(v, 2) for k, v in totals.items()}
+    if out.get("scoped_overhead"):
+        print("\nservice scoping (And(filter, Not(visibility == private))), hybrid, p50 ms "
+              "summed over shards [planner's estimated selectivity]:")
+        srows = []
+        for r in out["scoped_overhead"]:
+            line = [json.dumps(r["filter"])]
+            for label in ("plain", "scoped (service)", "scoped, indexed proxy"):
+                v = r[label]
+                picks = ", ".join(f"{k.split(':')[1]} {x:.2f}" for k, x in v.items()
+                                  if k.startswith("planner:"))
+                line.append(f"exact {v['exact']:.2f}; {picks} [{100 * v['selectivity_est']:.3g}%]")
+            srows.append(line)
+        print(fmt_table(["filter", "plain", "scoped (service)", "scoped, indexed proxy"], srows))
     pt = out["plan_timing"]
     print(f"\nplan(): cached p50 {pt['cached']['p50_us']} us (p95 {pt['cached']['p95_us']}), "
           f"uncached p50 {pt['uncached']['p50_us']} us (p95 {pt['uncached']['p95_us']})")
@@ -479,9 +656,10 @@ def main(argv: list[str] | None = None) -> int:
           f"max {out['estimate_q_error']['max']}")
     json_path = save_json(f"{args.out}.json", out)
     png = json_path.with_suffix(".png")
-    plot(out["results"], png, f"planner benchmark: {args.n} memories, {args.shards} in-process "
-         f"shards, k={K}, {args.queries} queries/filter ({args.vectors} vectors); rings = "
-         f"planner's pick")
+    if out["results"]:
+        plot(out["results"], png, f"planner benchmark: {args.n} memories, {args.shards} in-process "
+             f"shards, k={K}, {args.queries} queries/filter ({args.vectors} vectors); rings = "
+             f"planner's pick, crosses = tuned what-if")
     print(f"saved {json_path} and {png} ({out['total_seconds']} s total)")
     return 0
 

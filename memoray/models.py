@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 MAX_CONTENT_BYTES = 1024 * 1024
@@ -91,6 +91,25 @@ class CaptureItem(Wire):
     @classmethod
     def _text_fields(cls, v: str | None) -> str | None:
         return None if v is None else check_text(v)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _timestamp(cls, v: str | None) -> str | None:
+        if v is not None:
+            from memoray.errors import MemorayError
+            from memoray.timeutil import parse_iso
+
+            try:
+                parse_iso(v)
+            except MemorayError:
+                raise ValueError("must be an ISO 8601 timestamp") from None
+        return v
+
+    @model_validator(mode="after")
+    def _private_needs_agent(self) -> CaptureItem:
+        if self.visibility == "private" and not self.agent_id:
+            raise ValueError("visibility: a private memory needs an agentId")
+        return self
 
     @field_validator("event_type")
     @classmethod

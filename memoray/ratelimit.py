@@ -124,7 +124,8 @@ def request_keys(tool: str, *, workspace: str | None, session: str | None = None
                  principal: str | None = None, items: int = 1) -> tuple[list[Key], int]:
     """The keys and cost one tool call is charged. Batches of more than one item go to the bulk
     budget (cost = items); anything else costs 1 against the interactive keys."""
-    ws = workspace or "-"
+    # Calls that name no workspace are charged to a per-principal bucket, never a shared one.
+    ws = workspace or f"-/{principal or 'anonymous'}"
     if tool in BATCH_TOOLS and items > 1:
         return [(BULK, ws)], items
     keys: list[Key] = [(WORKSPACE, ws)]

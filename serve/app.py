@@ -50,5 +50,12 @@ def build_app_with(get_runtime: Callable[[], Awaitable[Any]], metrics: Metrics,
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    @app.api_route("/mcp", methods=["GET", "DELETE"])
+    async def no_streams() -> JSONResponse:
+        # Stateless JSON mode has no server-initiated streams or sessions to end; an open GET
+        # stream would hold a request slot forever.
+        return JSONResponse({"code": "INVALID_INPUT", "message": "use POST for MCP requests"},
+                            status_code=405, headers={"Allow": "POST"})
+
     app.mount("/", mcp_app)
     return app

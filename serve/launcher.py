@@ -120,7 +120,17 @@ def serve_forever(settings: Settings) -> int:
              logging_level=logging.WARNING, log_to_driver=True,
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                                        "RAY_USAGE_STATS_ENABLED": "0"}})
-    actors = start_actors(settings)
+    try:
+        actors = start_actors(settings)
+    except Exception as exc:  # an actor failed to start: say why in one line, not a traceback
+        text = str(exc)
+        reason = next((line.strip() for line in text.splitlines()
+                       if "store is encrypted" in line or "encrypted with" in line), None)
+        print(f"memoray: failed to start: {reason or type(exc).__name__}", file=sys.stderr)
+        if reason is None:
+            log.error("start-up failed", exc_info=exc)
+        ray.shutdown()
+        return 2
     serve.start(http_options={"host": settings.host, "port": settings.port},
                 logging_config={"log_level": "WARNING"})
     serve.run(make_app(settings), name="memoray", route_prefix="/", blocking=False)

@@ -95,7 +95,8 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         "capture-memory; recall them with retrieve-memories or build-context."))
 
     async def caller_for(ctx: Context, tool: str, workspace: str | None = None,
-                         agent_id: str | None = None, cost: int = 1):
+                         agent_id: str | None = None, cost: int = 1,
+                         session: str | None = None):
         rt = await get_runtime()
         headers = ctx.headers or {}
         from serve.service import Caller
@@ -109,7 +110,7 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
                                         detail=err.message, request_id=None)
             raise
         caller = Caller(principal=principal, request_id=uuid.uuid4().hex[:16], agent_id=agent_id)
-        await rt.check_rate(caller, tool, workspace, headers, cost)
+        await rt.check_rate(caller, tool, workspace, headers, cost, session)
         return rt, caller
 
     @mcp.tool(name="capture-memory", description=(
@@ -131,7 +132,8 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
             item = CaptureItem.model_validate(raw)
         except ValidationError as exc:
             raise invalid(_validation_message(exc)) from None
-        rt, caller = await caller_for(ctx, "capture-memory", item.workspace_id, agentId)
+        rt, caller = await caller_for(ctx, "capture-memory", item.workspace_id, agentId,
+                                      session=item.session_id)
         res = (await rt.service.capture([item], caller))[0]
         return {"ids": res["ids"], "id": res["ids"][0], "chunks": res["chunks"],
                 "parentId": res["parentId"], "deduplicated": res["deduplicated"],
@@ -143,7 +145,7 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
     async def capture_memories(items: list[dict[str, Any]], ctx: Context) -> dict[str, Any]:
         parsed, workspace = _parse_items(items)
         rt, caller = await caller_for(ctx, "capture-memories", workspace, parsed[0].agent_id,
-                                      cost=len(parsed))
+                                      cost=len(parsed), session=parsed[0].session_id)
         results = await rt.service.capture(parsed, caller, action="capture-batch")
         redactions: dict[str, int] = {}
         for r in results:
@@ -166,7 +168,8 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         _check_query(query)
         if not 0.0 <= recencyWeight <= 1.0:
             raise invalid("recencyWeight: must be between 0 and 1")
-        rt, caller = await caller_for(ctx, "retrieve-memories", agent_id=agentId)
+        rt, caller = await caller_for(ctx, "retrieve-memories", _filter_workspace(filters),
+                                      agent_id=agentId)
         mems = await rt.service.retrieve(caller, query, limit, filters, mode=mode,
                                          recency_weight=recencyWeight)
         return {"memories": [m.model_dump(by_alias=True) for m in mems], "count": len(mems)}
@@ -184,7 +187,8 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
             _check_query(query, allow_empty=True)
         if not 1 <= tokenBudget <= 100_000:
             raise invalid("tokenBudget: must be between 1 and 100000")
-        rt, caller = await caller_for(ctx, "build-context", workspaceId, agentId)
+        rt, caller = await caller_for(ctx, "build-context",
+                                      workspaceId or _filter_workspace(filters), agentId)
         return await rt.context(caller, query=query, limit=limit, filters=filters,
                                 budget=tokenBudget, workspace_id=workspaceId, branch=gitBranch,
                                 session_id=sessionId)
@@ -252,7 +256,7 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         "and cost, and the planner's measured accuracy."))
     async def explain_query(ctx: Context, query: str = "", limit: int = 10,
                             filters: dict[str, Any] | None = None) -> dict[str, Any]:
-        rt, caller = await caller_for(ctx, "explain-query")
+        rt, caller = await caller_for(ctx, "explain-query", _filter_workspace(filters))
         return await rt.service.explain(caller, query, limit, filters)
 
     @mcp.tool(name="memory-stats", description=(
@@ -273,6 +277,17 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         return await rt.service.health(detailed=detailed and caller.principal.can("admin"))
 
     return mcp
+
+
+def _filter_workspace(filters: dict[str, Any] | None) -> str | None:
+    """The one workspace a filter confines to, for rate-limit accounting (None if not one)."""
+    from memoray import filters as flt
+
+    try:
+        named = flt.referenced_workspaces(flt.parse_filter(filters))
+    except MemorayError:
+        return None  # the service reports the bad filter
+    return next(iter(named)) if named is not None and len(named) == 1 else None
 
 
 def _parse_items(items: list[dict[str, Any]]) -> tuple[list[CaptureItem], str | None]:

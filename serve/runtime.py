@@ -85,16 +85,21 @@ class Runtime:
 
     # -- rate limits ------------------------------------------------------------------------
     async def check_rate(self, caller: Caller, tool: str, workspace: str | None,
-                         headers: Any, cost: int = 1) -> None:
+                         headers: Any, cost: int = 1, session: str | None = None) -> None:
+        """Charge the call to its budgets. A workspace the caller may not use is never charged
+        (the request is refused later, and must not spend that tenant's quota); the session is
+        the capture's sessionId, else the x-memoray-session header."""
         if self.limiter is None or not self.settings.rate_limit_enabled:
             return
-        session = None
-        try:
-            session = headers.get("mcp-session-id") or headers.get("x-memoray-session")
-        except Exception:
-            session = None
         from memoray.ratelimit import request_keys
 
+        if workspace is not None and not caller.principal.allows_workspace(workspace):
+            workspace = None
+        if session is None:
+            try:
+                session = headers.get("x-memoray-session") or headers.get("mcp-session-id")
+            except Exception:  # headers of an unknown transport: no session key
+                session = None
         keys, units = request_keys(tool, workspace=workspace, session=session,
                                    principal=caller.principal.name, items=cost)
         decision = await self.limiter.acquire(keys, units)

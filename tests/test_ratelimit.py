@@ -143,7 +143,9 @@ def test_request_keys_split_bulk_from_interactive():
     keys, _ = request_keys("retrieve-memories", workspace="w", session="s", principal="p")
     assert (SESSION, "p/s") not in keys and (WORKSPACE, "w") in keys
     keys, cost = request_keys("capture-memories", workspace=None, items=1)
-    assert keys[0] == (WORKSPACE, "-") and cost == 1
+    assert keys[0] == (WORKSPACE, "-/anonymous") and cost == 1
+    keys, _ = request_keys("get-memory", workspace=None, principal="alice")
+    assert keys[0] == (WORKSPACE, "-/alice")  # no shared bucket one principal could drain
 
 
 def test_bulk_importer_cannot_starve_retrieval():

@@ -618,6 +618,17 @@ def test_upsert_with_an_invalid_later_item_stores_nothing(session):
         assert stats["total"] == 0, f"{body['message']!r} yet {stats['total']} record(s) stored"
 
 
+def test_upsert_validates_an_item_that_duplicates_a_stored_memory(session):
+    """An exact duplicate is answered 'unchanged' without being stored; it must still be
+    validated first: a malformed item is INVALID_INPUT whatever is already stored."""
+    ws = "probe-upsert-dup"
+    text = "an existing memory that the upsert duplicates"
+    _check(session.call("capture-memory", {"content": text, "workspaceId": ws}), None, "seed")
+    for bad in ({"timestamp": "not-a-date"}, {"visibility": "private"}):
+        _check(session.call("upsert-memory", {"items": [{"content": text, "workspaceId": ws,
+                                                         **bad}]}), "INVALID_INPUT", bad)
+
+
 # -- raw HTTP ------------------------------------------------------------------------------------
 
 
@@ -627,8 +638,8 @@ def _post(url: str, body: bytes, headers: dict | None = None, timeout: float = 6
 
 
 def _rpc(tool: str, args_json: str) -> bytes:
-    return ('{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"%s",'
-            '"arguments":%s}}' % (tool, args_json)).encode()
+    head = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/call"})[:-1]
+    return f'{head},"params":{{"name":{json.dumps(tool)},"arguments":{args_json}}}}}'.encode()
 
 
 def test_raw_http_garbage_gets_4xx_never_5xx(server):

@@ -114,7 +114,7 @@ def test_session_limit_holds_across_two_replicas_and_retry_after_is_right(server
     # retryAfter: positive, at most one window, and never earlier than the window allows: the
     # first admitted capture (sent at t0) frees its unit no sooner than t0 + 60 s.
     t0 = min(a[0] for a in allowed)
-    for t_send, t_recv, body in denied:
+    for _sent, t_recv, body in denied:
         ra = body.get("retryAfter")
         assert ra is not None and 0 < ra <= 60, body
         assert t_recv + ra >= t0 + 60 - 0.5, (
