@@ -20,7 +20,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --upgrade pip wheel setuptools
 	# torch first, pinned to the CPU build, so sentence-transformers does not pull a CUDA build.
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e '.[dev]'
+	# compat: a .pth path entry, not an import-hook finder that costs every `memoray hook` 12 ms
+	$(BIN)/pip install -e '.[dev]' --config-settings editable_mode=compat
+	# bytecode now, so hooks never compile from source (read even with PYTHONDONTWRITEBYTECODE)
+	$(BIN)/python -m compileall -q memoray
 	touch $(STAMP)
 
 run: install

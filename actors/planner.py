@@ -14,22 +14,37 @@ no actor round trip.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from memoray import filters as flt
 
-# Cost model, in microseconds, measured on a 2-core x86 machine by benchmarks/bench_planner.py.
-COST_EXACT_PER_CANDIDATE = 0.35   # one 384-d dot product plus its share of the set algebra
-COST_EXACT_FIXED = 150.0          # postings lookups, lexical scoring of the candidates
-COST_ANN_FIXED = 400.0            # one HNSW descent at ef=64 plus the lexical top-k
-COST_ANN_PER_RESULT = 3.0         # post-filtering one returned label in Python
-ANN_MIN_SELECTIVITY = 0.3         # below this, one oversampled ANN pass risks recall
-ADAPTIVE_MIN_SELECTIVITY = 0.01   # below this, k/selectivity outgrows the graph search
+# Cost model, in microseconds, calibrated on a 2-core x86 machine with
+# benchmarks/bench_planner.py (100k memories, 4 shards, hybrid mode).
+COST_EXACT_FIXED = 233.0          # postings lookups, lexical scoring of the candidates
+COST_EXACT_PER_CANDIDATE = 0.27   # one 384-d dot product plus its share of the set algebra
+COST_SCAN_PER_ROW = 0.36          # a non-indexed leaf (metadata.*) read in Python, per row
+COST_ANN_FIXED = 895.0            # one HNSW descent plus the lexical top-k'
+COST_ANN_PER_RESULT = 4.1         # post-filtering one returned label
+OVERSAMPLE = 3.0                  # the shard's first ANN pass asks for pool x this
+MAX_KPRIME = 4096                 # the shard's widening stops here, then falls back to exact
+
+
+def p_short(lam: float, k: int) -> float:
+    """P(X < k) for X ~ Poisson(lam): the chance a post-filtered pass keeps fewer than k (then
+    the shard widens or falls back to exact)."""
+    if lam <= 0:
+        return 1.0
+    term = total = math.exp(-lam)
+    for i in range(1, k):
+        term *= lam / i
+        total += term
+        if term < 1e-12 and i > lam:
+            break
+    return min(1.0, total)
 
 
 @dataclass
@@ -81,12 +96,13 @@ class QueryPlanner:
 
     # -- planning ---------------------------------------------------------------------------
     def plan(self, node: Any, k: int) -> Plan:
-        key = json.dumps([flt.to_wire(node), k], sort_keys=True, default=str)
+        # repr, not the node: Eq(f, 1), Eq(f, 1.0) and Eq(f, True) are equal dataclasses.
+        key = (repr(node), k)
         hit = self.cache.get(key)
         if hit is not None:
             self.cache_hits += 1
             self.cache.move_to_end(key)
-            return Plan(**{**asdict(hit), "cached": True})
+            return replace(hit, cached=True)
         self.cache_misses += 1
         plan = self._plan(node, k)
         self.cache[key] = plan
@@ -95,40 +111,64 @@ class QueryPlanner:
         return plan
 
     def _plan(self, node: Any, k: int) -> Plan:
+        """Cost each strategy the way the shard runs it and pick the cheapest.
+
+        Recall is not a guard: post-filtering an exact top-k' that keeps >= k survivors is the
+        exact filtered top-k, and with fewer the shard widens or falls back to exact; so each ANN
+        strategy is charged the exact cost times the chance it comes up short. A filter with
+        non-indexed leaves has a guessed selectivity: it is costed at the guess and at a tenth
+        of it, and the worse figure counts.
+        """
         per_shard: list[int] = []
-        sels: list[float] = []
+        totals: list[int] = []
         for sid in sorted(self.shard_stats):
             st = self.shard_stats[sid]
             n = int(st.get("total", 0))
             s = 1.0 if isinstance(node, flt.All) else flt.estimate(node, st)
-            sels.append(s * n)
             per_shard.append(int(round(s * n)))
-        total = max(self.total, 1)
-        est = sum(per_shard)
-        selectivity = min(1.0, sum(sels) / total) if self.total else 1.0
-        shards = max(len(self.shard_stats), 1)
+            totals.append(n)
+        total = sum(totals)
+        selectivity = min(1.0, sum(per_shard) / total) if total else 1.0
+        rows_max = max(totals) if totals else 0
+        biggest = max(per_shard) if per_shard else 0  # shards run in parallel: the largest
         pool = max(4 * k, 20)
-        # Shards run in parallel: the slowest shard (the largest share) sets the latency.
-        biggest = max(per_shard) if per_shard else 0
-        exact = COST_EXACT_FIXED + COST_EXACT_PER_CANDIDATE * biggest
-        over = 3.0
-        ann_k = pool * over
-        ann = COST_ANN_FIXED + COST_ANN_PER_RESULT * ann_k
-        adaptive_k = min(pool / max(selectivity, 1e-6), 4096)
-        adaptive = COST_ANN_FIXED * (1 + math.log2(max(adaptive_k / 64, 1))) + (
-            COST_ANN_PER_RESULT * adaptive_k)
-        costs = {"exact": exact, "ann": ann, "ann_adaptive": adaptive}
-        allowed = {"exact"}
-        if selectivity >= ANN_MIN_SELECTIVITY:
-            allowed.add("ann")
-        if selectivity >= ADAPTIVE_MIN_SELECTIVITY:
-            allowed.add("ann_adaptive")
-        choice = min(allowed, key=lambda s: costs[s])
-        reason = (f"selectivity {selectivity:.4f} over {self.total} records in {shards} shards; "
-                  f"{choice} is the cheapest strategy that keeps recall")
-        return Plan(strategy=choice, selectivity=selectivity, estimated_candidates=est,
-                    estimated_cost_us=round(costs[choice], 1),
-                    costs_us={s: round(c, 1) for s, c in costs.items()}, oversample=over,
+        indexable = flt.is_indexable(node)
+        exact = COST_EXACT_FIXED + COST_EXACT_PER_CANDIDATE * (
+            rows_max if isinstance(node, flt.All) else biggest)
+        if not indexable:
+            exact += COST_SCAN_PER_ROW * rows_max
+
+        def ann_pass(kp: float) -> float:
+            return COST_ANN_FIXED + COST_ANN_PER_RESULT * kp
+
+        def costs(sel: float) -> dict[str, float]:
+            if isinstance(node, flt.All):
+                one = ann_pass(pool)
+                return {"exact": exact, "ann": one, "ann_adaptive": one}
+            kp = min(math.ceil(pool * OVERSAMPLE), MAX_KPRIME)
+            ann = ann_pass(kp) + p_short(sel * kp, k) * exact
+            kp = min(math.ceil(pool * OVERSAMPLE * 2), MAX_KPRIME)
+            reach, adaptive = 1.0, 0.0
+            while True:
+                adaptive += reach * ann_pass(kp)
+                reach *= p_short(sel * kp, k)
+                if kp >= MAX_KPRIME:
+                    adaptive += reach * exact
+                    break
+                kp = min(kp * 4, MAX_KPRIME)
+            return {"exact": exact, "ann": ann, "ann_adaptive": adaptive}
+
+        est = costs(selectivity)
+        if not indexable:
+            low = costs(selectivity / 10)
+            est = {s: max(v, low[s]) for s, v in est.items()}
+        choice = min(("ann", "ann_adaptive", "exact"), key=lambda s: est[s])  # ties: ann
+        reason = (f"selectivity {selectivity:.4f} over {total} records in "
+                  f"{max(len(totals), 1)} shards; {choice} is the cheapest expected cost"
+                  + ("" if indexable else " (non-indexed fields: costed pessimistically)"))
+        return Plan(strategy=choice, selectivity=selectivity, estimated_candidates=sum(per_shard),
+                    estimated_cost_us=round(est[choice], 1),
+                    costs_us={s: round(c, 1) for s, c in est.items()}, oversample=OVERSAMPLE,
                     reason=reason, shape=flt.shape(node), per_shard=per_shard)
 
     # -- feedback ---------------------------------------------------------------------------

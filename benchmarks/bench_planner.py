@@ -371,7 +371,7 @@ def plan_timing(planner: Any, nodes: list, reps: int = 300) -> dict[str, Any]:
 
 def calibrate(cores: list, queries: list, mode: str, repeat: int) -> dict[str, Any]:
     """Measure the cost model's terms on this machine (p50 of the slowest shard, us):
-    exact against candidates per shard (workspace filters of 100 to 74k records, and none),
+    exact against candidates per shard (workspace filters of 10 to 74k records),
     one ANN pass against k' (oversample varied on a 99% filter, so nothing falls back), and a
     residual row scan (a metadata filter evaluated over every row)."""
     from actors.shard import ANN, EXACT, SearchRequest
@@ -389,8 +389,9 @@ def calibrate(cores: list, queries: list, mode: str, repeat: int) -> dict[str, A
         return percentile(par, 50) * 1e6
 
     exact_pts = []
-    for wire in ({"workspaceId": "ws-100"}, {"workspaceId": "ws-1k"}, {"workspaceId": "ws-5k"},
-                 {"workspaceId": "ws-20k"}, {"workspaceId": "ws-rest"}, None):
+    for wire in ({"workspaceId": "ws-10"}, {"workspaceId": "ws-100"}, {"workspaceId": "ws-1k"},
+                 {"workspaceId": "ws-5k"}, {"workspaceId": "ws-20k"},
+                 {"workspaceId": "ws-rest"}):
         node = flt.parse_filter(wire)
         cand = max(len(c.labels_matching(node)) for c in cores)
         exact_pts.append({"filter": wire, "candidates_per_shard": cand,
@@ -407,12 +408,10 @@ def calibrate(cores: list, queries: list, mode: str, repeat: int) -> dict[str, A
         t0 = time.perf_counter()
         cores[0].labels_matching(meta)
         scans.append((time.perf_counter() - t0) / max(len(cores[0].postings), 1))
-    x = np.array([p["candidates_per_shard"] for p in exact_pts], dtype=np.float64)
-    y = np.array([p["par_p50_us"] for p in exact_pts])
-    (e_fix, e_per), *_ = np.linalg.lstsq(np.vstack([np.ones_like(x), x]).T, y, rcond=None)
-    x = np.array([p["k_prime"] for p in ann_pts], dtype=np.float64)
-    y = np.array([p["par_p50_us"] for p in ann_pts])
-    (a_fix, a_per), *_ = np.linalg.lstsq(np.vstack([np.ones_like(x), x]).T, y, rcond=None)
+    e_fix, e_per = _fit_relative([p["candidates_per_shard"] for p in exact_pts],
+                                 [p["par_p50_us"] for p in exact_pts])
+    a_fix, a_per = _fit_relative([p["k_prime"] for p in ann_pts],
+                                 [p["par_p50_us"] for p in ann_pts])
     constants = {"COST_EXACT_FIXED": round(float(max(e_fix, 1.0)), 1),
                  "COST_EXACT_PER_CANDIDATE": round(float(max(e_per, 0.0)), 4),
                  "COST_ANN_FIXED": round(float(max(a_fix, 1.0)), 1),
@@ -463,6 +462,16 @@ def scoped_overhead(cores: list, planner: Any, queries: list, repeat: int) -> li
     return out
 
 
+def _fit_relative(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """fixed + per * x fitted by least squares on the relative error, so the small points
+    (where the planner's choices are close) weigh as much as the big ones."""
+    x = np.asarray(xs, dtype=np.float64)
+    y = np.maximum(np.asarray(ys, dtype=np.float64), 1e-9)
+    a = np.vstack([np.ones_like(x), x]).T / y[:, None]
+    (fix, per), *_ = np.linalg.lstsq(a, np.ones_like(y), rcond=None)
+    return float(fix), float(per)
+
+
 def choose_oracle(r: dict) -> str:
     """The fastest fixed strategy (seq p50) among those with recall@10 >= RECALL_OK."""
     ok = [s for s in STRATEGY_NAMES if r[s]["recall@10"] >= RECALL_OK]
@@ -476,22 +485,29 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     modes = list(results)
-    fig, axes = plt.subplots(2, len(modes), figsize=(7.5 * len(modes), 10), squeeze=False)
+    fig, axes = plt.subplots(2, len(modes), figsize=(7.5 * len(modes), 11), squeeze=False)
     colors = {"exact": "#4C72B0", "ann": "#DD8452", "ann_adaptive": "#55A868"}
     for col, mode in enumerate(modes):
-        rows = sorted(results[mode], key=lambda r: r["selectivity"])
+        everything = sorted(results[mode], key=lambda r: r["selectivity"])
+        rows = [r for r in everything if r.get("indexable", True)]  # the lines
+        odd = [r for r in everything if not r.get("indexable", True)]  # metadata.*: apart
         sel = [max(r["selectivity"], 1e-5) * 100 for r in rows]
         ax = axes[0][col]
         for s in STRATEGY_NAMES:
             ax.plot(sel, [r[s]["seq"]["p50_ms"] for r in rows], "-o", ms=4, color=colors[s],
                     label=f"{s} p50")
-        for x, r in zip(sel, rows):
+            ax.scatter([r["selectivity"] * 100 for r in odd], [r[s]["seq"]["p50_ms"] for r in odd],
+                       marker="*", s=90, color=colors[s], zorder=4)
+        for r in everything:
+            x = max(r["selectivity"], 1e-5) * 100
             ax.scatter([x], [r["planner"]["seq"]["p50_ms"]], s=170, facecolors="none",
                        edgecolors=colors.get(r["plans"]["planner"]["strategy"], "k"),
                        linewidths=2, zorder=5)
             ax.scatter([x], [r["tuned"]["seq"]["p50_ms"]], s=90, marker="x",
                        color=colors.get(r["plans"]["tuned"]["strategy"], "k"), linewidths=2,
                        zorder=6)
+        ax.scatter([], [], marker="*", s=90, color="gray",
+                   label="metadata.severity=high (not indexed; planner guesses 30%)")
         ax.scatter([], [], s=170, facecolors="none", edgecolors="k",
                    label="planner's pick (ring colour = strategy)")
         ax.scatter([], [], s=90, marker="x", color="k", label="tuned what-if pick")
@@ -501,7 +517,7 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
         ax.set_ylabel("latency p50, ms (shards summed, in-process)")
         ax.set_title(f"{mode}: latency vs selectivity")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
         ax = axes[1][col]
         for s in STRATEGY_NAMES:
             ax.plot(sel, [r[s]["recall@10"] for r in rows], "-o", ms=4, color=colors[s],
@@ -510,16 +526,23 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
         ax.plot(sel, [r["tuned"]["recall@10"] for r in rows], "k:", lw=1, label="tuned")
         ax.axhline(RECALL_OK, color="gray", ls=":", lw=1)
         ax.set_xscale("log")
-        ax.set_ylim(0, 1.05)
+        low = min(r[s]["recall@10"] for r in everything for s in (*STRATEGY_NAMES, "planner"))
+        ax.set_ylim(min(0.9, low - 0.01), 1.005)
         ax.set_xlabel("filter selectivity (% of all memories)")
-        ax.set_ylabel("recall@10 vs exact")
-        ax.set_title(f"{mode}: recall@10 against brute force (exact)")
+        ax.set_ylabel("recall@10 vs exact (mean over queries)")
+        ax.set_title(f"{mode}: recall@10 against brute force (exact); dotted = {RECALL_OK}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _title(out: dict[str, Any]) -> str:
+    return (f"planner benchmark: {out['n']} memories, {out['shards']} in-process shards, "
+            f"k={K}, {out['queries_per_filter']} queries/filter ({out['vectors']} vectors); "
+            f"rings = planner's pick, crosses = tuned what-if")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -535,7 +558,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=2,
                     help="runs per (query, runner); the min is kept (damps other load)")
     ap.add_argument("--out", default="bench_planner")
+    ap.add_argument("--plot-only", action="store_true",
+                    help="redraw benchmarks/results/<out>.png from <out>.json, run nothing")
     args = ap.parse_args(argv)
+    if args.plot_only:
+        from benchmarks.common import RESULTS_DIR
+
+        saved = json.loads((RESULTS_DIR / f"{args.out}.json").read_text())
+        png = RESULTS_DIR / f"{args.out}.png"
+        plot(saved["results"], png, _title(saved))
+        print(f"redrew {png}")
+        return 0
 
     import actors.planner as planner_module
     from actors.planner import QueryPlanner
@@ -657,9 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path = save_json(f"{args.out}.json", out)
     png = json_path.with_suffix(".png")
     if out["results"]:
-        plot(out["results"], png, f"planner benchmark: {args.n} memories, {args.shards} in-process "
-             f"shards, k={K}, {args.queries} queries/filter ({args.vectors} vectors); rings = "
-             f"planner's pick, crosses = tuned what-if")
+        plot(out["results"], png, _title(out))
     print(f"saved {json_path} and {png} ({out['total_seconds']} s total)")
     return 0
 

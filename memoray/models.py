@@ -31,7 +31,8 @@ EVENT_TYPES = (
 _EVENT_RE = re.compile(r"^[a-z][a-z0-9_.\-]{0,63}$")
 
 # The scoped fields every shard indexes (postings) and every filter may name.
-SCOPED_FIELDS = ("event_type", "workspace_id", "session_id", "agent_id", "git_branch", "tier")
+SCOPED_FIELDS = ("event_type", "workspace_id", "session_id", "agent_id", "git_branch", "tier",
+                 "visibility")
 WIRE_TO_FIELD = {to_camel(f): f for f in SCOPED_FIELDS} | {"timestamp": "timestamp"}
 
 RECORD_FIELDS = (

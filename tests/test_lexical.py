@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memoray import lexical
-from memoray.lexical import LexicalIndex, normalize, tokenize
+from memoray.lexical import B, K1, LexicalIndex, normalize, tokenize
 
 # A small coding-agent memory: decisions, commands, edits, errors, with near-miss distractors.
 CORPUS: dict[int, str] = {
@@ -175,7 +175,7 @@ def test_scores_match_textbook_bm25(corpus_index: LexicalIndex) -> None:
                 if tf:
                     df = sum(term in t for t in docs.values())
                     idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
-                    score += idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * len(toks) / avgdl))
+                    score += idf * tf * (K1 + 1) / (tf + K1 * (1 - B + B * len(toks) / avgdl))
             if score > 0:
                 expected[label] = score
         labels, scores = corpus_index.search(query, k=len(docs))
@@ -187,11 +187,11 @@ def test_scores_agree_with_bm25s_lucene(corpus_index: LexicalIndex) -> None:
     """bm25s (method="lucene") drops the (k1 + 1) factor; otherwise the scores are the same."""
     bm25s = pytest.importorskip("bm25s")
     labels_in_order = list(CORPUS)
-    ref = bm25s.BM25(k1=1.2, b=0.75, method="lucene")
+    ref = bm25s.BM25(k1=K1, b=B, method="lucene")
     ref.index([tokenize(CORPUS[x]) for x in labels_in_order], show_progress=False)
     for query, _ in RANKING_QUERIES:
         terms = [t for t in dict.fromkeys(tokenize(query)) if corpus_index.df(t)]
-        want = ref.get_scores(terms) * 2.2
+        want = ref.get_scores(terms) * (K1 + 1)
         labels, scores = corpus_index.search(query, k=len(CORPUS))
         got = np.zeros(len(CORPUS))
         got[[labels_in_order.index(x) for x in labels.tolist()]] = scores

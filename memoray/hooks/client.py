@@ -91,6 +91,8 @@ class McpClient:
 
     def _post(self, body: bytes, headers: dict[str, str],
               timeout: float) -> tuple[int, str, bytes]:
+        if not self._https:
+            return self._post_plain(body, headers, timeout)
         import http.client  # here, not at the top: hooks that never reach the network skip it
 
         deadline = time.monotonic() + timeout
@@ -118,6 +120,69 @@ class McpClient:
             raise CallError("NETWORK", f"{type(exc).__name__}: {exc}") from exc
         finally:
             conn.close()
+
+
+    def _post_plain(self, body: bytes, headers: dict[str, str],
+                    timeout: float) -> tuple[int, str, bytes]:
+        """One HTTP/1.1 POST over a socket, read to EOF (Connection: close). Plain http only:
+        http.client's import (its e-mail header parser) costs a hook ~20 ms on every run."""
+        import socket
+
+        deadline = time.monotonic() + timeout
+        head = [f"POST {self._path} HTTP/1.1", f"Host: {self._host}:{self._port}",
+                f"Content-Length: {len(body)}", "Connection: close",
+                *(f"{k}: {v}" for k, v in headers.items())]
+        try:
+            sock = socket.create_connection((self._host, self._port),
+                                            timeout=min(self._connect_timeout, timeout))
+        except TimeoutError as exc:
+            raise CallError("TIMEOUT", f"server did not answer within {timeout:.1f}s") from exc
+        except OSError as exc:
+            raise CallError("NETWORK", f"{type(exc).__name__}: {exc}") from exc
+        try:
+            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+            chunks = []
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CallError("TIMEOUT", f"no complete answer within {timeout:.1f}s")
+                sock.settimeout(left)
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except TimeoutError as exc:
+            raise CallError("TIMEOUT", f"server did not answer within {timeout:.1f}s") from exc
+        except OSError as exc:
+            raise CallError("NETWORK", f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            sock.close()
+        return _parse_http_response(b"".join(chunks))
+
+
+def _parse_http_response(raw: bytes) -> tuple[int, str, bytes]:
+    head, sep, payload = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if not sep or len(parts) < 2 or not parts[1].isdigit():
+        raise CallError("NETWORK", "malformed HTTP response")
+    fields = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    if "chunked" in fields.get("transfer-encoding", "").lower():
+        out, rest = [], payload
+        while rest:
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line.split(b";")[0] or b"0", 16)
+            if size == 0:
+                break
+            out.append(rest[:size])
+            rest = rest[size + 2:]
+        payload = b"".join(out)
+    elif "content-length" in fields:
+        payload = payload[: int(fields["content-length"])]
+    return int(parts[1]), fields.get("content-type", ""), payload
 
 
 def _decode_message(ctype: str, raw: bytes, request_id: int) -> dict[str, Any] | None:
