@@ -27,8 +27,10 @@ def main() -> None:
                                                            samples=10 if quick else 50)),
         ("dedup (issue 5)", lambda: bench_dedup.run(n_facts=50 if quick else 400)),
         ("security (issue 6)", lambda: bench_security.run(samples=30 if quick else 200)),
-        ("planner (issue 3)", lambda: bench_planner.main(["--n", "20000"] if quick else [])),
-        ("locomo (issue 3)", lambda: locomo.main(["--limit-conversations", "1"] if quick else [])),
+        ("planner (issue 3)", lambda: bench_planner.main(
+            ["--n", "20000", "--out", "bench_planner_quick"] if quick else [])),
+        ("locomo (issue 3)", lambda: locomo.main(
+            ["--limit-conversations", "1", "--out", "locomo_quick"] if quick else [])),
     ]
     for name, fn in steps:
         t0 = time.time()

@@ -141,9 +141,9 @@ def run(n: int = 10000, n_queries: int = 200, embedder: str = "minilm",
     res = {"n": n, "queries": n_queries, "embedder": embedder, "shards": shards,
            "batch": BATCH, "mcp": mcp, "in_process": base}
     path = save_json("core.json", res)
-    from benchmarks.common import RESULTS_DIR
+    from benchmarks.common import result_path
 
-    _plot(res, RESULTS_DIR / "core.png")
+    _plot(res, result_path("core.png"))
     print(fmt_table(["measure", "value"], [
         ["capture via /mcp (memories/s)", mcp["capture_per_s"]],
         ["embedder in-process (texts/s)", base["embed_per_s"]],

@@ -126,10 +126,19 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def result_path(name: str) -> Path:
+    """benchmarks/results/<name>; a quick (smoke) run writes <stem>_quick<suffix> instead, so it
+    never overwrites the figures the README quotes."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    p = Path(name)
+    if os.environ.get("MEMORAY_BENCH_QUICK") == "1" and not p.stem.endswith("_quick"):
+        p = p.with_name(f"{p.stem}_quick{p.suffix}")
+    return RESULTS_DIR / p
+
+
 def save_json(name: str, data: dict[str, Any]) -> Path:
     """Write benchmarks/results/<name> (strict JSON, NaN as null) and return its path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / name
+    path = result_path(name)
     payload = {"environment": environment(), **data}
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")
