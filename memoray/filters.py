@@ -262,9 +262,7 @@ class _Parser:
         if field == "timestamp":
             return self.timestamp(v, path)
         if isinstance(v, str):
-            if len(v) > MAX_STRING:
-                raise invalid(f"{path}: longer than {MAX_STRING} characters")
-            return v
+            return _bounded(v, path)
         if field in _STRING_FIELDS:
             raise invalid(f"{path}: expected a string or null")
         if isinstance(v, bool):
@@ -282,9 +280,7 @@ class _Parser:
         if field == "timestamp":
             return self.timestamp(v, path)
         if isinstance(v, str):
-            if len(v) > MAX_STRING:
-                raise invalid(f"{path}: longer than {MAX_STRING} characters")
-            return v
+            return _bounded(v, path)
         if field in _STRING_FIELDS:
             raise invalid(f"{path}: expected a string")
         if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -295,6 +291,12 @@ class _Parser:
 
 
 # -- normalizing constructors ---------------------------------------------------------------------
+
+
+def _bounded(v: str, path: str) -> str:
+    if len(v) > MAX_STRING:
+        raise invalid(f"{path}: longer than {MAX_STRING} characters")
+    return v
 
 
 def _eq(field: str, value: Scalar) -> Node:

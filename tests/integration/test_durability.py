@@ -30,6 +30,15 @@ async def _all_present(url: str, ids: list[str]) -> list[str]:
     return missing
 
 
+def _seed(server, text: str, workspace: str, n: int) -> list[str]:
+    async def go():
+        async with mcp_client(server.mcp_url) as c:
+            res = await c.call("capture-memories", items=[
+                {"content": f"{text} {i}", "workspaceId": workspace} for i in range(n)])
+            return [ids[0] for ids in res["ids"]]
+    return asyncio.run(go())
+
+
 def _shard_pids(server) -> list[int]:
     pids = []
     for pid in descendants(server.proc.pid):
@@ -43,13 +52,7 @@ def _shard_pids(server) -> list[int]:
 
 
 def test_killed_shard_actor_recovers_all_its_records(server):
-    async def seed():
-        async with mcp_client(server.mcp_url) as c:
-            res = await c.call("capture-memories", items=[
-                {"content": f"shard recovery record {i}", "workspaceId": "dur"} for i in range(40)])
-            return [ids[0] for ids in res["ids"]]
-
-    ids = asyncio.run(seed())
+    ids = _seed(server, "shard recovery record", "dur", 40)
     before = _shard_pids(server)
     assert len(before) == 2
     os.kill(before[0], signal.SIGKILL)  # the shard worker process dies mid-life
@@ -108,13 +111,7 @@ def test_kill9_during_captures_loses_no_acknowledged_write(server):
 
 
 def test_graceful_restart_keeps_everything_and_snapshots(server):
-    async def seed():
-        async with mcp_client(server.mcp_url) as c:
-            res = await c.call("capture-memories", items=[
-                {"content": f"graceful record {i}", "workspaceId": "gr"} for i in range(25)])
-            return [ids[0] for ids in res["ids"]]
-
-    ids = asyncio.run(seed())
+    ids = _seed(server, "graceful record", "gr", 25)
     server.stop()
     assert (server.data_dir / "shards" / "000" / "hnsw.bin").exists()
     server.start()
