@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     embedding_gpus: float = Field(default=0.0, ge=0.0)
     dashboard: bool = True  # Ray's dashboard serves the job API that `ray job submit` uses
     dashboard_port: int = Field(default=8265, ge=0, le=65535)
+    # The dashboard agent's HTTP port (Ray's default 52365): `ray job submit` needs this node's
+    # agent, which cannot start while another Ray instance on the machine holds the port.
+    dashboard_agent_port: int | None = Field(default=None, ge=1, le=65535)
 
     # Storage. map_size is virtual address space, not disk: LMDB grows the file as it fills.
     map_size_bytes: int = 8 * 1024**3

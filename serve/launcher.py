@@ -89,6 +89,20 @@ def start_actors(settings: Settings) -> dict:
             "expiry": expiry_worker}
 
 
+def _use_agent_port(port: int) -> None:
+    """ray.init has no parameter for the dashboard agent's port (a RayParams default); set it on
+    the parameters ray.init builds, so several local clusters can each run their job API."""
+    from ray._private import parameter
+
+    init = parameter.RayParams.__init__
+
+    def patched(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.dashboard_agent_listen_port = port
+
+    parameter.RayParams.__init__ = patched
+
+
 def serve_forever(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -114,6 +128,8 @@ def serve_forever(settings: Settings) -> int:
     from serve.runtime import NAMESPACE
 
     t0 = time.time()
+    if settings.dashboard_agent_port and not settings.address:
+        _use_agent_port(settings.dashboard_agent_port)
     ray.init(address=settings.address, namespace=NAMESPACE,
              include_dashboard=settings.dashboard if not settings.address else None,
              dashboard_port=settings.dashboard_port,

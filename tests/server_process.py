@@ -81,6 +81,7 @@ class ServerProcess:
     def start(self, timeout: float = 180) -> ServerProcess:
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
                "PYTHONUNBUFFERED": "1", "MEMORAY_DASHBOARD": "false",
+               "MEMORAY_DASHBOARD_AGENT_PORT": str(free_port()),
                "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
                **self.env}
         cmd = [sys.executable, "-m", "memoray.cli", "serve", "--data-dir", str(self.data_dir),
