@@ -323,15 +323,11 @@ memory_st = st.builds(
     st.sampled_from([None, "main", "feat/x"]),
 )
 def test_never_over_budget(memories, budget, margin, query, branch):
-    block = build_context(
-        memories,
-        budget=budget,
-        query=query,
-        workspace_id="w",
-        branch=branch,
-        now=NOW,
-        margin=margin,
-    )
+    def pack(mems):
+        return build_context(mems, budget=budget, query=query, workspace_id="w", branch=branch,
+                             now=NOW, margin=margin)
+
+    block = pack(memories)
     assert block.tokens == count_tokens(block.text)
     assert block.tokens * (1 + margin) <= budget
     ids = {m["id"] for m in memories}
@@ -341,15 +337,7 @@ def test_never_over_budget(memories, budget, margin, query, branch):
     assert sum(block.sections.values()) == len(block.included)
     if block.included:
         assert block.text.startswith("# Memory context")
-    again = build_context(
-        list(reversed(memories)),
-        budget=budget,
-        query=query,
-        workspace_id="w",
-        branch=branch,
-        now=NOW,
-        margin=margin,
-    )
+    again = pack(list(reversed(memories)))
     assert (again.text, again.included) == (block.text, block.included)
 
 
