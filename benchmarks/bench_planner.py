@@ -437,9 +437,9 @@ def scoped_overhead(cores: list, planner: Any, queries: list, repeat: int) -> li
         base = flt.parse_filter(wire)
         variants = {
             "plain": base,
-            "scoped (service)": flt._and([base, flt._or([flt._not(flt.Eq("visibility",
+            "scoped (service)": flt.and_([base, flt.or_([flt.not_(flt.Eq("visibility",
                                                                           "private"))])]),
-            "scoped, indexed proxy": flt._and([base, flt._not(flt.Eq("agent_id",
+            "scoped, indexed proxy": flt.and_([base, flt.not_(flt.Eq("agent_id",
                                                                      "__no_such_agent__"))]),
         }
         row: dict[str, Any] = {"filter": wire}
