@@ -28,14 +28,14 @@ BATCH = 500
 def policy_filter(policy: RetentionPolicy, now: float) -> Any:
     parts: list[Any] = [flt.Range("timestamp", None, False, now - policy.after_days * 86400, False)]
     if policy.event_types:
-        parts.append(flt._in("event_type", policy.event_types))
+        parts.append(flt.in_("event_type", policy.event_types))
     if policy.tiers:
-        parts.append(flt._in("tier", policy.tiers))
+        parts.append(flt.in_("tier", policy.tiers))
     if policy.workspaces:
-        parts.append(flt._in("workspace_id", policy.workspaces))
+        parts.append(flt.in_("workspace_id", policy.workspaces))
     if policy.action == "anonymize":  # once is enough
-        parts.append(flt._not(flt.Eq("metadata.anonymized", True)))
-    return flt._and(parts)
+        parts.append(flt.not_(flt.Eq("metadata.anonymized", True)))
+    return flt.and_(parts)
 
 
 def _wire(record: dict) -> dict:
@@ -111,7 +111,7 @@ class ExpiryWorker:
                      workspaces: set[str] | None, errors: list[str]) -> dict:
         node = policy_filter(policy, now)
         if workspaces is not None:
-            node = flt._and([node, flt._in("workspace_id", sorted(workspaces))])
+            node = flt.and_([node, flt.in_("workspace_id", sorted(workspaces))])
         matched = applied = 0
         for shard in range(len(self.shards)):
             try:

@@ -74,7 +74,7 @@ class Admin(UseCase):
                     per_tier[tier] += c
         restricted = allowed is not None or workspace_id is not None
         if restricted:  # exact per-type counts for the visible workspaces only
-            node = flt._in("workspace_id", sorted(per_ws)) if per_ws else None
+            node = flt.in_("workspace_id", sorted(per_ws)) if per_ws else None
             if node is not None:
                 parts = await self.backend.shards.each(lambda c: c.select(node))
                 rows = [r for part in parts for r in part]

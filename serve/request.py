@@ -71,11 +71,11 @@ class UseCase:
                 await self.authorize(caller, "read", action, ws)
         allowed = caller.principal.visible_workspaces()
         if allowed is not None:
-            node = flt._and([node, flt._in("workspace_id", sorted(allowed))])
-        visible = [flt._not(flt.Eq("visibility", "private"))]
+            node = flt.and_([node, flt.in_("workspace_id", sorted(allowed))])
+        visible = [flt.not_(flt.Eq("visibility", "private"))]
         if caller.agent_id:
             visible.append(flt.Eq("agent_id", caller.agent_id))
-        return flt._and([node, flt._or(visible)])
+        return flt.and_([node, flt.or_(visible)])
 
     def can_see(self, caller: Caller, record: Record) -> bool:
         if not caller.principal.allows_workspace(record["workspace_id"]):
