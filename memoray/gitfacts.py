@@ -39,18 +39,25 @@ class GitFacts:
     def branch_filter(self) -> dict:
         """The memories visible from HEAD, as a filter.
 
-        This branch's and the default branch's memories, memories with no branch, and those of
-        each branch merged into HEAD whose work was committed after the memory was captured
-        (its tip moved past the memory's gitCommit). `git branch --merged` alone would also
-        count a branch with no commits of its own, leaking its uncommitted work's memories.
+        Visible: memories with no branch; this branch's and the default branch's; and, for each
+        branch whose tip is merged into HEAD (true merge, fast-forward, or squash detected by
+        patch-id), every memory whose work was committed by that tip: those captured at an
+        earlier commit of the branch (`gitCommit` != tip: a later commit carries their work)
+        and those captured at the tip itself with a clean work tree and commits of its own
+        (`metadata.committed`: the branch's outcome, its end-of-session summaries). Never
+        visible: what was captured at the tip with uncommitted changes, which is how both a
+        fresh branch with no commits of its own and new work on a branch merged earlier look.
         """
         own = [b for b in (self.branch, self.default_branch) if b]
         clauses: list[dict] = [{"gitBranch": {"$exists": False}}]
         if own:
             clauses.append({"gitBranch": {"$in": sorted(set(own))}})
-        for name, tip in self.merged_tips[:MAX_MERGED_BRANCHES]:
-            if name not in own:
-                clauses.append({"gitBranch": name, "gitCommit": {"$ne": tip}})
+        merged = [(n, t) for n, t in self.merged_tips if n not in own][:MAX_MERGED_BRANCHES]
+        if merged:
+            clauses.append({"gitBranch": {"$in": sorted({n for n, _ in merged})},
+                            "metadata.committed": True})
+        for name, tip in merged:
+            clauses.append({"gitBranch": name, "gitCommit": {"$ne": tip}})
         return {"$or": clauses}
 
     def visible_branches(self) -> tuple[str, ...]:
@@ -280,14 +287,130 @@ def _compute(cwd: str, detailed: bool) -> GitFacts:
             parts = out.split() if out else []
             if len(parts) == 2 and all(p.isdigit() for p in parts):
                 ahead, behind = int(parts[0]), int(parts[1])
-        out = _git(root, "for-each-ref", "--merged", "HEAD", "--sort=-committerdate",
-                   "--format=%(objectname) %(refname:short)", "refs/heads")
-        if out is not None:
-            pairs = [line.strip().split(" ", 1) for line in out.splitlines() if " " in line]
-            tips = tuple((name, sha) for sha, name in pairs)
-            merged = tuple(sorted(name for name, _ in tips))
+        tips = merged_tips(root, commit)
+        merged = tuple(sorted({name for name, _ in tips}))
     return GitFacts(str(root), workspace_id, branch, commit, default_branch, upstream, ahead,
                     behind, merged, remote_url, tips)
+
+
+_MERGE_SUBJECT = re.compile(
+    r"^Merge branch '(?P<a>[^']+)'|^Merge remote-tracking branch '[^/']+/(?P<c>[^']+)'"
+    r"|^Merge pull request #\d+ from [^/\s]+/(?P<b>\S+)")
+
+
+def _ref_name(ref: str) -> str | None:
+    """Branch name of a local or remote-tracking ref (`refs/remotes/origin/x` -> `x`)."""
+    if ref.startswith("refs/heads/"):
+        return ref[len("refs/heads/"):]
+    if ref.startswith("refs/remotes/"):
+        name = ref[len("refs/remotes/"):].split("/", 1)
+        return name[1] if len(name) == 2 and name[1] != "HEAD" else None
+    return None
+
+
+def merged_tips(root: Path, head: str) -> tuple[tuple[str, str], ...]:
+    """(branch, tip) of branches whose work is in HEAD, most recent first.
+
+    Local and remote-tracking branches merged into HEAD (so a second clone needs no local
+    copy of the branch), branches named by HEAD's merge commits (their second parent is the
+    tip: the branch may be deleted since), and squash merges that `squash_merged` detects.
+    """
+    seen: dict[str, str] = {}
+    out = _git(root, "for-each-ref", "--merged", head, "--sort=-committerdate",
+               "--format=%(objectname) %(refname)", "refs/heads", "refs/remotes")
+    for line in (out or "").splitlines():
+        sha, _, ref = line.strip().partition(" ")
+        name = _ref_name(ref)
+        if name and name not in seen:
+            seen[name] = sha
+    out = _git(root, "log", "--merges", "--first-parent", "-n", "40", "--format=%P%x09%s", head)
+    for line in (out or "").splitlines():
+        parents, _, subject = line.partition("\t")
+        m = _MERGE_SUBJECT.match(subject)
+        ps = parents.split()
+        if m and len(ps) >= 2:
+            name = m.group("a") or m.group("b") or m.group("c")
+            seen.setdefault(name, ps[1])
+    for name, tip in squash_merged(root, head, set(seen)):
+        seen.setdefault(name, tip)
+    return tuple(seen.items())
+
+
+SQUASH_CANDIDATES = 8
+
+
+def squash_merged(root: Path, head: str, skip: set[str]) -> list[tuple[str, str]]:
+    """Branches not merged into HEAD whose whole change is one commit of HEAD (a squash merge).
+
+    git keeps no link from a squash commit to its branch, so this compares patch-ids: the
+    branch's diff from its merge base with HEAD, against each HEAD commit since that base.
+    It finds a squash merge as long as the branch still exists (locally or as a remote-tracking
+    branch) and the squash commit's diff is the branch's diff (no conflict resolution, no other
+    edits folded in). A squash-merged branch that was deleted cannot be found.
+    """
+    out = _git(root, "for-each-ref", "--no-merged", head, "--sort=-committerdate",
+               f"--count={SQUASH_CANDIDATES * 2}", "--format=%(objectname) %(refname)",
+               "refs/heads", "refs/remotes")
+    found: list[tuple[str, str]] = []
+    checked: set[str] = set()
+    for line in (out or "").splitlines():
+        sha, _, ref = line.strip().partition(" ")
+        name = _ref_name(ref)
+        if not name or name in skip or name in checked or len(checked) >= SQUASH_CANDIDATES:
+            continue
+        checked.add(name)
+        base = (_git(root, "merge-base", head, sha) or "").strip()
+        if not base:
+            continue
+        branch_id = _patch_ids(root, ["diff", "--no-color", "--no-ext-diff", base, sha])
+        if not branch_id:
+            continue
+        head_ids = _patch_ids(root, ["log", "-p", "--no-color", "--no-merges", "-n", "50",
+                                     "--format=commit %H", f"{base}..{head}"])
+        if branch_id & head_ids:
+            found.append((name, sha))
+    return found
+
+
+def _patch_ids(root: Path, args: list[str]) -> set[str]:
+    import subprocess
+
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
+    try:
+        diff = subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                              timeout=GIT_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)
+        if diff.returncode != 0 or not diff.stdout.strip():
+            return set()
+        if not diff.stdout.startswith(b"commit "):
+            diff_out = b"commit " + b"0" * 40 + b"\n" + diff.stdout
+        else:
+            diff_out = diff.stdout
+        ids = subprocess.run(["git", "-C", str(root), "patch-id", "--stable"],
+                             input=diff_out, capture_output=True, timeout=GIT_TIMEOUT_S, env=env)
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    return {ln.split()[0] for ln in ids.stdout.decode().splitlines() if ln.strip()}
+
+
+def work_committed(cwd: str) -> bool | None:
+    """Whether the work a memory captured now describes is in HEAD's commit: the work tree has
+    no changes (untracked files count) and the branch has commits of its own (or is the
+    default branch). None when git cannot tell. Costs two `git` runs: summaries only."""
+    facts = git_facts(cwd, detailed=False)
+    if facts.root is None or facts.commit is None:
+        return None
+    root = Path(facts.root)
+    status = _git(root, "status", "--porcelain")
+    if status is None:
+        return None
+    if status.strip():
+        return False
+    if not facts.branch or facts.branch == facts.default_branch or not facts.default_branch:
+        return True
+    out = _git(root, "rev-list", "--count", f"refs/heads/{facts.default_branch}..HEAD")
+    if out is None or not out.strip().isdigit():
+        out = _git(root, "rev-list", "--count", f"{facts.default_branch}..HEAD")
+    return bool(out and out.strip().isdigit() and int(out) > 0)
 
 
 def _default_branch(gitdir: Path, common: Path, remote: str | None,

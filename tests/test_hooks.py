@@ -361,8 +361,11 @@ def test_user_prompt_gets_context_and_is_stored(live, project: Path, tmp_path: P
     fix_tip = git(project, "rev-parse", "fix")
     assert branch_scope == {"$or": [
         {"gitBranch": {"$exists": False}}, {"gitBranch": {"$in": ["feature", "main"]}},
+        {"gitBranch": {"$in": ["fix"]}, "metadata.committed": True},
         {"gitBranch": "fix", "gitCommit": {"$ne": fix_tip}}]}
-    assert {"sessionId": {"$ne": "sess-1"}} in not_own["$or"]
+    # nothing of this session comes back: it is all in the agent's window already
+    assert not_own == {"$or": [{"sessionId": {"$ne": "sess-1"}},
+                               {"sessionId": {"$exists": False}}]}
     [item] = rec.items()
     assert item["eventType"] == "prompt" and item["tier"] == "session"
     assert item["content"] == prompt and item["metadata"]["promptIndex"] == 1
@@ -388,11 +391,13 @@ def test_session_start_prints_context(live, project: Path, tmp_path: Path) -> No
     assert run.rc == 0, run.stderr
     out = run.json()["hookSpecificOutput"]
     assert out["hookEventName"] == "SessionStart"
-    assert out["additionalContext"].startswith(f"Memories from memoray for {WORKSPACE} "
-                                               "(branch feature)")
+    assert out["additionalContext"].startswith(f"memoray: memories of workspace `{WORKSPACE}` "
+                                               "(branch `feature`)")
+    assert "get-memory" in out["additionalContext"]  # how to expand an index entry
     assert out["additionalContext"].endswith(rec.context)
     [ctx] = rec.calls("build-context")
     assert ctx["tokenBudget"] == 900 and ctx["query"] == "work on branch feature"
+    assert ctx["style"] == "index"
     assert ctx["filters"]["$or"][1]["gitBranch"]["$in"] == ["feature", "main"]
     assert {"gitBranch": "fix", "gitCommit": {"$ne": git(project, "rev-parse", "fix")}} in (
         ctx["filters"]["$or"])
@@ -650,8 +655,9 @@ def test_items_and_filters_meet_the_server_contract(live, project: Path,
     assert matches(node, record(git_branch="main"))  # the default branch
     assert matches(node, record())  # no branch: visible everywhere
     assert not matches(node, record(git_branch="unmerged"))
-    assert not matches(node, record(session_id="sess-1", event_type="prompt"))  # our own prompts
-    assert matches(node, record(session_id="sess-1", event_type="code_change"))
+    # nothing of this session comes back: it is all in the agent's window already
+    assert not matches(node, record(session_id="sess-1", event_type="prompt"))
+    assert not matches(node, record(session_id="sess-1", event_type="code_change"))
 
 
 # -- pieces, in process -----------------------------------------------------------------------

@@ -275,7 +275,8 @@ def _bash_record(tool_input: dict[str, Any], response: Any) -> ToolRecord:
 # -- summaries --------------------------------------------------------------------------------
 
 def session_summary(activity: dict[str, Any], *, first_prompt: str | None,
-                    last_message: str | None, noise: dict[str, int] | None = None) -> str | None:
+                    last_message: str | None, noise: dict[str, int] | None = None,
+                    lessons: list[str] | None = None) -> str | None:
     """A few readable lines on what a session (or a turn) did; None when there is nothing."""
     files: dict[str, dict[str, Any]] = activity.get("files") or {}
     commands: list[dict[str, Any]] = activity.get("commands") or []
@@ -295,10 +296,166 @@ def session_summary(activity: dict[str, Any], *, first_prompt: str | None,
         failed = sum(1 for c in commands if not c["ok"])
         out.append(f"Commands ({len(commands)}, {failed} failed):")
         out.extend(f"- `{c['cmd']}` → {c['status']}" for c in commands[-12:])
+    if lessons:
+        out.append("Failed, then fixed: " + ", ".join(lessons[-8:]))
     if tools:
         out.append("Other tools: " + ", ".join(f"{k} ×{v}" for k, v in sorted(tools.items())))
     if noise:
         out.append("Looked around: " + ", ".join(f"{k} ×{v}" for k, v in sorted(noise.items())))
     if last_message:
         out.append("Outcome (last assistant message):\n" + trim(last_message, 1500))
+    return "\n".join(out)
+
+
+# -- failures and their fixes -----------------------------------------------------------------
+
+MAX_ERROR_CHARS = 800
+# Edits that miss ("String to replace not found") and failed reads are the agent's own slips:
+# counted, never stored.
+SLIP_TOOLS = EDIT_TOOLS | NOISE_TOOLS
+_TEST_RUNNERS = ("pytest", "py.test", "jest", "vitest", "mocha", "rspec", "phpunit", "tox",
+                 "nox", "ctest")
+_TEST_SUBCOMMANDS = {"go": "test", "cargo": "test", "npm": "test", "pnpm": "test",
+                     "yarn": "test", "bun": "test", "dotnet": "test", "mvn": "test",
+                     "gradle": "test", "make": "test"}
+
+
+def trim_tail(text: str, limit: int) -> str:
+    """The end of an error text within about ``limit`` characters: the cause is at the end."""
+    text = text.strip()
+    if len(text) <= limit:
+        return text
+    head = min(160, limit // 4)
+    return (f"{text[:head].rstrip()}\n… [{len(text) - limit} chars cut] …\n"
+            f"{text[-(limit - head):].lstrip()}")
+
+
+def _steps(command: str) -> list[list[str]]:
+    """The words of each step of a shell command, env assignments and `cd`/`source` dropped."""
+    import shlex
+
+    out = []
+    for step in re.split(r"&&|\|\||;|\n", command):
+        try:
+            words = shlex.split(step)
+        except ValueError:
+            words = step.split()
+        while words and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]):
+            words = words[1:]
+        if words and os.path.basename(words[0]) not in ("cd", "source", ".", "export", "set"):
+            out.append(words)
+    return out
+
+
+def command_key(command: str) -> tuple[str, tuple[str, ...]] | None:
+    """What makes two runs "the same command or test": (runner, targets).
+
+    For a test runner the runner is e.g. ``pytest`` or ``go test`` and the targets are the paths
+    or test ids named (flags dropped), so ``pytest tests/a.py::t -x`` and ``pytest tests/a.py -q``
+    are the same test. Any other command is keyed by its words without flags.
+    """
+    steps = _steps(command)
+    for words in steps:
+        names = [os.path.basename(w) for w in words]
+        if names[0] in ("python", "python3", "uv", "poetry") and "pytest" in names[:4]:
+            words = words[names.index("pytest"):]
+            names = names[names.index("pytest"):]
+        runner = None
+        if names[0] in _TEST_RUNNERS or (names[0] in ("npx", "pnpx") and len(names) > 1
+                                         and names[1] in _TEST_RUNNERS):
+            runner = names[1] if names[0] in ("npx", "pnpx") else names[0]
+            rest = words[2:] if names[0] in ("npx", "pnpx") else words[1:]
+        elif len(names) > 1 and _TEST_SUBCOMMANDS.get(names[0]) and (
+                names[1] == "test" or names[1].startswith("test") and names[0] == "make"
+                or names[1] == "run" and len(names) > 2 and names[2].startswith("test")):
+            runner = f"{names[0]} {names[1]}"
+            rest = words[2:]
+        if runner:
+            targets = tuple(w for w in rest if not w.startswith("-") and not w.isdigit())
+            return f"test:{runner}", targets
+    if not steps:
+        return None
+    words = [w for w in steps[-1] if not w.startswith("-")]
+    return (f"cmd:{' '.join(words[:12])}", ()) if words else None
+
+
+def same_run(failed: tuple[str, tuple[str, ...]], passed: tuple[str, tuple[str, ...]]) -> bool:
+    """True when ``passed`` re-ran what ``failed`` ran (the whole suite covers any part of it)."""
+    if failed[0] != passed[0]:
+        return False
+    if not failed[0].startswith("test:") or not passed[1]:
+        return failed[1] == passed[1] or not passed[1]
+
+    def covers(a: str, b: str) -> bool:
+        return b == a or b.startswith(a.rstrip("/") + "/") or b.startswith(a + "::")
+
+    return any(covers(p, f) or covers(f, p) for p in passed[1] for f in failed[1] or ("",))
+
+
+@dataclass
+class Failure:
+    """What a PostToolUseFailure contributes."""
+
+    content: str | None  # None: a slip or an interrupt, counted only
+    metadata: dict[str, Any]
+    command: str | None
+    error: str
+
+
+def summarize_failure(payload: dict[str, Any], root: str | None) -> Failure | None:
+    """The `error` record of a failed tool call: the command, the error text (its end, where the
+    cause is) and the tool input."""
+    tool = str(payload.get("tool_name") or "")
+    if not tool or tool.startswith(OWN_MCP_PREFIX):
+        return None
+    tool_input = payload.get("tool_input")
+    tool_input = tool_input if isinstance(tool_input, dict) else {}
+    error = payload.get("error")
+    error = error if isinstance(error, str) else one_line(error or "", 2000)
+    error = error.strip() or "(no error text)"
+    interrupted = bool(payload.get("is_interrupt"))
+    meta: dict[str, Any] = {"tool": tool, "ok": False, "failed": True,
+                            "status": "interrupted" if interrupted else "failed"}
+    if tool == "Bash":
+        command = str(tool_input.get("command") or "").strip()
+        if not command:
+            return None
+        meta["command"] = one_line(command, 500)
+        m = re.search(r"[Ee]xit code:? (-?\d+)", error)
+        if m:
+            meta["exitCode"] = int(m.group(1))
+        lines = [f"Failed: $ {trim(command, 1000)}"]
+        if tool_input.get("description"):
+            lines.insert(0, f"Ran: {one_line(tool_input['description'])}")
+        lines.append("error:\n" + trim_tail(error, MAX_ERROR_CHARS))
+        content = None if interrupted else "\n".join(lines)
+        return Failure(content, meta, command, error)
+    shown = {k: (rel_path(v, root) if k.endswith("path") and isinstance(v, str) else v)
+             for k, v in tool_input.items()}
+    meta["toolInput"] = one_line(shown, 500)
+    if tool in SLIP_TOOLS or interrupted:
+        return Failure(None, meta, None, error)
+    content = (f"Failed: {tool} {one_line(shown, 300)}\nerror:\n"
+               f"{trim_tail(error, MAX_ERROR_CHARS)}")
+    return Failure(content, meta, None, error)
+
+
+def lesson_text(command: str, error: str, fix: dict[str, Any]) -> str:
+    """"`cmd` failed (error), then passed after: edits / commands" as one readable record."""
+    first = next((ln.strip() for ln in reversed(error.strip().splitlines())
+                  if ln.strip() and not ln.strip().startswith(("…", "at ", "File "))), error)
+    out = [f"Lesson: `{one_line(command, 200)}` failed with: {one_line(first, 240)}"]
+    files = fix.get("files") or {}
+    if files:
+        parts = [f"{p} (+{f['added']} -{f['removed']})" for p, f in list(files.items())[:8]]
+        out.append("Fixed by editing " + ", ".join(parts))
+        samples = [s for f in files.values() for s in f.get("sample", [])][:6]
+        if samples:
+            out.append("\n".join(samples))
+    cmds = [c for c in fix.get("commands") or [] if c != command][:4]
+    if cmds:
+        out.append("After running: " + "; ".join(f"`{c}`" for c in cmds))
+    if not files and not cmds:
+        out.append("It passed when re-run with no change in between (flaky or environmental).")
+    out.append(f"Then `{one_line(command, 200)}` passed.")
     return "\n".join(out)

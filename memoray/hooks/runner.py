@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from memoray.gitfacts import GitFacts, git_facts
+from memoray.gitfacts import GitFacts, git_facts, work_committed
 from memoray.hooks import events, state
 from memoray.hooks.client import CallError, McpClient
 from memoray.hooks.config import HookConfig
@@ -51,6 +51,7 @@ class Hook:
         self._client: McpClient | None = None
         self._facts: GitFacts | None = None
         self._detailed = False
+        self._committed: bool | None | str = "unknown"
 
     def facts(self, detailed: bool = False) -> GitFacts:
         """Git facts for the payload's cwd; the detailed form runs `git`, so only on demand."""
@@ -58,6 +59,38 @@ class Hook:
             self._facts = git_facts(self.cwd, detailed=detailed)
             self._detailed = detailed
         return self._facts
+
+    def committed(self) -> bool | None:
+        """Whether the work described now is in HEAD's commit (see gitfacts.work_committed)."""
+        if self._committed == "unknown":
+            self._committed = work_committed(self.cwd)
+        return self._committed  # type: ignore[return-value]
+
+    def outcome_item(self, content: str, event_type: str, tier: str, metadata: dict[str, Any],
+                     key: str) -> dict[str, Any]:
+        """An item that may describe a branch's outcome: tagged with `committed`, which lets a
+        merged branch's tip-time records (summaries, decisions) show once it is merged."""
+        return self.item(content, event_type, tier, {**metadata, "committed": self.committed()},
+                         key)
+
+    def statements(self, text: str, source: str) -> list[dict[str, Any]]:
+        """Decision / convention / preference records for what ``text`` states (once per
+        session each)."""
+        from memoray.classify import RECORD, extract
+
+        found = extract(text, source)  # type: ignore[arg-type]
+        if not found:
+            return []
+        items = []
+        with state.session_state(self.cfg.spool_dir, self.session_id) as st:
+            fresh = [f for f in found
+                     if state.remember_statement(st, _sha(" ".join(f.text.lower().split())))]
+        for f in fresh:
+            event_type, tier = RECORD[f.kind]
+            items.append(self.outcome_item(
+                f.text, event_type, tier, {"kind": f.kind, "source": source},
+                "stmt:" + _sha(" ".join(f.text.lower().split()))))
+        return items
 
     @property
     def client(self) -> McpClient:
@@ -119,7 +152,8 @@ class Hook:
         return self.spool.flush(self.client, self.deadline)
 
     def context(self, query: str | None, budget: int,
-                extra_filter: dict[str, Any] | None = None) -> str | None:
+                extra_filter: dict[str, Any] | None = None,
+                style: str | None = None) -> str | None:
         """Markdown context from build-context, scoped to the branches visible from here."""
         if self.spool.backoff_remaining() > 0 or self.remaining() <= 0.05:
             return None
@@ -132,6 +166,8 @@ class Hook:
         args: dict[str, Any] = {"query": query, "tokenBudget": budget,
                                 "workspaceId": facts.workspace_id, "gitBranch": facts.branch,
                                 "sessionId": self.session_id}
+        if style:
+            args["style"] = style
         if clauses:
             args["filters"] = clauses[0] if len(clauses) == 1 else {"$and": clauses}
         try:
@@ -161,15 +197,21 @@ def on_session_start(hook: Hook) -> dict[str, Any] | None:
     query = None
     if facts.branch and facts.branch != facts.default_branch:
         query = f"work on branch {facts.branch}"
-    context = hook.context(query, hook.cfg.session_budget)
+    context = hook.context(query, hook.cfg.session_budget, style="index")
     hook.flush()
     if not context:
-        return None
-    where = f"branch {facts.branch}" if facts.branch else (
+        return None  # nothing to show: not even a header
+    where = f"branch `{facts.branch}`" if facts.branch else (
         f"detached HEAD {facts.commit[:10]}" if facts.commit else None)
     if where and facts.upstream and facts.ahead is not None and facts.behind is not None:
         where += f", {facts.ahead} ahead / {facts.behind} behind {facts.upstream}"
-    header = f"Memories from memoray for {facts.workspace_id}" + (f" ({where})" if where else "")
+    header = (f"memoray: memories of workspace `{facts.workspace_id}`"
+              + (f" ({where})" if where else "") + ". Each line is an index entry: expand one "
+              "with the `get-memory` tool (`{\"id\": \"<id>\"}`); search with "
+              "`retrieve-memories` (`{\"query\": \"...\", \"filters\": {\"workspaceId\": "
+              f"\"{facts.workspace_id}\"}}}}`); record a decision with `capture-memory` "
+              f"(`eventType: \"decision\"`, `workspaceId: \"{facts.workspace_id}\"`"
+              + (f", `gitBranch: \"{facts.branch}\"`" if facts.branch else "") + ").")
     return _output("SessionStart", f"{header}\n\n{context}")
 
 
@@ -183,14 +225,16 @@ def on_user_prompt(hook: Hook) -> dict[str, Any] | None:
         st["lastPrompt"] = events.one_line(prompt, 500)
     context = None
     if len(prompt.split()) >= MIN_QUERY_WORDS:
-        # This session's earlier prompts are already in the agent's window: leave them out.
-        not_own_prompts = {"$or": [{"sessionId": {"$ne": hook.session_id}},
-                                   {"sessionId": {"$exists": False}},
-                                   {"eventType": {"$ne": "prompt"}}]}
-        context = hook.context(prompt[:MAX_QUERY_CHARS], hook.cfg.prompt_budget, not_own_prompts)
+        # Everything this session captured is already in the agent's window: never echo it.
+        not_this_session = {"$or": [{"sessionId": {"$ne": hook.session_id}},
+                                    {"sessionId": {"$exists": False}}]}
+        context = hook.context(prompt[:MAX_QUERY_CHARS], hook.cfg.prompt_budget,
+                               not_this_session)
     key = "prompt:" + str(hook.payload.get("prompt_id") or f"{index}:{_sha(prompt)[:16]}")
-    hook.capture([hook.item(events.trim(prompt, events.MAX_PROMPT_CHARS), "prompt", "session",
-                            {"promptIndex": index}, key)])
+    items = hook.statements(prompt, "prompt")
+    items.append(hook.item(events.trim(prompt, events.MAX_PROMPT_CHARS), "prompt", "session",
+                           {"promptIndex": index}, key))
+    hook.capture(items)
     return _output("UserPromptSubmit", context) if context else None
 
 
@@ -200,6 +244,7 @@ def on_post_tool_use(hook: Hook) -> dict[str, Any] | None:
     if record is None:
         return None
     tool = str(hook.payload.get("tool_name"))
+    fixed: list[dict[str, Any]] = []
     with state.session_state(hook.cfg.spool_dir, hook.session_id) as st:
         if record.noise:
             state.record_noise(st, tool)
@@ -207,14 +252,68 @@ def on_post_tool_use(hook: Hook) -> dict[str, Any] | None:
         seq = state.next_seq(st)
         if record.file:
             state.record_file(st, *record.file)
+            sample = (record.content or "").split("\n")[1:4]
+            state.note_fix_edit(st, record.file[0], record.file[1], record.file[2], sample)
         elif record.command:
             state.record_command(st, *record.command)
+            full = str((hook.payload.get("tool_input") or {}).get("command") or "")
+            key = events.command_key(full)
+            if key is not None and record.command[1]:
+                fixed = state.take_fixed(
+                    st, lambda k: events.same_run((k[0], tuple(k[1])), key))
+                state.note_fix_command(st, record.command[0])
+            elif key is not None:  # a failure reported as PostToolUse (exit code in response)
+                state.record_failure(st, [key[0], list(key[1])], record.command[0],
+                                     record.content or "", _sha(hook.session_id, "fail", full))
         else:
             state.record_tool(st, tool)
     key = "tool:" + str(hook.payload.get("tool_use_id") or seq)
+    items = []
     if record.content:
-        hook.capture([hook.item(record.content, record.event_type, "session", record.metadata,
-                                key)])
+        items.append(hook.item(record.content, record.event_type, "session", record.metadata,
+                               key))
+    for f in fixed:
+        items.append(_lesson_item(hook, f))
+    if items:
+        hook.capture(items)
+    return None
+
+
+def _lesson_item(hook: Hook, failure: dict[str, Any]) -> dict[str, Any]:
+    files = failure["fix"]["files"]
+    return hook.outcome_item(
+        events.lesson_text(failure["cmd"], failure["error"], failure["fix"]), "lesson",
+        "project", {"command": failure["cmd"], "fixes": failure["id"],
+                    "filesChanged": sorted(files)[:20]}, "lesson:" + failure["id"])
+
+
+def on_post_tool_failure(hook: Hook) -> dict[str, Any] | None:
+    """A failed tool call: an `error` record (command, error text, tool input), and for a
+    command, a pending failure that its next success turns into a lesson."""
+    root = hook.facts().root or hook.cwd
+    failure = events.summarize_failure(hook.payload, root)
+    if failure is None:
+        return None
+    tool = str(hook.payload.get("tool_name"))
+    fid = _sha(hook.session_id, "fail", failure.command or str(hook.payload.get("tool_use_id")))
+    with state.session_state(hook.cfg.spool_dir, hook.session_id) as st:
+        seq = state.next_seq(st)
+        if failure.content is None:
+            state.record_noise(st, f"{tool} failed")
+            return None
+        if failure.command:
+            state.record_command(st, events.one_line(failure.command, 200), False,
+                                 failure.metadata.get("exitCode") and
+                                 f"exit {failure.metadata['exitCode']}" or "failed")
+            key = events.command_key(failure.command)
+            if key is not None:
+                state.record_failure(st, [key[0], list(key[1])],
+                                     events.one_line(failure.command, 500), failure.error, fid)
+        else:
+            state.record_tool(st, f"{tool} (failed)")
+    failure.metadata["failureId"] = fid
+    key = "fail:" + str(hook.payload.get("tool_use_id") or seq)
+    hook.capture([hook.item(failure.content, "error", "session", failure.metadata, key)])
     return None
 
 
@@ -242,12 +341,15 @@ def on_stop(hook: Hook) -> dict[str, Any] | None:
         asked = st.get("lastPrompt")
         state.reset_turn(st)
     facts = hook.facts()
-    body = events.session_summary(turn, first_prompt=asked,
-                                  last_message=_last_message(hook))
+    last = _last_message(hook)
+    body = events.session_summary(turn, first_prompt=asked, last_message=last)
+    items = hook.statements(last, "assistant") if last else []
     if body:
         title = f"Turn summary on {facts.branch or 'detached HEAD'}"
-        hook.capture([hook.item(f"{title}\n{body}", "session_summary", "project",
-                                _summary_metadata(turn, "turn"), f"turn:{_sha(body)}")])
+        items.append(hook.outcome_item(f"{title}\n{body}", "session_summary", "project",
+                                       _summary_metadata(turn, "turn"), f"turn:{_sha(body)}"))
+    if items:
+        hook.capture(items)
     return None
 
 
@@ -257,7 +359,8 @@ def on_session_summary(hook: Hook) -> dict[str, Any] | None:
     with state.session_state(hook.cfg.spool_dir, hook.session_id) as st:
         activity = st["session"]
         body = events.session_summary(activity, first_prompt=st.get("firstPrompt"),
-                                      last_message=last, noise=dict(st.get("noise") or {}))
+                                      last_message=last, noise=dict(st.get("noise") or {}),
+                                      lessons=list(st.get("lessons") or []))
         # Keyed on the body: a SessionEnd right after a PreCompact with nothing new is skipped
         # here, and the server would store it once anyway.
         key = f"summary:{_sha(body or '')}"
@@ -276,7 +379,27 @@ def on_session_summary(hook: Hook) -> dict[str, Any] | None:
     title = f"Session summary ({hook.event}{': ' + str(why) if why else ''}) on {where}"
     metadata = _summary_metadata(activity, "session")
     metadata["reason"] = why
-    hook.capture([hook.item(f"{title}\n{body}", "session_summary", "project", metadata, key)])
+    hook.capture([hook.outcome_item(f"{title}\n{body}", "session_summary", "project", metadata,
+                                    key)])
+    return None
+
+
+def on_post_compact(hook: Hook) -> dict[str, Any] | None:
+    """PostCompact carries Claude Code's own summary of the conversation so far: kept as a
+    session summary, and mined for the decisions it states."""
+    summary = hook.payload.get("compact_summary")
+    if not isinstance(summary, str) or not summary.strip():
+        hook.flush()
+        return None
+    facts = hook.facts()
+    where = facts.branch or "detached HEAD"
+    items = hook.statements(summary, "assistant")
+    items.append(hook.outcome_item(
+        f"Conversation summary (compacted, {hook.payload.get('trigger') or 'auto'}) on {where}\n"
+        + events.trim(summary, 6000), "session_summary", "project",
+        {"scope": "compact", "reason": hook.payload.get("trigger")},
+        f"compact:{_sha(summary)}"))
+    hook.capture(items)
     return None
 
 
@@ -284,6 +407,8 @@ HANDLERS: dict[str, Callable[[Hook], dict[str, Any] | None]] = {
     "SessionStart": on_session_start,
     "UserPromptSubmit": on_user_prompt,
     "PostToolUse": on_post_tool_use,
+    "PostToolUseFailure": on_post_tool_failure,
+    "PostCompact": on_post_compact,
     "Stop": on_stop,
     "SessionEnd": on_session_summary,
     "PreCompact": on_session_summary,

@@ -21,6 +21,8 @@ from typing import Any
 
 MAX_COMMANDS = 40
 MAX_FILES = 200
+MAX_FAILURES = 10  # failed commands waiting for a later success of the same command
+MAX_STATEMENTS = 200  # keys of decisions already captured this session
 STALE_AFTER_S = 14 * 86400
 
 
@@ -33,7 +35,8 @@ def _session_file(spool_dir: Path, session_id: str) -> Path:
 
 def new_state() -> dict[str, Any]:
     return {"seq": 0, "prompts": 0, "firstPrompt": None, "lastPrompt": None,
-            "session": _activity(), "turn": _activity(), "noise": {}, "summaries": 0}
+            "session": _activity(), "turn": _activity(), "noise": {}, "summaries": 0,
+            "failures": [], "statements": [], "lessons": []}
 
 
 def _activity() -> dict[str, Any]:
@@ -100,6 +103,55 @@ def record_command(state: dict[str, Any], command: str, ok: bool, status: str) -
         commands = state[scope]["commands"]
         commands.append(entry)
         del commands[:-MAX_COMMANDS]
+
+
+def record_failure(state: dict[str, Any], key: list[Any], command: str, error: str,
+                   failure_id: str) -> None:
+    """Remember a failed command until the same command or test passes (or it ages out)."""
+    failures = [f for f in state["failures"] if f["key"] != key]
+    failures.append({"key": key, "cmd": command[:500], "error": error[-1500:], "id": failure_id,
+                     "fix": {"files": {}, "commands": []}})
+    state["failures"] = failures[-MAX_FAILURES:]
+
+
+def note_fix_edit(state: dict[str, Any], path: str, added: int, removed: int,
+                  sample: list[str]) -> None:
+    """An edit made while failures are pending: a candidate fix for each of them."""
+    for f in state["failures"]:
+        files = f["fix"]["files"]
+        entry = files.get(path)
+        if entry is None:
+            if len(files) >= 20:
+                continue
+            entry = files[path] = {"added": 0, "removed": 0, "sample": []}
+        entry["added"] += added
+        entry["removed"] += removed
+        entry["sample"] = (entry["sample"] + sample)[:4]
+
+
+def note_fix_command(state: dict[str, Any], command: str) -> None:
+    for f in state["failures"]:
+        cmds = f["fix"]["commands"]
+        if command not in cmds and len(cmds) < 10:
+            cmds.append(command[:200])
+
+
+def take_fixed(state: dict[str, Any], matches: Any) -> list[dict[str, Any]]:
+    """Remove and return the pending failures that ``matches(key)`` says this success re-ran."""
+    fixed = [f for f in state["failures"] if matches(f["key"])]
+    if fixed:
+        state["failures"] = [f for f in state["failures"] if f not in fixed]
+        for f in fixed:
+            state["lessons"] = (state["lessons"] + [f"`{f['cmd'][:120]}`"])[-20:]
+    return fixed
+
+
+def remember_statement(state: dict[str, Any], key: str) -> bool:
+    """True the first time this session states ``key``."""
+    if key in state["statements"]:
+        return False
+    state["statements"] = (state["statements"] + [key])[-MAX_STATEMENTS:]
+    return True
 
 
 def record_tool(state: dict[str, Any], tool: str) -> None:
