@@ -1,14 +1,20 @@
 """build-context: pack the memories that matter into a markdown block that fits a token budget.
 
 Layout: a header naming the workspace and branch (and, when anything was left out, how much), then
-up to four sections in a fixed order; each memory appears once, in the first section that claims it:
+up to five sections in a fixed order, each only when it has an entry; each memory appears once,
+in the first section that claims it; nothing at all ("") when there is no memory to show:
 
 1. "Decisions and conventions": event types decision/convention/preference, tiers
    preference/pattern.
-2. "Recent changes on this branch": code_change/session_summary on ``branch``, newest first.
-3. "Open problems and failures": errors, reviews, and commands whose metadata says they failed
+2. "Lessons: failed, then fixed": event type lesson (a failure and the change that fixed it);
+   the failure it fixes (``metadata.failureId`` == the lesson's ``metadata.fixes``) is dropped.
+3. "Recent changes on this branch": code_change/session_summary on ``branch``, newest first.
+4. "Open problems and failures": errors, reviews, and commands whose metadata says they failed
    (``exitCode``/``exit_code`` non-zero, ``failed``/``isError``/``is_error`` true), newest first.
-4. "Relevant to the query": everything else, best score first.
+5. "Relevant to the query": everything else, best score first.
+
+Each entry is labelled with its type, its age (within a day) or date, and its branch when that
+is not the current one. ``style="index"`` puts the id first on every line (see build_context).
 
 Budget: each memory has three forms before it is dropped: full text, trimmed (first
 ``TRIM_TOKENS`` tokens, cut at a word, + "…") and one line (first meaningful line, at most
@@ -47,14 +53,22 @@ from memoray.tokens import count_many, count_tokens, spans_many
 
 SECTIONS = (
     "Decisions and conventions",
+    "Lessons: failed, then fixed",
     "Recent changes on this branch",
     "Open problems and failures",
     "Relevant to the query",
 )
+STYLES = ("full", "index")
+# Two short memories of one type whose word sets overlap this much are one (a prompt asked
+# twice in other words, a decision restated): the best-ranked copy is kept. Long texts are
+# left alone: their word sets overlap without their content being the same.
+NEAR_DUPLICATE = 0.8
+NEAR_DUPLICATE_MAX_WORDS = 40
 # Recommended ``margin``: WordPiece drops whitespace that BPE tokenizers pay for (indentation).
 SAFETY_MARGIN = 0.15
 TRIM_TOKENS = 48
 LINE_TOKENS = 20
+INDEX_LINE_TOKENS = 14  # an index line's text; its id costs ~25 WordPiece tokens more
 DETAIL_SHARE = 0.6
 FULL_SHARE = 0.3
 HEAD_CHARS = 480
@@ -65,6 +79,7 @@ MIN_TITLE = "# Memory context"
 _DECISION_TYPES = {"decision", "convention", "preference"}
 _DECISION_TIERS = {"preference", "pattern"}
 _CHANGE_TYPES = {"code_change", "session_summary"}
+_LESSON_TYPES = {"lesson"}
 _PROBLEM_TYPES = {"error", "review"}
 _TIER_WEIGHT = {"preference": 1.0, "pattern": 0.8, "project": 0.5, "session": 0.3}
 _FULL, _TRIM, _LINE, _DROP = 0, 1, 2, 3
@@ -74,6 +89,7 @@ _FENCE_LINE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$", re.MULTILINE)
 _FIRST_LINE = re.compile(r"^[^\S\n]*(?![`~]{3})\S[^\n]*", re.MULTILINE)
 _LIST_MARK = re.compile(r"^(?:#{1,6}|>|[-*+]|\d{1,3}[.)])\s+")
 _WORD = re.compile(r"\w{2,}")
+_ALNUM = re.compile(r"\w+")
 _NAME_UNSAFE = re.compile(r"[`\s]+")
 
 
@@ -186,12 +202,19 @@ def build_context(
     branch: str | None,
     now: float | None = None,
     margin: float = 0.0,
+    style: str = "full",
 ) -> ContextBlock:
     """Pack ``memories`` (internal snake_case records, ``score`` in 0-1 when from a query).
+
+    ``style="index"`` makes each entry one line that starts with the memory's id (expandable
+    with get-memory), so a budget carries many more memories; room left over lengthens the
+    best-ranked lines to their trimmed form, never to full text. Nothing to show gives "".
 
     Deterministic for the same inputs and ``now`` (the current time when None; it only sets ages
     and recency).
     """
+    if style not in STYLES:
+        raise invalid(f"style: must be one of {', '.join(STYLES)}")
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
         raise invalid("tokenBudget: must be a non-negative integer")
     if not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
@@ -200,9 +223,9 @@ def build_context(
     while limit > 0 and limit * (1.0 + margin) > budget:  # guard float rounding
         limit -= 1
     now_s = _now() if now is None else float(now)
-    items, duplicates, empty = _prepare(memories, query, branch, now_s)
+    items, duplicates, empty = _prepare(memories, query, branch, now_s, style == "index")
     title = _title(workspace_id, branch)
-    packer = _Packer(items, title, limit)
+    packer = _Packer(items, title, limit, index=style == "index")
     text = packer.pack()
     tokens = count_tokens(text)
     included = [it for it in packer.order if it.level != _DROP]
@@ -233,9 +256,16 @@ def build_context(
 
 
 def _prepare(
-    memories: list[dict[str, Any]], query: str | None, branch: str | None, now_s: float
+    memories: list[dict[str, Any]], query: str | None, branch: str | None, now_s: float,
+    show_ids: bool = False,
 ) -> tuple[list[_Item], list[str], list[str]]:
-    """Classify, score and de-duplicate; the one-line forms are counted in one batch."""
+    """Classify, score and de-duplicate; the one-line forms are counted in one batch.
+
+    Dropped on the way: near-duplicates (see NEAR_DUPLICATE), and failures that a lesson in the
+    same batch says were fixed (the lesson tells the whole story)."""
+    fixed = {str(m["metadata"]["fixes"]) for m in memories
+             if m.get("event_type") in _LESSON_TYPES and isinstance(m.get("metadata"), dict)
+             and m["metadata"].get("fixes")}
     q_terms = set(_WORD.findall(query.casefold())) if query else set()
     candidates: list[_Item] = []
     meta: dict[int, dict[str, Any]] = {}
@@ -243,6 +273,9 @@ def _prepare(
     for m in memories:
         mid = str(m.get("id", ""))
         content = str(m.get("content") or "").replace("\r\n", "\n").strip()
+        meta_m = m.get("metadata")
+        if fixed and isinstance(meta_m, dict) and str(meta_m.get("failureId")) in fixed:
+            continue  # shown through its lesson
         if not content:
             empty.append(mid)
             continue
@@ -260,28 +293,37 @@ def _prepare(
     candidates.sort(key=_priority_key)
     seen_ids: set[str] = set()
     seen_text: set[str] = set()
+    kept_words: dict[str, list[frozenset[str]]] = {}
     items: list[_Item] = []
     duplicates: list[str] = []
     for it in candidates:  # best first, so the copy kept is the best-ranked one
         key = it.norm.casefold()
-        if it.id in seen_ids or key in seen_text:
+        all_words = _ALNUM.findall(key)
+        words = frozenset(all_words)
+        kind = str(meta[id(it)].get("event_type"))
+        short = len(all_words) <= NEAR_DUPLICATE_MAX_WORDS
+        if it.id in seen_ids or key in seen_text or (
+                short and _near_duplicate(words, kept_words.get(kind, []))):
             if it.id not in seen_ids:
                 duplicates.append(it.id)
             continue
         seen_ids.add(it.id)
         seen_text.add(key)
+        if short:
+            kept_words.setdefault(kind, []).append(words)
         items.append(it)
 
     lines = []
     for it in items:
         m = meta[id(it)]
-        it.label, it.label_tokens = _label(m, it, branch, now_s)
+        it.label, it.label_tokens = _label(m, it, branch, now_s, show_ids)
         line, it.line_is_all = _first_line(it.content, it.norm)
         lines.append(line)
+    line_tokens = INDEX_LINE_TOKENS if show_ids else LINE_TOKENS
     for it, sp, line in zip(items, spans_many(lines), lines):
         n = len(sp.offsets)
-        if n > LINE_TOKENS:
-            keep = _word_cut(sp.words, LINE_TOKENS)
+        if n > line_tokens:
+            keep = _word_cut(sp.words, line_tokens)
             it.line_text = line[: sp.offsets[keep - 1][1]] + _ELLIPSIS
             it.line_tokens = keep + 1
         elif it.line_is_all:
@@ -289,6 +331,16 @@ def _prepare(
         else:
             it.line_text, it.line_tokens = line + _ELLIPSIS, n + 1
     return items, duplicates, empty
+
+
+def _near_duplicate(words: frozenset[str], kept: list[frozenset[str]]) -> bool:
+    if len(words) < 4:
+        return False
+    for other in kept:
+        union = len(words | other)
+        if union and len(words & other) / union >= NEAR_DUPLICATE:
+            return True
+    return False
 
 
 def _priority_key(it: _Item) -> tuple[float, float, str, str]:
@@ -324,12 +376,14 @@ def _section(m: dict[str, Any], branch: str | None) -> int:
     etype = m.get("event_type")
     if etype in _DECISION_TYPES or m.get("tier") in _DECISION_TIERS:
         return 0
-    if etype in _CHANGE_TYPES and branch is not None and m.get("git_branch") == branch:
+    if etype in _LESSON_TYPES:
         return 1
+    if etype in _CHANGE_TYPES and branch is not None and m.get("git_branch") == branch:
+        return 2
     meta = m.get("metadata")
     if etype in _PROBLEM_TYPES or (isinstance(meta, dict) and _failed(meta)):
-        return 2
-    return 3
+        return 3
+    return 4
 
 
 # -- rendering pieces ---------------------------------------------------------------------------
@@ -358,15 +412,29 @@ def _age(seconds: float) -> str:
     return f"{int(seconds // (365 * 86400))}y ago"
 
 
-def _label(m: dict[str, Any], it: _Item, branch: str | None, now_s: float) -> tuple[str, int]:
-    """``- type, tier, age, on `branch`, exit N:`` and its token count, summed from cached parts
-    (commas and the dash split tokens, so the parts count independently)."""
+def _when(ts: float, now_s: float) -> str:
+    """"2h ago" within a day, else the date: ages drift, a date stays true."""
+    age = max(0.0, now_s - ts)
+    if age < 86400:
+        return _age(age)
+    import time
+
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+def _label(m: dict[str, Any], it: _Item, branch: str | None, now_s: float,
+           show_id: bool = False) -> tuple[str, int]:
+    """``- type, tier, date, on `branch`, exit N:`` and its token count, summed from cached
+    parts (commas and the dash split tokens, so the parts count independently). With
+    ``show_id`` the line starts with the id in backticks, for get-memory."""
     parts = [_name(str(m.get("event_type") or "note"), 32)]
+    if show_id and it.id:
+        parts[0] = f"`{_name(it.id, 80)}` {parts[0]}"
     tier = m.get("tier")
     if tier in _DECISION_TIERS and m.get("event_type") != tier:
         parts.append(str(tier))
     if it.ts is not None:
-        parts.append(_age(max(0.0, now_s - it.ts)))
+        parts.append(_when(it.ts, now_s))
     other = m.get("git_branch")
     if other and other != branch:
         parts.append(f"on `{_name(str(other), 40)}`")
@@ -454,17 +522,16 @@ def _entry(label: str, body: str, level: int) -> str:
 
 
 class _Packer:
-    def __init__(self, items: list[_Item], title: str, limit: int):
+    def __init__(self, items: list[_Item], title: str, limit: int, index: bool = False):
         self.order = items  # priority order, best first
         self.title = title
         self.limit = limit
+        self.index = index  # one line each first; never more than the trimmed form
         self.heading_tokens = count_many([f"## {name}" for name in SECTIONS])
         self._header_cache: dict[tuple[int, int], int] = {}
 
     def note(self, dropped: int, shortened: int) -> str:
         """What was left out, e.g. ``_12 more memories omitted, 3 shortened to fit the budget_``."""
-        if not self.order:
-            return "_No memories to show._"
         parts = []
         if dropped:
             more = "more " if dropped < len(self.order) else ""
@@ -499,7 +566,9 @@ class _Packer:
         return self.header_tokens(dropped, shortened) + headings + body
 
     def pack(self) -> str:
-        if self.order and not self._all_full():
+        if not self.order:
+            return ""  # nothing to show: no header either
+        if self.index or not self._all_full():
             # The header's numbers depend on the outcome: start from the worst case, then retry
             # with the header the last attempt produced while that frees room.
             estimate = self.header_tokens(len(self.order), len(self.order))
@@ -559,7 +628,7 @@ class _Packer:
         share = int(FULL_SHARE * body)
         remaining = body
         detail_left = int(DETAIL_SHARE * body)
-        ceiling = _FULL
+        ceiling = _LINE if self.index else _FULL
         used = [False] * len(SECTIONS)
         for it in self.order:
             it.level = _DROP
@@ -590,7 +659,7 @@ class _Packer:
     def _upgrade(self, remaining: int, share: int) -> None:
         """Leftover room improves forms best-first under the same ceiling rule; the size cap no
         longer applies, since every memory that fits already has its line."""
-        ceiling = _FULL
+        ceiling = _TRIM if self.index else _FULL
         for it in self.order:
             if it.level == _DROP or remaining <= 0:
                 return
@@ -626,7 +695,8 @@ class _Packer:
 
         by_section[1].sort(key=newest)
         by_section[2].sort(key=newest)
-        by_section[3].sort(key=lambda it: (-it.score, -(it.ts or 0.0), it.id))
+        by_section[3].sort(key=newest)
+        by_section[4].sort(key=lambda it: (-it.score, -(it.ts or 0.0), it.id))
         return [it for group in by_section for it in group]
 
     def render(self) -> str:

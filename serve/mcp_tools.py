@@ -169,17 +169,20 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
 
     @mcp.tool(name="build-context", description=(
         "A markdown context block of the memories that matter for this workspace, branch and "
-        "query, packed to fit tokenBudget (counted with a real tokenizer)."))
+        "query, packed to fit tokenBudget (counted with a real tokenizer). style 'index': one "
+        "line per memory starting with its id (expand with get-memory). Empty when there is "
+        "nothing to show."))
     async def build_context(
         ctx: Context, query: str | None = None, limit: int = 40,
         filters: dict[str, Any] | None = None, tokenBudget: int = 1500,
         workspaceId: str | None = None, gitBranch: str | None = None,
         sessionId: str | None = None, agentId: str | None = None,
+        style: Literal["full", "index"] = "full",
     ) -> dict[str, Any]:
         svc, caller = await caller_for(ctx, "build-context", agentId)
         return await svc.build_context(caller, query=query, limit=limit, filters=filters,
                                        budget=tokenBudget, workspace_id=workspaceId,
-                                       branch=gitBranch, session_id=sessionId)
+                                       branch=gitBranch, session_id=sessionId, style=style)
 
     @mcp.tool(name="upsert-memory", description=(
         "Store memories, merging near-duplicates (cosine >= similarityThreshold, default 0.85, "

@@ -104,9 +104,11 @@ class Retrieve(UseCase):
 
     async def build_context(self, caller: Caller, *, query: str | None, limit: int,
                             filters: dict | None, budget: int, workspace_id: str | None,
-                            branch: str | None, session_id: str | None) -> dict:
+                            branch: str | None, session_id: str | None,
+                            style: str = "full") -> dict:
         """A markdown block of the memories that matter here, packed to fit `budget` tokens:
-        the query's best hits, plus this branch's recent changes."""
+        the query's best hits, plus this branch's recent changes. style "index": one line per
+        memory, its id first (see memoray.context)."""
         from memoray.context import SAFETY_MARGIN, build_context
 
         # validate
@@ -140,7 +142,7 @@ class Retrieve(UseCase):
             records += [r for r in more if r["id"] not in seen]
         block = build_context(records, budget=budget, query=query,
                               workspace_id=workspace_id or "all workspaces", branch=branch,
-                              margin=SAFETY_MARGIN)
+                              margin=SAFETY_MARGIN, style=style)
         return {"context": block.text, "tokens": block.tokens, "included": len(block.included),
                 "omitted": len(block.omitted), "includedIds": block.included,
                 "sections": block.sections}

@@ -16,7 +16,7 @@ from memoray.errors import ErrorCode, MemorayError
 from memoray.tokens import count_tokens
 
 NOW = 1_700_000_000.0
-DECISIONS, CHANGES, PROBLEMS, RELEVANT = SECTIONS
+DECISIONS, LESSONS, CHANGES, PROBLEMS, RELEVANT = SECTIONS
 
 
 def mem(mid: str, content: str, event_type: str = "note", **kw) -> dict:
@@ -67,13 +67,18 @@ def test_sections_in_order_and_each_memory_once():
         mem("m10", "Build step marked failed", "tool_event", metadata={"failed": True}),
         mem("m11", "Prefer small PRs", "preference", tier="preference"),
         mem("m12", "Random note about query planning", "note", score=0.9),
+        mem("m13", "Lesson: `pytest -x` failed with: KeyError, fixed by editing a.py", "lesson",
+            metadata={"fixes": "f1"}),
+        mem("m14", "Failed: $ pytest -x (KeyError)", "error", metadata={"failureId": "f1"}),
     ]
     block = build(memories)
     text = block.text
     positions = [text.index(f"## {name}") for name in SECTIONS]
     assert positions == sorted(positions)
-    assert block.sections == {DECISIONS: 3, CHANGES: 2, PROBLEMS: 4, RELEVANT: 3}
-    assert sorted(block.included) == sorted(m["id"] for m in memories)
+    assert block.sections == {DECISIONS: 3, LESSONS: 1, CHANGES: 2, PROBLEMS: 4, RELEVANT: 3}
+    # the failure a lesson fixed is told by the lesson alone
+    assert "Failed: $ pytest" not in text and section_of(block, "Lesson:") == LESSONS
+    assert sorted(block.included) == sorted(m["id"] for m in memories if m["id"] != "m14")
     assert block.omitted == []
     for needle, section in [
         ("Use LMDB", DECISIONS),
@@ -222,7 +227,8 @@ def test_tiny_budgets_degrade_to_a_minimal_header_then_nothing():
     assert small.text == "# Memory context\n_5 memories omitted to fit the budget_"
     assert build([], budget=2).text == ""
     empty = build([], budget=100)
-    assert "No memories" in empty.text and empty.included == [] and empty.omitted == []
+    assert empty.text == "" and empty.included == [] and empty.omitted == []  # nothing at all
+    assert build([], budget=100, style="index").text == ""
 
 
 def test_margin_shrinks_the_usable_budget():
@@ -365,3 +371,36 @@ def test_packing_200_memories_is_fast():
     print(f"200 memories into 1500 tokens: {best * 1000:.1f} ms CPU")
     assert block.tokens <= 1500 and len(block.included) > 15
     assert best < 0.1
+
+
+def test_near_identical_prompts_appear_once_and_old_items_are_dated():
+    memories = [
+        mem("p1", "How is the rate limiter configured for the API?", "prompt", score=0.9),
+        mem("p2", "how is the rate limiter configured for the API", "prompt", score=0.8),
+        mem("p3", "How is the rate limiter configured for the public API?", "prompt", score=0.7),
+        mem("d1", "Keep the limiter in-process", "decision", timestamp=NOW - 3 * 86400,
+            git_branch="feature/x"),
+    ]
+    block = build(memories, query="rate limiter")
+    assert block.text.count("rate limiter configured") == 1
+    assert block.included[0] == "d1" and "p1" in block.included
+    assert "2023-11-11" in block.text  # older than a day: a date, not a drifting age
+    assert "on `feature/x`" in block.text  # another branch is named; the current one is not
+    assert "on `main`" not in block.text
+    assert "## Open problems" not in block.text  # sections only with items
+
+
+def test_index_style_puts_ids_first_on_one_line_each():
+    memories = [mem(f"01JDX{i:021d}", long_text(i, 120), score=1 - i / 100) for i in range(60)]
+    full = build(memories, budget=1500)
+    index = build(memories, budget=1500, style="index")
+    assert index.tokens <= 1500
+    # ids are dear (~25 WordPiece tokens for a ULID), so an index carries about as many
+    # memories as the packed form, but every one of them can be expanded with get-memory
+    assert len(index.included) >= len(full.included)
+    assert all(f"`{mid}`" in index.text for mid in index.included)
+    lines = [ln for ln in index.text.splitlines() if ln.startswith("- ")]
+    assert lines[0].startswith(f"- `{index.included[0]}` note")
+    assert all(count_tokens(ln) <= 120 for ln in lines)  # never the full text
+    with pytest.raises(MemorayError):
+        build(memories, budget=100, style="fancy")

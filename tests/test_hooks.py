@@ -99,9 +99,11 @@ def make_app(rec: Recorder):
     def build_context(query: str | None = None, tokenBudget: int = 1000,
                       workspaceId: str = "default", gitBranch: str | None = None,
                       sessionId: str | None = None, filters: dict[str, Any] | None = None,
-                      ) -> CallToolResult:
+                      style: str | None = None) -> CallToolResult:
         args = {"query": query, "tokenBudget": tokenBudget, "workspaceId": workspaceId,
                 "gitBranch": gitBranch, "sessionId": sessionId, "filters": filters}
+        if style is not None:
+            args["style"] = style
         with rec.lock:
             rec.log.append(("build-context", args))
         text = rec.context
