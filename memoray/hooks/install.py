@@ -1,7 +1,14 @@
 """`memoray hooks install`: write memoray's hook entries and MCP server entry for Claude Code.
 
-Project scope writes `<project>/.claude/settings.json` (hooks) and `<project>/.mcp.json` (MCP
-server); `--user` writes `~/.claude/settings.json` and the `mcpServers` of `~/.claude.json`.
+Project scope: the hook commands and the server URL are machine-specific (an interpreter path, a
+host), so they go to `<project>/.claude/settings.local.json` (not committed), the URL as
+`env.MEMORAY_URL` there, which Claude Code passes to hook commands; an older install's entries
+in the committed `.claude/settings.json` are moved out. The MCP entry goes to `<project>/.mcp.json`
+(shared) in a portable form: `${MEMORAY_URL:-<default>}` for the URL, which Claude Code expands,
+and an `X-Memoray-Workspace` header naming the project's workspace (computed from git).
+`--user` writes `~/.claude/settings.json` and the `mcpServers` of `~/.claude.json`.
+Hook commands use no POSIX `VAR=value cmd` syntax, and quote paths with double quotes, so they
+run in sh, cmd.exe and PowerShell alike.
 Existing content is merged, never replaced: other hooks, servers and keys stay as they are.
 memoray's own entries are recognised by their command, so running install twice changes
 nothing, an older install is updated in place, and `--uninstall` removes only what is ours.
@@ -12,7 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shlex
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -27,14 +34,19 @@ HOOK_TIMEOUT_S = 10  # a ceiling for Claude Code; the hook itself gives up after
 # Reads, searches and to-do updates are noise: not spawning a hook for them keeps the agent fast.
 POST_TOOL_MATCHER = ("Edit|Write|MultiEdit|NotebookEdit|Bash|WebFetch|WebSearch|Task|Agent|"
                      "ExitPlanMode|mcp__.*")
+# Failed edits and reads are the agent's own slips, not worth a process.
+FAILURE_MATCHER = "Bash|WebFetch|WebSearch|Task|Agent|mcp__.*"
 EVENTS: dict[str, str | None] = {  # event -> matcher (None: the event takes no matcher)
     "SessionStart": None,
     "UserPromptSubmit": None,
     "PostToolUse": POST_TOOL_MATCHER,
+    "PostToolUseFailure": FAILURE_MATCHER,
     "Stop": None,
     "SessionEnd": None,
     "PreCompact": None,
+    "PostCompact": None,
 }
+WORKSPACE_HEADER = "X-Memoray-Workspace"
 _MARKERS = ("memoray hook ", "memoray.cli hook ")
 
 
@@ -83,18 +95,34 @@ def is_memoray_command(command: Any) -> bool:
     return isinstance(command, str) and any(m in command for m in _MARKERS)
 
 
-def hook_command(event: str, url: str) -> str:
-    """`memoray hook <Event>`; the absolute interpreter when `memoray` is not on PATH."""
-    base = "memoray" if shutil.which("memoray") else f"{shlex.quote(sys.executable)} -m memoray.cli"
-    env = "" if url.rstrip("/") == DEFAULT_URL else f"MEMORAY_URL={shlex.quote(url)} "
-    return f"{env}{base} hook {event}"
+def _quote(path: str) -> str:
+    """Double quotes where needed: understood by sh, cmd.exe and PowerShell alike."""
+    return path if re.fullmatch(r"[\w@%+=:,./\\-]+", path) else f'"{path}"'
 
 
-def server_entry(url: str) -> dict[str, Any]:
-    entry: dict[str, Any] = {"type": "http", "url": url.rstrip("/") + "/mcp"}
+def hook_command(event: str, url: str | None = None) -> str:
+    """`memoray hook <Event>`; the absolute interpreter when `memoray` is not on PATH. The URL
+    travels in the settings' `env`, never in the command."""
+    base = "memoray" if shutil.which("memoray") else f"{_quote(sys.executable)} -m memoray.cli"
+    return f"{base} hook {event}"
+
+
+def server_entry(url: str, workspace: str | None = None, portable: bool = False
+                 ) -> dict[str, Any]:
+    """The MCP entry. ``portable`` (a committed .mcp.json): the URL comes from MEMORAY_URL,
+    with this URL as the default; the workspace header scopes tool calls to this project."""
+    base = url.rstrip("/")
+    if portable:
+        base = "${MEMORAY_URL:-" + base + "}"
+    entry: dict[str, Any] = {"type": "http", "url": base + "/mcp"}
+    headers = {}
     if os.environ.get("MEMORAY_TOKEN"):
         # Claude Code expands ${VAR} in MCP entries: the token itself never lands in the file.
-        entry["headers"] = {"Authorization": "Bearer ${MEMORAY_TOKEN}"}
+        headers["Authorization"] = "Bearer ${MEMORAY_TOKEN}"
+    if workspace:
+        headers[WORKSPACE_HEADER] = workspace
+    if headers:
+        entry["headers"] = headers
     return entry
 
 
@@ -114,9 +142,27 @@ def _remove_ours(groups: list[Any]) -> list[Any]:
     return kept
 
 
+def apply_env(settings: dict[str, Any], url: str, uninstall: bool) -> list[str]:
+    """MEMORAY_URL in the settings' env (hooks read it), only when it is not the default."""
+    env = settings.get("env")
+    if env is not None and not isinstance(env, dict):
+        raise InstallError('"env" in the settings file is not an object; fix it and retry')
+    want = None if uninstall or url.rstrip("/") == DEFAULT_URL else url
+    have = (env or {}).get("MEMORAY_URL")
+    if have == want:
+        return []
+    if want is None:
+        env.pop("MEMORAY_URL", None)  # type: ignore[union-attr]
+        if not env:
+            settings.pop("env", None)
+        return ["- env.MEMORAY_URL"]
+    settings.setdefault("env", {})["MEMORAY_URL"] = want
+    return [f"{'~' if have else '+'} env.MEMORAY_URL: {want}"]
+
+
 def apply_hooks(settings: dict[str, Any], url: str, uninstall: bool) -> list[str]:
-    """Edit settings["hooks"] in place; returns one line per change."""
-    changes: list[str] = []
+    """Edit settings["hooks"] (and env.MEMORAY_URL) in place; returns one line per change."""
+    changes: list[str] = apply_env(settings, url, uninstall)
     hooks = settings.get("hooks")
     if hooks is None:
         if uninstall:
@@ -150,7 +196,8 @@ def apply_hooks(settings: dict[str, Any], url: str, uninstall: bool) -> list[str
     return changes
 
 
-def apply_server(config: dict[str, Any], url: str, uninstall: bool) -> list[str]:
+def apply_server(config: dict[str, Any], url: str, uninstall: bool,
+                 entry: dict[str, Any] | None = None) -> list[str]:
     """Edit config["mcpServers"] in place; returns one line per change."""
     servers = config.get("mcpServers")
     if servers is None:
@@ -161,7 +208,7 @@ def apply_server(config: dict[str, Any], url: str, uninstall: bool) -> list[str]
         raise InstallError('"mcpServers" is not an object; fix it and retry')
     if uninstall:
         return [f"- mcpServers.{SERVER_NAME}"] if servers.pop(SERVER_NAME, None) is not None else []
-    entry = server_entry(url)
+    entry = entry or server_entry(url)
     if servers.get(SERVER_NAME) == entry:
         return []
     verb = "~" if SERVER_NAME in servers else "+"
@@ -176,38 +223,76 @@ def _project_root(project_dir: Path | None) -> Path:
     return found[0] if found else Path.cwd().resolve()
 
 
-def main_install(project_dir: Path | None, user: bool, uninstall: bool, url: str | None) -> int:
+def check_url(url: str, timeout: float = 1.5) -> str | None:
+    """None when `<url>/healthz` answers; else why not, in a few words."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/healthz", timeout=timeout) as resp:
+            return None if resp.status < 500 else f"HTTP {resp.status}"
+    except urllib.error.HTTPError as exc:
+        return None if exc.code < 500 else f"HTTP {exc.code}"
+    except (OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+
+
+def main_install(project_dir: Path | None, user: bool, uninstall: bool, url: str | None,
+                 check: bool = True) -> int:
     """Install (or uninstall) memoray's Claude Code entries; prints what changed."""
     url = (url or os.environ.get("MEMORAY_URL") or DEFAULT_URL).strip()
     if not url.startswith(("http://", "https://")):
         print(f"memoray hooks install: --url must be http(s)://..., got {url!r}", file=sys.stderr)
         return 2
+    legacy_path: Path | None = None
     if user:
         home = Path.home()
         settings_path, server_path = home / ".claude" / "settings.json", home / ".claude.json"
+        entry = server_entry(url)
     else:
         root = _project_root(project_dir)
         if not root.is_dir():
             print(f"memoray hooks install: {root} is not a directory", file=sys.stderr)
             return 2
-        settings_path, server_path = root / ".claude" / "settings.json", root / ".mcp.json"
+        settings_path = root / ".claude" / "settings.local.json"
+        legacy_path = root / ".claude" / "settings.json"
+        server_path = root / ".mcp.json"
+        from memoray.gitfacts import git_facts
+
+        entry = server_entry(url, git_facts(str(root), detailed=False).workspace_id,
+                             portable=True)
     try:
         settings, servers = JsonFile.load(settings_path), JsonFile.load(server_path)
+        legacy = JsonFile.load(legacy_path) if legacy_path and legacy_path.exists() else None
         hook_changes = apply_hooks(settings.data, url, uninstall)
-        server_changes = apply_server(servers.data, url, uninstall)
+        server_changes = apply_server(servers.data, url, uninstall, entry)
+        legacy_changes = apply_hooks(legacy.data, url, True) if legacy else []
     except InstallError as exc:
         print(f"memoray hooks install: {exc}", file=sys.stderr)
         return 1
-    for doc, changes in ((settings, hook_changes), (servers, server_changes)):
+    docs = [(settings, hook_changes), (servers, server_changes)]
+    if legacy is not None:
+        docs.append((legacy, legacy_changes))
+    for doc, changes in docs:
         if doc.changed:
             doc.save()
             print(f"{doc.path}:")
             for line in changes:
                 print(f"  {line}")
-    if not (settings.changed or servers.changed):
+    if not any(doc.changed for doc, _ in docs):
         print(f"memoray: nothing to change in {settings_path} and {server_path}")
     elif not uninstall and not user:
         print("Claude Code asks once to approve the project's MCP server (.mcp.json).")
-    if not uninstall and "memoray hook" not in hook_command("Stop", url):
+    if not uninstall and not user and url.rstrip("/") != DEFAULT_URL:
+        print(f"note: .mcp.json reads the URL from MEMORAY_URL (default {url.rstrip('/')}); "
+              "hooks get it from .claude/settings.local.json.")
+    if not uninstall and "memoray hook" not in hook_command("Stop"):
         print("note: `memoray` is not on PATH; the hooks call this interpreter directly.")
+    if not uninstall and check:
+        problem = check_url(url)
+        if problem:
+            print(f"warning: {url} does not answer ({problem}); start the server with "
+                  "`memoray serve` (hooks skip it quietly until it does)", file=sys.stderr)
+        else:
+            print(f"checked: {url} answers")
     return 0
