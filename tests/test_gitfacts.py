@@ -233,3 +233,105 @@ def test_branch_filter_hides_uncommitted_work_of_a_branch_with_no_commits(tmp_pa
     assert not flt.matches(flt.parse_filter(fresh(repo).branch_filter()), memory)  # unmerged
     git(repo, "merge", "-q", "--ff-only", "feature")  # a fast-forward merge
     assert flt.matches(flt.parse_filter(fresh(repo).branch_filter()), memory)
+
+
+def visible(repo: Path, memory: dict) -> bool:
+    from memoray import filters as flt
+
+    node = flt.parse_filter(fresh(repo).branch_filter())
+    return flt.matches(node, {"metadata": {}, **memory})
+
+
+def test_merged_branch_outcome_at_its_tip_is_visible_unmerged_work_never(tmp_path):
+    """A summary captured at a branch's tip with its work committed (`metadata.committed`) shows
+    once the branch is merged; what was captured at a tip with uncommitted changes never does:
+    a fresh branch, and new work on a branch merged earlier."""
+    repo = tmp_path / "r"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, "a")
+    git(repo, "checkout", "-q", "-b", "feature")
+    (repo / "wip.py").write_text("x = 1\n")  # uncommitted
+    assert gitfacts.work_committed(str(repo)) is False
+    base = git(repo, "rev-parse", "HEAD")
+    fresh_work = {"git_branch": "feature", "git_commit": base,
+                  "metadata": {"committed": False}}
+    git(repo, "add", "wip.py")
+    git(repo, "commit", "-qm", "wip")
+    gitfacts.clear_cache()
+    assert gitfacts.work_committed(str(repo)) is True  # clean, and commits of its own
+    tip = git(repo, "rev-parse", "HEAD")
+    outcome = {"git_branch": "feature", "git_commit": tip, "metadata": {"committed": True}}
+    git(repo, "checkout", "-q", "main")
+    assert not visible(repo, outcome) and not visible(repo, fresh_work)  # not merged yet
+    git(repo, "merge", "-q", "--no-ff", "-m", "Merge branch 'feature'", "feature")
+    assert visible(repo, outcome), "the branch's outcome must survive its merge"
+    assert visible(repo, fresh_work)  # its work was committed after it: merged now
+    # new uncommitted work on the merged branch, captured at the merged tip: hidden
+    after = {"git_branch": "feature", "git_commit": tip, "metadata": {"committed": False}}
+    assert not visible(repo, after)
+    # a fresh branch with no commits of its own: nothing of it shows, committed flag or not
+    git(repo, "branch", "spike")
+    gitfacts.clear_cache()
+    git(repo, "checkout", "-q", "spike")
+    assert gitfacts.work_committed(str(repo)) is False  # clean, but no commits of its own
+    git(repo, "checkout", "-q", "main")
+    head = git(repo, "rev-parse", "HEAD")
+    assert not visible(repo, {"git_branch": "spike", "git_commit": head,
+                              "metadata": {"committed": False}})
+
+
+def test_deleted_and_remote_only_branches_count_through_merge_commits_and_remotes(tmp_path):
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
+    a = tmp_path / "a"
+    git(tmp_path, "clone", "-q", str(remote), str(a))
+    git(a, "checkout", "-q", "-b", "main")
+    commit(a, "a")
+    git(a, "checkout", "-q", "-b", "feature/x")
+    x_first = commit(a, "x1")
+    x_tip = commit(a, "x2")
+    git(a, "checkout", "-q", "main")
+    git(a, "merge", "-q", "--no-ff", "-m", "Merge branch 'feature/x'", "feature/x")
+    git(a, "branch", "-q", "-D", "feature/x")  # deleted after its merge
+    assert ("feature/x", x_tip) in fresh(a).merged_tips
+    assert visible(a, {"git_branch": "feature/x", "git_commit": x_first})
+    # a second clone sees a pushed, merged branch through its remote-tracking ref
+    git(a, "checkout", "-q", "-b", "feature/y")
+    y_first = commit(a, "y1")
+    commit(a, "y2")
+    git(a, "push", "-q", "origin", "main", "feature/y")
+    b = tmp_path / "b"
+    git(tmp_path, "clone", "-q", str(remote), str(b))
+    assert not visible(b, {"git_branch": "feature/y", "git_commit": y_first})  # not merged
+    git(a, "checkout", "-q", "main")
+    git(a, "merge", "-q", "--ff-only", "feature/y")
+    git(a, "push", "-q", "origin", "main")
+    git(b, "pull", "-q", "origin", "main")
+    assert visible(b, {"git_branch": "feature/y", "git_commit": y_first})
+
+
+def test_squash_merge_is_detected_by_patch_id(tmp_path):
+    repo = tmp_path / "r"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, "a")
+    git(repo, "checkout", "-q", "-b", "feature/sq")
+    first = commit(repo, "s1")
+    tip = commit(repo, "s2")
+    git(repo, "checkout", "-q", "main")
+    commit(repo, "unrelated")  # main moved on meanwhile
+    memory = {"git_branch": "feature/sq", "git_commit": first}
+    assert not visible(repo, memory)
+    git(repo, "merge", "-q", "--squash", "feature/sq")
+    git(repo, "commit", "-qm", "Squashed feature (#12)")
+    assert ("feature/sq", tip) in fresh(repo).merged_tips
+    assert visible(repo, memory)
+    assert visible(repo, {"git_branch": "feature/sq", "git_commit": tip,
+                          "metadata": {"committed": True}})
+    # another branch with a different change is not taken for squash-merged
+    git(repo, "checkout", "-q", "-b", "feature/other")
+    other = commit(repo, "o1")
+    commit(repo, "o2")
+    git(repo, "checkout", "-q", "main")
+    assert not visible(repo, {"git_branch": "feature/other", "git_commit": other})
