@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 HOOK_EVENTS = (
-    "SessionStart", "UserPromptSubmit", "PostToolUse", "Stop", "SessionEnd", "PreCompact",
+    "SessionStart", "UserPromptSubmit", "PostToolUse", "PostToolUseFailure", "Stop",
+    "SessionEnd", "PreCompact", "PostCompact",
 )
 
 
@@ -68,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["serve"].set_defaults(func=_serve)
 
     h = sub.add_parser("hook", help="run one Claude Code hook (reads its JSON payload on stdin)")
-    h.add_argument("event", choices=HOOK_EVENTS)
+    # No argparse choices: an event this version does not handle (a newer Claude Code's) must
+    # exit 0 with a note, never 2, since a hook must never get in the agent's way.
+    h.add_argument("event", help="one of " + ", ".join(HOOK_EVENTS))
     h.set_defaults(func=_hook)
 
     hs = sub.add_parser("hooks", help="manage Claude Code hook entries")

@@ -725,3 +725,110 @@ def test_trim_keeps_head_and_tail() -> None:
     text = "a" * 1000 + "b" * 1000
     out = events.trim(text, 300)
     assert out.startswith("a" * 200) and out.endswith("b" * 100) and "1700 chars cut" in out
+
+
+# -- failures, lessons, statements ---------------------------------------------------------------
+
+def failure_payload(project: Path, command: str, n: int, error: str,
+                    interrupt: bool = False) -> dict[str, Any]:
+    """Claude Code's PostToolUseFailure payload for a failed Bash call."""
+    return base(project, hook_event_name="PostToolUseFailure", tool_name="Bash",
+                tool_use_id=f"toolu_f{n}", tool_input={"command": command, "description": "test"},
+                error=error, is_interrupt=interrupt)
+
+
+def test_failure_is_an_error_record_and_its_fix_a_lesson(live, project: Path,
+                                                         tmp_path: Path) -> None:
+    url, rec = live
+    spool = tmp_path / "spool"
+    error = ("Command failed with exit code 1\n" + "noise line\n" * 300 +
+             "E   KeyError: 'tenant_id'\nFAILED tests/test_app.py::test_tenant - KeyError")
+    run = hook("PostToolUseFailure", failure_payload(
+        project, "cd src && python -m pytest tests/test_app.py::test_tenant -x", 1, error),
+        url=url, spool=spool)
+    assert run.rc == 0 and run.stdout == "", run.stderr
+    [err] = rec.items()
+    assert err["eventType"] == "error" and err["tier"] == "session"
+    assert err["metadata"]["exitCode"] == 1 and err["metadata"]["failed"] is True
+    assert err["metadata"]["hook"] == "PostToolUseFailure"
+    assert "KeyError: 'tenant_id'" in err["content"]  # the end of the error, where the cause is
+    assert "python -m pytest tests/test_app.py::test_tenant -x" in err["content"]
+    assert len(err["content"]) < 1500
+    # an edit that misses is a slip: counted, not stored
+    hook("PostToolUseFailure", base(project, hook_event_name="PostToolUseFailure",
+                                    tool_name="Edit", tool_use_id="toolu_e",
+                                    tool_input={"file_path": str(project / "src" / "app.py")},
+                                    error="String to replace not found in file.",
+                                    is_interrupt=False), url=url, spool=spool)
+    assert len(rec.items()) == 1
+    hook("PostToolUse", edit_payload(project), url=url, spool=spool)
+    # the same test, run more widely, passes: one lesson
+    hook("PostToolUse", bash_payload(project, "python -m pytest tests/test_app.py -q", 2,
+                                     stdout="5 passed"), url=url, spool=spool)
+    lesson = rec.items()[-1]
+    assert lesson["eventType"] == "lesson" and lesson["tier"] == "project"
+    assert lesson["metadata"]["fixes"] == err["metadata"]["failureId"]
+    assert lesson["metadata"]["filesChanged"] == ["src/app.py"]
+    assert "committed" in lesson["metadata"]
+    text = lesson["content"]
+    assert text.startswith("Lesson: `cd src && python -m pytest tests/test_app.py::test_tenant -x`"
+                           " failed with: FAILED tests/test_app.py::test_tenant - KeyError")
+    assert "Fixed by editing src/app.py (+2 -1)" in text and "+b = 3" in text
+    # passing again teaches nothing new
+    hook("PostToolUse", bash_payload(project, "python -m pytest tests/test_app.py -q", 3,
+                                     stdout="5 passed"), url=url, spool=spool)
+    assert sum(it["eventType"] == "lesson" for it in rec.items()) == 1
+    hook("SessionEnd", base(project, hook_event_name="SessionEnd", reason="exit"), url=url,
+         spool=spool)
+    summary = rec.items()[-1]["content"]
+    assert "failed" in summary and "Failed, then fixed: `cd src && python -m pytest" in summary
+    assert rec.items()[-1]["metadata"]["commandsFailed"] == 1
+
+
+def test_other_command_success_is_no_lesson(live, project: Path, tmp_path: Path) -> None:
+    url, rec = live
+    spool = tmp_path / "spool"
+    hook("PostToolUseFailure", failure_payload(project, "npm test -- auth", 1, "exit code 1"),
+         url=url, spool=spool)
+    hook("PostToolUse", bash_payload(project, "npm run build", 2), url=url, spool=spool)
+    hook("PostToolUseFailure", failure_payload(project, "npm test", 3, "x", interrupt=True),
+         url=url, spool=spool)  # interrupted by the user: not an error of the code
+    assert [it["eventType"] for it in rec.items()] == ["error", "tool_event"]
+    hook("PostToolUse", bash_payload(project, "npm test", 4, stdout="ok"), url=url, spool=spool)
+    lesson = rec.items()[-1]
+    assert lesson["eventType"] == "lesson"
+    assert "After running: `npm run build`" in lesson["content"]
+
+
+def test_stated_decisions_become_long_lived_records(live, project: Path, tmp_path: Path) -> None:
+    url, rec = live
+    spool = tmp_path / "spool"
+    prompt = ("The limiter drops requests under load. We keep the limiter in-process, never add "
+              "Redis for it. Can you look at the refill rate?")
+    hook("UserPromptSubmit", base(project, prompt=prompt), url=url, spool=spool)
+    decision, stored_prompt = rec.items()
+    assert decision["eventType"] == "decision" and decision["tier"] == "project"
+    assert decision["content"] == "We keep the limiter in-process, never add Redis for it."
+    assert decision["metadata"]["source"] == "prompt" and decision["metadata"]["kind"] == "decision"
+    assert stored_prompt["eventType"] == "prompt" and stored_prompt["tier"] == "session"
+    hook("UserPromptSubmit", base(project, prompt=prompt), url=url, spool=spool)
+    assert [it["eventType"] for it in rec.items()] == ["decision", "prompt", "prompt"]  # once
+    hook("PostToolUse", edit_payload(project), url=url, spool=spool)
+    hook("Stop", base(project, last_assistant_message=(
+        "Done. I went with a token bucket per tenant because a global bucket let one tenant "
+        "starve the rest. Tests pass.")), url=url, spool=spool)
+    kinds = [(it["eventType"], it["tier"]) for it in rec.items()[-2:]]
+    assert kinds == [("decision", "project"), ("session_summary", "project")]
+    assert rec.items()[-2]["content"].startswith("I went with a token bucket per tenant")
+
+
+def test_post_compact_keeps_the_compact_summary(live, project: Path, tmp_path: Path) -> None:
+    url, rec = live
+    hook("PostCompact", base(project, hook_event_name="PostCompact", trigger="auto",
+                             compact_summary="The user asked to speed up imports. All config "
+                             "values come from environment variables prefixed with APP_. "
+                             "Imports now lazy."), url=url, spool=tmp_path / "spool")
+    convention, summary = rec.items()
+    assert convention["eventType"] == "convention" and convention["tier"] == "pattern"
+    assert summary["eventType"] == "session_summary"
+    assert summary["content"].startswith("Conversation summary (compacted, auto) on feature")
