@@ -117,3 +117,120 @@ def test_main_memory_visible_everywhere_and_budgets_hold(minilm_server, repos):
     assert count_tokens(context_of(prompt)) <= 600
     out = json.loads(prompt.stdout)
     assert out["hookSpecificOutput"]["hookEventName"] == "UserPromptSubmit"
+
+
+# -- issue 12: what reaches the agent ------------------------------------------------------------
+
+def bash_ok(repo: Path, session: str, n: int, command: str, stdout: str = "ok") -> dict:
+    return base(repo, session, hook_event_name="PostToolUse", tool_name="Bash",
+                tool_use_id=f"toolu_{session}_b{n}", tool_input={"command": command},
+                tool_response={"stdout": stdout, "stderr": "", "interrupted": False,
+                               "isImage": False})
+
+
+def bash_failed(repo: Path, session: str, n: int, command: str, error: str) -> dict:
+    return base(repo, session, hook_event_name="PostToolUseFailure", tool_name="Bash",
+                tool_use_id=f"toolu_{session}_f{n}", tool_input={"command": command},
+                error=error, is_interrupt=False)
+
+
+def start(server, repo: Path, session: str, spool: Path) -> str:
+    return context_of(hook(server, "SessionStart",
+                           base(repo, session, hook_event_name="SessionStart", source="startup"),
+                           spool))
+
+
+def test_empty_store_injects_nothing(minilm_server, repos):
+    a, _, spool = repos
+    assert hook(minilm_server, "SessionStart", base(a, "s0", source="startup"), spool).stdout == ""
+    out = hook(minilm_server, "UserPromptSubmit",
+               base(a, "s0", prompt="how do we deploy the widget service?"), spool)
+    assert out.stdout == ""
+
+
+def test_failure_then_fix_is_one_lesson_the_next_session_sees(minilm_server, repos):
+    a, _, spool = repos
+    error = ("Command failed with exit code 1\n============ FAILURES ============\n"
+             "E   zanzibar_quota_exceeded: tenant bucket empty\n"
+             "FAILED tests/test_quota.py::test_refill - zanzibar_quota_exceeded")
+    hook(minilm_server, "PostToolUseFailure",
+         bash_failed(a, "s1", 1, "pytest tests/test_quota.py::test_refill -x", error), spool)
+    hook(minilm_server, "PostToolUse", edit(a, "s1", 2, "refill_per_second = 10"), spool)
+    hook(minilm_server, "PostToolUse", bash_ok(a, "s1", 3, "pytest tests/test_quota.py -q",
+                                               "4 passed"), spool)
+    hook(minilm_server, "SessionEnd", base(a, "s1", hook_event_name="SessionEnd", reason="exit"),
+         spool)
+    text = start(minilm_server, a, "s2", spool)
+    assert "## Lessons: failed, then fixed" in text
+    lesson = [ln for ln in text.splitlines() if "Lesson:" in ln]
+    assert len(lesson) == 1 and "pytest tests/test_quota.py::test_refill" in lesson[0]
+    assert "Failed: $ pytest" not in text  # the failure is told once, by its lesson
+    ask = hook(minilm_server, "UserPromptSubmit",
+               base(a, "s3", prompt="why did test_refill fail with zanzibar_quota_exceeded?"),
+               spool)
+    assert "refill_per_second = 10" in context_of(ask) or "app.py" in context_of(ask)
+
+
+def test_decision_stated_in_a_prompt_reaches_later_sessions(minilm_server, repos):
+    a, _, spool = repos
+    hook(minilm_server, "UserPromptSubmit", base(
+        a, "s1", prompt="The quokka limiter drops requests. We keep the quokka limiter "
+                        "in-process, never add Redis for it. Can you check the refill?"), spool)
+    text = start(minilm_server, a, "s2", spool)
+    section = text.split("## Decisions and conventions", 1)[1].split("## ", 1)[0]
+    assert "We keep the quokka limiter in-process, never add Redis for it." in section
+    # an index line: the id first, expandable with get-memory
+    line = next(ln for ln in section.splitlines() if "quokka" in ln)
+    assert line.startswith("- `") and "decision" in line
+    assert "get-memory" in text and "workspace `file://" in text
+
+
+def test_no_same_session_echo_in_user_prompt_context(minilm_server, repos):
+    a, _, spool = repos
+    marker = "wombat_retry_schedule"
+    hook(minilm_server, "PostToolUse", edit(a, "s1", 1, f"{marker} = [1, 2, 4]"), spool)
+    same = hook(minilm_server, "UserPromptSubmit",
+                base(a, "s1", prompt=f"what is the {marker} now?"), spool)
+    assert marker not in context_of(same), "the session's own edit came back to it"
+    other = hook(minilm_server, "UserPromptSubmit",
+                 base(a, "s2", prompt=f"what is the {marker} now?"), spool)
+    assert f"{marker} = [1, 2, 4]" in context_of(other)
+    # the same question asked twice in s2 shows once in a third session
+    hook(minilm_server, "UserPromptSubmit", base(a, "s2", prompt=f"what is the {marker} now"),
+         spool)
+    third = context_of(hook(minilm_server, "UserPromptSubmit",
+                            base(a, "s3", prompt=f"tell me about {marker}"), spool))
+    assert third.count(f"what is the {marker} now") <= 1
+
+
+def test_merged_branch_outcome_visible_unmerged_work_never(minilm_server, repos):
+    a, _, spool = repos
+    git(a, "checkout", "-q", "-b", "feature/tapir")
+    hook(minilm_server, "PostToolUse", edit(a, "s1", 1, "tapir_pool = Pool(8)"), spool)
+    (a / "app.py").write_text("tapir_pool = Pool(8)\n")
+    git(a, "commit", "-qam", "tapir pool")
+    # the outcome: a summary captured at the tip, work committed
+    hook(minilm_server, "SessionEnd", base(a, "s1", hook_event_name="SessionEnd", reason="exit",
+                                           last_assistant_message="tapir outcome: pool of 8 "
+                                           "workers, all tests pass."), spool)
+    git(a, "checkout", "-q", "main")
+    assert "tapir outcome" not in start(minilm_server, a, "s2", spool)  # not merged yet
+    git(a, "merge", "-q", "--no-ff", "-m", "Merge branch 'feature/tapir'", "feature/tapir")
+    text = start(minilm_server, a, "s3", spool)
+    assert "tapir outcome" in text, "the merged branch's outcome must be visible"
+    assert "on `feature/tapir`" in text  # another branch's item names its branch
+    # uncommitted work on the merged branch, and a fresh branch's: never visible
+    git(a, "checkout", "-q", "feature/tapir")
+    hook(minilm_server, "PostToolUse", edit(a, "s4", 1, "tapir_uncommitted_after_merge = 1"),
+         spool)
+    hook(minilm_server, "SessionEnd", base(a, "s4", hook_event_name="SessionEnd", reason="exit",
+                                           last_assistant_message="tapir after-merge wip"), spool)
+    git(a, "checkout", "-q", "-b", "spike/tapir2", "main")
+    hook(minilm_server, "PostToolUse", edit(a, "s5", 1, "tapir_fresh_branch_wip = 1"), spool)
+    git(a, "checkout", "-q", "main")
+    text = start(minilm_server, a, "s6", spool)
+    ask = context_of(hook(minilm_server, "UserPromptSubmit",
+                          base(a, "s6", prompt="what changed about tapir?"), spool))
+    for leak in ("tapir_uncommitted_after_merge", "tapir after-merge wip",
+                 "tapir_fresh_branch_wip"):
+        assert leak not in text and leak not in ask, leak
