@@ -75,6 +75,7 @@ HEAD_CHARS = 480
 LINE_CHARS = 160
 RECENCY_HALF_LIFE_S = 7 * 86400.0
 MIN_TITLE = "# Memory context"
+INDEX_TITLE = "# Memory index"
 
 _DECISION_TYPES = {"decision", "convention", "preference"}
 _DECISION_TIERS = {"preference", "pattern"}
@@ -224,7 +225,8 @@ def build_context(
         limit -= 1
     now_s = _now() if now is None else float(now)
     items, duplicates, empty = _prepare(memories, query, branch, now_s, style == "index")
-    title = _title(workspace_id, branch)
+    # an index goes to a caller that names the workspace and branch itself (the hook's header)
+    title = INDEX_TITLE if style == "index" else _title(workspace_id, branch)
     packer = _Packer(items, title, limit, index=style == "index")
     text = packer.pack()
     tokens = count_tokens(text)

@@ -447,7 +447,7 @@ def test_stop_and_session_end_summaries(live, project: Path, tmp_path: Path) -> 
     assert turn["eventType"] == "session_summary" and turn["tier"] == "project"
     assert turn["metadata"]["scope"] == "turn" and turn["metadata"]["commandsFailed"] == 1
     assert turn["content"].splitlines()[:6] == [
-        "Turn summary on feature",
+        "Turn summary on feature: Fixed the parser; all tests pass.",
         "Asked: fix the parser bug in app",
         "Files changed (1): src/app.py (+2 -1)",
         "Commands (2, 1 failed):",

@@ -205,13 +205,13 @@ def on_session_start(hook: Hook) -> dict[str, Any] | None:
         f"detached HEAD {facts.commit[:10]}" if facts.commit else None)
     if where and facts.upstream and facts.ahead is not None and facts.behind is not None:
         where += f", {facts.ahead} ahead / {facts.behind} behind {facts.upstream}"
-    header = (f"memoray: memories of workspace `{facts.workspace_id}`"
-              + (f" ({where})" if where else "") + ". Each line is an index entry: expand one "
-              "with the `get-memory` tool (`{\"id\": \"<id>\"}`); search with "
-              "`retrieve-memories` (`{\"query\": \"...\", \"filters\": {\"workspaceId\": "
-              f"\"{facts.workspace_id}\"}}}}`); record a decision with `capture-memory` "
-              f"(`eventType: \"decision\"`, `workspaceId: \"{facts.workspace_id}\"`"
-              + (f", `gitBranch: \"{facts.branch}\"`" if facts.branch else "") + ").")
+    ws = facts.workspace_id
+    header = (f"memoray: memories of workspace `{ws}`" + (f" ({where})" if where else "")
+              + ". One line per memory: expand one with the memoray `get-memory` tool "
+              "(`id`); search with `retrieve-memories`; record a decision or convention with "
+              "`capture-memory` (`eventType` decision|convention). Pass "
+              f"`workspaceId: \"{ws}\"`" + (f" and `gitBranch: \"{facts.branch}\"`"
+                                              if facts.branch else "") + ".")
     return _output("SessionStart", f"{header}\n\n{context}")
 
 
@@ -324,6 +324,20 @@ def _last_message(hook: Hook) -> str | None:
     return last_assistant_text(hook.payload.get("transcript_path"))
 
 
+def _headline(last: str | None, asked: str | None) -> str:
+    """": <what came of it>" for a summary's first line, which is what an index shows: the first
+    sentence of the last assistant message, else what was asked."""
+    import re
+
+    text = " ".join((last or "").split())
+    if text:
+        sentences = re.split(r"(?<=[.!?])\s", text)
+        text = next((x for x in sentences if len(x.split()) >= 4), sentences[0])
+    elif asked:
+        text = "asked: " + " ".join(asked.split())
+    return ": " + events.one_line(text, 160) if text else ""
+
+
 def _summary_metadata(activity: dict[str, Any], scope: str) -> dict[str, Any]:
     commands = activity.get("commands") or []
     return {"scope": scope, "filesChanged": sorted(activity.get("files") or {})[:50],
@@ -345,7 +359,7 @@ def on_stop(hook: Hook) -> dict[str, Any] | None:
     body = events.session_summary(turn, first_prompt=asked, last_message=last)
     items = hook.statements(last, "assistant") if last else []
     if body:
-        title = f"Turn summary on {facts.branch or 'detached HEAD'}"
+        title = f"Turn summary on {facts.branch or 'detached HEAD'}" + _headline(last, asked)
         items.append(hook.outcome_item(f"{title}\n{body}", "session_summary", "project",
                                        _summary_metadata(turn, "turn"), f"turn:{_sha(body)}"))
     if items:
@@ -358,6 +372,7 @@ def on_session_summary(hook: Hook) -> dict[str, Any] | None:
     last = _last_message(hook)
     with state.session_state(hook.cfg.spool_dir, hook.session_id) as st:
         activity = st["session"]
+        st_first = st.get("firstPrompt")
         body = events.session_summary(activity, first_prompt=st.get("firstPrompt"),
                                       last_message=last, noise=dict(st.get("noise") or {}),
                                       lessons=list(st.get("lessons") or []))
@@ -376,7 +391,8 @@ def on_session_summary(hook: Hook) -> dict[str, Any] | None:
     where = facts.branch or "detached HEAD"
     if facts.commit:
         where += f" @ {facts.commit[:10]}"
-    title = f"Session summary ({hook.event}{': ' + str(why) if why else ''}) on {where}"
+    title = (f"Session summary ({hook.event}{': ' + str(why) if why else ''}) on {where}"
+             + _headline(last, st_first))
     metadata = _summary_metadata(activity, "session")
     metadata["reason"] = why
     hook.capture([hook.outcome_item(f"{title}\n{body}", "session_summary", "project", metadata,
