@@ -296,8 +296,10 @@ def s_merge_no_ff(s: Sim) -> None:
     _feature(s, r, "feature/osprey", "s1", "osprey_pool", "osprey outcome: pool of 8 workers.")
     s.git(r, "checkout", "-q", "main")
     s.probe_start(r, "s2", [], ["osprey_pool", "osprey outcome"])
+    s.probe_prompt(r, "s2", "how big is the osprey pool?", [], ["osprey_pool", "osprey outcome"])
     s.git(r, "merge", "-q", "--no-ff", "-m", "Merge branch 'feature/osprey'", "feature/osprey")
-    s.probe_start(r, "s3", ["osprey_pool", "osprey outcome"])
+    s.probe_start(r, "s3", ["osprey outcome"])
+    s.probe_prompt(r, "s4", "how big is the osprey pool?", ["osprey_pool"])
 
 
 def s_merge_ff(s: Sim) -> None:
@@ -307,7 +309,8 @@ def s_merge_ff(s: Sim) -> None:
     _feature(s, r, "feature/heron", "s1", "heron_cache_ttl", "heron outcome: TTL of 300 s.")
     s.git(r, "checkout", "-q", "main")
     s.git(r, "merge", "-q", "--ff-only", "feature/heron")
-    s.probe_start(r, "s2", ["heron_cache_ttl", "heron outcome"])
+    s.probe_start(r, "s2", ["heron outcome"])
+    s.probe_prompt(r, "s3", "what is the heron cache TTL?", ["heron_cache_ttl"])
 
 
 def s_squash(s: Sim) -> None:
@@ -319,7 +322,8 @@ def s_squash(s: Sim) -> None:
     s.commit(r, "other.txt", "x\n", "unrelated")
     s.git(r, "merge", "-q", "--squash", "feature/puffin")
     s.git(r, "commit", "-qm", "Puffin retries (#7)")
-    s.probe_start(r, "s2", ["puffin_retry", "puffin outcome"])
+    s.probe_start(r, "s2", ["puffin outcome"])
+    s.probe_prompt(r, "s3", "how does puffin retry?", ["puffin_retry"])
 
 
 def s_rebase(s: Sim) -> None:
@@ -333,7 +337,8 @@ def s_rebase(s: Sim) -> None:
     s.git(r, "rebase", "-q", "main")
     s.git(r, "checkout", "-q", "main")
     s.git(r, "merge", "-q", "--ff-only", "feature/tern")
-    s.probe_start(r, "s2", ["tern_batch_size", "tern outcome"])
+    s.probe_start(r, "s2", ["tern outcome"])
+    s.probe_prompt(r, "s3", "what tern batch size did we pick?", ["tern_batch_size"])
 
 
 def s_unmerged(s: Sim) -> None:
@@ -358,6 +363,8 @@ def s_fresh_branch(s: Sim) -> None:
     s.end(r, "s1", "jay spike wip, nothing committed")
     s.git(r, "checkout", "-q", "main")
     s.probe_start(r, "s2", ["jay_public_fact"], ["jay_uncommitted_spike", "jay spike wip"])
+    s.probe_prompt(r, "s2", "what did the jay spike change?", [],
+                   ["jay_uncommitted_spike", "jay spike wip"])
 
 
 def s_after_merge_uncommitted(s: Sim) -> None:
@@ -371,8 +378,9 @@ def s_after_merge_uncommitted(s: Sim) -> None:
     s.edit(r, "s2", "wren2.py", "wren_after_merge_wip = 1")
     s.end(r, "s2", "wren after-merge wip")
     s.git(r, "checkout", "-q", "main")
-    s.probe_start(r, "s3", ["wren_router", "wren outcome"],
-                  ["wren_after_merge_wip", "wren after-merge wip"])
+    s.probe_start(r, "s3", ["wren outcome"], ["wren_after_merge_wip", "wren after-merge wip"])
+    s.probe_prompt(r, "s3", "what is new in the wren router?", ["wren_router"],
+                   ["wren_after_merge_wip", "wren after-merge wip"])
 
 
 def s_two_clones(s: Sim) -> None:
@@ -393,11 +401,13 @@ def s_two_clones_branch(s: Sim) -> None:
     s.git(a, "push", "-q", "origin", "feature/ibex")
     b = s.clone("b")
     s.probe_start(b, "s2", [], ["ibex_index", "ibex outcome"])  # not merged anywhere yet
+    s.probe_prompt(b, "s2", "which ibex index did we add?", [], ["ibex_index", "ibex outcome"])
     s.git(a, "checkout", "-q", "main")
     s.git(a, "merge", "-q", "--no-ff", "-m", "Merge branch 'feature/ibex'", "feature/ibex")
     s.git(a, "push", "-q", "origin", "main")
     s.git(b, "pull", "-q", "origin", "main")
-    s.probe_start(b, "s3", ["ibex_index", "ibex outcome"])
+    s.probe_start(b, "s3", ["ibex outcome"])
+    s.probe_prompt(b, "s4", "which ibex index did we add?", ["ibex_index"])
 
 
 def s_echo(s: Sim) -> None:

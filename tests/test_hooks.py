@@ -400,9 +400,12 @@ def test_session_start_prints_context(live, project: Path, tmp_path: Path) -> No
     [ctx] = rec.calls("build-context")
     assert ctx["tokenBudget"] == 900 and ctx["query"] == "work on branch feature"
     assert ctx["style"] == "index"
-    assert ctx["filters"]["$or"][1]["gitBranch"]["$in"] == ["feature", "main"]
+    scope, lasting = ctx["filters"]["$and"]
+    assert scope["$or"][1]["gitBranch"]["$in"] == ["feature", "main"]
     assert {"gitBranch": "fix", "gitCommit": {"$ne": git(project, "rev-parse", "fix")}} in (
-        ctx["filters"]["$or"])
+        scope["$or"])
+    # an index of what lasts: single edits, commands and prompts live in the summaries
+    assert lasting == {"eventType": {"$nin": ["code_change", "tool_event", "prompt"]}}
     rec.context = ""
     again = hook("SessionStart", base(project, source="resume"), url=url, spool=tmp_path / "sp")
     assert again.rc == 0 and again.stdout == ""

@@ -22,6 +22,7 @@ from memoray.hooks.config import HookConfig
 from memoray.hooks.spool import FlushResult, Spool, log
 from memoray.hooks.transcript import last_assistant_text
 
+PER_TOOL_TYPES = ("code_change", "tool_event", "prompt")
 MIN_QUERY_WORDS = 3  # "yes", "go on": no point searching memories for these
 MAX_QUERY_CHARS = 2000
 
@@ -197,7 +198,10 @@ def on_session_start(hook: Hook) -> dict[str, Any] | None:
     query = None
     if facts.branch and facts.branch != facts.default_branch:
         query = f"work on branch {facts.branch}"
-    context = hook.context(query, hook.cfg.session_budget, style="index")
+    # An index of what lasts: decisions, lessons, problems, session outcomes. Single edits,
+    # commands and prompts are in those summaries already; prompts find them when they matter.
+    lasting = {"eventType": {"$nin": list(PER_TOOL_TYPES)}}
+    context = hook.context(query, hook.cfg.session_budget, lasting, style="index")
     hook.flush()
     if not context:
         return None  # nothing to show: not even a header
