@@ -65,8 +65,18 @@ class Probe:
 class Sim:
     """One scenario's world: a git remote, clones, a spool, the server URL, probes taken."""
 
-    def __init__(self, name: str, tmp: Path, url: str, tags: tuple[str, ...] = ()):
+    def __init__(self, name: str, tmp: Path, url: str, tags: tuple[str, ...] = (),
+                 world: Sim | None = None, prefix: str = ""):
+        """A new project in ``tmp``; or, with ``world``, the next scenario in that project."""
         self.name = name
+        self.prefix = prefix
+        if world is not None:
+            self.__dict__.update({k: v for k, v in world.__dict__.items()
+                                  if k in ("tmp", "url", "spool", "remote", "repo", "env", "n")})
+            self.tags, self.probes, self.facts = tags, [], set()
+            self.git(self.repo, "checkout", "-q", "-f", "main")
+            self.git(self.repo, "clean", "-fdq")
+            return
         self.tmp = tmp
         self.url = url
         self.tags = tags
@@ -96,7 +106,7 @@ class Sim:
                               text=True, env=self.env).stdout.strip()
 
     def clone(self, name: str) -> Path:
-        path = self.tmp / name
+        path = self.tmp / (self.prefix + name)
         self.git(self.tmp, "clone", "-q", str(self.remote), str(path))
         if not (path / ".git" / "refs" / "heads" / "main").exists():
             self.git(path, "checkout", "-q", "-B", "main")
@@ -114,6 +124,7 @@ class Sim:
 
     # hooks
     def hook(self, event: str, repo: Path, session: str, **fields: Any) -> str:
+        session = self.prefix + session
         payload = {"session_id": session, "transcript_path": str(self.tmp / f"{session}.jsonl"),
                    "cwd": str(repo), "permission_mode": "default", "hook_event_name": event,
                    **fields}
@@ -518,8 +529,11 @@ def summarize(probes: list[Probe], kind: str | None = None,
             "items": items, "relevantShare": _ratio(sum(p.relevant_items for p in ps), items)}
 
 
-def run(embedder: str = "minilm", only: str | None = None, show: bool = False
-        ) -> dict[str, Any]:
+def run(embedder: str = "minilm", only: str | None = None, show: bool = False,
+        shared: bool = False) -> dict[str, Any]:
+    """Every scenario in its own repository (workspace), or with ``shared`` all of them one
+    after the other in one repository, where each probe competes with every other scenario's
+    memories for the budget (the empty-store scenario still gets its own)."""
     from tests.server_process import ServerProcess
 
     chosen = [sc for sc in SCENARIOS if only is None or only in sc[0]]
@@ -531,9 +545,13 @@ def run(embedder: str = "minilm", only: str | None = None, show: bool = False
         probes: list[Probe] = []
         duplicates: list[int] = []
         try:
+            world = Sim("shared", tmp / "shared", server.url) if shared else None
             for i, (name, play, tags) in enumerate(chosen):
                 log(f"[{i + 1}/{len(chosen)}] {name}")
-                sim = Sim(name, tmp / f"sc{i}", server.url, tags)
+                if world is not None and play is not s_empty:
+                    sim = Sim(name, tmp, server.url, tags, world=world, prefix=f"x{i}-")
+                else:
+                    sim = Sim(name, tmp / f"sc{i}", server.url, tags)
                 play(sim)
                 probes.extend(sim.probes)
                 for p in sim.probes if show else []:
@@ -552,7 +570,8 @@ def run(embedder: str = "minilm", only: str | None = None, show: bool = False
                           "echoed": sorted({f for p in mine for f in p.echoes})})
     empty = [p for p in probes if "empty" in p.tags]
     out = {
-        "embedder": embedder, "scenarios": len(chosen), "seconds": round(time.time() - t0, 1),
+        "embedder": embedder, "sharedRepository": shared, "scenarios": len(chosen),
+        "seconds": round(time.time() - t0, 1),
         "overall": {"start": summarize(probes, "start"), "prompt": summarize(probes, "prompt"),
                     "all": summarize(probes)},
         "startAfterMerge": summarize(probes, "start", "merge"),
@@ -599,8 +618,10 @@ def main() -> None:
     ap.add_argument("--embedder", default="minilm", choices=["minilm", "hash"])
     ap.add_argument("--only", default=None, help="run the scenarios whose name contains this")
     ap.add_argument("--show", action="store_true", help="print every injected context")
+    ap.add_argument("--shared", action="store_true",
+                    help="play every scenario in one repository (memories compete)")
     a = ap.parse_args()
-    out = run(a.embedder, a.only, a.show)
+    out = run(a.embedder, a.only, a.show, a.shared)
     rows = []
     for s in out["perScenario"]:
         rows.append([s["scenario"], s["start"]["recall"], s["prompt"]["recall"],
@@ -619,7 +640,8 @@ def main() -> None:
           f"{o['prompt']['tokensPerProbe']}; relevant share of injected items "
           f"{o['all']['relevantShare']}; empty store injected {out['emptyStoreTokens']} tokens; "
           f"near-identical prompt copies shown {out['nearIdenticalPromptCopies']}")
-    name = "agent.json" if a.only is None else "agent_partial.json"
+    name = ("agent_shared.json" if a.shared else "agent.json") if a.only is None else (
+        "agent_partial.json")
     path = save_json(name, out)
     png = result_path(Path(name).with_suffix(".png").name)
     plot(out, png)

@@ -19,7 +19,8 @@ is not the current one. ``style="index"`` puts the id first on every line (see b
 Budget: each memory has three forms before it is dropped: full text, trimmed (first
 ``TRIM_TOKENS`` tokens, cut at a word, + "…") and one line (first meaningful line, at most
 ``LINE_TOKENS`` tokens). Memories are ranked by priority, ``0.6 score + 0.25 recency + 0.15 tier``
-(missing scores count as neutral), ties to the newer. Forms are handed out best-first under a
+plus ``LASTING_BONUS`` for decisions and lessons (missing scores count as neutral), ties to the
+newer. Forms are handed out best-first under a
 ceiling that only ever lowers, so no memory gets a better form than one ranked above it and the
 lowest-ranked degrade first: full text while ``DETAIL_SHARE`` of the room lasts, then trimmed
 while it lasts, then one line each while the whole room lasts, then dropped. The one exception is
@@ -74,6 +75,9 @@ FULL_SHARE = 0.3
 HEAD_CHARS = 480
 LINE_CHARS = 160
 RECENCY_HALF_LIFE_S = 7 * 86400.0
+# Decisions and lessons outrank a summary or a change of equal score: they are what a later
+# session cannot work out again by itself.
+LASTING_BONUS = 0.1
 MIN_TITLE = "# Memory context"
 INDEX_TITLE = "# Memory index"
 
@@ -287,8 +291,10 @@ def _prepare(
         tier = m.get("tier")
         age = None if ts is None else max(0.0, now_s - ts)
         recency = 0.0 if age is None else 0.5 ** (age / RECENCY_HALF_LIFE_S)
-        value = 0.6 * score + 0.25 * recency + 0.15 * _TIER_WEIGHT.get(str(tier), 0.4)
-        item = _Item(mid, content, norm, _section(m, branch), value, score, ts)
+        section = _section(m, branch)
+        value = (0.6 * score + 0.25 * recency + 0.15 * _TIER_WEIGHT.get(str(tier), 0.4)
+                 + (LASTING_BONUS if section <= 1 else 0.0))
+        item = _Item(mid, content, norm, section, value, score, ts)
         meta[id(item)] = m
         candidates.append(item)
 

@@ -99,11 +99,13 @@ def make_app(rec: Recorder):
     def build_context(query: str | None = None, tokenBudget: int = 1000,
                       workspaceId: str = "default", gitBranch: str | None = None,
                       sessionId: str | None = None, filters: dict[str, Any] | None = None,
-                      style: str | None = None) -> CallToolResult:
+                      style: str | None = None, limit: int | None = None) -> CallToolResult:
         args = {"query": query, "tokenBudget": tokenBudget, "workspaceId": workspaceId,
                 "gitBranch": gitBranch, "sessionId": sessionId, "filters": filters}
         if style is not None:
             args["style"] = style
+        if limit is not None:
+            args["limit"] = limit
         with rec.lock:
             rec.log.append(("build-context", args))
         text = rec.context
@@ -399,7 +401,7 @@ def test_session_start_prints_context(live, project: Path, tmp_path: Path) -> No
     assert out["additionalContext"].endswith(rec.context)
     [ctx] = rec.calls("build-context")
     assert ctx["tokenBudget"] == 900 and ctx["query"] == "work on branch feature"
-    assert ctx["style"] == "index"
+    assert ctx["style"] == "index" and ctx["limit"] == 80
     scope, lasting = ctx["filters"]["$and"]
     assert scope["$or"][1]["gitBranch"]["$in"] == ["feature", "main"]
     assert {"gitBranch": "fix", "gitCommit": {"$ne": git(project, "rev-parse", "fix")}} in (

@@ -23,6 +23,7 @@ from memoray.hooks.spool import FlushResult, Spool, log
 from memoray.hooks.transcript import last_assistant_text
 
 PER_TOOL_TYPES = ("code_change", "tool_event", "prompt")
+INDEX_CANDIDATES = 80
 MIN_QUERY_WORDS = 3  # "yes", "go on": no point searching memories for these
 MAX_QUERY_CHARS = 2000
 
@@ -154,7 +155,7 @@ class Hook:
 
     def context(self, query: str | None, budget: int,
                 extra_filter: dict[str, Any] | None = None,
-                style: str | None = None) -> str | None:
+                style: str | None = None, limit: int | None = None) -> str | None:
         """Markdown context from build-context, scoped to the branches visible from here."""
         if self.spool.backoff_remaining() > 0 or self.remaining() <= 0.05:
             return None
@@ -169,6 +170,8 @@ class Hook:
                                 "sessionId": self.session_id}
         if style:
             args["style"] = style
+        if limit:
+            args["limit"] = limit
         if clauses:
             args["filters"] = clauses[0] if len(clauses) == 1 else {"$and": clauses}
         try:
@@ -201,7 +204,9 @@ def on_session_start(hook: Hook) -> dict[str, Any] | None:
     # An index of what lasts: decisions, lessons, problems, session outcomes. Single edits,
     # commands and prompts are in those summaries already; prompts find them when they matter.
     lasting = {"eventType": {"$nin": list(PER_TOOL_TYPES)}}
-    context = hook.context(query, hook.cfg.session_budget, lasting, style="index")
+    # an index line is short, so it pays to look at more candidates than a prompt does
+    context = hook.context(query, hook.cfg.session_budget, lasting, style="index",
+                           limit=INDEX_CANDIDATES)
     hook.flush()
     if not context:
         return None  # nothing to show: not even a header
