@@ -92,7 +92,9 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
     limiter), built lazily inside the replica process."""
     mcp = MemorayMCP(name="memoray", metrics=metrics, instructions=(
         "Persistent memory for coding agents. Capture decisions, code changes and lessons with "
-        "capture-memory; recall them with retrieve-memories or build-context."))
+        "capture-memory; recall them with retrieve-memories or build-context; expand an id "
+        "with get-memory. A call that names no workspaceId works in the project's workspace "
+        "(the X-Memoray-Workspace header of this server's entry), else in the token's own."))
 
     async def caller_for(ctx: Context, tool: str, agent_id: str | None = None):
         """Authenticate the request (the use case then authorizes, rate-limits and audits)."""
@@ -108,14 +110,23 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
             raise
         session = headers.get("x-memoray-session") or headers.get("mcp-session-id")
         return rt.service, Caller(principal=principal, request_id=uuid.uuid4().hex[:16],
-                                  agent_id=agent_id, tool=tool, session=session)
+                                  agent_id=agent_id, tool=tool, session=session,
+                                  workspace=header_workspace(headers))
+
+    def default_workspace(caller: Any) -> str:
+        """Where a capture that names no workspace goes: the project's (header), else the
+        token's only workspace, else "default"."""
+        if caller.workspace:
+            return caller.workspace
+        mine = caller.principal.visible_workspaces()
+        return next(iter(mine)) if mine is not None and len(mine) == 1 else "default"
 
     @mcp.tool(name="capture-memory", description=(
         "Store one memory (content up to 1 MiB; long content is chunked). Returns its id(s)."))
     async def capture_memory(
         content: str, ctx: Context, eventType: str = "note", metadata: dict[str, Any] | None = None,
-        workspaceId: str = "default", sessionId: str | None = None, agentId: str | None = None,
-        gitBranch: str | None = None, gitCommit: str | None = None,
+        workspaceId: str | None = None, sessionId: str | None = None,
+        agentId: str | None = None, gitBranch: str | None = None, gitCommit: str | None = None,
         tier: Literal["session", "project", "preference", "pattern"] | None = None,
         visibility: Literal["private", "shared"] | None = None, ttlSeconds: int | None = None,
         timestamp: str | None = None, idempotencyKey: str | None = None,
@@ -130,6 +141,8 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         except ValidationError as exc:
             raise invalid(_validation_message(exc)) from None
         svc, caller = await caller_for(ctx, "capture-memory", agentId)
+        if workspaceId is None:
+            item = item.model_copy(update={"workspace_id": default_workspace(caller)})
         res = (await svc.capture([item], caller))[0]
         return {"ids": res["ids"], "id": res["ids"][0], "chunks": res["chunks"],
                 "parentId": res["parentId"], "deduplicated": res["deduplicated"],
@@ -141,6 +154,7 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
     async def capture_memories(items: list[dict[str, Any]], ctx: Context) -> dict[str, Any]:
         parsed = _parse_items(items)
         svc, caller = await caller_for(ctx, "capture-memories", parsed[0].agent_id)
+        parsed = _with_workspace(parsed, items, default_workspace(caller))
         results = await svc.capture(parsed, caller, action="capture-batch")
         redactions: dict[str, int] = {}
         for r in results:
@@ -181,7 +195,8 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
     ) -> dict[str, Any]:
         svc, caller = await caller_for(ctx, "build-context", agentId)
         return await svc.build_context(caller, query=query, limit=limit, filters=filters,
-                                       budget=tokenBudget, workspace_id=workspaceId,
+                                       budget=tokenBudget,
+                                       workspace_id=workspaceId or caller.workspace,
                                        branch=gitBranch, session_id=sessionId, style=style)
 
     @mcp.tool(name="upsert-memory", description=(
@@ -192,6 +207,7 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
                             similarityThreshold: float = 0.85) -> dict[str, Any]:
         parsed = _parse_items(items)
         svc, caller = await caller_for(ctx, "upsert-memory", parsed[0].agent_id)
+        parsed = _with_workspace(parsed, items, default_workspace(caller))
         return await svc.upsert(parsed, caller, threshold=similarityThreshold)
 
     @mcp.tool(name="share-memory", description=(
@@ -253,7 +269,7 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         "Counts per workspace, shard, eventType and tier; index and storage sizes."))
     async def memory_stats(ctx: Context, workspaceId: str | None = None) -> dict[str, Any]:
         svc, caller = await caller_for(ctx, "memory-stats")
-        return await svc.stats(caller, workspaceId)
+        return await svc.stats(caller, workspaceId or caller.workspace)
 
     @mcp.tool(name="ping", description=(
         "Liveness through the whole HTTP/MCP/auth/rate-limit stack; touches no data."))
@@ -267,6 +283,28 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         return await svc.health_check(caller, detailed)
 
     return mcp
+
+
+WORKSPACE_HEADER = "x-memoray-workspace"
+
+
+def header_workspace(headers: Any) -> str | None:
+    """The project's workspace named by the X-Memoray-Workspace header, if any (too long or
+    blank counts as none: a bad header must not widen or break a call)."""
+    try:
+        value = (headers.get(WORKSPACE_HEADER) or "").strip()
+    except Exception:  # headers of an unknown transport
+        return None
+    from memoray.models import MAX_ID_FIELD
+
+    return value if value and len(value) <= MAX_ID_FIELD else None
+
+
+def _with_workspace(parsed: list[CaptureItem], raw: list[dict[str, Any]],
+                    workspace: str) -> list[CaptureItem]:
+    """Items that named no workspaceId take the default one."""
+    return [p if "workspaceId" in r or "workspace_id" in r or workspace == p.workspace_id
+            else p.model_copy(update={"workspace_id": workspace}) for p, r in zip(parsed, raw)]
 
 
 def _parse_items(items: list[dict[str, Any]]) -> list[CaptureItem]:

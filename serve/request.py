@@ -32,6 +32,9 @@ class Caller:
     agent_id: str | None = None
     tool: str = ""  # the MCP tool (rate-limit keys are per tool)
     session: str | None = None  # the x-memoray-session / mcp-session-id header
+    # The project's workspace, from the X-Memoray-Workspace header that `memoray hooks install`
+    # writes into the project's MCP entry: the default for every call that names none.
+    workspace: str | None = None
 
 
 class UseCase:
@@ -66,6 +69,9 @@ class UseCase:
         """Restrict a parsed filter to what the caller may see: its workspaces, and private
         memories only of its own agent. Naming a workspace the caller lacks is refused."""
         named = flt.referenced_workspaces(node)
+        if named is None and caller.workspace:  # none named: the project's own workspace
+            node = flt.and_([node, flt.Eq("workspace_id", caller.workspace)])
+            named = {caller.workspace}
         if named is not None:
             for ws in named:
                 await self.authorize(caller, "read", action, ws)

@@ -1,0 +1,48 @@
+"""Issue 12, item 5: the X-Memoray-Workspace header that `memoray hooks install` writes into a
+project's MCP entry is the default workspace of every tool call that names none."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+
+import httpx2
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.server_process import Client
+
+
+@asynccontextmanager
+async def client_with(url: str, headers: dict[str, str]):
+    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(60.0))
+    async with http:
+        async with streamable_http_client(url, http_client=http) as (read, write, *_):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                yield Client(session)
+
+
+def test_header_workspace_scopes_calls_that_name_none(minilm_server):
+    async def go():
+        ws_a, ws_b = "github.com/acme/alpha-ws12", "github.com/acme/beta-ws12"
+        fact = "the narwhal exporter flushes every 90 seconds"
+        async with client_with(minilm_server.mcp_url, {"X-Memoray-Workspace": ws_a}) as a, \
+                client_with(minilm_server.mcp_url, {"X-Memoray-Workspace": ws_b}) as b:
+            mine = await a.call("capture-memory", content=fact, eventType="decision")
+            await b.call("capture-memory", content=fact + " (beta copy)", eventType="decision")
+            await a.call("capture-memories", items=[{"content": "narwhal batch item"}])
+            got = await a.call("get-memory", id=mine["id"])
+            assert got["workspaceId"] == ws_a
+            hits = (await a.call("retrieve-memories", query="narwhal exporter flush"))["memories"]
+            assert hits and {h["workspaceId"] for h in hits} == {ws_a}
+            assert any(h["content"] == "narwhal batch item" for h in hits)
+            ctx = await a.call("build-context", query="narwhal exporter")
+            assert fact in ctx["context"] and "beta copy" not in ctx["context"]
+            assert ws_a in ctx["context"]  # the block names its workspace
+            # naming a workspace explicitly still wins over the header
+            other = await a.call("retrieve-memories", query="narwhal exporter",
+                                 filters={"workspaceId": ws_b})
+            assert {h["workspaceId"] for h in other["memories"]} == {ws_b}
+
+    asyncio.run(go())
