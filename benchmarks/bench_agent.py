@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +203,7 @@ class Sim:
 
 def s_decision_in_prompt(s: Sim) -> None:
     r = s.repo
-    s.plant(*['login', 'Argon2'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['login', 'Argon2'])  # topic words
     s.plant("argon2id")
     s.say(r, "s1", "Login is slow. We use argon2id for password hashing, never bcrypt. "
                    "Can you profile the login handler?")
@@ -215,7 +215,7 @@ def s_decision_in_prompt(s: Sim) -> None:
 
 def s_preference(s: Sim) -> None:
     r = s.repo
-    s.plant(*['ruff'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['ruff'])  # topic words
     s.plant("ruff check")
     s.say(r, "s1", "Please always run ruff check before telling me you're done.")
     s.bash(r, "s1", "ruff check .", "All checks passed!")
@@ -224,7 +224,7 @@ def s_preference(s: Sim) -> None:
 
 def s_convention(s: Sim) -> None:
     r = s.repo
-    s.plant(*['orders', 'refunds'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['orders', 'refunds'])  # topic words
     s.plant("validate_payload")
     s.say(r, "s1", "All HTTP handlers must call validate_payload before the service layer. "
                    "Add the orders endpoint.")
@@ -235,7 +235,7 @@ def s_convention(s: Sim) -> None:
 
 def s_assistant_decision(s: Sim) -> None:
     r = s.repo
-    s.plant(*['ingest', 'Queue(maxsize=512)'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['ingest', 'Queue(maxsize=512)'])  # topic words
     s.plant("bounded queue of 512")
     s.say(r, "s1", "The ingest worker runs out of memory under bursts, fix it.")
     s.edit(r, "s1", "ingest.py", "queue = Queue(maxsize=512)")
@@ -246,7 +246,7 @@ def s_assistant_decision(s: Sim) -> None:
 
 def s_failure_fixed(s: Sim) -> None:
     r = s.repo
-    s.plant(*['gannet'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['gannet'])  # topic words
     s.plant("test_gannet_refill", "gannet_refill_rate")
     s.say(r, "s1", "the gannet limiter test fails, fix it")
     s.fail(r, "s1", "pytest tests/test_gannet.py::test_gannet_refill -x",
@@ -262,7 +262,7 @@ def s_failure_fixed(s: Sim) -> None:
 
 def s_failure_open(s: Sim) -> None:
     r = s.repo
-    s.plant(*['ibis', 'native'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['ibis', 'native'])  # topic words
     s.plant("ibis_link_error")
     s.say(r, "s1", "build the native extension")
     s.fail(r, "s1", "make native", "ld: ibis_link_error: undefined symbol png_read_info")
@@ -272,7 +272,7 @@ def s_failure_open(s: Sim) -> None:
 
 def s_refactor(s: Sim) -> None:
     r = s.repo
-    s.plant(*['pelican'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['pelican'])  # topic words
     s.plant("pelican_core")
     s.say(r, "s1", "split the pelican module into smaller parts")
     s.edit(r, "s1", "pelican_core/router.py", "from pelican_core.routes import table")
@@ -283,7 +283,7 @@ def s_refactor(s: Sim) -> None:
 
 def s_reverted(s: Sim) -> None:
     r = s.repo
-    s.plant(*['kestrel'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['kestrel'])  # topic words
     s.plant("kestrel_flag")
     s.edit(r, "s1", "flags.py", "kestrel_flag = True")
     s.commit(r, "flags.py", "kestrel_flag = True\n", "add kestrel_flag")
@@ -302,7 +302,7 @@ def _feature(s: Sim, repo: Path, branch: str, session: str, fact: str, outcome: 
 
 def s_merge_no_ff(s: Sim) -> None:
     r = s.repo
-    s.plant(*['osprey'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['osprey'])  # topic words
     s.plant("osprey_pool", "osprey outcome")
     _feature(s, r, "feature/osprey", "s1", "osprey_pool", "osprey outcome: pool of 8 workers.")
     s.git(r, "checkout", "-q", "main")
@@ -315,7 +315,7 @@ def s_merge_no_ff(s: Sim) -> None:
 
 def s_merge_ff(s: Sim) -> None:
     r = s.repo
-    s.plant(*['heron'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['heron'])  # topic words
     s.plant("heron_cache_ttl", "heron outcome")
     _feature(s, r, "feature/heron", "s1", "heron_cache_ttl", "heron outcome: TTL of 300 s.")
     s.git(r, "checkout", "-q", "main")
@@ -326,7 +326,7 @@ def s_merge_ff(s: Sim) -> None:
 
 def s_squash(s: Sim) -> None:
     r = s.repo
-    s.plant(*['puffin'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['puffin'])  # topic words
     s.plant("puffin_retry", "puffin outcome")
     _feature(s, r, "feature/puffin", "s1", "puffin_retry", "puffin outcome: 3 retries.")
     s.git(r, "checkout", "-q", "main")
@@ -339,7 +339,7 @@ def s_squash(s: Sim) -> None:
 
 def s_rebase(s: Sim) -> None:
     r = s.repo
-    s.plant(*['tern'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['tern'])  # topic words
     s.plant("tern_batch_size", "tern outcome")
     _feature(s, r, "feature/tern", "s1", "tern_batch_size", "tern outcome: batches of 64.")
     s.git(r, "checkout", "-q", "main")
@@ -354,7 +354,7 @@ def s_rebase(s: Sim) -> None:
 
 def s_unmerged(s: Sim) -> None:
     r = s.repo
-    s.plant(*['lemur'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['lemur'])  # topic words
     s.plant("main_fact_lemur")
     s.say(r, "s0", "We decided to keep main_fact_lemur as the public entry point.")
     _feature(s, r, "feature/lynx", "s1", "lynx_experiment", "lynx outcome: half done.")
@@ -366,7 +366,7 @@ def s_unmerged(s: Sim) -> None:
 
 def s_fresh_branch(s: Sim) -> None:
     r = s.repo
-    s.plant(*['jay_public'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['jay_public'])  # topic words
     s.plant("jay_public_fact")
     s.say(r, "s0", "We decided that jay_public_fact is the default exporter.")
     s.git(r, "checkout", "-q", "-b", "spike/jay")
@@ -380,7 +380,7 @@ def s_fresh_branch(s: Sim) -> None:
 
 def s_after_merge_uncommitted(s: Sim) -> None:
     r = s.repo
-    s.plant(*['wren_router', 'wren outcome'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['wren_router', 'wren outcome'])  # topic words
     s.plant("wren_router", "wren outcome")
     _feature(s, r, "feature/wren", "s1", "wren_router", "wren outcome: router merged.")
     s.git(r, "checkout", "-q", "main")
@@ -396,7 +396,7 @@ def s_after_merge_uncommitted(s: Sim) -> None:
 
 def s_two_clones(s: Sim) -> None:
     a = s.repo
-    s.plant(*['crane'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['crane'])  # topic words
     s.plant("crane_endpoint")
     s.say(a, "s1", "Let's go with /v2/crane_endpoint for the public API, not /api/crane.")
     s.git(a, "push", "-q", "origin", "main")
@@ -406,7 +406,7 @@ def s_two_clones(s: Sim) -> None:
 
 def s_two_clones_branch(s: Sim) -> None:
     a = s.repo
-    s.plant(*['ibex'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['ibex'])  # topic words
     s.plant("ibex_index", "ibex outcome")
     _feature(s, a, "feature/ibex", "s1", "ibex_index", "ibex outcome: index on tenant_id.")
     s.git(a, "push", "-q", "origin", "feature/ibex")
@@ -423,7 +423,7 @@ def s_two_clones_branch(s: Sim) -> None:
 
 def s_echo(s: Sim) -> None:
     r = s.repo
-    s.plant(*['wombat'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['wombat'])  # topic words
     s.plant("wombat_schedule")
     s.edit(r, "s1", "retry.py", "wombat_schedule = [1, 2, 4]")
     s.probe_prompt(r, "s1", "is the wombat_schedule exponential?", [], [], ["wombat_schedule"])
@@ -432,7 +432,7 @@ def s_echo(s: Sim) -> None:
 
 def s_duplicate_prompts(s: Sim) -> None:
     r = s.repo
-    s.plant(*['vole'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['vole'])  # topic words
     s.plant("vole_timeout", "vole question")
     for i, q in enumerate(["vole question: how long is the vole_timeout?",
                            "vole question: how long is the vole_timeout",
@@ -444,7 +444,7 @@ def s_duplicate_prompts(s: Sim) -> None:
 
 def s_noise_budget(s: Sim) -> None:
     r = s.repo
-    s.plant(*['otter'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['otter'])  # topic words
     s.plant("otter_shard_count")
     s.say(r, "s0", "We decided that otter_shard_count stays at 16 for every deployment.")
     for i in range(30):
@@ -454,7 +454,7 @@ def s_noise_budget(s: Sim) -> None:
 
 def s_compact(s: Sim) -> None:
     r = s.repo
-    s.plant(*['HERON_', 'configuration'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['HERON_', 'configuration'])  # topic words
     s.plant("HERON_")
     s.hook("PostCompact", r, "s1", trigger="auto", compact_summary=(
         "The user asked to speed up configuration loading. All config values come from "
@@ -464,7 +464,7 @@ def s_compact(s: Sim) -> None:
 
 def s_branch_lesson_merged(s: Sim) -> None:
     r = s.repo
-    s.plant(*['magpie'])  # the scenario's topic: what a relevant item mentions
+    s.plant(*['magpie'])  # topic words
     s.plant("test_magpie_parse", "magpie_parser")
     s.git(r, "checkout", "-q", "-b", "fix/magpie")
     s.fail(r, "s1", "pytest tests/test_magpie.py::test_magpie_parse",
@@ -645,7 +645,8 @@ def main() -> None:
     path = save_json(name, out)
     png = result_path(Path(name).with_suffix(".png").name)
     plot(out, png)
-    print(f"saved {path} and {png}; {out['seconds']} s; load {out['environment']['loadavg_at_save']}")
+    load = out["environment"]["loadavg_at_save"]
+    print(f"saved {path} and {png}; {out['seconds']} s; load {load}")
 
 
 if __name__ == "__main__":

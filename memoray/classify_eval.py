@@ -37,8 +37,10 @@ def evaluate(rows: list[tuple[str, str, str]]) -> dict[str, float | int]:
             fp += 1
         elif label != "none":
             fn += 1
+
     def ratio(a: int, b: int) -> float:
         return round(a / b, 4) if b else 0.0
     return {"sentences": len(rows), "statements": tp + fn,
             "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
-            "strictPrecision": ratio(right_kind, tp + fp), "strictRecall": ratio(right_kind, tp + fn)}
+            "strictPrecision": ratio(right_kind, tp + fp),
+            "strictRecall": ratio(right_kind, tp + fn)}

@@ -65,19 +65,38 @@ def _check_content(v: str) -> str:
 
 
 class CaptureItem(Wire):
-    content: str
-    event_type: str = "note"
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    workspace_id: str = Field(default="default", min_length=1, max_length=MAX_ID_FIELD)
-    session_id: str | None = Field(default=None, max_length=MAX_ID_FIELD)
-    agent_id: str | None = Field(default=None, max_length=MAX_ID_FIELD)
-    git_branch: str | None = Field(default=None, max_length=MAX_ID_FIELD)
-    git_commit: str | None = Field(default=None, max_length=64)
-    tier: Tier | None = None
-    visibility: Visibility | None = None
-    ttl_seconds: int | None = Field(default=None, ge=1, le=100 * 365 * 86400)
-    timestamp: str | None = None
-    idempotency_key: str | None = Field(default=None, max_length=MAX_ID_FIELD)
+    """One memory to store."""
+
+    content: str = Field(description="The memory itself: a decision, a change, a lesson "
+                         "(at most 1 MiB; long text is chunked).")
+    event_type: str = Field(default="note", description=(
+        "Kind of memory, a lowercase slug: decision, convention, preference, lesson, "
+        "code_change, error, session_summary, note, ..."), examples=list(EVENT_TYPES))
+    metadata: dict[str, Any] = Field(default_factory=dict, description=(
+        "Free JSON (at most 64 KiB), filterable as metadata.<path>."))
+    workspace_id: str = Field(default="default", min_length=1, max_length=MAX_ID_FIELD,
+                              description="The project. Omit it to use this server entry's "
+                              "project workspace (or the token's only one).")
+    session_id: str | None = Field(default=None, max_length=MAX_ID_FIELD,
+                                   description="The agent session that produced it.")
+    agent_id: str | None = Field(default=None, max_length=MAX_ID_FIELD,
+                                 description="The agent that produced it (owner of private "
+                                 "memories).")
+    git_branch: str | None = Field(default=None, max_length=MAX_ID_FIELD,
+                                   description="The git branch it belongs to; memories of "
+                                   "unmerged branches stay out of other branches' context.")
+    git_commit: str | None = Field(default=None, max_length=64,
+                                   description="HEAD's commit when it was captured.")
+    tier: Tier | None = Field(default=None, description=(
+        "Lifetime: session (short), project (default), preference or pattern (long-lived)."))
+    visibility: Visibility | None = Field(default=None, description=(
+        "private (only agentId sees it) or shared (default)."))
+    ttl_seconds: int | None = Field(default=None, ge=1, le=100 * 365 * 86400,
+                                    description="Expire after this many seconds.")
+    timestamp: str | None = Field(default=None, description=(
+        "ISO 8601 time it happened (for imports); default now."))
+    idempotency_key: str | None = Field(default=None, max_length=MAX_ID_FIELD, description=(
+        "A retry with the same key stores nothing new."))
 
     _content = field_validator("content")(classmethod(lambda cls, v: _check_content(v)))
 

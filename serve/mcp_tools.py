@@ -13,16 +13,16 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from memoray.auth import authenticate
 from memoray.errors import ErrorCode, MemorayError, invalid
-from memoray.models import MAX_BATCH, CaptureItem
+from memoray.models import EVENT_TYPES, MAX_BATCH, MAX_LIMIT, CaptureItem
 from serve.observability import span
 
 log = logging.getLogger(__name__)
@@ -35,19 +35,71 @@ def error_result(err: MemorayError) -> CallToolResult:
                           structured_content=body, is_error=True)
 
 
+def _loc(parts: tuple) -> str:
+    """("items", 1, "content") -> "items[1].content"."""
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
 def _validation_message(exc: ValidationError, prefix: str = "") -> str:
     parts = []
     for e in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in e["loc"]) or "arguments"
+        loc = _loc(tuple(e["loc"])) or "arguments"
         msg = e["msg"].removeprefix("Value error, ")
         parts.append(f"{prefix}{loc}: {msg}")
     return "; ".join(parts)
+
+
+def _drop_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
+def compact(result: Any) -> Any:
+    """A tool's result without nulls, its JSON text unindented (indentation cost more
+    characters than the content it carried). A text block that is not that JSON (build-context's
+    markdown) is left as it is."""
+    if not isinstance(result, CallToolResult) or result.is_error or not isinstance(
+            result.structured_content, dict):
+        return result
+    data = _drop_nulls(result.structured_content)
+    content = result.content
+    if len(content) == 1 and isinstance(content[0], TextContent) and content[0].text.startswith(
+            "{"):
+        content = [TextContent(type="text", text=json.dumps(
+            data, ensure_ascii=False, separators=(",", ":")))]
+    return CallToolResult(content=content, structured_content=data)
+
+
+def _untitled(schema: Any, in_properties: bool = False) -> Any:
+    """A JSON schema without pydantic's generated titles ("Eventtype" for eventType): the
+    property names and descriptions say it better, in fewer tokens."""
+    if isinstance(schema, dict):
+        return {k: _untitled(v, k in ("properties", "$defs") and not in_properties)
+                for k, v in schema.items()
+                if not (k == "title" and isinstance(v, str) and not in_properties)}
+    if isinstance(schema, list):
+        return [_untitled(v) for v in schema]
+    return schema
 
 
 class MemorayMCP(MCPServer):
     def __init__(self, *args: Any, metrics: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.memoray_metrics = metrics
+
+    async def list_tools(self):
+        tools = await super().list_tools()
+        for t in tools:
+            t.input_schema = _untitled(t.input_schema)
+            if t.output_schema is not None:
+                t.output_schema = _untitled(t.output_schema)
+        return tools
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None):
         t0 = time.perf_counter()
@@ -62,7 +114,7 @@ class MemorayMCP(MCPServer):
                 raise invalid(f"unknown argument(s): {', '.join(extra)} "
                               f"(allowed: {', '.join(sorted(allowed))})")
             with span("memoray.tool", tool=name):
-                return await super().call_tool(name, arguments, context)
+                return compact(await super().call_tool(name, arguments, context))
         except MemorayError as err:
             outcome = err.code.value
             return error_result(err)
@@ -124,12 +176,26 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
     @mcp.tool(name="capture-memory", description=(
         "Store one memory (content up to 1 MiB; long content is chunked). Returns its id(s)."))
     async def capture_memory(
-        content: str, ctx: Context, eventType: str = "note", metadata: dict[str, Any] | None = None,
-        workspaceId: str | None = None, sessionId: str | None = None,
-        agentId: str | None = None, gitBranch: str | None = None, gitCommit: str | None = None,
-        tier: Literal["session", "project", "preference", "pattern"] | None = None,
-        visibility: Literal["private", "shared"] | None = None, ttlSeconds: int | None = None,
-        timestamp: str | None = None, idempotencyKey: str | None = None,
+        content: Annotated[str, Field(description=_F["content"].description)], ctx: Context,
+        eventType: Annotated[str, Field(description=_F["event_type"].description,
+                                        examples=list(EVENT_TYPES))] = "note",
+        metadata: Annotated[dict[str, Any] | None,
+                            Field(description=_F["metadata"].description)] = None,
+        workspaceId: Annotated[str | None, Field(description=_F["workspace_id"].description,
+                                                 max_length=256)] = None,
+        sessionId: Annotated[str | None, Field(description=_F["session_id"].description)] = None,
+        agentId: Annotated[str | None, Field(description=_F["agent_id"].description)] = None,
+        gitBranch: Annotated[str | None, Field(description=_F["git_branch"].description)] = None,
+        gitCommit: Annotated[str | None, Field(description=_F["git_commit"].description)] = None,
+        tier: Annotated[Literal["session", "project", "preference", "pattern"] | None,
+                        Field(description=_F["tier"].description)] = None,
+        visibility: Annotated[Literal["private", "shared"] | None,
+                              Field(description=_F["visibility"].description)] = None,
+        ttlSeconds: Annotated[int | None, Field(description=_F["ttl_seconds"].description,
+                                                ge=1)] = None,
+        timestamp: Annotated[str | None, Field(description=_F["timestamp"].description)] = None,
+        idempotencyKey: Annotated[str | None,
+                                  Field(description=_F["idempotency_key"].description)] = None,
     ) -> dict[str, Any]:
         raw = {k: v for k, v in dict(
             content=content, eventType=eventType, metadata=metadata or {},
@@ -151,10 +217,14 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
     @mcp.tool(name="capture-memories", description=(
         f"Store a batch of memories (bulk import, hook queues); at most {MAX_BATCH} items, each "
         "with the fields of capture-memory."))
-    async def capture_memories(items: list[dict[str, Any]], ctx: Context) -> dict[str, Any]:
-        parsed = _parse_items(items)
+    async def capture_memories(
+        items: Annotated[list[CaptureItem], Field(
+            min_length=1, max_length=MAX_BATCH, description="The memories to store.")],
+        ctx: Context,
+    ) -> dict[str, Any]:
+        parsed = items
         svc, caller = await caller_for(ctx, "capture-memories", parsed[0].agent_id)
-        parsed = _with_workspace(parsed, items, default_workspace(caller))
+        parsed = _with_workspace(parsed, default_workspace(caller))
         results = await svc.capture(parsed, caller, action="capture-batch")
         redactions: dict[str, int] = {}
         for r in results:
@@ -170,9 +240,17 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         "eventType, workspaceId, sessionId, agentId, gitBranch, tier, timestamp and "
         "metadata.<path>; startTime/endTime shorthand. Scores are 0-1."))
     async def retrieve_memories(
-        query: str, ctx: Context, limit: int = 10, filters: dict[str, Any] | None = None,
-        mode: Literal["hybrid", "vector", "lexical"] = "hybrid", agentId: str | None = None,
-        recencyWeight: float = 0.0,
+        query: Annotated[str, Field(description="What to look for, in words.")], ctx: Context,
+        limit: Annotated[int, Field(description="How many memories at most.", ge=1,
+                                    le=MAX_LIMIT)] = 10,
+        filters: Annotated[dict[str, Any] | None, Field(description=FILTERS_HELP)] = None,
+        mode: Annotated[Literal["hybrid", "vector", "lexical"], Field(
+            description="hybrid (default): meaning and words; vector: meaning; lexical: "
+                        "words.")] = "hybrid",
+        agentId: Annotated[str | None, Field(description="Your agent id: private memories of "
+                                             "this agent are included.")] = None,
+        recencyWeight: Annotated[float, Field(description="0: relevance only; 1: newest "
+                                              "first.", ge=0.0, le=1.0)] = 0.0,
     ) -> dict[str, Any]:
         if not 0.0 <= recencyWeight <= 1.0:
             raise invalid("recencyWeight: must be between 0 and 1")
@@ -187,27 +265,48 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         "line per memory starting with its id (expand with get-memory). Empty when there is "
         "nothing to show."))
     async def build_context(
-        ctx: Context, query: str | None = None, limit: int = 40,
-        filters: dict[str, Any] | None = None, tokenBudget: int = 1500,
-        workspaceId: str | None = None, gitBranch: str | None = None,
-        sessionId: str | None = None, agentId: str | None = None,
-        style: Literal["full", "index"] = "full",
-    ) -> dict[str, Any]:
+        ctx: Context,
+        query: Annotated[str | None, Field(description="The task at hand; omit it for a "
+                                           "general briefing.")] = None,
+        limit: Annotated[int, Field(description="Candidates to consider.", ge=1,
+                                    le=MAX_LIMIT)] = 40,
+        filters: Annotated[dict[str, Any] | None, Field(description=FILTERS_HELP)] = None,
+        tokenBudget: Annotated[int, Field(description="The most tokens the block may take.",
+                                          ge=1, le=100_000)] = 1500,
+        workspaceId: Annotated[str | None, Field(description="The project; default: this "
+                                                 "server entry's project.")] = None,
+        gitBranch: Annotated[str | None, Field(description="Your branch: its recent changes "
+                                               "get a section.")] = None,
+        sessionId: Annotated[str | None, Field(description="Your session id.")] = None,
+        agentId: Annotated[str | None, Field(description="Your agent id.")] = None,
+        style: Annotated[Literal["full", "index"], Field(
+            description="full: memories in full or trimmed; index: one line per memory, its "
+                        "id first (expand with get-memory).")] = "full",
+    ) -> CallToolResult:
         svc, caller = await caller_for(ctx, "build-context", agentId)
-        return await svc.build_context(caller, query=query, limit=limit, filters=filters,
-                                       budget=tokenBudget,
-                                       workspace_id=workspaceId or caller.workspace,
-                                       branch=gitBranch, session_id=sessionId, style=style)
+        out = await svc.build_context(caller, query=query, limit=limit, filters=filters,
+                                      budget=tokenBudget,
+                                      workspace_id=workspaceId or caller.workspace,
+                                      branch=gitBranch, session_id=sessionId, style=style)
+        # the markdown itself is what a model reads; the numbers ride along as structured data
+        return CallToolResult(content=[TextContent(type="text", text=out["context"])],
+                              structured_content=out)
 
     @mcp.tool(name="upsert-memory", description=(
         "Store memories, merging near-duplicates (cosine >= similarityThreshold, default 0.85, "
         "same workspace and scope) into the existing memory instead of adding; exact duplicates "
         "are left unchanged. Returns a merge report."))
-    async def upsert_memory(items: list[dict[str, Any]], ctx: Context,
-                            similarityThreshold: float = 0.85) -> dict[str, Any]:
-        parsed = _parse_items(items)
+    async def upsert_memory(
+        items: Annotated[list[CaptureItem], Field(
+            min_length=1, max_length=MAX_BATCH, description="The memories to store or merge.")],
+        ctx: Context,
+        similarityThreshold: Annotated[float, Field(
+            description="Cosine similarity at which an item merges into an existing memory.",
+            ge=0.0, le=1.0)] = 0.85,
+    ) -> dict[str, Any]:
+        parsed = items
         svc, caller = await caller_for(ctx, "upsert-memory", parsed[0].agent_id)
-        parsed = _with_workspace(parsed, items, default_workspace(caller))
+        parsed = _with_workspace(parsed, default_workspace(caller))
         return await svc.upsert(parsed, caller, threshold=similarityThreshold)
 
     @mcp.tool(name="share-memory", description=(
@@ -240,8 +339,10 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         svc, caller = await caller_for(ctx, "rotate-encryption")
         return await svc.rotate_encryption(caller)
 
-    @mcp.tool(name="get-memory", description="One memory by id.")
-    async def get_memory(id: str, ctx: Context) -> dict[str, Any]:
+    @mcp.tool(name="get-memory", description=(
+        "One memory by id, in full (expands a line of a build-context index)."))
+    async def get_memory(id: Annotated[str, Field(description="The memory's id.")],
+                         ctx: Context) -> dict[str, Any]:
         svc, caller = await caller_for(ctx, "get-memory")
         return (await svc.get(caller, id)).model_dump(by_alias=True)
 
@@ -286,6 +387,12 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
 
 
 WORKSPACE_HEADER = "x-memoray-workspace"
+_F = CaptureItem.model_fields
+FILTERS_HELP = (
+    "Field equality and $and/$or/$not/$eq/$ne/$in/$nin/$gt/$gte/$lt/$lte/$exists over eventType, "
+    "workspaceId, sessionId, agentId, gitBranch, tier, timestamp and metadata.<path>; "
+    "startTime/endTime as shorthand. Example: {\"eventType\": {\"$in\": [\"decision\", "
+    "\"lesson\"]}, \"gitBranch\": \"main\"}. Default workspace: this server entry's project.")
 
 
 def header_workspace(headers: Any) -> str | None:
@@ -300,23 +407,7 @@ def header_workspace(headers: Any) -> str | None:
     return value if value and len(value) <= MAX_ID_FIELD else None
 
 
-def _with_workspace(parsed: list[CaptureItem], raw: list[dict[str, Any]],
-                    workspace: str) -> list[CaptureItem]:
+def _with_workspace(parsed: list[CaptureItem], workspace: str) -> list[CaptureItem]:
     """Items that named no workspaceId take the default one."""
-    return [p if "workspaceId" in r or "workspace_id" in r or workspace == p.workspace_id
-            else p.model_copy(update={"workspace_id": workspace}) for p, r in zip(parsed, raw)]
-
-
-def _parse_items(items: list[dict[str, Any]]) -> list[CaptureItem]:
-    """Validate a batch of wire items."""
-    if not items:
-        raise invalid("items: must hold at least one item")
-    if len(items) > MAX_BATCH:
-        raise invalid(f"items: at most {MAX_BATCH} items per call")
-    parsed = []
-    for i, raw in enumerate(items):
-        try:
-            parsed.append(CaptureItem.model_validate(raw))
-        except ValidationError as exc:
-            raise invalid(_validation_message(exc, prefix=f"items[{i}].")) from None
-    return parsed
+    return [p if "workspace_id" in p.model_fields_set
+            else p.model_copy(update={"workspace_id": workspace}) for p in parsed]
