@@ -18,6 +18,10 @@ from serve.observability import span
 from serve.request import Caller, UseCase
 
 
+# What an index (build-context style "index") always looks for, besides the query's best hits.
+LASTING_TYPES = ("decision", "convention", "preference", "lesson", "error")
+
+
 def check_query(query: str, allow_empty: bool = False) -> None:
     if not allow_empty and not query.strip():
         raise invalid("query: must not be empty")
@@ -129,6 +133,13 @@ class Retrieve(UseCase):
         scoped = await self.scoped_filter(caller, node, "build-context")
         scoped_recent = (await self.scoped_filter(caller, recent, "build-context")
                          if recent is not None else None)
+        lasting = None
+        if style == "index":  # an index lists what lasts, newest first, whatever the query
+            kinds = {"$or": [{"eventType": {"$in": list(LASTING_TYPES)}},
+                             {"tier": {"$in": ["preference", "pattern"]}}]}
+            lasting = await self.scoped_filter(
+                caller, flt.parse_filter({"$and": [base, kinds]} if base else kinds),
+                "build-context")
         # rate-limit
         await self.rate_limit(caller, one_workspace(node))
         # work
@@ -138,6 +149,11 @@ class Retrieve(UseCase):
         if scoped_recent is not None:  # this branch's recent changes, even if the query missed
             more, _ = await self.run_search(f"changes on {branch}", min(limit, 20),
                                             scoped_recent, recency_weight=0.8)
+            seen = {r["id"] for r in records}
+            records += [r for r in more if r["id"] not in seen]
+        if lasting is not None:
+            more, _ = await self.run_search(text_query, min(limit, 40), lasting,
+                                            recency_weight=0.8)
             seen = {r["id"] for r in records}
             records += [r for r in more if r["id"] not in seen]
         block = build_context(records, budget=budget, query=query,
