@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: install run test test-unit test-integration bench bench-core bench-hooks bench-locomo \
-        bench-planner bench-dedup bench-security reindex backup lint clean
+        bench-planner bench-dedup bench-security bench-agent reindex backup lint clean
 
 install: $(STAMP)
 
@@ -57,6 +57,12 @@ bench-planner: install
 
 bench-dedup: install
 	$(BIN)/python -m benchmarks.bench_dedup
+
+# Agent replay (issue 12): scripted multi-session scenarios in real git repositories through the
+# real hooks and server, each in its own repository, then all in one; and the classifier's figures.
+bench-agent: install
+	$(BIN)/python -m benchmarks.bench_agent
+	$(BIN)/python -m benchmarks.bench_agent --shared
 
 bench-security: install
 	$(BIN)/python -m benchmarks.bench_security

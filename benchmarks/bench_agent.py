@@ -578,8 +578,18 @@ def run(embedder: str = "minilm", only: str | None = None, show: bool = False,
         "emptyStoreTokens": sum(p.tokens for p in empty),
         "nearIdenticalPromptCopies": duplicates,
         "perScenario": scenarios, "environment": environment(),
+        "classification": classification(),
     }
     return out
+
+
+def classification() -> dict[str, Any]:
+    """Precision and recall of the LLM-free statement classifier (memoray.classify) on the
+    labelled sentences: the dev part the rules were written against, and the held-out part."""
+    from memoray.classify_eval import evaluate, load, split
+
+    rows = load()
+    return {"dev": evaluate(split(rows, "dev")), "heldout": evaluate(split(rows, "heldout"))}
 
 
 def plot(out: dict[str, Any], path: Path) -> None:
@@ -640,6 +650,10 @@ def main() -> None:
           f"{o['prompt']['tokensPerProbe']}; relevant share of injected items "
           f"{o['all']['relevantShare']}; empty store injected {out['emptyStoreTokens']} tokens; "
           f"near-identical prompt copies shown {out['nearIdenticalPromptCopies']}")
+    c = out["classification"]["heldout"]
+    print(f"classification (held-out, {c['sentences']} sentences): precision {c['precision']}, "
+          f"recall {c['recall']}; with the right kind: precision {c['strictPrecision']}, "
+          f"recall {c['strictRecall']}")
     name = ("agent_shared.json" if a.shared else "agent.json") if a.only is None else (
         "agent_partial.json")
     path = save_json(name, out)
