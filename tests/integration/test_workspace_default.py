@@ -40,6 +40,19 @@ def test_header_workspace_scopes_calls_that_name_none(minilm_server):
             ctx = await a.call("build-context", query="narwhal exporter")
             assert fact in ctx["context"] and "beta copy" not in ctx["context"]
             assert ws_a in ctx["context"]  # the block names its workspace
+            # what a model reads: markdown as text for build-context; compact JSON, no nulls
+            raw = await a.session.call_tool("build-context", {"query": "narwhal exporter"})
+            assert raw.content[0].text.startswith("# Memory context")
+            assert raw.structured_content["context"] == raw.content[0].text
+            raw = await a.session.call_tool("retrieve-memories", {"query": "narwhal"})
+            text = raw.content[0].text
+            assert "null" not in text and "\n" not in text and '": ' not in text
+            assert "agentId" not in raw.structured_content["memories"][0]  # was null
+            tools = {t.name: t for t in (await a.session.list_tools()).tools}
+            schema = tools["capture-memories"].input_schema
+            item = schema["$defs"]["CaptureItem"]["properties"]
+            assert item["content"]["description"] and "title" not in item["eventType"]
+            assert tools["retrieve-memories"].input_schema["properties"]["limit"]["maximum"] == 100
             # naming a workspace explicitly still wins over the header
             other = await a.call("retrieve-memories", query="narwhal exporter",
                                  filters={"workspaceId": ws_b})
