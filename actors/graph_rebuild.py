@@ -12,8 +12,7 @@ import time
 from typing import Any
 
 import numpy as np
-
-from actors.vector_index import VectorIndex
+from memoray.actors.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from actors.client import ActorClient
+from memoray.actors.client import ActorClient
+
 from memoray import filters as flt
 
 # Cost model, in microseconds, calibrated on a 2-core x86 machine with

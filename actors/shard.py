@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from memoray.actors.graph_rebuild import GraphRebuild, worth_rebuilding
+from memoray.actors.shard_search import SearchRequest, SearchResult, ShardSearch
+from memoray.actors.shard_storage import OP_DEL, OP_PUT, ShardStorage
+from memoray.actors.vector_index import VectorIndex
 from sortedcontainers import SortedList
 
-from actors.graph_rebuild import GraphRebuild, worth_rebuilding
-from actors.shard_search import SearchRequest, SearchResult, ShardSearch
-from actors.shard_storage import OP_DEL, OP_PUT, ShardStorage
-from actors.vector_index import VectorIndex
 from memoray import filters as flt
 from memoray.lexical import LexicalIndex
 from memoray.postings import Postings

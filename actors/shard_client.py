@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import numpy as np
+from memoray.actors.client import ActorClient
+from memoray.actors.shard import ACTOR_OPTIONS, ShardCore
+from memoray.actors.shard_search import SearchRequest, SearchResult
 
-from actors.client import ActorClient
-from actors.shard import ACTOR_OPTIONS, ShardCore
-from actors.shard_search import SearchRequest, SearchResult
 from memoray.ids import shard_for
 from memoray.records import Record
 

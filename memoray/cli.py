@@ -31,7 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items()
                  if k not in ("cmd", "func") and v is not None}
     settings = Settings(**overrides)
-    from serve.launcher import serve_forever  # lazy: imports ray
+    from memoray.serve.launcher import serve_forever  # lazy: imports ray
 
     return serve_forever(settings)
 

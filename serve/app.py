@@ -13,9 +13,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from mcp.server.transport_security import TransportSecuritySettings
-
-from serve.mcp_tools import build_mcp
-from serve.observability import Metrics, configure_tracing
+from memoray.serve.mcp_tools import build_mcp
+from memoray.serve.observability import Metrics, configure_tracing
 
 
 def build_app_with(get_runtime: Callable[[], Awaitable[Any]], metrics: Metrics,

@@ -9,8 +9,10 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+from memoray.actors.shard_search import Hit, SearchRequest
+from memoray.serve.observability import span
+from memoray.serve.request import Caller, UseCase
 
-from actors.shard_search import Hit, SearchRequest
 from memoray import filters as flt
 from memoray.errors import invalid
 from memoray.ids import new_id
@@ -25,8 +27,6 @@ from memoray.prepare import (
 )
 from memoray.timeutil import now as utc_now
 from memoray.timeutil import parse_iso
-from serve.observability import span
-from serve.request import Caller, UseCase
 
 # Batches with more content than this are redacted and chunked in a worker thread, so the
 # event loop keeps serving other requests; smaller ones are cheaper inline than a thread hop.

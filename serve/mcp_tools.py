@@ -18,12 +18,12 @@ from typing import Any, Literal
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent
+from memoray.serve.observability import span
 from pydantic import ValidationError
 
 from memoray.auth import authenticate
 from memoray.errors import ErrorCode, MemorayError, invalid
 from memoray.models import MAX_BATCH, CaptureItem
-from serve.observability import span
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         """Authenticate the request (the use case then authorizes, rate-limits and audits)."""
         rt = await get_runtime()
         headers = ctx.headers or {}
-        from serve.request import Caller
+        from memoray.serve.request import Caller
 
         try:
             principal = authenticate(rt.tokens, headers.get("authorization"))

@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from memoray.actors.backend import Backend
+from memoray.actors.planner import QueryPlanner
+from memoray.serve.observability import Metrics
 
-from actors.backend import Backend
-from actors.planner import QueryPlanner
 from memoray import filters as flt
 from memoray.auth import Principal
 from memoray.errors import ErrorCode, MemorayError
 from memoray.records import Record
 from memoray.settings import Settings
-from serve.observability import Metrics
 
 
 @dataclass

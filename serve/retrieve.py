@@ -8,14 +8,15 @@ import asyncio
 import time
 from typing import Any
 
-from actors.shard_search import SearchRequest
+from memoray.actors.shard_search import SearchRequest
+from memoray.serve.observability import span
+from memoray.serve.request import Caller, UseCase
+
 from memoray import filters as flt
 from memoray.errors import ErrorCode, MemorayError, invalid
 from memoray.models import MAX_LIMIT, MAX_QUERY_CHARS, RetrievedMemory, check_text
 from memoray.records import Record
 from memoray.timeutil import to_iso
-from serve.observability import span
-from serve.request import Caller, UseCase
 
 
 def check_query(query: str, allow_empty: bool = False) -> None:
