@@ -406,9 +406,8 @@ def plot(results: dict[str, Any], sweep: dict[str, Any], path: Path, title: str)
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    from memoray.serve.service import Caller
-
     from memoray.auth import LOCAL_PRINCIPAL
+    from memoray.serve.service import Caller
 
     path = Path(args.data) if args.data else (DATA if DATA.exists() else DATA_FALLBACK)
     convs = load(path, args.limit_conversations)

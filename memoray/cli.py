@@ -89,11 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--principal", required=True)
     tc.add_argument("--workspaces", required=True, help="comma-separated workspace ids, or *")
     tc.add_argument("--scopes", default="read,write", help="comma-separated: read,write,admin")
+    tc.add_argument("--agent", default=None,
+                    help="the agent identity bound to the token (default: the principal name); "
+                         "it owns the token's private memories")
     tr = t_sub.add_parser("revoke")
     tr.add_argument("--data-dir", type=Path)
     tr.add_argument("token_or_id")
     tl = t_sub.add_parser("list")
     tl.add_argument("--data-dir", type=Path)
+    to = t_sub.add_parser("open", help="switch authentication off: remove every (revoked) "
+                                       "token; refused while a live token exists")
+    to.add_argument("--data-dir", type=Path)
     t.set_defaults(func=_token)
 
     a = sub.add_parser("audit", help="read the audit log")

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import asyncio
 
-from memoray.serve.observability import Metrics
 from ray import serve
 
+from memoray.serve.observability import Metrics
 from memoray.settings import Settings
 
 
 async def make_runtime(settings: Settings, metrics: Metrics, store_id: str):
+    from memoray.ratelimit import LeaseClient, limits_from_settings
     from memoray.serve.runtime import Runtime
     from memoray.serve.topology import lookup
-
-    from memoray.ratelimit import LeaseClient, limits_from_settings
 
     topo = lookup(settings, store_id)
     limiter = LeaseClient(topo.limiter, limits_from_settings(settings))

@@ -45,10 +45,9 @@ def serve_forever(settings: Settings) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from memoray.serve.topology import resolve_layout, start_actors
-
     from memoray.auth import TokenStore, check_bind
     from memoray.crypto import key_text_from_settings
+    from memoray.serve.topology import resolve_layout, start_actors
 
     try:
         check_bind(settings.host, TokenStore(settings.resolved_tokens_file()).enabled,
@@ -60,9 +59,10 @@ def serve_forever(settings: Settings) -> int:
         return 2
 
     import ray
+    from ray import serve
+
     from memoray.actors.names import NAMESPACE
     from memoray.serve.deployment import make_app
-    from ray import serve
 
     t0 = time.time()
     if settings.dashboard_agent_port and not settings.address:

@@ -12,7 +12,6 @@ from memoray.actors.backend import Backend
 from memoray.actors.planner import QueryPlanner
 from memoray.serve.observability import Metrics
 from memoray.serve.service import MemoryService
-
 from memoray.settings import Settings
 
 log = logging.getLogger(__name__)

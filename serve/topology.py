@@ -15,7 +15,6 @@ from memoray.actors.planner import PlannerClient, planner_actor_class
 from memoray.actors.rate_limiter import LimiterClient
 from memoray.actors.rate_limiter import create as create_limiter
 from memoray.actors.shard_client import ShardSet, shard_actor_class
-
 from memoray.crypto import key_text_from_settings
 from memoray.embedding import DIM
 from memoray.layout import Layout, open_layout

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import yaml
+
 from memoray.serve.observability import Metrics
 
 CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
