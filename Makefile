@@ -71,11 +71,11 @@ bench-security: install
 DATA_DIR ?= $(HOME)/.memoray
 reindex: install
 	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:8265 --working-dir . \
-	  -- python -m cluster.jobs.reindex --data-dir $(DATA_DIR)
+	  -- python -m memoray.cluster.jobs.reindex --data-dir $(DATA_DIR)
 
 backup: install
 	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:8265 --working-dir . \
-	  -- python -m cluster.jobs.backup --data-dir $(DATA_DIR) --dest $(DEST)
+	  -- python -m memoray.cluster.jobs.backup --data-dir $(DATA_DIR) --dest $(DEST)
 
 lint: install
 	$(BIN)/ruff check memoray actors serve cluster benchmarks tests

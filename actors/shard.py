@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 from sortedcontainers import SortedList
 
-from actors.graph_rebuild import GraphRebuild, worth_rebuilding
-from actors.shard_search import SearchRequest, SearchResult, ShardSearch
-from actors.shard_storage import OP_DEL, OP_PUT, ShardStorage
-from actors.vector_index import VectorIndex
 from memoray import filters as flt
+from memoray.actors.graph_rebuild import GraphRebuild, worth_rebuilding
+from memoray.actors.shard_search import SearchRequest, SearchResult, ShardSearch
+from memoray.actors.shard_storage import OP_DEL, OP_PUT, ShardStorage
+from memoray.actors.vector_index import VectorIndex
 from memoray.lexical import LexicalIndex
 from memoray.postings import Postings
 from memoray.records import Record, slim
@@ -147,6 +147,15 @@ class ShardCore:
                 self._rebuild.record("put", new_labels)
         self._maybe_snapshot()
         return [(mid, label >= 0) for mid, label, _ in results]
+
+    def merge(self, record: Record, vector: np.ndarray) -> bool:
+        """Replace a record (and its vector) only if it still exists: a merge racing a delete
+        never brings the deleted record back (the shard runs one call at a time, so the check
+        and the write are one step). False when the record is gone."""
+        if self.storage.label_of(record["id"]) is None:
+            return False
+        self.put([record], vector[None, :])
+        return True
 
     def update_record(self, record: Record) -> None:
         """Rewrite a record body in place (merge, re-encryption); the vector stays."""

@@ -9,6 +9,7 @@ after LMDB commits (fsync'ed when durable), which is the moment a write may be a
 from __future__ import annotations
 
 import errno
+import os
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,10 +35,25 @@ def from_u64(b: bytes) -> int:
     return _U64.unpack(b)[0]
 
 
-def _storage_error(exc: Exception) -> MemorayError:
+LOW_DISK_BYTES = 16 << 20  # below this much free space, an I/O error is taken as a full disk
+
+
+def _disk_nearly_full(path: Path) -> bool:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < LOW_DISK_BYTES
+
+
+def _storage_error(exc: Exception, path: Path | None = None) -> MemorayError:
+    """STORAGE_FULL (not retryable: free space first) for a full map or disk, UNAVAILABLE for
+    anything else. LMDB reports a full disk during commit as a plain I/O error (EIO), so an I/O
+    error on a nearly full filesystem counts as full."""
     if isinstance(exc, lmdb.MapFullError):
         return MemorayError(ErrorCode.STORAGE_FULL, "shard storage is full (map size reached)")
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in str(exc):
+    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            or "No space left" in str(exc) or path is not None and _disk_nearly_full(path)):
         return MemorayError(ErrorCode.STORAGE_FULL, "disk is full")
     return MemorayError(ErrorCode.UNAVAILABLE, f"storage error: {type(exc).__name__}")
 
@@ -95,7 +111,7 @@ class ShardStorage:
         except MemorayError:
             raise
         except (lmdb.Error, OSError) as exc:
-            raise _storage_error(exc) from exc
+            raise _storage_error(exc, self.path) from exc
 
     def put_many(self, records: list[dict], vectors: np.ndarray) -> list[tuple[str, int, bool]]:
         """Commit records and vectors in one transaction.

@@ -115,8 +115,8 @@ class CaptureItem(Wire):
 
             try:
                 parse_iso(v)
-            except MemorayError:
-                raise ValueError("must be an ISO 8601 timestamp") from None
+            except MemorayError as exc:
+                raise ValueError(exc.message.removeprefix("timestamp: ")) from None
         return v
 
     @model_validator(mode="after")

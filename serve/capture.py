@@ -10,10 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from actors.shard_search import Hit, SearchRequest
 from memoray import filters as flt
+from memoray import lifecycle
+from memoray.actors.shard_search import Hit, SearchRequest
 from memoray.errors import invalid
 from memoray.ids import new_id
+from memoray.lifecycle import KNOWN_EVENT_TYPES
 from memoray.models import CaptureItem
 from memoray.prepare import (
     CHUNK_THRESHOLD_CHARS,
@@ -23,10 +25,10 @@ from memoray.prepare import (
     redact_text,
     redact_value,
 )
+from memoray.serve.observability import span
+from memoray.serve.request import Caller, UseCase
 from memoray.timeutil import now as utc_now
 from memoray.timeutil import parse_iso
-from serve.observability import span
-from serve.request import Caller, UseCase
 
 # Batches with more content than this are redacted and chunked in a worker thread, so the
 # event loop keeps serving other requests; smaller ones are cheaper inline than a thread hop.
@@ -53,8 +55,7 @@ class Capture(UseCase):
         if not items:
             raise invalid("items: must hold at least one item")
         # authorize
-        for item in items:
-            await self.authorize(caller, "write", action, item.workspace_id)
+        items = await self.authorize_items(caller, items, action)
         # rate-limit
         if not charged:
             await self.rate_limit(caller, _one_workspace(items), cost=len(items),
@@ -91,7 +92,8 @@ class Capture(UseCase):
                             "parentId": p.records[0]["parent_id"] if len(ids) > 1 else None,
                             "redactions": dict(p.redactions)})
         for item, res in zip(items, results):
-            self.metrics.captures.labels(event_type=item.event_type).inc()
+            self.metrics.captures.labels(event_type=item.event_type if item.event_type in
+                                         KNOWN_EVENT_TYPES else "other").inc()
             for kind, n in res["redactions"].items():
                 self.metrics.redactions.labels(kind=kind).inc(n)
         # audit: one entry per item, one fsync for the batch
@@ -123,8 +125,7 @@ class Capture(UseCase):
         if not 0.0 < threshold <= 1.0:
             raise invalid("similarityThreshold: must be in (0, 1]")
         # authorize
-        for item in items:
-            await self.authorize(caller, "write", "upsert", item.workspace_id)
+        items = await self.authorize_items(caller, items, "upsert")
         # rate-limit
         await self.rate_limit(caller, _one_workspace(items), cost=len(items),
                               session=items[0].session_id)
@@ -170,20 +171,24 @@ class Capture(UseCase):
             return {"action": "unchanged", "id": hits[0].record["id"], "similarity": 1.0}
         if hits and hits[0].vector_score >= threshold:
             return await self._merge(hits[0], item, content, vector, caller)
-        res = (await self.capture([item], caller, action="upsert", vectors=vector[None, :],
-                                  charged=True))[0]
-        return {"action": "created", "id": res["ids"][0],
-                "similarity": round(hits[0].vector_score, 4) if hits else None}
+        return await self._create(item, caller, vector, hits[0].vector_score if hits else None)
 
     async def _merge(self, hit: Hit, item: CaptureItem, content: str, vector: np.ndarray,
                      caller: Caller) -> dict:
         old = hit.record
         shard = self.backend.shards.for_id(old["id"])
-        full = (await shard.get([old["id"]]))[0] or old
+        full = (await shard.get([old["id"]]))[0]
+        if full is None:  # deleted since the search: a delete wins, the item is stored anew
+            return await self._create(item, caller, vector, hit.vector_score)
         meta, _ = redact_value(self.redactor, item.metadata)
         merged_meta: dict[str, Any] = {**(full.get("metadata") or {}), **meta}
         input_id = new_id()
         now = utc_now()
+        tier = item.tier or lifecycle.default_tier(item.event_type)
+        ttl = item.ttl_seconds if item.ttl_seconds is not None else lifecycle.default_ttl(
+            item.event_type, tier, self.settings.ttl_overrides)
+        retention = lifecycle.merged_retention(full, item.event_type, tier,
+                                               (now + ttl) if ttl else None)
         record = {**full, "content": content, "content_hash": content_hash(content),
                   "metadata": merged_meta, "updated_at": now,
                   "timestamp": parse_iso(item.timestamp) if item.timestamp else now,
@@ -191,8 +196,16 @@ class Capture(UseCase):
                   "merged_ids": [*(full.get("merged_ids") or []), input_id],
                   "previous_content": full.get("content"),
                   "session_id": item.session_id or full.get("session_id"),
-                  "git_commit": item.git_commit or full.get("git_commit")}
-        await shard.put([record], vector[None, :])
+                  "git_commit": item.git_commit or full.get("git_commit"), **retention}
+        if not await shard.merge(record, vector):  # deleted in between: the delete wins
+            return await self._create(item, caller, vector, hit.vector_score)
         await self.audited(caller, "upsert-merge", workspace=item.workspace_id, ids=[old["id"]])
         return {"action": "merged", "id": old["id"], "mergedInputId": input_id,
                 "similarity": round(hit.vector_score, 4), "mergeCount": record["merge_count"]}
+
+    async def _create(self, item: CaptureItem, caller: Caller, vector: np.ndarray,
+                      similarity: float | None) -> dict:
+        res = (await self.capture([item], caller, action="upsert", vectors=vector[None, :],
+                                  charged=True))[0]
+        return {"action": "created", "id": res["ids"][0],
+                "similarity": round(similarity, 4) if similarity is not None else None}

@@ -18,12 +18,12 @@ from typing import Annotated, Any, Literal
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, WithJsonSchema
 
 from memoray.auth import authenticate
 from memoray.errors import ErrorCode, MemorayError, invalid
 from memoray.models import EVENT_TYPES, MAX_BATCH, MAX_LIMIT, CaptureItem
-from serve.observability import span
+from memoray.serve.observability import span
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +131,10 @@ class MemorayMCP(MCPServer):
             return error_result(err)
         finally:
             m = self.memoray_metrics
-            if m is not None:
-                m.tool_calls.labels(tool=name if len(name) < 64 else "other", outcome=outcome).inc()
-                m.tool_latency.labels(tool=name if len(name) < 64 else "other").observe(
-                    time.perf_counter() - t0)
+            if m is not None:  # labels from closed sets only: known tools, error codes
+                label = name if self._tool_manager.get_tool(name) is not None else "other"
+                m.tool_calls.labels(tool=label, outcome=outcome).inc()
+                m.tool_latency.labels(tool=label).observe(time.perf_counter() - t0)
                 if outcome != "ok":
                     m.errors.labels(code=outcome).inc()
 
@@ -149,20 +149,31 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         "(the X-Memoray-Workspace header of this server's entry), else in the token's own."))
 
     async def caller_for(ctx: Context, tool: str, agent_id: str | None = None):
-        """Authenticate the request (the use case then authorizes, rate-limits and audits)."""
+        """Authenticate the request (the use case then authorizes, rate-limits and audits).
+        With tokens on, the agent identity is the token's: an agentId argument may only repeat
+        it, never name another agent."""
         rt = await get_runtime()
         headers = ctx.headers or {}
-        from serve.request import Caller
+        from memoray.serve.request import Caller
 
+        name = "anonymous"
         try:
             principal = authenticate(rt.tokens, headers.get("authorization"))
+            name = principal.name
+            if principal.token_id is not None:
+                if agent_id is not None and agent_id != principal.agent:
+                    raise MemorayError(ErrorCode.FORBIDDEN,
+                                       "agentId: this token acts as its own agent and may not "
+                                       "act as another")
+                agent_id = principal.agent
         except MemorayError as err:
-            await rt.audit.append("anonymous", tool, outcome="denied", code=err.code.value,
+            await rt.audit.append(name, tool, outcome="denied", code=err.code.value,
                                   detail=err.message)
             raise
         session = headers.get("x-memoray-session") or headers.get("mcp-session-id")
         return rt.service, Caller(principal=principal, request_id=uuid.uuid4().hex[:16],
                                   agent_id=agent_id, tool=tool, session=session,
+                                  agent_bound=principal.token_id is not None,
                                   workspace=header_workspace(headers))
 
     def default_workspace(caller: Any) -> str:
@@ -202,13 +213,12 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
             workspaceId=workspaceId, sessionId=sessionId, agentId=agentId, gitBranch=gitBranch,
             gitCommit=gitCommit, tier=tier, visibility=visibility, ttlSeconds=ttlSeconds,
             timestamp=timestamp, idempotencyKey=idempotencyKey).items() if v is not None}
+        svc, caller = await caller_for(ctx, "capture-memory", agentId)
+        raw.setdefault("workspaceId", default_workspace(caller))
         try:
-            item = CaptureItem.model_validate(raw)
+            item = CaptureItem.model_validate(_bind_agent(raw, caller))
         except ValidationError as exc:
             raise invalid(_validation_message(exc)) from None
-        svc, caller = await caller_for(ctx, "capture-memory", agentId)
-        if workspaceId is None:
-            item = item.model_copy(update={"workspace_id": default_workspace(caller)})
         res = (await svc.capture([item], caller))[0]
         return {"ids": res["ids"], "id": res["ids"][0], "chunks": res["chunks"],
                 "parentId": res["parentId"], "deduplicated": res["deduplicated"],
@@ -217,14 +227,10 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
     @mcp.tool(name="capture-memories", description=(
         f"Store a batch of memories (bulk import, hook queues); at most {MAX_BATCH} items, each "
         "with the fields of capture-memory."))
-    async def capture_memories(
-        items: Annotated[list[CaptureItem], Field(
-            min_length=1, max_length=MAX_BATCH, description="The memories to store.")],
-        ctx: Context,
-    ) -> dict[str, Any]:
-        parsed = items
-        svc, caller = await caller_for(ctx, "capture-memories", parsed[0].agent_id)
-        parsed = _with_workspace(parsed, default_workspace(caller))
+    async def capture_memories(items: ItemsArg, ctx: Context) -> dict[str, Any]:
+        svc, caller = await caller_for(ctx, "capture-memories", _first_agent(items))
+        ws = default_workspace(caller)
+        parsed = _parse_items([_bind_agent(_bind_workspace(raw, ws), caller) for raw in items])
         results = await svc.capture(parsed, caller, action="capture-batch")
         redactions: dict[str, int] = {}
         for r in results:
@@ -297,16 +303,14 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         "same workspace and scope) into the existing memory instead of adding; exact duplicates "
         "are left unchanged. Returns a merge report."))
     async def upsert_memory(
-        items: Annotated[list[CaptureItem], Field(
-            min_length=1, max_length=MAX_BATCH, description="The memories to store or merge.")],
-        ctx: Context,
+        items: ItemsArg, ctx: Context,
         similarityThreshold: Annotated[float, Field(
             description="Cosine similarity at which an item merges into an existing memory.",
             ge=0.0, le=1.0)] = 0.85,
     ) -> dict[str, Any]:
-        parsed = items
-        svc, caller = await caller_for(ctx, "upsert-memory", parsed[0].agent_id)
-        parsed = _with_workspace(parsed, default_workspace(caller))
+        svc, caller = await caller_for(ctx, "upsert-memory", _first_agent(items))
+        ws = default_workspace(caller)
+        parsed = _parse_items([_bind_agent(_bind_workspace(raw, ws), caller) for raw in items])
         return await svc.upsert(parsed, caller, threshold=similarityThreshold)
 
     @mcp.tool(name="share-memory", description=(
@@ -407,7 +411,46 @@ def header_workspace(headers: Any) -> str | None:
     return value if value and len(value) <= MAX_ID_FIELD else None
 
 
-def _with_workspace(parsed: list[CaptureItem], workspace: str) -> list[CaptureItem]:
-    """Items that named no workspaceId take the default one."""
-    return [p if "workspace_id" in p.model_fields_set
-            else p.model_copy(update={"workspace_id": workspace}) for p in parsed]
+def _bind_workspace(raw: Any, workspace: str) -> Any:
+    """An item that names no workspaceId takes the default one."""
+    if isinstance(raw, dict) and "workspaceId" not in raw and "workspace_id" not in raw:
+        return {**raw, "workspaceId": workspace}
+    return raw
+
+
+# Batch items: checked one by one after binding the agent and workspace (so a private item of a
+# token-bound agent needs no agentId), but published with CaptureItem's full schema.
+ItemsArg = Annotated[list[dict[str, Any]], WithJsonSchema({
+    "type": "array", "minItems": 1, "maxItems": MAX_BATCH,
+    "description": "The memories, each with the fields of capture-memory.",
+    "items": CaptureItem.model_json_schema(by_alias=True)})]
+
+
+def _first_agent(items: list[Any]) -> str | None:
+    """The agent a batch acts as without tokens (its first item's agentId)."""
+    first = items[0] if items and isinstance(items[0], dict) else {}
+    agent = first.get("agentId")
+    return agent if isinstance(agent, str) else None
+
+
+def _bind_agent(raw: Any, caller: Any) -> Any:
+    """With a token-bound agent, a private item without agentId is that agent's."""
+    if (caller.agent_bound and isinstance(raw, dict) and raw.get("visibility") == "private"
+            and raw.get("agentId") is None):
+        return {**raw, "agentId": caller.agent_id}
+    return raw
+
+
+def _parse_items(items: list[dict[str, Any]]) -> list[CaptureItem]:
+    """Validate a batch of wire items."""
+    if not items:
+        raise invalid("items: must hold at least one item")
+    if len(items) > MAX_BATCH:
+        raise invalid(f"items: at most {MAX_BATCH} items per call")
+    parsed = []
+    for i, raw in enumerate(items):
+        try:
+            parsed.append(CaptureItem.model_validate(raw))
+        except ValidationError as exc:
+            raise invalid(_validation_message(exc, prefix=f"items[{i}].")) from None
+    return parsed
