@@ -17,7 +17,6 @@ from memoray.serve.observability import span
 from memoray.serve.request import Caller, UseCase
 from memoray.timeutil import to_iso
 
-
 # What an index (build-context style "index") always looks for, besides the query's best hits.
 LASTING_TYPES = ("decision", "convention", "preference", "lesson", "error")
 

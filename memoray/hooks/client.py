@@ -51,6 +51,20 @@ class McpClient:
         self._connect_timeout = connect_timeout
         self._next_id = 1
 
+    def reachable(self, timeout: float) -> bool:
+        """Whether the server accepts a connection: checked before work that only pays off
+        with an answer (git's merged branches for a context query). Plain http only."""
+        if self._https:
+            return True
+        import socket
+
+        try:
+            socket.create_connection((self._host, self._port),
+                                     timeout=min(self._connect_timeout, timeout)).close()
+        except OSError:
+            return False
+        return True
+
     def call_tool(self, name: str, arguments: dict[str, Any], *, timeout: float) -> dict[str, Any]:
         """The tool's structured result, or CallError. `timeout` bounds connect + each read."""
         request_id = self._next_id

@@ -159,6 +159,9 @@ class Hook:
         """Markdown context from build-context, scoped to the branches visible from here."""
         if self.spool.backoff_remaining() > 0 or self.remaining() <= 0.05:
             return None
+        if self.server_down or not self.client.reachable(self.remaining()):
+            self.server_down = True  # down: skip git's merged-branch work, answer at once
+            return None
         facts = self.facts(detailed=True)
         clauses: list[dict[str, Any]] = []
         if facts.root is not None and (facts.branch or facts.default_branch):
