@@ -337,6 +337,34 @@ def merged_tips(root: Path, head: str) -> tuple[tuple[str, str], ...]:
 
 
 SQUASH_CANDIDATES = 8
+SQUASH_FRESH_PER_RUN = 2  # patch-id checks are ~5 git runs each: a few per hook, rest cached
+# Verdicts survive the process in a small JSON file (the hooks point it at their spool dir):
+# "tip" -> squash commit found in HEAD's history; "tip:head" -> checked, not found.
+SQUASH_CACHE: dict[str, str | bool] = {}
+
+
+def load_squash_cache(path: Path) -> None:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(data, dict):
+        SQUASH_CACHE.update({k: v for k, v in data.items() if isinstance(v, (str, bool))})
+
+
+def save_squash_cache(path: Path, limit: int = 2000) -> None:
+    import json
+
+    items = list(SQUASH_CACHE.items())[-limit:]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(dict(items)), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def squash_merged(root: Path, head: str, skip: set[str]) -> list[tuple[str, str]]:
@@ -346,33 +374,55 @@ def squash_merged(root: Path, head: str, skip: set[str]) -> list[tuple[str, str]
     branch's diff from its merge base with HEAD, against each HEAD commit since that base.
     It finds a squash merge as long as the branch still exists (locally or as a remote-tracking
     branch) and the squash commit's diff is the branch's diff (no conflict resolution, no other
-    edits folded in). A squash-merged branch that was deleted cannot be found.
+    edits folded in). A squash-merged branch that was deleted cannot be found. Verdicts are
+    cached (SQUASH_CACHE) and only SQUASH_FRESH_PER_RUN new ones are worked out per call, so a
+    hook stays fast; a branch not yet checked counts as unmerged (never a leak).
     """
     out = _git(root, "for-each-ref", "--no-merged", head, "--sort=-committerdate",
                f"--count={SQUASH_CANDIDATES * 2}", "--format=%(objectname) %(refname)",
                "refs/heads", "refs/remotes")
     found: list[tuple[str, str]] = []
     checked: set[str] = set()
+    fresh = 0
     for line in (out or "").splitlines():
         sha, _, ref = line.strip().partition(" ")
         name = _ref_name(ref)
         if not name or name in skip or name in checked or len(checked) >= SQUASH_CANDIDATES:
             continue
         checked.add(name)
-        base = (_git(root, "merge-base", head, sha) or "").strip()
-        if not base:
+        squash = SQUASH_CACHE.get(sha)
+        if isinstance(squash, str):  # found before: still in this HEAD's history?
+            if _git(root, "merge-base", "--is-ancestor", squash, head) is not None:
+                found.append((name, sha))
+                continue
+        if SQUASH_CACHE.get(f"{sha}:{head}") is False or fresh >= SQUASH_FRESH_PER_RUN:
             continue
-        branch_id = _patch_ids(root, ["diff", "--no-color", "--no-ext-diff", base, sha])
-        if not branch_id:
-            continue
-        head_ids = _patch_ids(root, ["log", "-p", "--no-color", "--no-merges", "-n", "50",
-                                     "--format=commit %H", f"{base}..{head}"])
-        if branch_id & head_ids:
+        fresh += 1
+        commit = _squash_commit(root, head, sha)
+        if commit:
+            SQUASH_CACHE[sha] = commit
             found.append((name, sha))
+        else:
+            SQUASH_CACHE[f"{sha}:{head}"] = False
     return found
 
 
-def _patch_ids(root: Path, args: list[str]) -> set[str]:
+def _squash_commit(root: Path, head: str, tip: str) -> str | None:
+    """The commit of HEAD (since the merge base) whose patch-id is the branch's whole diff."""
+    base = (_git(root, "merge-base", head, tip) or "").strip()
+    if not base:
+        return None
+    branch = {pid for pid, _ in _patch_ids(root, ["diff", "--no-color", "--no-ext-diff", base,
+                                                  tip])}
+    if not branch:
+        return None
+    on_head = _patch_ids(root, ["log", "-p", "--no-color", "--no-merges", "-n", "50",
+                                "--format=commit %H", f"{base}..{head}"])
+    return next((commit for pid, commit in sorted(on_head) if pid in branch), None)
+
+
+def _patch_ids(root: Path, args: list[str]) -> set[tuple[str, str]]:
+    """(patch-id, commit) pairs of what `git <args>` prints (a bare diff gets a zero commit)."""
     import subprocess
 
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
@@ -381,15 +431,15 @@ def _patch_ids(root: Path, args: list[str]) -> set[str]:
                               timeout=GIT_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)
         if diff.returncode != 0 or not diff.stdout.strip():
             return set()
-        if not diff.stdout.startswith(b"commit "):
-            diff_out = b"commit " + b"0" * 40 + b"\n" + diff.stdout
-        else:
-            diff_out = diff.stdout
+        diff_out = diff.stdout
+        if not diff_out.startswith(b"commit "):
+            diff_out = b"commit " + b"0" * 40 + b"\n" + diff_out
         ids = subprocess.run(["git", "-C", str(root), "patch-id", "--stable"],
                              input=diff_out, capture_output=True, timeout=GIT_TIMEOUT_S, env=env)
     except (OSError, subprocess.SubprocessError):
         return set()
-    return {ln.split()[0] for ln in ids.stdout.decode().splitlines() if ln.strip()}
+    return {(ln.split()[0], ln.split()[1]) for ln in ids.stdout.decode().splitlines()
+            if len(ln.split()) >= 2}
 
 
 def work_committed(cwd: str) -> bool | None:

@@ -335,3 +335,33 @@ def test_squash_merge_is_detected_by_patch_id(tmp_path):
     commit(repo, "o2")
     git(repo, "checkout", "-q", "main")
     assert not visible(repo, {"git_branch": "feature/other", "git_commit": other})
+
+
+def test_squash_verdicts_are_cached_and_bounded_per_run(tmp_path, monkeypatch):
+    """A hook works out at most SQUASH_FRESH_PER_RUN patch-id checks; verdicts persist in a
+    file, so later hooks reuse them; an unchecked branch counts as unmerged (never a leak)."""
+    repo = tmp_path / "r"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, "a")
+    for b in ("one", "two", "three"):
+        git(repo, "checkout", "-q", "-b", f"sq/{b}", "main")
+        commit(repo, f"{b}.txt")
+    git(repo, "checkout", "-q", "main")
+    for b in ("one", "two", "three"):
+        git(repo, "merge", "-q", "--squash", f"sq/{b}")
+        git(repo, "commit", "-qm", f"squash {b}")
+    monkeypatch.setattr(gitfacts, "SQUASH_CACHE", {})
+    monkeypatch.setattr(gitfacts, "SQUASH_FRESH_PER_RUN", 2)
+    first = {n for n, _ in fresh(repo).merged_tips if n.startswith("sq/")}
+    assert len(first) == 2  # two checked this run; the third waits (counted unmerged)
+    cache = tmp_path / "squash-cache.json"
+    gitfacts.save_squash_cache(cache)
+    monkeypatch.setattr(gitfacts, "SQUASH_CACHE", {})
+    gitfacts.load_squash_cache(cache)
+    monkeypatch.setattr(gitfacts, "SQUASH_FRESH_PER_RUN", 1)
+    assert {n for n, _ in fresh(repo).merged_tips if n.startswith("sq/")} == {
+        "sq/one", "sq/two", "sq/three"}
+    # a branch off an older main does not hold the squash commits: not merged there
+    git(repo, "checkout", "-q", "-b", "old", "main~3")
+    assert not {n for n, _ in fresh(repo).merged_tips if n.startswith("sq/")}

@@ -56,9 +56,20 @@ class Hook:
         self._committed: bool | None | str = "unknown"
 
     def facts(self, detailed: bool = False) -> GitFacts:
-        """Git facts for the payload's cwd; the detailed form runs `git`, so only on demand."""
+        """Git facts for the payload's cwd; the detailed form runs `git`, so only on demand
+        (with squash-merge verdicts cached next to the spool)."""
         if self._facts is None or (detailed and not self._detailed):
-            self._facts = git_facts(self.cwd, detailed=detailed)
+            if detailed:
+                from memoray import gitfacts
+
+                cache = self.cfg.spool_dir / "squash-cache.json"
+                gitfacts.load_squash_cache(cache)
+                before = dict(gitfacts.SQUASH_CACHE)
+                self._facts = git_facts(self.cwd, detailed=True)
+                if gitfacts.SQUASH_CACHE != before:
+                    gitfacts.save_squash_cache(cache)
+            else:
+                self._facts = git_facts(self.cwd, detailed=False)
             self._detailed = detailed
         return self._facts
 
