@@ -453,7 +453,9 @@ def work_committed(cwd: str) -> bool | None:
     status = _git(root, "status", "--porcelain")
     if status is None:
         return None
-    if status.strip():
+    # Claude Code's own local files (settings.local.json) are not the project's work.
+    if any(line[3:].strip('"') and not line[3:].strip('"').startswith(".claude/")
+           for line in status.splitlines()):
         return False
     if not facts.branch or facts.branch == facts.default_branch or not facts.default_branch:
         return True

@@ -365,3 +365,16 @@ def test_squash_verdicts_are_cached_and_bounded_per_run(tmp_path, monkeypatch):
     # a branch off an older main does not hold the squash commits: not merged there
     git(repo, "checkout", "-q", "-b", "old", "main~3")
     assert not {n for n, _ in fresh(repo).merged_tips if n.startswith("sq/")}
+
+
+def test_work_committed_ignores_claude_local_files(tmp_path):
+    repo = tmp_path / "r"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, "a")
+    (repo / ".claude").mkdir()
+    (repo / ".claude" / "settings.local.json").write_text("{}")
+    assert gitfacts.work_committed(str(repo)) is True
+    (repo / "new_module.py").write_text("x = 1\n")  # a new file of the agent's: uncommitted work
+    gitfacts.clear_cache()
+    assert gitfacts.work_committed(str(repo)) is False

@@ -220,3 +220,17 @@ def test_cli_wiring(project: Path, home: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert (project / LOCAL).exists()
     assert "mcpServers.memoray" in proc.stdout
+
+
+def test_local_settings_stay_out_of_commits(project: Path, monkeypatch) -> None:
+    for k, v in {"GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x",
+                 "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}.items():
+        monkeypatch.setenv(k, v)
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    main_install(project, user=False, uninstall=False, url=None, check=False)
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=project, check=True,
+                            capture_output=True, text=True).stdout
+    assert "settings.local.json" not in status and ".mcp.json" in status
+    main_install(project, user=False, uninstall=False, url="http://10.0.0.5:9000", check=False)
+    exclude = (project / ".git" / "info" / "exclude").read_text()
+    assert exclude.count("/.claude/settings.local.json") == 1

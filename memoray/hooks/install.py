@@ -223,6 +223,27 @@ def _project_root(project_dir: Path | None) -> Path:
     return found[0] if found else Path.cwd().resolve()
 
 
+def _exclude_locally(root: Path, path: Path) -> None:
+    """Keep the machine-specific settings file out of commits (`.git/info/exclude`, which is
+    itself never committed), as Claude Code does for the files it creates."""
+    found = find_repo(str(root))
+    if found is None:
+        return
+    try:
+        rel = "/" + path.resolve().relative_to(found[0]).as_posix()
+    except ValueError:
+        return
+    exclude = found[2] / "info" / "exclude"
+    try:
+        text = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
+        if rel not in text.splitlines():
+            exclude.parent.mkdir(parents=True, exist_ok=True)
+            exclude.write_text(text + ("" if not text or text.endswith("\n") else "\n")
+                               + rel + "\n", encoding="utf-8")
+    except OSError:
+        pass
+
+
 def check_url(url: str, timeout: float = 1.5) -> str | None:
     """None when `<url>/healthz` answers; else why not, in a few words."""
     import urllib.error
@@ -273,6 +294,8 @@ def main_install(project_dir: Path | None, user: bool, uninstall: bool, url: str
     docs = [(settings, hook_changes), (servers, server_changes)]
     if legacy is not None:
         docs.append((legacy, legacy_changes))
+    if not user and not uninstall and settings.changed:
+        _exclude_locally(root, settings_path)
     for doc, changes in docs:
         if doc.changed:
             doc.save()
