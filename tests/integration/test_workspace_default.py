@@ -50,7 +50,7 @@ def test_header_workspace_scopes_calls_that_name_none(minilm_server):
             assert "agentId" not in raw.structured_content["memories"][0]  # was null
             tools = {t.name: t for t in (await a.session.list_tools()).tools}
             schema = tools["capture-memories"].input_schema
-            item = schema["$defs"]["CaptureItem"]["properties"]
+            item = schema["properties"]["items"]["items"]["properties"]
             assert item["content"]["description"] and "title" not in item["eventType"]
             assert tools["retrieve-memories"].input_schema["properties"]["limit"]["maximum"] == 100
             # naming a workspace explicitly still wins over the header
