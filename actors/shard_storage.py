@@ -118,19 +118,31 @@ class ShardStorage:
 
         Returns (id, label, created) per record; a record whose idempotency key was already
         used returns the id stored under that key with label -1 and nothing is written for it.
+        A document is one unit: when its first chunk (which carries the document's key) is a
+        retry, its other chunks are not written either (returned as ("", -1, False)), so a
+        retried document never adds chunks, whatever its content now.
         """
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
 
         def tx(txn: lmdb.Transaction) -> list[tuple[str, int, bool]]:
             seq, next_label = self._seq, self._next_label
             out: list[tuple[str, int, bool]] = []
+            replayed_docs: set[str] = set()
             for record, vec in zip(records, vectors):
+                if record.get("parent_id") in replayed_docs:
+                    out.append(("", -1, False))
+                    continue
                 key = record.get("idempotency_key")
                 if key:
                     ikey = f"{record['workspace_id']}\x00{key}".encode()
                     existing = txn.get(ikey, db=self.idem)
+                    if existing is None and record.get("chunk_index") == 0:
+                        # a document stored before chunk keys were namespaced: "K#0"
+                        existing = txn.get(ikey + b"#0", db=self.idem)
                     if existing is not None and existing.decode() != record["id"]:
                         out.append((existing.decode(), -1, False))  # a retry: stored already
+                        if record.get("parent_id"):
+                            replayed_docs.add(record["parent_id"])
                         continue
                     txn.put(ikey, record["id"].encode(), db=self.idem)
                 mid = record["id"].encode()

@@ -13,7 +13,7 @@ import numpy as np
 from memoray import filters as flt
 from memoray import lifecycle
 from memoray.actors.shard_search import Hit, SearchRequest
-from memoray.errors import invalid
+from memoray.errors import ErrorCode, MemorayError, invalid
 from memoray.ids import new_id
 from memoray.lifecycle import KNOWN_EVENT_TYPES
 from memoray.models import CaptureItem
@@ -49,8 +49,11 @@ class Capture(UseCase):
                       action: str = "capture", vectors: np.ndarray | None = None,
                       charged: bool = False) -> list[dict]:
         """Store items; returns per item its ids (one, or a document's chunks), whether it was
-        an idempotent replay, and the redactions applied. `vectors`: the embeddings of the
-        items' (unchunked) contents when the caller has them (upsert)."""
+        an idempotent replay, and the redactions applied, or its `error` when its shard failed
+        (items on other shards are stored: not atomic across shards; a retry with the same
+        idempotency keys stores nothing twice). When every item failed, raises that error.
+        `vectors`: the embeddings of the items' (unchunked) contents when the caller has them
+        (upsert)."""
         # validate: the items are pydantic models already (the tool layer parsed them)
         if not items:
             raise invalid("items: must hold at least one item")
@@ -74,32 +77,60 @@ class Capture(UseCase):
         with span("memoray.commit", shards=len(by_shard)):
             outs = await asyncio.gather(*[
                 self.backend.shards[s].put([records[i] for i in idx], vectors[idx])
-                for s, idx in by_shard.items()])
+                for s, idx in by_shard.items()], return_exceptions=True)
+        # Each shard commits its share atomically; an item (a document's chunks share a shard)
+        # is stored whole or not at all, and a failed shard fails only its own items.
         stored: dict[int, tuple[str, bool]] = {}
+        failed: dict[int, BaseException] = {}
         for (_shard, idx), out in zip(by_shard.items(), outs):
-            for i, res in zip(idx, out):
-                stored[i] = res
+            for n, i in enumerate(idx):
+                if isinstance(out, BaseException):
+                    failed[i] = out
+                else:
+                    stored[i] = out[n]
+        if failed and not stored:
+            raise next(iter(failed.values()))
         results, pos = [], 0
         for p in prepared:
             ids, created = [], False
+            error = next((failed[pos + k] for k in range(len(p.records)) if pos + k in failed),
+                         None)
+            if error is not None:
+                pos += len(p.records)
+                err = error if isinstance(error, MemorayError) else MemorayError(
+                    ErrorCode.UNAVAILABLE, f"storage error: {type(error).__name__}")
+                results.append({"ids": [], "chunks": 0, "deduplicated": False, "parentId": None,
+                                "redactions": dict(p.redactions), "error": err.to_dict()})
+                continue
             for _ in p.records:
                 mid, was_created = stored[pos]
                 ids.append(mid)
                 created = created or was_created
                 pos += 1
+            parent = p.records[0]["parent_id"] if len(ids) > 1 else None
+            if parent is not None and not created:  # a retried document: the stored one
+                parent, ids = await self._stored_document(ids[0])
             results.append({"ids": ids, "chunks": len(ids) if len(ids) > 1 else 0,
-                            "deduplicated": not created,
-                            "parentId": p.records[0]["parent_id"] if len(ids) > 1 else None,
+                            "deduplicated": not created, "parentId": parent,
                             "redactions": dict(p.redactions)})
         for item, res in zip(items, results):
             self.metrics.captures.labels(event_type=item.event_type if item.event_type in
                                          KNOWN_EVENT_TYPES else "other").inc()
             for kind, n in res["redactions"].items():
                 self.metrics.redactions.labels(kind=kind).inc(n)
-        # audit: one entry per item, one fsync for the batch
+        # audit: one entry per stored item, one fsync for the batch
         await self.audited_many(caller, action, [(item.workspace_id, res["ids"])
-                                                 for item, res in zip(items, results)])
+                                                 for item, res in zip(items, results)
+                                                 if "error" not in res])
         return results
+
+    async def _stored_document(self, first_chunk_id: str) -> tuple[str | None, list[str]]:
+        """The parent id and chunk ids of the document a retry's first chunk resolved to."""
+        shard = self.backend.shards.for_id(first_chunk_id)
+        rec = (await shard.get([first_chunk_id]))[0]
+        if rec is None or not rec.get("parent_id"):
+            return None, [first_chunk_id]
+        return rec["parent_id"], [r["id"] for r in await shard.document(rec["parent_id"])]
 
     async def _prepare(self, items: list[CaptureItem], now: float) -> list[Prepared]:
         def run() -> list[Prepared]:
@@ -205,7 +236,17 @@ class Capture(UseCase):
 
     async def _create(self, item: CaptureItem, caller: Caller, vector: np.ndarray,
                       similarity: float | None) -> dict:
+        """Store an upserted item as new. Without a caller key it gets one derived from its
+        scope and content, so two replicas creating the same fact at the same instant store it
+        once (the key's shard decides, in one transaction)."""
+        if not item.idempotency_key:
+            scope = "\x1f".join(str(x) for x in (
+                "upsert", item.git_branch, item.visibility or "shared",
+                item.agent_id if item.visibility == "private" else "",
+                content_hash(redact_text(self.redactor, item.content)[0])))
+            item = item.model_copy(update={"idempotency_key": scope})
         res = (await self.capture([item], caller, action="upsert", vectors=vector[None, :],
                                   charged=True))[0]
-        return {"action": "created", "id": res["ids"][0],
+        return {"action": "unchanged" if res["deduplicated"] else "created",
+                "id": res["ids"][0],
                 "similarity": round(similarity, 4) if similarity is not None else None}

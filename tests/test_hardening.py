@@ -189,3 +189,65 @@ def test_full_disk_is_storage_full(tmp_path):
         assert stored and all(r is not None for r in core.get(stored))
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+# 9. A batch across shards: per-item outcomes, and a keyed retry stores nothing twice -----------
+def test_batch_reports_per_item_outcomes_and_keyed_retry_stores_nothing_twice(tmp_path):
+    svc = make_service(tmp_path, shards=2)
+    failing = svc.backend.shards[1]
+    original = failing.put
+
+    async def full(records, vectors):
+        raise MemorayError(ErrorCode.STORAGE_FULL, "disk is full")
+
+    failing.put = full
+    items = [item(f"fact number {n}", idempotency_key=f"k{n}") for n in range(20)]
+    out = run(svc.capture(items, caller()))
+    ok = [r for r in out if "error" not in r]
+    bad = [r for r in out if "error" in r]
+    assert ok and bad and all(r["error"]["code"] == "STORAGE_FULL" for r in bad)
+    assert sum(len(c.postings) for c in svc.cores) == len(ok)
+    failing.put = original  # the disk has room again: the client retries the whole batch
+    again = run(svc.capture(items, caller()))
+    assert all("error" not in r for r in again)
+    assert sum(len(c.postings) for c in svc.cores) == 20  # nothing stored twice
+    assert [r["ids"] for r in again if r["deduplicated"]] == [r["ids"] for r in ok]
+
+
+# 15. Document chunk keys live in their own namespace; a retried document stores nothing --------
+def test_chunk_keys_cannot_be_taken_and_a_retried_document_adds_nothing(tmp_path):
+    svc = make_service(tmp_path, shards=2)
+    doc = "\n\n".join(f"Section {n}. " + "The payments roadmap in detail. " * 60
+                      for n in range(6))
+    first = run(svc.capture([item(doc, idempotency_key="K")], caller()))[0]
+    assert first["chunks"] >= 3
+    other = run(svc.capture([item("an unrelated note", idempotency_key="K#0")], caller()))[0]
+    assert other["ids"][0] not in first["ids"] and not other["deduplicated"]
+    total = sum(len(c.postings) for c in svc.cores)
+    longer = run(svc.capture([item(doc + "\n\nSection 99. " + "More text. " * 400,
+                                   idempotency_key="K")], caller()))[0]
+    assert longer["deduplicated"] and longer["parentId"] == first["parentId"]
+    assert longer["ids"] == first["ids"]
+    assert sum(len(c.postings) for c in svc.cores) == total
+    assert run(svc.get_document(caller(), first["parentId"]))["content"] == doc
+    with pytest.raises(ValueError, match="control characters"):
+        CaptureItem(content="x", workspace_id="w", idempotency_key="K\x1f1")
+
+
+# 16. Two replicas upserting the same new fact at once store it once ------------------------------
+def test_concurrent_upserts_of_one_new_fact_from_two_replicas_store_it_once(tmp_path):
+    from memoray.serve.service import MemoryService
+
+    svc = make_service(tmp_path, shards=2)
+    # A second replica over the same shards: its own upsert locks, like another Serve replica.
+    other = MemoryService(svc.settings, svc.backend, redactor=svc.redactor)
+
+    async def both():
+        fact = "the billing job retries three times with jitter"
+        return await asyncio.gather(svc.upsert([item(fact)], caller()),
+                                    other.upsert([item(fact)], caller()))
+
+    a, b = run(both())
+    assert a["items"][0]["id"] == b["items"][0]["id"]
+    assert sorted([a["items"][0]["action"], b["items"][0]["action"]]) == ["created", "unchanged"]
+    assert sum(len(c.postings) for c in svc.cores) == 1
