@@ -12,7 +12,6 @@ import numpy as np
 
 from memoray import filters as flt
 from memoray import lifecycle
-from memoray.actors.shard_search import Hit, SearchRequest
 from memoray.errors import ErrorCode, MemorayError, invalid
 from memoray.ids import new_id
 from memoray.lifecycle import KNOWN_EVENT_TYPES
@@ -25,6 +24,7 @@ from memoray.prepare import (
     redact_text,
     redact_value,
 )
+from memoray.records import Record
 from memoray.serve.observability import span
 from memoray.serve.request import Caller, UseCase
 from memoray.timeutil import now as utc_now
@@ -194,23 +194,22 @@ class Capture(UseCase):
         digest = content_hash(content)
         node = await self.scoped_filter(caller, flt.parse_filter(self._scope_filter(item)),
                                         "upsert")
-        req = SearchRequest(vector=vector, query="", k=1, filter=node, strategy="exact",
-                            mode="vector", tier_weighting=False, now=time.time())
-        parts = await self.backend.shards.each(lambda c: c.search(req))
-        hits = sorted((h for p in parts for h in p["hits"]), key=lambda h: -h.vector_score)
-        if hits and hits[0].record.get("content_hash") == digest:
-            return {"action": "unchanged", "id": hits[0].record["id"], "similarity": 1.0}
-        if hits and hits[0].vector_score >= threshold:
-            return await self._merge(hits[0], item, content, vector, caller)
-        return await self._create(item, caller, vector, hits[0].vector_score if hits else None)
+        now = time.time()
+        parts = await self.backend.shards.each(lambda c: c.best_match(vector, node, 8, now))
+        matches = sorted((m for m in parts if m is not None), key=lambda m: -m[1])
+        best = matches[0] if matches else None
+        if best is not None and best[0].get("content_hash") == digest:
+            return {"action": "unchanged", "id": best[0]["id"], "similarity": 1.0}
+        if best is not None and best[1] >= threshold:
+            return await self._merge(best[0], best[1], item, content, vector, caller)
+        return await self._create(item, caller, vector, best[1] if best else None)
 
-    async def _merge(self, hit: Hit, item: CaptureItem, content: str, vector: np.ndarray,
-                     caller: Caller) -> dict:
-        old = hit.record
+    async def _merge(self, old: Record, similarity: float, item: CaptureItem, content: str,
+                     vector: np.ndarray, caller: Caller) -> dict:
         shard = self.backend.shards.for_id(old["id"])
         full = (await shard.get([old["id"]]))[0]
         if full is None:  # deleted since the search: a delete wins, the item is stored anew
-            return await self._create(item, caller, vector, hit.vector_score)
+            return await self._create(item, caller, vector, similarity)
         meta, _ = redact_value(self.redactor, item.metadata)
         merged_meta: dict[str, Any] = {**(full.get("metadata") or {}), **meta}
         input_id = new_id()
@@ -229,10 +228,10 @@ class Capture(UseCase):
                   "session_id": item.session_id or full.get("session_id"),
                   "git_commit": item.git_commit or full.get("git_commit"), **retention}
         if not await shard.merge(record, vector):  # deleted in between: the delete wins
-            return await self._create(item, caller, vector, hit.vector_score)
+            return await self._create(item, caller, vector, similarity)
         await self.audited(caller, "upsert-merge", workspace=item.workspace_id, ids=[old["id"]])
         return {"action": "merged", "id": old["id"], "mergedInputId": input_id,
-                "similarity": round(hit.vector_score, 4), "mergeCount": record["merge_count"]}
+                "similarity": round(similarity, 4), "mergeCount": record["merge_count"]}
 
     async def _create(self, item: CaptureItem, caller: Caller, vector: np.ndarray,
                       similarity: float | None) -> dict:

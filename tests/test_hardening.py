@@ -251,3 +251,44 @@ def test_concurrent_upserts_of_one_new_fact_from_two_replicas_store_it_once(tmp_
     assert a["items"][0]["id"] == b["items"][0]["id"]
     assert sorted([a["items"][0]["action"], b["items"][0]["action"]]) == ["created", "unchanged"]
     assert sum(len(c.postings) for c in svc.cores) == 1
+
+
+# 14. Upserts compare against every wording a memory absorbed ------------------------------------
+class TableEmbedder:
+    """Fixed vectors per text: three paraphrases with cos(P1,P2)=0.93, cos(P2,P3)=0.85,
+    cos(P1,P3)=0.80 (the issue's MiniLM figures), so the test does not depend on a model."""
+
+    name = "table"
+    dim = 3
+
+    def __init__(self):
+        a = np.array([1.0, 0.0, 0.0])
+        b = np.array([0.93, np.sqrt(1 - 0.93 ** 2), 0.0])
+        # c: cos(c, b) = 0.85, cos(c, a) = 0.80
+        cx = 0.80
+        cy = (0.85 - 0.93 * cx) / np.sqrt(1 - 0.93 ** 2)
+        c = np.array([cx, cy, np.sqrt(max(0.0, 1 - cx ** 2 - cy ** 2))])
+        self.table = {"P1": a, "P2": b, "P3": c}
+
+    def embed(self, texts):
+        out = []
+        for t in texts:
+            key = next((k for k in self.table if t.startswith(k)), None)
+            out.append(self.table[key] if key else np.array([0.0, 0.0, 1.0]))
+        return np.asarray(out, dtype=np.float32)
+
+
+def test_a_paraphrase_matching_an_absorbed_wording_merges(tmp_path):
+    emb = TableEmbedder()
+    assert abs(float(emb.embed(["P1"])[0] @ emb.embed(["P3"])[0]) - 0.80) < 1e-6
+    svc = make_service(tmp_path, shards=1, embedder=emb)
+    ids = set()
+    # P2 first, then P3 merges into it (0.85), then P1: 0.80 to the newest wording (P3), but
+    # 0.93 to the absorbed P2; before wordings were kept this made a second memory.
+    for text in ("P2 the api pins pandas to 2.2", "P3 pandas stays pinned at 2.2 for the api",
+                 "P1 we pin pandas 2.2 in the api"):
+        out = run(svc.upsert([item(text)], caller(), threshold=0.85))
+        ids.add(out["items"][0]["id"])
+    assert len(ids) == 1 and sum(len(c.postings) for c in svc.cores) == 1
+    rec = run(svc.backend.shards[0].get(list(ids)))[0]
+    assert rec["merge_count"] == 3
