@@ -36,6 +36,10 @@ class ShardClient(ActorClient[ShardCore]):
     async def merge(self, record: Record, vector: np.ndarray) -> bool:
         return await self._call(ShardCore.merge, record, vector)
 
+    async def best_match(self, vector: np.ndarray, node: Any, k: int = 8,
+                         now: float | None = None) -> tuple[Record, float] | None:
+        return await self._call(ShardCore.best_match, vector, node, k, now)
+
     async def update_record(self, record: Record) -> None:
         return await self._call(ShardCore.update_record, record)
 

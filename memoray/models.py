@@ -106,6 +106,13 @@ class CaptureItem(Wire):
     def _text_fields(cls, v: str | None) -> str | None:
         return None if v is None else check_text(v)
 
+    @field_validator("idempotency_key")
+    @classmethod
+    def _key(cls, v: str | None) -> str | None:
+        if v is not None and any(ord(c) < 32 for c in v):
+            raise ValueError("must not contain control characters")
+        return v
+
     @field_validator("timestamp")
     @classmethod
     def _timestamp(cls, v: str | None) -> str | None:

@@ -22,6 +22,17 @@ CHUNK_MAX_CHARS = 4000
 CHUNK_OVERLAP = 200
 
 
+CHUNK_KEY_SEPARATOR = "\x1f"  # no caller key may contain it (memoray.models checks)
+
+
+def chunk_key(key: str | None, index: int) -> str | None:
+    """A document's chunk keys: the document's own key on chunk 0 (so a retried document is
+    recognised by its first chunk), then keys in a namespace no caller key can reach."""
+    if not key:
+        return None
+    return key if index == 0 else f"{key}{CHUNK_KEY_SEPARATOR}{index}"
+
+
 def content_hash(text: str) -> str:
     return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()
 
@@ -94,6 +105,5 @@ def prepare_item(item: CaptureItem, now: float, *, shards: int, redactor: Any,
                         "content_hash": content_hash(c.content), "parent_id": parent,
                         "chunk_index": c.index, "chunk_count": len(chunks),
                         "chunk_overlap": c.overlap_prefix,
-                        "idempotency_key": (f"{item.idempotency_key}#{c.index}"
-                                            if item.idempotency_key else None)})
+                        "idempotency_key": chunk_key(item.idempotency_key, c.index)})
     return Prepared(records, red)

@@ -236,9 +236,14 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         for r in results:
             for k, v in r["redactions"].items():
                 redactions[k] = redactions.get(k, 0) + v
-        return {"ids": [r["ids"] for r in results], "count": len(results),
-                "deduplicated": sum(1 for r in results if r["deduplicated"]),
-                "redactions": redactions}
+        errors = [{"index": i, **r["error"]} for i, r in enumerate(results) if "error" in r]
+        out = {"ids": [r["ids"] for r in results], "count": len(results) - len(errors),
+               "deduplicated": sum(1 for r in results if r["deduplicated"]),
+               "redactions": redactions}
+        if errors:  # per-item outcomes: retry these (with their idempotency keys) only
+            out["failed"] = len(errors)
+            out["errors"] = errors
+        return out
 
     @mcp.tool(name="retrieve-memories", description=(
         "Find the memories most relevant to a query (hybrid vector + lexical), under filters: "

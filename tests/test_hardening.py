@@ -189,3 +189,106 @@ def test_full_disk_is_storage_full(tmp_path):
         assert stored and all(r is not None for r in core.get(stored))
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+# 9. A batch across shards: per-item outcomes, and a keyed retry stores nothing twice -----------
+def test_batch_reports_per_item_outcomes_and_keyed_retry_stores_nothing_twice(tmp_path):
+    svc = make_service(tmp_path, shards=2)
+    failing = svc.backend.shards[1]
+    original = failing.put
+
+    async def full(records, vectors):
+        raise MemorayError(ErrorCode.STORAGE_FULL, "disk is full")
+
+    failing.put = full
+    items = [item(f"fact number {n}", idempotency_key=f"k{n}") for n in range(20)]
+    out = run(svc.capture(items, caller()))
+    ok = [r for r in out if "error" not in r]
+    bad = [r for r in out if "error" in r]
+    assert ok and bad and all(r["error"]["code"] == "STORAGE_FULL" for r in bad)
+    assert sum(len(c.postings) for c in svc.cores) == len(ok)
+    failing.put = original  # the disk has room again: the client retries the whole batch
+    again = run(svc.capture(items, caller()))
+    assert all("error" not in r for r in again)
+    assert sum(len(c.postings) for c in svc.cores) == 20  # nothing stored twice
+    assert [r["ids"] for r in again if r["deduplicated"]] == [r["ids"] for r in ok]
+
+
+# 15. Document chunk keys live in their own namespace; a retried document stores nothing --------
+def test_chunk_keys_cannot_be_taken_and_a_retried_document_adds_nothing(tmp_path):
+    svc = make_service(tmp_path, shards=2)
+    doc = "\n\n".join(f"Section {n}. " + "The payments roadmap in detail. " * 60
+                      for n in range(6))
+    first = run(svc.capture([item(doc, idempotency_key="K")], caller()))[0]
+    assert first["chunks"] >= 3
+    other = run(svc.capture([item("an unrelated note", idempotency_key="K#0")], caller()))[0]
+    assert other["ids"][0] not in first["ids"] and not other["deduplicated"]
+    total = sum(len(c.postings) for c in svc.cores)
+    longer = run(svc.capture([item(doc + "\n\nSection 99. " + "More text. " * 400,
+                                   idempotency_key="K")], caller()))[0]
+    assert longer["deduplicated"] and longer["parentId"] == first["parentId"]
+    assert longer["ids"] == first["ids"]
+    assert sum(len(c.postings) for c in svc.cores) == total
+    assert run(svc.get_document(caller(), first["parentId"]))["content"] == doc
+    with pytest.raises(ValueError, match="control characters"):
+        CaptureItem(content="x", workspace_id="w", idempotency_key="K\x1f1")
+
+
+# 16. Two replicas upserting the same new fact at once store it once ------------------------------
+def test_concurrent_upserts_of_one_new_fact_from_two_replicas_store_it_once(tmp_path):
+    from memoray.serve.service import MemoryService
+
+    svc = make_service(tmp_path, shards=2)
+    # A second replica over the same shards: its own upsert locks, like another Serve replica.
+    other = MemoryService(svc.settings, svc.backend, redactor=svc.redactor)
+
+    async def both():
+        fact = "the billing job retries three times with jitter"
+        return await asyncio.gather(svc.upsert([item(fact)], caller()),
+                                    other.upsert([item(fact)], caller()))
+
+    a, b = run(both())
+    assert a["items"][0]["id"] == b["items"][0]["id"]
+    assert sorted([a["items"][0]["action"], b["items"][0]["action"]]) == ["created", "unchanged"]
+    assert sum(len(c.postings) for c in svc.cores) == 1
+
+
+# 14. Upserts compare against every wording a memory absorbed ------------------------------------
+class TableEmbedder:
+    """Fixed vectors per text: three paraphrases with cos(P1,P2)=0.93, cos(P2,P3)=0.85,
+    cos(P1,P3)=0.80 (the issue's MiniLM figures), so the test does not depend on a model."""
+
+    name = "table"
+    dim = 3
+
+    def __init__(self):
+        a = np.array([1.0, 0.0, 0.0])
+        b = np.array([0.93, np.sqrt(1 - 0.93 ** 2), 0.0])
+        # c: cos(c, b) = 0.85, cos(c, a) = 0.80
+        cx = 0.80
+        cy = (0.85 - 0.93 * cx) / np.sqrt(1 - 0.93 ** 2)
+        c = np.array([cx, cy, np.sqrt(max(0.0, 1 - cx ** 2 - cy ** 2))])
+        self.table = {"P1": a, "P2": b, "P3": c}
+
+    def embed(self, texts):
+        out = []
+        for t in texts:
+            key = next((k for k in self.table if t.startswith(k)), None)
+            out.append(self.table[key] if key else np.array([0.0, 0.0, 1.0]))
+        return np.asarray(out, dtype=np.float32)
+
+
+def test_a_paraphrase_matching_an_absorbed_wording_merges(tmp_path):
+    emb = TableEmbedder()
+    assert abs(float(emb.embed(["P1"])[0] @ emb.embed(["P3"])[0]) - 0.80) < 1e-6
+    svc = make_service(tmp_path, shards=1, embedder=emb)
+    ids = set()
+    # P2 first, then P3 merges into it (0.85), then P1: 0.80 to the newest wording (P3), but
+    # 0.93 to the absorbed P2; before wordings were kept this made a second memory.
+    for text in ("P2 the api pins pandas to 2.2", "P3 pandas stays pinned at 2.2 for the api",
+                 "P1 we pin pandas 2.2 in the api"):
+        out = run(svc.upsert([item(text)], caller(), threshold=0.85))
+        ids.add(out["items"][0]["id"])
+    assert len(ids) == 1 and sum(len(c.postings) for c in svc.cores) == 1
+    rec = run(svc.backend.shards[0].get(list(ids)))[0]
+    assert rec["merge_count"] == 3
