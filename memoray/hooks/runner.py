@@ -211,7 +211,7 @@ def _output(event: str, context: str) -> dict[str, Any]:
 
 def on_session_start(hook: Hook) -> dict[str, Any] | None:
     state.prune_stale(hook.cfg.spool_dir)
-    facts = hook.facts(detailed=True)
+    facts = hook.facts()  # cheap; context() adds git's merged branches once the server answers
     query = None
     if facts.branch and facts.branch != facts.default_branch:
         query = f"work on branch {facts.branch}"
@@ -224,6 +224,7 @@ def on_session_start(hook: Hook) -> dict[str, Any] | None:
     hook.flush()
     if not context:
         return None  # nothing to show: not even a header
+    facts = hook.facts(detailed=True)  # computed by context() already: ahead/behind
     where = f"branch `{facts.branch}`" if facts.branch else (
         f"detached HEAD {facts.commit[:10]}" if facts.commit else None)
     if where and facts.upstream and facts.ahead is not None and facts.behind is not None:
