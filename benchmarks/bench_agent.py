@@ -74,6 +74,7 @@ class Sim:
             self.__dict__.update({k: v for k, v in world.__dict__.items()
                                   if k in ("tmp", "url", "spool", "remote", "repo", "env", "n")})
             self.tags, self.probes, self.facts = tags, [], set()
+            self.git_timeouts = 0
             self.git(self.repo, "checkout", "-q", "-f", "main")
             self.git(self.repo, "clean", "-fdq")
             return
@@ -85,6 +86,7 @@ class Sim:
         self.probes: list[Probe] = []
         self.facts: set[str] = set()  # every fact the scenario planted (for relevance)
         self.n = 0
+        self.git_timeouts = 0  # hooks whose git calls timed out (a loaded machine)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MEMORAY_")}
         home = tmp / "home"
         home.mkdir(parents=True, exist_ok=True)
@@ -133,6 +135,8 @@ class Sim:
                               env=self.env, cwd=repo, timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"{event} exited {proc.returncode}: {proc.stderr}")
+        if "git timed out" in proc.stderr:
+            self.git_timeouts += 1
         if not proc.stdout.strip():
             return ""
         return json.loads(proc.stdout)["hookSpecificOutput"]["additionalContext"]
@@ -544,6 +548,7 @@ def run(embedder: str = "minilm", only: str | None = None, show: bool = False,
             "MEMORAY_RATE_LIMIT_ENABLED": "false"}).start()
         probes: list[Probe] = []
         duplicates: list[int] = []
+        git_timeouts: dict[str, int] = {}
         try:
             world = Sim("shared", tmp / "shared", server.url) if shared else None
             for i, (name, play, tags) in enumerate(chosen):
@@ -554,6 +559,7 @@ def run(embedder: str = "minilm", only: str | None = None, show: bool = False,
                     sim = Sim(name, tmp / f"sc{i}", server.url, tags)
                 play(sim)
                 probes.extend(sim.probes)
+                git_timeouts[name] = sim.git_timeouts
                 for p in sim.probes if show else []:
                     print(f"--- {name} / {p.kind}: need {p.need}, forbid {p.forbid}\n{p.text}\n")
                 if play is s_duplicate_prompts:
@@ -577,6 +583,8 @@ def run(embedder: str = "minilm", only: str | None = None, show: bool = False,
         "startAfterMerge": summarize(probes, "start", "merge"),
         "emptyStoreTokens": sum(p.tokens for p in empty),
         "nearIdenticalPromptCopies": duplicates,
+        "hooksWithGitTimeouts": {k: v for k, v in git_timeouts.items() if v},
+        "gitTimeoutS": float(os.environ.get("MEMORAY_GIT_TIMEOUT") or 0.3),
         "perScenario": scenarios, "environment": environment(),
         "classification": classification(),
     }
@@ -650,6 +658,8 @@ def main() -> None:
           f"{o['prompt']['tokensPerProbe']}; relevant share of injected items "
           f"{o['all']['relevantShare']}; empty store injected {out['emptyStoreTokens']} tokens; "
           f"near-identical prompt copies shown {out['nearIdenticalPromptCopies']}")
+    print(f"hooks whose git calls timed out (limit {out['gitTimeoutS']} s): "
+          f"{out['hooksWithGitTimeouts'] or 'none'}")
     c = out["classification"]["heldout"]
     print(f"classification (held-out, {c['sentences']} sentences): precision {c['precision']}, "
           f"recall {c['recall']}; with the right kind: precision {c['strictPrecision']}, "

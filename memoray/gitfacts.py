@@ -13,7 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-GIT_TIMEOUT_S = 0.3
+GIT_TIMEOUT_S = float(os.environ.get("MEMORAY_GIT_TIMEOUT") or 0.3)
+TIMEOUTS: list[str] = []  # git subcommands that timed out in this process (facts then degrade)
 
 _SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*)://(.*)$")
 _SCP_RE = re.compile(r"^(?:[^@/\s]+@)?([^:/\s]+):(?!//)(.*)$")
@@ -216,6 +217,9 @@ def _git(root: Path, *args: str) -> str | None:
             timeout=GIT_TIMEOUT_S, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"},
             stdin=subprocess.DEVNULL,
         )
+    except subprocess.TimeoutExpired:
+        TIMEOUTS.append(args[0])
+        return None
     except (OSError, subprocess.SubprocessError):
         return None
     return proc.stdout if proc.returncode == 0 else None
@@ -436,6 +440,9 @@ def _patch_ids(root: Path, args: list[str]) -> set[tuple[str, str]]:
             diff_out = b"commit " + b"0" * 40 + b"\n" + diff_out
         ids = subprocess.run(["git", "-C", str(root), "patch-id", "--stable"],
                              input=diff_out, capture_output=True, timeout=GIT_TIMEOUT_S, env=env)
+    except subprocess.TimeoutExpired:
+        TIMEOUTS.append(args[0])
+        return set()
     except (OSError, subprocess.SubprocessError):
         return set()
     return {(ln.split()[0], ln.split()[1]) for ln in ids.stdout.decode().splitlines()

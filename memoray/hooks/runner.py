@@ -489,4 +489,10 @@ def run_hook(event: str) -> int:
             sys.stdout.flush()
     except Exception as exc:  # noqa: BLE001 - the agent must never see a hook crash
         log(f"{event} failed: {type(exc).__name__}: {exc}")
+    from memoray import gitfacts
+
+    if gitfacts.TIMEOUTS:  # fewer merged branches were seen than exist: say so
+        log(f"git timed out ({', '.join(sorted(set(gitfacts.TIMEOUTS)))}) after "
+            f"{gitfacts.GIT_TIMEOUT_S}s; merged branches may be missing from the context "
+            "(MEMORAY_GIT_TIMEOUT raises the limit)")
     return 0
