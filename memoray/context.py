@@ -228,6 +228,10 @@ def build_context(
     while limit > 0 and limit * (1.0 + margin) > budget:  # guard float rounding
         limit -= 1
     now_s = _now() if now is None else float(now)
+    if style == "index" and not query:
+        # An index without a query ranks by what lasts and how recent it is: the scores the
+        # search attached answer a stand-in query, and favour whatever shares its words.
+        memories = [{**m, "score": None} for m in memories]
     items, duplicates, empty = _prepare(memories, query, branch, now_s, style == "index")
     # an index goes to a caller that names the workspace and branch itself (the hook's header)
     title = INDEX_TITLE if style == "index" else _title(workspace_id, branch)
