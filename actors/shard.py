@@ -322,6 +322,17 @@ class ShardCore:
             labels = labels[:limit]
         return [self.postings.row(int(label)) for label in labels]
 
+    def recent(self, node: Any, limit: int, before: tuple[float, str] | None = None
+               ) -> list[dict]:
+        """Full records matching a filter, newest first (the viewer's browse view), paged by a
+        (timestamp, id) cursor."""
+        labels = self.postings.newest(self.labels_matching(node), limit, before)
+        return [r for r in self.storage.get_by_labels(labels) if r is not None]
+
+    def day_counts(self, node: Any) -> dict[str, dict[str, int]]:
+        """Records per UTC day and event type matching a filter (no contents read)."""
+        return self.postings.day_counts(self.labels_matching(node))
+
     def search(self, req: SearchRequest) -> dict:
         t0 = time.perf_counter()
         self._swap_if_rebuilt()
@@ -491,6 +502,12 @@ def actor_class():
 
         def search(self, req):
             return self.core.search(req)
+
+        def recent(self, node, limit, before=None):
+            return self.core.recent(node, limit, before)
+
+        def day_counts(self, node):
+            return self.core.day_counts(node)
 
         def stats(self):
             return self.core.stats()

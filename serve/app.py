@@ -57,5 +57,8 @@ def build_app_with(get_runtime: Callable[[], Awaitable[Any]], metrics: Metrics,
         return JSONResponse({"code": "INVALID_INPUT", "message": "use POST for MCP requests"},
                             status_code=405, headers={"Allow": "POST"})
 
+    from serve.viewer import register_viewer
+
+    register_viewer(app, get_runtime)  # `/`, its assets and /api/*: before the MCP mount
     app.mount("/", mcp_app)
     return app

@@ -89,9 +89,11 @@ class Runtime:
         """Charge the call to its budgets. A workspace the caller may not use is never charged
         (the request is refused later, and must not spend that tenant's quota); the session is
         the capture's sessionId, else the x-memoray-session header."""
-        if self.limiter is None or not self.settings.rate_limit_enabled:
+        from memoray.ratelimit import exempt, request_keys
+
+        if (self.limiter is None or not self.settings.rate_limit_enabled
+                or exempt(self.settings, caller.principal)):
             return
-        from memoray.ratelimit import request_keys
 
         if workspace is not None and not caller.principal.allows_workspace(workspace):
             workspace = None
