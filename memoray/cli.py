@@ -240,7 +240,8 @@ class _Version(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
 
     def __call__(self, parser, namespace, values, option_string=None):
-        parser.exit(0, f"memoray {_version()}\n")
+        print(f"memoray {_version()}")
+        parser.exit(0)
 
 
 def build_parser() -> argparse.ArgumentParser:

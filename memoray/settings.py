@@ -178,3 +178,26 @@ class Settings(BaseSettings):
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+
+def reference_markdown() -> str:
+    """The settings table of docs/configuration.md (`python -m memoray.settings` prints it)."""
+    import json
+
+    rows = ["| setting (config.toml key) | environment variable | default | meaning |",
+            "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default
+        if isinstance(default, Path | str):
+            shown = str(default)
+        elif default is None:
+            shown = "none"
+        else:
+            shown = json.dumps(default)
+        rows.append(f"| `{name}` | `MEMORAY_{name.upper()}` | `{shown}` | "
+                    f"{(field.description or '').replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

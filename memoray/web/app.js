@@ -227,7 +227,7 @@ async function loadHealth() {
     const h = await api("/api/health");
     const cls = h.status === "ok" ? "ok" : "warn";
     $("health").replaceChildren(el("span", { class: "dot " + cls }), document.createTextNode(h.status));
-    $("components").replaceChildren(...Object.entries(h.components).map(([name, c]) =>
+    $("components").replaceChildren(...Object.entries(h.components).sort().map(([name, c]) =>
       el("li", {}, el("span", { class: "dot " + (c.status === "ok" ? "ok" : "bad") }),
          document.createTextNode(`${name}: ${c.status}`))));
   } catch (err) {

@@ -150,6 +150,8 @@ def test_viewer_shows_searches_deep_links_and_deletes(open_server, browser):
         wait_for(browser, "#list .card", text=MARKER).click()
         wait_for(browser, "#detail-content", text=MARKER)
         wait_for(browser, "#components li", text="shard-0")
+        browser.execute_script("window.scrollTo(0, 0)")
+        time.sleep(0.3)
         browser.save_screenshot(str(ROOT / "docs" / "viewer.png"))
 
     # Browse one branch; open one memory in full.
