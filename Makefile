@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install run test test-unit test-integration bench bench-core bench-hooks bench-locomo \
+.PHONY: install browser run test test-unit test-integration bench bench-core bench-hooks bench-locomo \
         bench-planner bench-dedup bench-security reindex backup lint clean
 
 install: $(STAMP)
@@ -26,16 +26,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m compileall -q memoray
 	touch $(STAMP)
 
-run: install
-	$(BIN)/memoray serve
+# Headless Chromium for the viewer tests (Debian's chromium + chromium-driver), when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then \
+	  $(SUDO) apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends \
+	    chromium chromium-driver; \
+	fi
 
-test: install
+# `make run ARGS="--port 8100 --data-dir /tmp/m"` passes flags to `memoray serve`.
+ARGS ?=
+run: install
+	$(BIN)/memoray serve $(ARGS)
+
+test: install browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not integration" tests
 
-test-integration: install
+test-integration: install browser
 	$(BIN)/python -m pytest -q -m integration tests
 
 # Every benchmark, one after the other; each prints its table and saves JSON (+ PNG) under
