@@ -345,6 +345,12 @@ def one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "hook" and argv[1] in HOOK_EVENTS:
+        # The hot path (every agent event): skip building the whole parser.
+        from memoray.hooks.runner import run_hook
+
+        return int(run_hook(argv[1]) or 0)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -34,8 +34,8 @@ def port_free(host: str, port: int) -> bool:
 
 def hooks_installed(project: Path) -> list[Path]:
     """Claude Code settings files that run `memoray hook`."""
-    candidates = [project / ".claude" / "settings.local.json", project / ".claude" / "settings.json",
-                  Path.home() / ".claude" / "settings.json"]
+    candidates = [project / ".claude" / "settings.local.json",
+                  project / ".claude" / "settings.json", Path.home() / ".claude" / "settings.json"]
     found = []
     for path in candidates:
         try:

@@ -68,6 +68,21 @@ def check_header(line: str, path: str) -> dict:
     return header
 
 
+def check_shards(api: ApiClient, header: dict, path: str) -> None:
+    """Documents need the export's shard count (a chunk lives on its parent's shard): refuse
+    up front, before any batch is stored, rather than half way through."""
+    theirs = header.get("shards")
+    ours = api.get("/api/info").get("shards")
+    if theirs is None or theirs == ours:
+        return
+    with open(path, encoding="utf-8") as f:
+        next(f, None)
+        if any('"parent_id": "' in line for line in f):
+            raise ClientError(f"{path} holds chunked documents from a {theirs}-shard store; this "
+                              f"server has {ours} shards: import into a store started with "
+                              f"--shards {theirs}")
+
+
 def batches(stream: IO[str], path: str, size: int) -> Iterator[list[dict]]:
     batch: list[dict] = []
     nbytes = 0
@@ -102,6 +117,8 @@ def import_file(api: ApiClient, path: str, *, batch: int = 500,
         if not first.strip():
             raise ClientError(f"{path}: empty file")
         header = check_header(first, path)
+        if path != "-":
+            check_shards(api, header, path)
         with tqdm(total=total, unit="mem", desc="importing", disable=not progress,
                   file=sys.stderr, dynamic_ncols=True) as bar:
             for chunk in batches(stream, path, batch):

@@ -141,7 +141,7 @@ def test_local_user_is_not_rate_limited_but_tokens_and_remote_are(no_config):
 
 def test_configuration_reference_lists_every_setting():
     doc = (ROOT / "docs" / "configuration.md").read_text()
-    for name, field in Settings.model_fields.items():
+    for name in Settings.model_fields:
         assert f"`{name}`" in doc and f"MEMORAY_{name.upper()}" in doc, name
 
 
