@@ -22,12 +22,14 @@ class ClientError(Exception):
 
 
 class ApiClient:
-    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 60.0):
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 60.0,
+                 transport: httpx.BaseTransport | None = None):
         self.url = (url or DEFAULT_URL).rstrip("/")
         headers = {"X-Memoray-Client": "cli"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout,
+                                 transport=transport)
 
     def close(self) -> None:
         self.http.close()

@@ -153,3 +153,29 @@ def test_hook_path_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=Path(ROOT))
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_client_waits_out_rate_limits_and_explains_refusals(monkeypatch):
+    import httpx
+
+    from memoray.client import ApiClient, ClientError
+
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        if request.url.path == "/api/import" and len(calls) < 3:
+            return httpx.Response(429, headers={"Retry-After": "0"},
+                                  json={"code": "RATE_LIMIT_EXCEEDED", "message": "slow down"})
+        if request.url.path == "/api/stats":
+            return httpx.Response(401, json={"code": "UNAUTHORIZED", "message": "invalid token"})
+        return httpx.Response(200, json={"received": 1, "created": 1})
+
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    api = ApiClient("http://memoray.test", "tok", transport=httpx.MockTransport(handler))
+    assert api.import_batch(None, [{"id": "x"}])["created"] == 1
+    assert len(calls) == 3 and calls[0].headers["authorization"] == "Bearer tok"
+    assert calls[0].headers["x-memoray-client"] == "cli"
+    with pytest.raises(ClientError) as err:
+        api.get("/api/stats")
+    assert "refused the token" in str(err.value) and "MEMORAY_TOKEN" in str(err.value)

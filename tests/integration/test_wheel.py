@@ -47,15 +47,16 @@ def installed(tmp_path_factory):
     dist = base / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                     "--no-build-isolation", "-w", str(dist), str(src)], check=True,
-                   capture_output=True, timeout=300)
+                   capture_output=True, timeout=300, env=_clean_env(), cwd=base)
     wheel = next(dist.glob("memoray-*.whl"))
     venv = base / "venv"
     subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(venv)],
                    check=True, timeout=120)
     py = venv / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q",
-                    "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True,
-                   timeout=300)
+    inst = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install",
+                           "--no-deps", "--no-index", str(wheel)], capture_output=True,
+                          text=True, timeout=300, env=_clean_env(), cwd=base)
+    assert inst.returncode == 0 and (venv / "bin" / "memoray").is_file(), inst.stdout + inst.stderr
     purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()"
                               "['purelib'])"], capture_output=True, text=True,
                              check=True).stdout.strip()
