@@ -17,7 +17,7 @@ HOOK_EVENTS = (
 # pydantic here would slow every `memoray hook`).
 DEFAULTS = {
     "host": "127.0.0.1", "port": 8000, "data_dir": "~/.memoray", "shards": 2,
-    "embedder": "minilm", "replicas": 1, "dashboard_port": 8265,
+    "embedder": "minilm", "replicas": 1,
 }
 DEFAULT_URL = "http://127.0.0.1:8000"
 PRECEDENCE = "flags override MEMORAY_* variables, which override ~/.memoray/config.toml"
@@ -74,8 +74,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    "(default: start one)")
     p.add_argument("--replicas", type=_positive,
                    help=f"Serve replicas (default: {d['replicas']})")
-    p.add_argument("--dashboard-port", type=_port, help=f"Ray dashboard / job API port "
-                   f"(default: {d['dashboard_port']})")
+    p.add_argument("--dashboard-port", type=_port, help="Ray dashboard / job API port "
+                   "(default: 8265 when free, else a free port)")
     p.add_argument("--insecure", action="store_true", default=None,
                    help="allow a non-loopback bind without tokens (default: off; not for "
                    "shared networks)")

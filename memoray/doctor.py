@@ -127,7 +127,7 @@ def run_doctor(url: str | None = None, token: str | None = None,
     finally:
         api.close()
 
-    for name, port in (("ray dash", settings.dashboard_port),
+    for name, port in (("ray dash", settings.dashboard_port or 8265),
                        ("ray agent", settings.dashboard_agent_port or 52365)):
         if port_free("127.0.0.1", port):
             check(OK, name, f"port {port} free")

@@ -89,12 +89,15 @@ class Settings(BaseSettings):
     embedding_gpus: float = Field(default=0.0, ge=0.0, description="GPUs per embedding actor")
     dashboard: bool = Field(True, description="start Ray's dashboard (it serves the job API "
                             "that `ray job submit`, `make backup` and `make reindex` use)")
-    dashboard_port: int = Field(default=8265, ge=0, le=65535,
-                                description="Ray dashboard port")
-    # The dashboard agent's HTTP port (Ray's default 52365): `ray job submit` needs this node's
-    # agent, which cannot start while another Ray instance on the machine holds the port.
+    # Ray's fixed default ports (8265, 52365) are taken when another Ray runs on the machine:
+    # unset, each is Ray's default when free, else any free port (recorded in DATA_DIR/run.json,
+    # where `make backup` / `make reindex` find it).
+    dashboard_port: int | None = Field(default=None, ge=0, le=65535, description="Ray "
+                                       "dashboard (job API) port; unset: 8265 when free, else "
+                                       "a free port")
     dashboard_agent_port: int | None = Field(default=None, ge=1, le=65535, description="the "
-                                             "dashboard agent's port (Ray's default 52365)")
+                                             "dashboard agent's port; unset: 52365 when free, "
+                                             "else a free port")
 
     # Storage. map_size is virtual address space, not disk: LMDB grows the file as it fills.
     map_size_bytes: int = Field(8 * 1024**3, description="per-shard LMDB ceiling (virtual; "

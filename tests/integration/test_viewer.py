@@ -90,9 +90,41 @@ def token_server(tmp_path_factory):
     srv.stop()
 
 
+HISTORY = [  # (days ago, event type, workspace, branch, content): two weeks of a project
+    (13, "decision", WS, "main", "Use Ray Serve for the HTTP layer; one replica per core."),
+    (12, "code_change", WS, "main", "Added LMDB-backed shard storage with fsync on commit."),
+    (11, "tool_event", WS, "main", "pytest tests/test_shard.py: 14 passed in 3.2s"),
+    (10, "error", WS, "main", "hnswlib build failed: missing -march flags on aarch64"),
+    (9, "decision", WS, "main", "Build hnswlib with HNSWLIB_NO_NATIVE=1 for portable wheels."),
+    (8, "review", "github.com/acme/billing", "main", "Review: retry loop lacks jitter."),
+    (8, "code_change", "github.com/acme/billing", "fix/retry", "Exponential backoff with full "
+     "jitter in billing/retry.py"),
+    (7, "prompt", WS, "main", "how do we keep search fast with 100k memories?"),
+    (6, "tool_event", WS, "main", "make bench-core: p95 retrieve 41 ms at 50k records"),
+    (5, "preference", WS, None, "The user prefers small commits with imperative messages."),
+    (4, "code_change", WS, "feature/viewer", "Viewer: newest-first browse over postings."),
+    (3, "tool_event", WS, "feature/viewer", "ruff check: all checks passed"),
+    (2, "decision", WS, "feature/viewer", "No CDN: the viewer's assets ship in the wheel."),
+    (1, "code_change", WS, "feature/viewer", "Timeline chart as inline SVG, no library."),
+]
+
+
+def _history():
+    now = time.time()
+    items = []
+    for days, event, ws, branch, content in HISTORY:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - days * 86400 - 3600))
+        item = {"content": content, "eventType": event, "workspaceId": ws, "timestamp": ts}
+        if branch:
+            item["gitBranch"] = branch
+        items.append(item)
+    return items
+
+
 def _capture(url, token=None):
     async def go():
         async with mcp_client(url, token=token) as c:
+            await c.call("capture-memories", items=_history())
             first = await c.call("capture-memory", eventType="decision", workspaceId=WS,
                                  gitBranch="main", content=f"We keep the {MARKER} cache in "
                                  "LMDB so a crash never loses an acknowledged write.",
@@ -157,7 +189,9 @@ def test_viewer_shows_searches_deep_links_and_deletes(open_server, browser):
     # Browse one branch; open one memory in full.
     browser.get(f"{open_server.url}/?branch=feature%2Fviewer")
     wait_for(browser, "#list .card", text="ran pytest")
-    assert len(cards(browser)) == 12 and all("feature/viewer" in c.text for c in cards(browser))
+    on_branch = 12 + sum(1 for h in HISTORY if h[3] == "feature/viewer")
+    assert len(cards(browser)) == on_branch
+    assert all("feature/viewer" in c.text for c in cards(browser))
     browser.get(f"{open_server.url}/?q={MARKER}")
     wait_for(browser, "#list .card", text=MARKER).click()
     detail = wait_for(browser, "#detail-content", text=MARKER)
