@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "memoray.token";
-const state = { q: "", filters: {}, cursor: null, selected: null };
+const state = { q: "", filters: {}, cursor: null, selected: null, timeline: null };
 const FACETS = [["workspace", "f-workspace"], ["branch", "f-branch"], ["eventType", "f-event"],
                 ["start", "f-start"], ["end", "f-end"]];
 
@@ -188,14 +188,23 @@ function dayRange(days) {
 
 async function loadCharts() {
   try {
-    const t = await api("/api/timeline" + query(apiFilters()));
+    state.timeline = await api("/api/timeline" + query(apiFilters()));
+    renderCharts();
+  } catch (err) {
+    $("chart-days").replaceChildren(el("p", { class: "status error", text: err.message }));
+  }
+}
+
+// Drawn at the boxes' current size (text never stretched); redrawn when the layout changes.
+function renderCharts() {
+  const t = state.timeline;
+  if (!t) return;
+  {
     barChart("chart-days", dayRange(t.days), { vertical: true, onPick: (it) => {
       state.filters.start = it.label; state.filters.end = it.label; syncInputs(); refresh();
     } });
     barChart("chart-types", Object.entries(t.eventTypes).map(([label, value]) => ({ label, value })),
       { vertical: false, onPick: (it) => { state.filters.eventType = it.label; syncInputs(); refresh(); } });
-  } catch (err) {
-    $("chart-days").replaceChildren(el("p", { class: "status error", text: err.message }));
   }
 }
 
@@ -259,6 +268,7 @@ async function openDetail(id) {
     $("detail-delete").onclick = () => deleteMemory(m.id, !!m.parentId);
     $("detail").hidden = false;
     document.querySelector("main").classList.add("with-detail");
+    renderCharts();
   } catch (err) {
     setStatus(err.message, true);
   }
@@ -268,6 +278,7 @@ function closeDetail() {
   $("detail").hidden = true;
   document.querySelector("main").classList.remove("with-detail");
   state.selected = null;
+  renderCharts();
 }
 
 async function deleteMemory(id, chunk) {
@@ -326,6 +337,8 @@ function init() {
   // One call first, so a token prompt appears once, then everything else.
   loadHealth().then(() => { loadStore(); loadList(); loadCharts(); });
   setInterval(loadHealth, 15000);
+  let resizing = null;
+  window.addEventListener("resize", () => { clearTimeout(resizing); resizing = setTimeout(renderCharts, 150); });
 }
 
 document.addEventListener("DOMContentLoaded", init);
