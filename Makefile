@@ -72,14 +72,18 @@ bench-dedup: install
 bench-security: install
 	$(BIN)/python -m benchmarks.bench_security
 
-# Batch jobs against the running server (`make run` in another terminal).
+# Batch jobs against the running server (`make run` in another terminal): its dashboard (the
+# job API) is read from DATA_DIR/run.json, since it is not always on 8265.
 DATA_DIR ?= $(HOME)/.memoray
+DASHBOARD = $$($(BIN)/python -m serve.startup $(DATA_DIR))
 reindex: install
-	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:8265 --working-dir . \
+	@dash=$(DASHBOARD) && echo "job API at $$dash" && \
+	RAY_AUTH_MODE=token $(BIN)/ray job submit --address $$dash --working-dir . \
 	  -- python -m cluster.jobs.reindex --data-dir $(DATA_DIR)
 
 backup: install
-	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:8265 --working-dir . \
+	@dash=$(DASHBOARD) && echo "job API at $$dash" && \
+	RAY_AUTH_MODE=token $(BIN)/ray job submit --address $$dash --working-dir . \
 	  -- python -m cluster.jobs.backup --data-dir $(DATA_DIR) --dest $(DEST)
 
 lint: install

@@ -42,8 +42,9 @@ def check_layout(settings: Settings) -> None:
         path.write_text(json.dumps(want))
 
 
-def start_actors(settings: Settings) -> dict:
-    """Get-or-create every named actor; returns their handles. Safe to call twice."""
+def start_actors(settings: Settings, progress=None) -> dict:
+    """Get-or-create every named actor; returns their handles. Safe to call twice.
+    `progress(text)` hears each shard and embedding worker as it finishes loading."""
     import ray
 
     from actors import embedding_worker, expiry, planner, rate_limiter, shard
@@ -82,11 +83,17 @@ def start_actors(settings: Settings) -> dict:
     expiry_worker = Expiry.options(name=EXPIRY_NAME, namespace=NAMESPACE,
                                    get_if_exists=True).remote(
         [shard_name(i) for i in range(settings.shards)], NAMESPACE, settings.model_dump_json())
+    actors = {"shards": shards, "embedders": embedders, "planner": plan, "limiter": limiter,
+              "expiry": expiry_worker}
     # Wait for recovery: a shard answers health only once its LMDB is replayed.
-    ray.get([s.health.remote() for s in shards] + [e.health.remote() for e in embedders]
-            + [plan.health.remote(), expiry_worker.health.remote()], timeout=600)
-    return {"shards": shards, "embedders": embedders, "planner": plan, "limiter": limiter,
-            "expiry": expiry_worker}
+    if progress is not None:
+        from serve.startup import wait_for_actors
+
+        wait_for_actors(actors, progress, ray, timeout=600)
+    else:
+        ray.get([s.health.remote() for s in shards] + [e.health.remote() for e in embedders]
+                + [plan.health.remote(), expiry_worker.health.remote()], timeout=600)
+    return actors
 
 
 def _use_agent_port(port: int) -> None:
@@ -111,11 +118,13 @@ def serve_forever(settings: Settings) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from memoray.auth import TokenStore, check_bind
     from memoray.crypto import key_from_settings
+    from serve import startup
 
     try:
         check_bind(settings.host, TokenStore(settings.resolved_tokens_file()).enabled,
                    settings.insecure)
         key_from_settings(settings)  # a malformed key fails here, not inside a shard
+        startup.check_port(settings.host, settings.port)
         check_layout(settings)
     except MemorayError as err:
         print(f"memoray: {err.message}", file=sys.stderr)
@@ -128,16 +137,28 @@ def serve_forever(settings: Settings) -> int:
     from serve.runtime import NAMESPACE
 
     t0 = time.time()
-    if settings.dashboard_agent_port and not settings.address:
-        _use_agent_port(settings.dashboard_agent_port)
-    ray.init(address=settings.address, namespace=NAMESPACE,
-             include_dashboard=settings.dashboard if not settings.address else None,
-             dashboard_port=settings.dashboard_port,
-             logging_level=logging.WARNING, log_to_driver=True,
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                                       "RAY_USAGE_STATS_ENABLED": "0"}})
+    steps = startup.Steps()
+    startup.quiet_ray_logs()
+    dashboard_port = None
+    if not settings.address:  # Ray's fixed default ports may belong to another Ray here
+        _use_agent_port(startup.choose_port(settings.dashboard_agent_port,
+                                            startup.RAY_AGENT_PORT))
+        if settings.dashboard:
+            dashboard_port = startup.choose_port(settings.dashboard_port,
+                                                 startup.RAY_DASHBOARD_PORT)
+    steps.say(f"starting Ray (joining {settings.address})" if settings.address else
+              "starting Ray" + (f" (dashboard and job API on 127.0.0.1:{dashboard_port})"
+                                if dashboard_port else ""))
+    context = ray.init(address=settings.address, namespace=NAMESPACE,
+                       include_dashboard=settings.dashboard if not settings.address else None,
+                       dashboard_port=dashboard_port,
+                       logging_level=logging.WARNING, log_to_driver=False,
+                       runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1",
+                                                 "TRANSFORMERS_OFFLINE": "1",
+                                                 "RAY_USAGE_STATS_ENABLED": "0"}})
+    steps.say(f"loading {settings.shards} shards and the {settings.embedder} embedding model")
     try:
-        actors = start_actors(settings)
+        actors = start_actors(settings, progress=steps.say)
     except Exception as exc:  # an actor failed to start: say why in one line, not a traceback
         text = str(exc)
         reason = next((line.strip() for line in text.splitlines()
@@ -147,16 +168,24 @@ def serve_forever(settings: Settings) -> int:
             log.error("start-up failed", exc_info=exc)
         ray.shutdown()
         return 2
-    serve.start(http_options={"host": settings.host, "port": settings.port},
-                logging_config={"log_level": "WARNING"})
-    serve.run(make_app(settings), name="memoray", route_prefix="/", blocking=False)
+    steps.say(f"deploying the server ({settings.replicas} replica"
+              f"{'s' if settings.replicas > 1 else ''})")
+    logs = {"log_level": "WARNING", "enable_access_log": settings.access_log}
+    serve.start(http_options={"host": settings.host, "port": settings.port}, logging_config=logs)
+    serve.run(make_app(settings), name="memoray", route_prefix="/", blocking=False,
+              logging_config=logs)
     url = f"http://{settings.host}:{settings.port}"
+    dash = getattr(context, "dashboard_url", None)
     run_file = settings.resolved_data_dir() / "run.json"
     run_file.write_text(json.dumps({"pid": os.getpid(), "url": url,
-                                    "ray_address": ray.get_runtime_context().gcs_address}))
-    print(f"memoray ready at {url}/mcp ({settings.shards} shards, {settings.embedder} embedder, "
-          f"data in {settings.resolved_data_dir()}, started in {time.time() - t0:.1f}s)",
-          flush=True)
+                                    "ray_address": ray.get_runtime_context().gcs_address,
+                                    "dashboard_url": f"http://{dash}" if dash else None}))
+    session = (getattr(context, "address_info", None) or {}).get("session_dir")
+    if session:
+        steps.say(f"Ray's logs: {session}/logs")
+    print(f"memoray ready at {url}/mcp, viewer at {url}/ ({settings.shards} shards, "
+          f"{settings.embedder} embedder, data in {settings.resolved_data_dir()}, started in "
+          f"{time.time() - t0:.1f}s)", flush=True)
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -18,7 +18,8 @@ RAY_AGENT_PORT = 52365
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
         try:
             s.bind((host, port))
         except OSError:
@@ -30,6 +31,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def check_port(host: str, port: int) -> None:
+    """The HTTP port must be free before Ray starts (Serve would fail later, less clearly)."""
+    from memoray.errors import ErrorCode, MemorayError
+
+    bind_host = "0.0.0.0" if host in ("", "0.0.0.0") else host.strip("[]")
+    if port and not port_free(port, bind_host):
+        raise MemorayError(ErrorCode.UNAVAILABLE,
+                           f"port {port} is in use on {host} (another memoray, or another "
+                           "program): pick a free one with --port")
 
 
 def choose_port(wanted: int | None, default: int) -> int:
@@ -55,6 +67,8 @@ def quiet_ray_logs() -> None:
     """Ray and Serve log at INFO to the driver's stderr; a user wants the steps instead."""
     for name in ("ray", "ray.serve", "ray.data", "ray.dashboard", "filelock"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Ray 2.60 announces its (local, automatic) token auth at WARNING on every start.
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
 
 
 def wait_for_actors(actors: dict, say: Callable[[str], None], ray: Any,

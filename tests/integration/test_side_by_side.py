@@ -42,8 +42,9 @@ def test_two_servers_side_by_side(pair):
     a, b = pair
     ra, rb = a.run_info(), b.run_info()
     assert ra["dashboard_url"] != rb["dashboard_url"]
-    for info in (ra, rb):
-        assert httpx.get(info["dashboard_url"] + "/api/version", timeout=30).status_code == 200
+    for info in (ra, rb):  # each answers (Ray 2.60's dashboard wants its auth token: 401)
+        res = httpx.get(info["dashboard_url"] + "/api/version", timeout=30)
+        assert res.status_code in (200, 401), res
 
     async def fill(url, text):
         async with mcp_client(url) as c:
