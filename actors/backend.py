@@ -1,66 +1,31 @@
-"""How the service reaches shards and embedders: Ray actor handles in production, plain
-in-process objects in unit tests. Same async interface either way."""
+"""What a replica (or a job) talks to: the store's shards and its embedding workers, each through
+its typed client, the same for in-process objects (unit tests, benchmarks) and Ray actors."""
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-
-class Backend(Protocol):
-    shards: int
-
-    async def shard(self, index: int, method: str, *args: Any) -> Any: ...
-
-    async def all_shards(self, method: str, *args: Any) -> list[Any]: ...
-
-    async def embed(self, texts: list[str], query: bool = False) -> np.ndarray: ...
-
-    async def embedder_health(self) -> list[dict]: ...
+from actors.embedding_worker import EmbedderPool, EmbeddingWorker
+from actors.shard_client import ShardSet
 
 
-class LocalBackend:
-    """ShardCore objects and a MicroBatcher in this process (unit tests, benchmarks)."""
+@dataclass
+class Backend:
+    shards: ShardSet
+    embedders: EmbedderPool
 
-    def __init__(self, cores: list, batcher):
-        self.cores = cores
-        self.batcher = batcher
-        self.shards = len(cores)
+    @classmethod
+    def local(cls, cores: list, batcher: Any = None) -> Backend:
+        """ShardCores and a MicroBatcher (or embedder) in this process."""
+        pool = EmbedderPool.of([EmbeddingWorker(batcher)] if batcher is not None else [])
+        return cls(ShardSet.of(cores), pool)
 
-    async def shard(self, index: int, method: str, *args: Any) -> Any:
-        return getattr(self.cores[index], method)(*args)
-
-    async def all_shards(self, method: str, *args: Any) -> list[Any]:
-        return [getattr(c, method)(*args) for c in self.cores]
+    @classmethod
+    def remote(cls, shard_handles: list, embedder_handles: list) -> Backend:
+        return cls(ShardSet.of(shard_handles), EmbedderPool.of(embedder_handles))
 
     async def embed(self, texts: list[str], query: bool = False) -> np.ndarray:
-        return await self.batcher.embed(texts, query=query)
-
-    async def embedder_health(self) -> list[dict]:
-        return [{"status": "ok", **self.batcher.stats()}]
-
-
-class RayBackend:
-    """Named actors looked up once per replica; calls are awaited ObjectRefs (no ray.get)."""
-
-    def __init__(self, shard_handles: list, embed_handles: list):
-        self.handles = shard_handles
-        self.embedders = embed_handles
-        self.shards = len(shard_handles)
-        self._rr = itertools.cycle(range(len(embed_handles)))
-
-    async def shard(self, index: int, method: str, *args: Any) -> Any:
-        return await getattr(self.handles[index], method).remote(*args)
-
-    async def all_shards(self, method: str, *args: Any) -> list[Any]:
-        return list(await asyncio.gather(
-            *[getattr(h, method).remote(*args) for h in self.handles]))
-
-    async def embed(self, texts: list[str], query: bool = False) -> np.ndarray:
-        return await self.embedders[next(self._rr)].embed.remote(texts, query)
-
-    async def embedder_health(self) -> list[dict]:
-        return list(await asyncio.gather(*[h.health.remote() for h in self.embedders]))
+        return await self.embedders.embed(texts, query)

@@ -1,6 +1,7 @@
 """EmbeddingWorker: micro-batches concurrent embedding requests, caches query embeddings.
 
-The batcher is a plain asyncio class (tests drive it without Ray); the actor wraps it. Requests
+The batcher is a plain asyncio class (tests drive it without Ray); the actor is made from
+EmbeddingWorker, the plain class around it. Requests
 that arrive while a batch is being encoded queue up and go in the next batch, so under load one
 model call serves many requests, and a lone request waits at most `max_wait_s`.
 """
@@ -8,12 +9,14 @@ model call serves many requests, and a lone request waits at most `max_wait_s`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
+from actors.client import ActorClient
 from memoray.embedding import Embedder, make_embedder
 from memoray.errors import ErrorCode, MemorayError
 
@@ -126,24 +129,72 @@ class MicroBatcher:
         }
 
 
-def actor_class():
+ACTOR_OPTIONS = {"max_restarts": -1, "max_task_retries": 3, "max_concurrency": 64}
+
+
+def _device_for(kind: str) -> str | None:
+    """CUDA when Ray granted this worker a GPU (num_gpus in its options), else the CPU."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized() and ray.get_gpu_ids():
+        return "cuda"
+    return "cpu" if kind == "minilm" else None
+
+
+class EmbeddingWorker:
+    """The embedding actor's plain class: a MicroBatcher over one model."""
+
+    def __init__(self, kind: str | Embedder | MicroBatcher):
+        if isinstance(kind, MicroBatcher):
+            self.batcher = kind
+        elif isinstance(kind, str):
+            self.batcher = MicroBatcher(make_embedder(kind, device=_device_for(kind)))
+        else:
+            self.batcher = MicroBatcher(kind)
+
+    async def embed(self, texts: list[str], query: bool = False) -> np.ndarray:
+        return await self.batcher.embed(texts, query=query)
+
+    async def stats(self) -> dict:
+        return self.batcher.stats()
+
+    async def health(self) -> dict:
+        return {"status": "ok", **self.batcher.stats()}
+
+
+def embedder_actor_class(**options: Any) -> Any:
     import ray
 
-    @ray.remote(max_restarts=-1, max_task_retries=3, max_concurrency=64)
-    class EmbeddingWorker:
-        """Runs on a GPU when Ray assigns it one (num_gpus in options), CPU otherwise."""
+    return ray.remote(**{**ACTOR_OPTIONS, **options})(EmbeddingWorker)
 
-        def __init__(self, kind: str):
-            device = "cuda" if ray.get_gpu_ids() else ("cpu" if kind == "minilm" else None)
-            self.batcher = MicroBatcher(make_embedder(kind, device=device))
 
-        async def embed(self, texts: list[str], query: bool = False) -> np.ndarray:
-            return await self.batcher.embed(texts, query=query)
+class EmbedderClient(ActorClient[EmbeddingWorker]):
+    async def embed(self, texts: list[str], query: bool = False) -> np.ndarray:
+        return await self._call(EmbeddingWorker.embed, texts, query)
 
-        async def stats(self) -> dict:
-            return self.batcher.stats()
+    async def stats(self) -> dict:
+        return await self._call(EmbeddingWorker.stats)
 
-        async def health(self) -> dict:
-            return {"status": "ok", **self.batcher.stats()}
+    async def health(self) -> dict:
+        return await self._call(EmbeddingWorker.health)
 
-    return EmbeddingWorker
+
+class EmbedderPool:
+    """The store's embedding workers, used round robin."""
+
+    def __init__(self, clients: list[EmbedderClient]):
+        self.clients = clients
+        self._next = itertools.cycle(range(max(1, len(clients))))
+
+    @classmethod
+    def of(cls, targets: list[Any]) -> EmbedderPool:
+        return cls([EmbedderClient(t) for t in targets])
+
+    async def embed(self, texts: list[str], query: bool = False) -> np.ndarray:
+        if not self.clients:
+            raise MemorayError(ErrorCode.UNAVAILABLE, "no embedding worker")
+        return await self.clients[next(self._next)].embed(texts, query)
+
+    async def health(self) -> list[dict]:
+        return list(await asyncio.gather(*[c.health() for c in self.clients]))

@@ -16,7 +16,8 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
-from actors.backend import Backend
+from actors.client import ActorClient
+from actors.shard_client import ShardSet
 from memoray import filters as flt
 from memoray.settings import RetentionPolicy
 from memoray.timeutil import to_iso
@@ -27,14 +28,14 @@ BATCH = 500
 def policy_filter(policy: RetentionPolicy, now: float) -> Any:
     parts: list[Any] = [flt.Range("timestamp", None, False, now - policy.after_days * 86400, False)]
     if policy.event_types:
-        parts.append(flt._in("event_type", policy.event_types))
+        parts.append(flt.in_("event_type", policy.event_types))
     if policy.tiers:
-        parts.append(flt._in("tier", policy.tiers))
+        parts.append(flt.in_("tier", policy.tiers))
     if policy.workspaces:
-        parts.append(flt._in("workspace_id", policy.workspaces))
+        parts.append(flt.in_("workspace_id", policy.workspaces))
     if policy.action == "anonymize":  # once is enough
-        parts.append(flt._not(flt.Eq("metadata.anonymized", True)))
-    return flt._and(parts)
+        parts.append(flt.not_(flt.Eq("metadata.anonymized", True)))
+    return flt.and_(parts)
 
 
 def _wire(record: dict) -> dict:
@@ -46,9 +47,13 @@ def _wire(record: dict) -> dict:
 
 
 class ExpiryWorker:
-    def __init__(self, backend: Backend, *, policies: list[RetentionPolicy] | None = None,
-                 archive_dir: Path | None = None, redactor: Any = None, keep_reports: int = 20):
-        self.backend = backend
+    def __init__(self, shards: ShardSet, *, policies: list[RetentionPolicy] | None = None,
+                 archive_dir: Path | None = None, redactor: Any = None, keep_reports: int = 20,
+                 interval_s: float | None = None):
+        """`interval_s`: run a pass on that schedule once `start()` is called (the actor)."""
+        self.shards = shards
+        self.interval_s = interval_s
+        self._task: asyncio.Task | None = None
         self.policies = policies or []
         self.archive_dir = Path(archive_dir) if archive_dir else None
         self.redactor = redactor
@@ -67,17 +72,16 @@ class ExpiryWorker:
         by_type: Counter = Counter()
         errors: list[str] = []
         expired_total = 0
-        for shard in range(self.backend.shards):
+        for shard in range(len(self.shards)):
             try:
-                rows = await self.backend.shard(shard, "expired", now)
+                rows = await self.shards[shard].expired(now)
                 rows = [r for r in rows if workspaces is None or r["workspace_id"] in workspaces]
                 for r in rows:
                     by_type[r["event_type"]] += 1
                 expired_total += len(rows)
                 if not dry_run:
                     for i in range(0, len(rows), BATCH):
-                        await self.backend.shard(shard, "purge",
-                                                 [r["id"] for r in rows[i:i + BATCH]])
+                        await self.shards[shard].purge([r["id"] for r in rows[i:i + BATCH]])
             except Exception as exc:  # one bad shard must not stop the others
                 errors.append(f"shard {shard}: {type(exc).__name__}: {exc}")
         policy_reports = []
@@ -107,11 +111,11 @@ class ExpiryWorker:
                      workspaces: set[str] | None, errors: list[str]) -> dict:
         node = policy_filter(policy, now)
         if workspaces is not None:
-            node = flt._and([node, flt._in("workspace_id", sorted(workspaces))])
+            node = flt.and_([node, flt.in_("workspace_id", sorted(workspaces))])
         matched = applied = 0
-        for shard in range(self.backend.shards):
+        for shard in range(len(self.shards)):
             try:
-                rows = await self.backend.shard(shard, "select", node)
+                rows = await self.shards[shard].select(node)
                 matched += len(rows)
                 if dry_run or not rows:
                     continue
@@ -125,11 +129,11 @@ class ExpiryWorker:
 
     async def _act(self, policy: RetentionPolicy, shard: int, ids: list[str]) -> int:
         if policy.action == "delete":
-            return len(await self.backend.shard(shard, "purge", ids))
-        records = [r for r in await self.backend.shard(shard, "get", ids) if r is not None]
+            return len(await self.shards[shard].purge(ids))
+        records = [r for r in await self.shards[shard].get(ids) if r is not None]
         if policy.action == "archive":
             self._archive(records)  # durable before the delete
-            return len(await self.backend.shard(shard, "purge", [r["id"] for r in records]))
+            return len(await self.shards[shard].purge([r["id"] for r in records]))
         for r in records:  # anonymize
             r["content"] = self._scrub(r["content"])
             meta = dict(r.get("metadata") or {})
@@ -137,7 +141,7 @@ class ExpiryWorker:
                 meta, _ = self.redactor.redact_value(meta)
             meta["anonymized"] = True
             r.update(metadata=meta, session_id=None, agent_id=None, updated_at=time.time())
-            await self.backend.shard(shard, "update_record", r)
+            await self.shards[shard].update_record(r)
         return len(records)
 
     def _scrub(self, text: str) -> str:
@@ -156,6 +160,25 @@ class ExpiryWorker:
             f.flush()
             os.fsync(f.fileno())
 
+    # -- the schedule (the actor) --------------------------------------------------------------
+    async def start(self) -> bool:
+        """Run a pass every interval_s from now on (idempotent)."""
+        if self._task is None and self.interval_s:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+        return True
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s or 60.0)
+            try:
+                await self.run()
+            except Exception:  # noqa: BLE001 - a failed pass is in its report; keep the schedule
+                pass
+
+    async def health(self) -> dict:
+        await self.start()
+        return {"status": "ok", "runs": self.totals.get("runs", 0)}
+
     def status(self) -> dict:
         return {"reports": list(self.reports)[-5:], "totals": dict(self.totals),
                 "policies": [p.model_dump(by_alias=True) for p in self.policies]}
@@ -167,53 +190,23 @@ def read_archive(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def actor_class():
+ACTOR_OPTIONS = {"max_restarts": -1, "max_task_retries": 0, "num_cpus": 0}
+
+
+def expiry_actor_class(**options: Any) -> Any:
     import ray
 
-    @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)
-    class ExpiryWorkerActor:
-        """Runs a pass every `interval_s`; `run` runs one now."""
+    return ray.remote(**{**ACTOR_OPTIONS, **options})(ExpiryWorker)
 
-        def __init__(self, shard_names: list[str], namespace: str, settings_json: str):
-            from actors.backend import RayBackend
-            from memoray.redaction import Redactor
-            from memoray.settings import Settings
 
-            settings = Settings.model_validate_json(settings_json)
-            handles = [ray.get_actor(n, namespace=namespace) for n in shard_names]
-            self.worker = ExpiryWorker(
-                RayBackend(handles, []), policies=settings.retention_policies,
-                archive_dir=settings.resolved_data_dir() / "archive",
-                redactor=Redactor(pii="redact"))
-            self.interval_s = settings.expiry_interval_s
-            self.task = None
+class ExpiryClient(ActorClient[ExpiryWorker]):
+    async def run(self, dry_run: bool = False, workspaces: set[str] | None = None,
+                  now: float | None = None) -> dict:
+        return await self._call(ExpiryWorker.run, dry_run=dry_run, workspaces=workspaces,
+                                now=now)
 
-        def _ensure_loop(self):
-            if self.task is None:
-                self.task = asyncio.get_running_loop().create_task(self._loop())
+    async def status(self) -> dict:
+        return await self._call(ExpiryWorker.status)
 
-        async def _loop(self):
-            while True:
-                await asyncio.sleep(self.interval_s)
-                try:
-                    await self.worker.run()
-                except Exception:
-                    pass
-
-        async def start(self) -> bool:
-            self._ensure_loop()
-            return True
-
-        async def run(self, dry_run: bool = False, workspaces: list[str] | None = None) -> dict:
-            self._ensure_loop()
-            return await self.worker.run(dry_run=dry_run,
-                                         workspaces=set(workspaces) if workspaces else None)
-
-        async def status(self) -> dict:
-            return self.worker.status()
-
-        async def health(self) -> dict:
-            self._ensure_loop()
-            return {"status": "ok", "runs": self.worker.totals.get("runs", 0)}
-
-    return ExpiryWorkerActor
+    async def health(self) -> dict:
+        return await self._call(ExpiryWorker.health)

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from actors.client import ActorClient
 from memoray import filters as flt
 
 # Cost model, in microseconds, calibrated on a 2-core x86 machine with
@@ -196,69 +197,85 @@ class QueryPlanner:
         }
 
 
-def actor_class():
-    import asyncio
+ACTOR_OPTIONS = {"max_restarts": -1, "max_task_retries": 3, "num_cpus": 0}
 
+
+class PlannerService:
+    """The planner actor's plain class: pulls statistics from every shard each `interval_s`
+    (through the shard's own task queue, so reading them never races a write) and serves them to
+    replicas by version; replicas plan locally with a QueryPlanner copy (no hop per query)."""
+
+    def __init__(self, shards: Any, interval_s: float = 1.0):
+        self.planner = QueryPlanner()
+        self.shards = shards  # actors.shard_client.ShardSet
+        self.interval_s = interval_s
+        self.updated = 0.0
+        self.seqs: dict[int, int] = {}
+        self._task: Any = None
+
+    async def _refresh_loop(self) -> None:
+        import asyncio
+
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # noqa: BLE001 - a restarting shard: try again next tick
+                pass
+            await asyncio.sleep(self.interval_s)
+
+    def _ensure_loop(self) -> None:
+        import asyncio
+
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    async def refresh(self) -> int:
+        import asyncio
+
+        results = await asyncio.gather(*[c.planner_stats(self.seqs.get(i, -1))
+                                         for i, c in enumerate(self.shards.clients)])
+        for i, res in enumerate(results):
+            if res is not None:
+                self.seqs[i] = res["seq"]
+                self.planner.update_stats(i, res["stats"])
+        self.updated = time.time()
+        return self.planner.version
+
+    async def snapshot(self, known_version: int = -1) -> tuple[dict[int, dict], int] | None:
+        self._ensure_loop()
+        if known_version == self.planner.version:
+            return None
+        return self.planner.snapshot()
+
+    async def record(self, observations: list) -> None:
+        for est, actual, strategy in observations:
+            self.planner.record(est, actual, strategy)
+
+    async def accuracy(self) -> dict:
+        return self.planner.accuracy()
+
+    async def health(self) -> dict:
+        self._ensure_loop()
+        return {"status": "ok", "version": self.planner.version,
+                "shards": len(self.planner.shard_stats),
+                "stats_age_s": round(time.time() - self.updated, 1) if self.updated else None}
+
+
+def planner_actor_class(**options: Any) -> Any:
     import ray
 
-    @ray.remote(max_restarts=-1, max_task_retries=3, num_cpus=0)
-    class QueryPlannerActor:
-        """Pulls statistics from every shard each `interval_s` (through the shard's own task
-        queue, so reading them never races a write) and serves them to replicas by version."""
+    return ray.remote(**{**ACTOR_OPTIONS, **options})(PlannerService)
 
-        def __init__(self, shard_names: list[str], namespace: str, interval_s: float = 1.0):
-            self.planner = QueryPlanner()
-            self.shard_names = shard_names
-            self.namespace = namespace
-            self.interval_s = interval_s
-            self.updated = 0.0
-            self.seqs: dict[int, int] = {}
-            self.task = None
 
-        async def _refresh_loop(self):
-            while True:
-                try:
-                    await self.refresh()
-                except Exception:  # a restarting shard: try again next tick
-                    pass
-                await asyncio.sleep(self.interval_s)
+class PlannerClient(ActorClient[PlannerService]):
+    async def refresh(self) -> int:
+        return await self._call(PlannerService.refresh)
 
-        def _ensure_loop(self):
-            if self.task is None:
-                self.task = asyncio.get_running_loop().create_task(self._refresh_loop())
+    async def snapshot(self, known_version: int = -1) -> tuple[dict[int, dict], int] | None:
+        return await self._call(PlannerService.snapshot, known_version)
 
-        async def refresh(self) -> int:
-            handles = [ray.get_actor(n, namespace=self.namespace) for n in self.shard_names]
-            results = await asyncio.gather(
-                *[h.planner_stats.remote(self.seqs.get(i, -1)) for i, h in enumerate(handles)])
-            for i, res in enumerate(results):
-                if res is not None:
-                    self.seqs[i] = res["seq"]
-                    self.planner.update_stats(i, res["stats"])
-            self.updated = time.time()
-            return self.planner.version
+    async def record(self, observations: list) -> None:
+        return await self._call(PlannerService.record, observations)
 
-        async def snapshot(self, known_version: int = -1):
-            self._ensure_loop()
-            if known_version == self.planner.version:
-                return None
-            return self.planner.snapshot()
-
-        async def plan(self, node, k: int) -> dict:
-            self._ensure_loop()
-            return self.planner.plan(node, k).to_dict()
-
-        async def record(self, observations: list) -> None:
-            for est, actual, strategy in observations:
-                self.planner.record(est, actual, strategy)
-
-        async def accuracy(self) -> dict:
-            return self.planner.accuracy()
-
-        async def health(self) -> dict:
-            self._ensure_loop()
-            return {"status": "ok", "version": self.planner.version,
-                    "shards": len(self.planner.shard_stats),
-                    "stats_age_s": round(time.time() - self.updated, 1) if self.updated else None}
-
-    return QueryPlannerActor
+    async def health(self) -> dict:
+        return await self._call(PlannerService.health)

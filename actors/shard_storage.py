@@ -75,13 +75,6 @@ class ShardStorage:
         raw = txn.get(key, db=self.meta)
         return from_u64(raw) if raw else 0
 
-    def get_meta(self, key: str) -> Any:
-        with self.env.begin() as txn:
-            raw = txn.get(b"m:" + key.encode(), db=self.meta)
-        return msgpack.unpackb(raw) if raw else None
-
-    def set_meta(self, key: str, value: Any) -> None:
-        self._write(lambda txn: txn.put(b"m:" + key.encode(), msgpack.packb(value), db=self.meta))
 
     @property
     def seq(self) -> int:
@@ -276,10 +269,6 @@ class ShardStorage:
                 op, label = msgpack.unpackb(v)
                 yield from_u64(k), op, label
 
-    def vector_of(self, label: int) -> np.ndarray | None:
-        with self.env.begin() as txn:
-            raw = txn.get(u64(label), db=self.vectors)
-        return np.frombuffer(raw, np.float32).copy() if raw is not None else None
 
     def scan(self, after: str | None, limit: int) -> list[dict]:
         """Records in id order after `after`: paging for batch jobs (reindex, export)."""

@@ -49,11 +49,11 @@ class VectorIndex:
         self.capacity = max(capacity, 16)
         self.matrix = np.zeros((self.capacity, dim), dtype=np.float32)
         self.live = np.zeros(self.capacity, dtype=bool)
-        self.graph = self._new_graph(self.capacity)
+        self.graph = self.new_graph(self.capacity)
         self.covered_seq = 0
         self.deleted_in_graph = 0
 
-    def _new_graph(self, capacity: int) -> hnswlib.Index:
+    def new_graph(self, capacity: int) -> hnswlib.Index:
         g = hnswlib.Index(space="ip", dim=self.dim)
         g.init_index(max_elements=capacity, ef_construction=EF_CONSTRUCTION, M=M,
                      allow_replace_deleted=False)
@@ -173,14 +173,6 @@ class VectorIndex:
         self.covered_seq = int(meta["seq"])
         return self.covered_seq
 
-    def rebuild_graph(self) -> None:
-        """A fresh graph over the live matrix rows: drops deleted nodes for good."""
-        labels = np.flatnonzero(self.live)
-        graph = self._new_graph(self.capacity)
-        if len(labels):
-            graph.add_items(self.matrix[labels], labels, num_threads=1)
-        self.graph = graph
-        self.deleted_in_graph = 0
 
     def graph_labels(self) -> set[int]:
         return set(self.graph.get_ids_list())

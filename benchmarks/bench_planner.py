@@ -298,7 +298,7 @@ def run_filter(cores: list, planners: dict[str, Any], node: Any, queries: list, 
     from other processes hits all strategies alike; each timing is the min of `repeat`
     back-to-back runs. Runners: the fixed strategies, and each planner (its plan() time
     included)."""
-    from actors.shard import SearchRequest
+    from actors.shard_search import SearchRequest
 
     plans = {name: p.plan(node, K) for name, p in planners.items()}
     out: dict[str, Any] = {name: {"strategy": p.strategy, "selectivity_est": p.selectivity,
@@ -374,7 +374,7 @@ def calibrate(cores: list, queries: list, mode: str, repeat: int) -> dict[str, A
     exact against candidates per shard (workspace filters of 10 to 74k records),
     one ANN pass against k' (oversample varied on a 99% filter, so nothing falls back), and a
     residual row scan (a metadata filter evaluated over every row)."""
-    from actors.shard import ANN, EXACT, SearchRequest
+    from actors.shard_search import ANN, EXACT, SearchRequest
     from memoray import filters as flt
 
     def timed(node: Any, strategy: str, over: float) -> float:
@@ -428,7 +428,7 @@ def scoped_overhead(cores: list, planner: Any, queries: list, repeat: int) -> li
     with the plain filter, with the service's scoped filter, and with the same scoping on an
     indexed field (agent_id != a value no record has: the cost visibility would have if the
     postings indexed it)."""
-    from actors.shard import EXACT, SearchRequest
+    from actors.shard_search import EXACT, SearchRequest
     from memoray import filters as flt
 
     out = []
@@ -437,9 +437,9 @@ def scoped_overhead(cores: list, planner: Any, queries: list, repeat: int) -> li
         base = flt.parse_filter(wire)
         variants = {
             "plain": base,
-            "scoped (service)": flt._and([base, flt._or([flt._not(flt.Eq("visibility",
+            "scoped (service)": flt.and_([base, flt.or_([flt.not_(flt.Eq("visibility",
                                                                           "private"))])]),
-            "scoped, indexed proxy": flt._and([base, flt._not(flt.Eq("agent_id",
+            "scoped, indexed proxy": flt.and_([base, flt.not_(flt.Eq("agent_id",
                                                                      "__no_such_agent__"))]),
         }
         row: dict[str, Any] = {"filter": wire}

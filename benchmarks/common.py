@@ -165,15 +165,6 @@ def fmt_table(headers: list[str], rows: list[list[Any]]) -> str:
 
 # -- the in-process stack ---------------------------------------------------------------------
 
-def local_backend_class():
-    """LocalBackend wherever it lives (it moved from serve/ to actors/)."""
-    try:
-        from actors.backend import LocalBackend
-    except ImportError:  # older layout
-        from serve.backend import LocalBackend
-    return LocalBackend
-
-
 def make_embedder(kind: str):
     from memoray.embedding import HashEmbedder, MiniLMEmbedder
 
@@ -187,6 +178,7 @@ def make_embedder(kind: str):
 def build_service(root: Path, embedder: Any, shards: int = 2, **settings: Any):
     """MemoryService over in-process ShardCores (durable=False) and a MicroBatcher: the same
     code path a Serve replica runs, minus Ray's actor hops."""
+    from actors.backend import Backend
     from actors.embedding_worker import MicroBatcher
     from actors.planner import QueryPlanner
     from actors.shard import ShardCore
@@ -196,7 +188,7 @@ def build_service(root: Path, embedder: Any, shards: int = 2, **settings: Any):
     cores = [ShardCore(i, Path(root) / f"shard-{i}", embedder.dim, map_size=2 << 30,
                        durable=False, snapshot_every=10**9) for i in range(shards)]
     batcher = MicroBatcher(embedder)
-    backend = local_backend_class()(cores, batcher)
+    backend = Backend.local(cores, batcher)
     cfg = Settings(durable=False, shards=shards, embedder=embedder.name, **settings)
     planner = QueryPlanner()
     service = MemoryService(cfg, backend, planner=planner)

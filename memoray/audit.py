@@ -5,10 +5,11 @@ Format: JSON lines in DATA_DIR/audit/audit.log, one object per line:
    "outcome": "ok"|"denied"|"error", "code"?, "detail"?, "request_id"?, "truncated"?, "ids_total"?}
 Rotated by size: audit.log -> audit.log.1 -> audit.log.2 ... (the oldest beyond `keep` is deleted).
 
-Durability: every append is one write() on an O_APPEND descriptor followed by fsync, and append()
-returns only after both. Callers append *after* a mutation commits and *before* acknowledging it,
-so every acknowledged mutation has its line on disk; a crash between the commit and the append
-can leave one committed but unacknowledged mutation without a line.
+Durability: every line is one write() on an O_APPEND descriptor, followed by an fsync, and
+append()/append_many() return only after both (GroupCommit: one fsync per group of entries).
+Callers append *after* a mutation commits and *before* acknowledging it, so every acknowledged
+mutation has its line on disk; a crash between the commit and the append can leave a committed
+but unacknowledged mutation without a line.
 
 Concurrency: a lock serialises threads; processes share the file through O_APPEND (the kernel
 picks the end of file and writes the line in one step) and an flock on audit.log.lock (shared for
@@ -191,11 +192,10 @@ class AuditLog:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def append(self, principal: str, action: str, *, workspace: str | None = None,
-               ids: Sequence[str] = (), outcome: Outcome = "ok", code: str | None = None,
-               detail: str | None = None, request_id: str | None = None) -> dict[str, Any]:
-        """Write one entry durably and return it as stored. Raises MemorayError (STORAGE_FULL or
-        UNAVAILABLE) if it could not be written, so the caller does not acknowledge."""
+    def entry(self, principal: str, action: str, *, workspace: str | None = None,
+              ids: Sequence[str] = (), outcome: Outcome = "ok", code: str | None = None,
+              detail: str | None = None, request_id: str | None = None) -> dict[str, Any]:
+        """One entry as it will be stored (validated, detail redacted), not yet written."""
         if outcome not in OUTCOMES:
             raise invalid(f"outcome: must be one of {', '.join(OUTCOMES)}")
         entry: dict[str, Any] = {"ts": _iso(self._clock()), "principal": principal,
@@ -207,7 +207,19 @@ class AuditLog:
             entry["detail"] = self.redact(detail)
         if request_id is not None:
             entry["request_id"] = request_id
-        line = _fit(entry)
+        return entry
+
+    def append(self, principal: str, action: str, **fields: Any) -> dict[str, Any]:
+        """Write one entry durably and return it as stored. Raises MemorayError (STORAGE_FULL or
+        UNAVAILABLE) if it could not be written, so the caller does not acknowledge."""
+        return self.append_many([self.entry(principal, action, **fields)])[0]
+
+    def append_many(self, entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Write entries (from `entry`) with one fsync for all: each line is its own O_APPEND
+        write (whole, see above), then the file is synced once before this returns."""
+        lines = [_fit(e) for e in entries]
+        if not lines:
+            return []
         try:
             with self._lock:
                 lock_fd = self._flock_fd()
@@ -215,17 +227,19 @@ class AuditLog:
                 try:
                     fd = self._current_fd()
                     size = os.fstat(fd).st_size
-                    if size and size + len(line) > self.max_bytes:
+                    need = sum(len(line) for line in lines)
+                    if size and size + need > self.max_bytes:
                         # Not atomic (flock drops then re-takes), so re-check after conversion.
                         fcntl.flock(lock_fd, fcntl.LOCK_EX)
                         fd = self._current_fd()
                         size = os.fstat(fd).st_size
-                        if size and size + len(line) > self.max_bytes:
+                        if size and size + need > self.max_bytes:
                             self._rotate()
                             fd = self._current_fd()
-                    written = os.write(fd, line)
-                    while written < len(line):  # only on a short write (disk nearly full)
-                        written += os.write(fd, line[written:])
+                    for line in lines:
+                        written = os.write(fd, line)
+                        while written < len(line):  # only on a short write (disk nearly full)
+                            written += os.write(fd, line[written:])
                     os.fsync(fd)
                 finally:
                     fcntl.flock(lock_fd, fcntl.LOCK_UN)
@@ -233,7 +247,7 @@ class AuditLog:
             code_ = ErrorCode.STORAGE_FULL if e.errno in (errno.ENOSPC, errno.EDQUOT) \
                 else ErrorCode.UNAVAILABLE
             raise MemorayError(code_, f"audit log is not writable: {e.strerror}") from e
-        return json.loads(line)
+        return [json.loads(line) for line in lines]
 
     def close(self) -> None:
         with self._lock:
@@ -288,6 +302,76 @@ class AuditLog:
 
 
 # -- CLI -----------------------------------------------------------------------------------------
+
+class GroupCommit:
+    """The audit log as the server writes it: appends from the event loop are written and
+    fsync'ed by one background thread in groups (whatever queued while the previous fsync ran),
+    and each caller awaits its own entries' durability. The promise is append()'s (durable before
+    the caller acknowledges), at one fsync per group instead of one per entry, and the event loop
+    never blocks on the disk."""
+
+    def __init__(self, log: AuditLog):
+        self.log = log
+        self._queue: list[tuple[list[dict[str, Any]], Any, Any]] = []
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self.groups = 0  # fsyncs done (for tests and stats)
+        self.entries = 0
+
+    def entry(self, principal: str, action: str, **fields: Any) -> dict[str, Any]:
+        return self.log.entry(principal, action, **fields)
+
+    async def append(self, principal: str, action: str, **fields: Any) -> dict[str, Any]:
+        return (await self.append_many([self.log.entry(principal, action, **fields)]))[0]
+
+    async def append_many(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        import asyncio
+
+        if not entries:
+            return []
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._cv:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="audit-group-commit",
+                                                daemon=True)
+                self._thread.start()
+            self._queue.append((entries, fut, loop))
+            self._cv.notify()
+        return await fut
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue:
+                    self._cv.wait()
+                batch, self._queue = self._queue, []
+            flat = [e for entries, _, _ in batch for e in entries]
+            try:
+                written: list[dict[str, Any]] | None = self.log.append_many(flat)
+                error: BaseException | None = None
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+                written, error = None, exc
+            self.groups += 1
+            self.entries += len(flat)
+            pos = 0
+            for entries, fut, loop in batch:
+                part = None if written is None else written[pos:pos + len(entries)]
+                pos += len(entries)
+                loop.call_soon_threadsafe(_settle, fut, part, error)
+
+    def read(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return self.log.read(*args, **kwargs)
+
+
+def _settle(fut: Any, result: Any, error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+
 
 def _cell(value: Any, width: int) -> str:
     text = "" if value is None else str(value).replace("\n", " ")

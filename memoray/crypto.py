@@ -111,26 +111,37 @@ class Keyring:
         return f"Keyring(current={self.current_id.hex()}, keys={len(self._keys)})"
 
 
-def key_from_settings(settings: Any) -> Keyring | None:
-    """The keyring from settings.encryption_key or settings.encryption_key_file; None when neither
-    is set (no encryption). Both set is an error: which one seals would be a guess."""
+def key_text_from_settings(settings: Any) -> tuple[str, str] | None:
+    """(key text, its source) from settings.encryption_key or settings.encryption_key_file; None
+    when neither is set (no encryption). Both set is an error: which one seals would be a guess.
+    The text is what crosses Ray to the shards (a Keyring holds AESGCM objects, which do not
+    pickle); it is read here once and validated by parsing."""
     text = getattr(settings, "encryption_key", None)
     path = getattr(settings, "encryption_key_file", None)
     if text and path:
         raise invalid("set MEMORAY_ENCRYPTION_KEY or MEMORAY_ENCRYPTION_KEY_FILE, not both")
     if text:
-        return Keyring.parse(text, "MEMORAY_ENCRYPTION_KEY")
-    if path:
+        source = "MEMORAY_ENCRYPTION_KEY"
+    elif path:
         p = Path(path).expanduser()
         try:
             mode = p.stat().st_mode
-            content = p.read_text()
+            text = p.read_text()
         except OSError as e:
             raise invalid(f"MEMORAY_ENCRYPTION_KEY_FILE: cannot read {p}: {e.strerror}") from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("encryption key file %s is readable by group or others; chmod 600 it", p)
-        return Keyring.parse(content, f"key file {p}")
-    return None
+        source = f"key file {p}"
+    else:
+        return None
+    Keyring.parse(text, source)  # a malformed key fails here, not inside a shard
+    return text, source
+
+
+def key_from_settings(settings: Any) -> Keyring | None:
+    """The keyring from settings (see key_text_from_settings)."""
+    found = key_text_from_settings(settings)
+    return Keyring.parse(*found) if found else None
 
 
 def is_sealed(blob: bytes) -> bool:

@@ -40,12 +40,6 @@ def is_valid_id(value: str) -> bool:
     return isinstance(value, str) and len(value) == 26 and all(c in _DECODE for c in value)
 
 
-def id_time_ms(value: str) -> int:
-    n = 0
-    for c in value[:10]:
-        n = (n << 5) | _DECODE[c]
-    return n
-
 
 def shard_for(memory_id: str, shards: int) -> int:
     """Stable across processes and restarts (unlike hash()), so a record always has one home."""
@@ -62,7 +56,3 @@ def new_id_on_shard(shard: int, shards: int) -> str:
         candidate = new_id()
         if shard_for(candidate, shards) == shard:
             return candidate
-
-
-def key_shard(key: str, shards: int) -> int:
-    return shard_for(key, shards)

@@ -1,6 +1,6 @@
 """The wire contract: pydantic models for records and tool inputs/outputs (camelCase on the wire).
 
-Inside the server a record is a plain dict with snake_case keys (see RECORD_FIELDS); it is what
+Inside the server a record is a plain dict with snake_case keys (memoray.records.Record); it is what
 shards msgpack into LMDB. Models exist only at the edges, where validation pays for itself.
 """
 
@@ -35,12 +35,6 @@ SCOPED_FIELDS = ("event_type", "workspace_id", "session_id", "agent_id", "git_br
                  "visibility")
 WIRE_TO_FIELD = {to_camel(f): f for f in SCOPED_FIELDS} | {"timestamp": "timestamp"}
 
-RECORD_FIELDS = (
-    "id", "content", "event_type", "metadata", "workspace_id", "session_id", "agent_id",
-    "git_branch", "git_commit", "tier", "visibility", "timestamp", "created_at", "updated_at",
-    "expires_at", "parent_id", "chunk_index", "chunk_count", "content_hash", "merge_count",
-    "merged_ids", "idempotency_key",
-)
 
 
 class Wire(BaseModel):

@@ -38,12 +38,6 @@ _EVENT_RE = re.compile(r"^[a-z][a-z0-9_.\-]{0,63}$")
 _CURSOR_RE = re.compile(r"^(-?\d+(?:\.\d+)?(?:e-?\d+)?)~([0-9A-Z]{26})$")
 
 
-def scoped(service: Any, caller: Any, node: Any, action: str) -> Any:
-    """The service's caller scoping (workspaces, private memories), public or not yet."""
-    fn = getattr(service, "scoped_filter", None) or service._scoped_filter
-    return fn(caller, node, action)
-
-
 def browse_filter(workspace: str | None = None, branch: str | None = None,
                   event_type: str | None = None, start: str | None = None,
                   end: str | None = None) -> dict | None:
@@ -96,12 +90,17 @@ def summary(record: dict, preview: int = PREVIEW_CHARS) -> dict:
 async def recent(service: Any, caller: Any, filters: dict | None, limit: int,
                  cursor: str | None = None) -> dict:
     """Newest first across all shards, one page, with the cursor of the next page."""
-    service._require(caller, "read", "browse")
+    # validate
     if not 1 <= limit <= MAX_PAGE:
         raise invalid(f"limit: must be between 1 and {MAX_PAGE}")
     before = decode_cursor(cursor)
-    node = scoped(service, caller, flt.parse_filter(filters), "browse")
-    parts = await service.backend.all_shards("recent", node, limit, before)
+    parsed = flt.parse_filter(filters)
+    # authorize, rate-limit
+    await service.authorize(caller, "read", "browse")
+    node = await service.scoped_filter(caller, parsed, "browse")
+    await service.rate_limit(caller, (filters or {}).get("workspaceId"))
+    # work
+    parts = await service.backend.shards.each(lambda c: c.recent(node, limit, before))
     rows = sorted((r for p in parts for r in p),
                   key=lambda r: (float(r["timestamp"]), r["id"]), reverse=True)[:limit]
     nxt = encode_cursor(rows[-1]) if len(rows) == limit else None
@@ -110,9 +109,11 @@ async def recent(service: Any, caller: Any, filters: dict | None, limit: int,
 
 async def timeline(service: Any, caller: Any, filters: dict | None) -> dict:
     """Counts per UTC day and per event type, for the viewer's charts."""
-    service._require(caller, "read", "timeline")
-    node = scoped(service, caller, flt.parse_filter(filters), "timeline")
-    parts = await service.backend.all_shards("day_counts", node)
+    parsed = flt.parse_filter(filters)
+    await service.authorize(caller, "read", "timeline")
+    node = await service.scoped_filter(caller, parsed, "timeline")
+    await service.rate_limit(caller, (filters or {}).get("workspaceId"))
+    parts = await service.backend.shards.each(lambda c: c.day_counts(node))
     days: dict[str, Counter] = {}
     types: Counter = Counter()
     for part in parts:
@@ -137,13 +138,14 @@ async def export_records(service: Any, caller: Any, workspace: str | None = None
                          page: int = 256) -> AsyncIterator[dict]:
     """Every stored record the caller may read, every field as stored, shard by shard in id
     order. Admins (the local user included) get private memories too: an export is a backup."""
-    service._require(caller, "read", "export", workspace)
+    await service.authorize(caller, "read", "export", workspace)
+    await service.rate_limit(caller, workspace)
     principal = caller.principal
     admin = principal.can("admin")
-    for shard in range(service.backend.shards):
+    for shard in service.backend.shards.clients:
         after: str | None = None
         while True:
-            batch = await service.backend.shard(shard, "scan", after, page)
+            batch = await shard.scan(after, page)
             if not batch:
                 break
             after = batch[-1]["id"]
@@ -152,7 +154,7 @@ async def export_records(service: Any, caller: Any, workspace: str | None = None
                     continue
                 if not principal.allows_workspace(rec["workspace_id"]):
                     continue
-                if not admin and not service._can_see(caller, rec):
+                if not admin and not service.can_see(caller, rec):
                     continue
                 yield rec
             if len(batch) < page:
@@ -261,39 +263,41 @@ async def import_records(service: Any, caller: Any, raw: list[Any]) -> dict:
     """Store exported records under their own ids and timestamps. A record already stored
     exactly so is left alone; one stored differently is overwritten; the rest are created.
     Re-importing a file is therefore a no-op."""
-    records = parse_import(raw, service.backend.shards)
-    for ws in sorted({r["workspace_id"] for r in records}):
-        service._require(caller, "write", "import", ws)
-    n = service.backend.shards
+    shards = service.backend.shards
+    n = len(shards)
+    records = parse_import(raw, n)
+    workspaces = sorted({r["workspace_id"] for r in records})
+    for ws in workspaces:
+        await service.authorize(caller, "write", "import", ws)
+    await service.rate_limit(caller, workspaces[0] if len(workspaces) == 1 else None,
+                             cost=len(records))
     by_shard: dict[int, list[int]] = {}
     for i, rec in enumerate(records):
         by_shard.setdefault(shard_for(rec["id"], n), []).append(i)
     existing: dict[int, dict | None] = {}
-    stored = await asyncio.gather(*[service.backend.shard(s, "get", [records[i]["id"]
-                                                                     for i in idx])
+    stored = await asyncio.gather(*[shards[s].get([records[i]["id"] for i in idx])
                                     for s, idx in by_shard.items()])
     for (_s, idx), got in zip(by_shard.items(), stored):
         existing.update(zip(idx, got))
     todo = [i for i, rec in enumerate(records) if existing[i] != rec]
     stored_ok: dict[int, bool] = {}
     if todo:
-        vectors = await service._embed([records[i]["content"] for i in todo])
+        vectors = await service.embed([records[i]["content"] for i in todo])
         pos = {i: j for j, i in enumerate(todo)}
         groups: dict[int, list[int]] = {}
         for i in todo:
             groups.setdefault(shard_for(records[i]["id"], n), []).append(i)
         outs = await asyncio.gather(*[
-            service.backend.shard(s, "put", [records[i] for i in idx],
-                                  vectors[[pos[i] for i in idx]])
+            shards[s].put([records[i] for i in idx], vectors[[pos[i] for i in idx]])
             for s, idx in groups.items()])
         for idx, out in zip(groups.values(), outs):
             # False: its idempotency key already names another stored memory; nothing written
             stored_ok.update((i, bool(ok)) for i, (_mid, ok) in zip(idx, out))
     written = [i for i in todo if stored_ok[i]]
     created = sum(1 for i in written if existing[i] is None)
-    for ws in sorted({records[i]["workspace_id"] for i in written}):
-        service._audit(caller, "import", workspace=ws,
-                       ids=[records[i]["id"] for i in written if records[i]["workspace_id"] == ws])
+    await service.audited_many(caller, "import", [
+        (ws, [records[i]["id"] for i in written if records[i]["workspace_id"] == ws])
+        for ws in sorted({records[i]["workspace_id"] for i in written})])
     return {"received": len(records), "created": created, "updated": len(written) - created,
             "unchanged": len(records) - len(todo), "skipped": len(todo) - len(written)}
 

@@ -1,5 +1,5 @@
 """The Ray Serve deployment: one replica = one Runtime + the ASGI app, composed from the
-named actor handles (shards, embedders, planner, rate limiter).
+store's actors (serve/topology.py).
 
 The app is built inside the replica (`__serve_build_asgi_app__` runs after the constructor),
 since a FastAPI app with the MCP app mounted cannot be pickled.
@@ -15,31 +15,15 @@ from memoray.settings import Settings
 from serve.observability import Metrics
 
 
-async def make_runtime(settings: Settings, metrics: Metrics):
-    import ray
-
-    from actors.backend import RayBackend
-    from actors.rate_limiter import RemoteCentral
+async def make_runtime(settings: Settings, metrics: Metrics, store_id: str):
     from memoray.ratelimit import LeaseClient, limits_from_settings
-    from serve.runtime import (
-        EXPIRY_NAME,
-        LIMITER_NAME,
-        NAMESPACE,
-        PLANNER_NAME,
-        Runtime,
-        embedder_name,
-        shard_name,
-    )
+    from serve.runtime import Runtime
+    from serve.topology import lookup
 
-    shards = [ray.get_actor(shard_name(i), namespace=NAMESPACE) for i in range(settings.shards)]
-    embedders = [ray.get_actor(embedder_name(i), namespace=NAMESPACE)
-                 for i in range(settings.embedding_workers)]
-    planner = ray.get_actor(PLANNER_NAME, namespace=NAMESPACE)
-    limiter = LeaseClient(RemoteCentral(ray.get_actor(LIMITER_NAME, namespace=NAMESPACE)),
-                          limits_from_settings(settings))
-    expiry = ray.get_actor(EXPIRY_NAME, namespace=NAMESPACE)
-    rt = Runtime(settings, RayBackend(shards, embedders), metrics=metrics,
-                 planner_handle=planner, limiter=limiter, expiry=expiry)
+    topo = lookup(settings, store_id)
+    limiter = LeaseClient(topo.limiter, limits_from_settings(settings))
+    rt = Runtime(settings, topo.backend, metrics=metrics, planner_client=topo.planner,
+                 limiter=limiter, expiry=topo.expiry)
     rt.start_background()
     await rt.refresh_planner_now()
     return rt
@@ -49,8 +33,9 @@ async def make_runtime(settings: Settings, metrics: Metrics):
                   max_ongoing_requests=256, health_check_period_s=10)
 @serve.ingress()
 class MemorayServer:
-    def __init__(self, settings_json: str):
+    def __init__(self, settings_json: str, store_id: str):
         self.settings = Settings.model_validate_json(settings_json)
+        self.store_id = store_id
         self.metrics = Metrics()
         self._runtime = None
         self._lock = asyncio.Lock()
@@ -59,7 +44,8 @@ class MemorayServer:
         if self._runtime is None:
             async with self._lock:
                 if self._runtime is None:
-                    self._runtime = await make_runtime(self.settings, self.metrics)
+                    self._runtime = await make_runtime(self.settings, self.metrics,
+                                                       self.store_id)
         return self._runtime
 
     def __serve_build_asgi_app__(self):
@@ -68,17 +54,18 @@ class MemorayServer:
         return build_app_with(self.runtime, self.metrics)
 
 
-def make_app(settings: Settings):
-    return MemorayServer.options(num_replicas=settings.replicas).bind(settings.model_dump_json())
+def make_app(settings: Settings, store_id: str):
+    return MemorayServer.options(num_replicas=settings.replicas).bind(
+        settings.model_dump_json(), store_id)
 
 
 def build_app(args: dict | None = None):
     """Application builder for Serve config files (`serve deploy`, KubeRay RayService):
     import_path serve.deployment:build_app, with `args` holding Settings fields (or MEMORAY_*
-    env vars). Creates or joins the named actors, then returns the bound app."""
-    from serve.launcher import check_layout, start_actors
+    env vars). Creates or joins the store's actors, then returns the bound app."""
+    from serve.topology import resolve_layout, start_actors
 
     settings = Settings(**(args or {}))
-    check_layout(settings)
-    start_actors(settings)
-    return make_app(settings)
+    layout = resolve_layout(settings)
+    start_actors(settings, layout)
+    return make_app(settings, layout.store_id)

@@ -1,7 +1,7 @@
 """`memoray serve`: start (or join) Ray, create the actors, deploy the Serve app, wait.
 
-Actors are named in the "memoray" namespace, so replicas (and `ray job submit` jobs) find them
-by name; shards restart on failure and recover from their LMDB files.
+The store's actors are named by its identity (actors/names.py), so replicas (and `ray job submit`
+jobs) find them by name; shards restart on failure and recover from their LMDB files.
 """
 
 from __future__ import annotations
@@ -13,92 +13,21 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
-from memoray.embedding import DIM
 from memoray.errors import MemorayError
 from memoray.settings import Settings
 
 log = logging.getLogger("memoray")
 
 
-def check_layout(settings: Settings) -> None:
-    """A store keeps the shard count it was created with: records are routed by hash mod N."""
-    data = settings.resolved_data_dir()
-    data.mkdir(parents=True, exist_ok=True)
-    path = data / "memoray.json"
-    want = {"shards": settings.shards, "dim": DIM, "embedder": settings.embedder}
-    if path.exists():
-        have = json.loads(path.read_text())
-        if have.get("shards") != settings.shards:
-            raise MemorayError("INVALID_INPUT",
-                               f"{data} was created with {have.get('shards')} shards; start with "
-                               f"--shards {have.get('shards')} (resharding is a reindex job)")
-        if have.get("embedder") != settings.embedder:
-            raise MemorayError("INVALID_INPUT",
-                               f"{data} holds {have.get('embedder')} embeddings; start with "
-                               f"--embedder {have.get('embedder')} or reindex")
-    else:
-        path.write_text(json.dumps(want))
-
-
-def start_actors(settings: Settings, progress=None) -> dict:
-    """Get-or-create every named actor; returns their handles. Safe to call twice.
-    `progress(text)` hears each shard and embedding worker as it finishes loading."""
-    import ray
-
-    from actors import embedding_worker, expiry, planner, rate_limiter, shard
-    from serve.runtime import (
-        EXPIRY_NAME,
-        LIMITER_NAME,
-        NAMESPACE,
-        PLANNER_NAME,
-        embedder_name,
-        shard_name,
-    )
-
-    data = settings.resolved_data_dir()
-    opts = {"map_size": settings.map_size_bytes, "durable": settings.durable,
-            "snapshot_every": settings.snapshot_every}
-    key = settings.encryption_key
-    if not key and settings.encryption_key_file:
-        key = Path(settings.encryption_key_file).expanduser().read_text().strip()
-    if key:
-        opts["encryption"] = key
-    Shard = shard.actor_class()
-    shards = [Shard.options(name=shard_name(i), namespace=NAMESPACE, get_if_exists=True,
-                            lifetime="detached" if settings.address else None)
-              .remote(i, str(data / "shards" / f"{i:03d}"), DIM, opts)
-              for i in range(settings.shards)]
-    Embedder = embedding_worker.actor_class()
-    gpus = settings.embedding_gpus
-    embedders = [Embedder.options(name=embedder_name(i), namespace=NAMESPACE, get_if_exists=True,
-                                  num_gpus=gpus, num_cpus=0)
-                 .remote(settings.embedder) for i in range(settings.embedding_workers)]
-    Planner = planner.actor_class()
-    plan = Planner.options(name=PLANNER_NAME, namespace=NAMESPACE, get_if_exists=True).remote(
-        [shard_name(i) for i in range(settings.shards)], NAMESPACE)
-    limiter = rate_limiter.create(settings, name=LIMITER_NAME, namespace=NAMESPACE)
-    Expiry = expiry.actor_class()
-    expiry_worker = Expiry.options(name=EXPIRY_NAME, namespace=NAMESPACE,
-                                   get_if_exists=True).remote(
-        [shard_name(i) for i in range(settings.shards)], NAMESPACE, settings.model_dump_json())
-    actors = {"shards": shards, "embedders": embedders, "planner": plan, "limiter": limiter,
-              "expiry": expiry_worker}
-    # Wait for recovery: a shard answers health only once its LMDB is replayed.
-    if progress is not None:
-        from serve.startup import wait_for_actors
-
-        wait_for_actors(actors, progress, ray, timeout=600)
-    else:
-        ray.get([s.health.remote() for s in shards] + [e.health.remote() for e in embedders]
-                + [plan.health.remote(), expiry_worker.health.remote()], timeout=600)
-    return actors
-
-
 def _use_agent_port(port: int) -> None:
     """ray.init has no parameter for the dashboard agent's port (a RayParams default); set it on
-    the parameters ray.init builds, so several local clusters can each run their job API."""
+    the parameters ray.init builds, so several local clusters can each run their job API.
+
+    A patch of a private Ray class, kept because no public way exists for a driver-started
+    cluster: Ray's maintainers declined the ray.init parameter (ray-project/ray#34886) and point
+    to `ray start --dashboard-agent-listen-port`, which would make `memoray serve` manage a
+    separate `ray start` process tree."""
     from ray._private import parameter
 
     init = parameter.RayParams.__init__
@@ -117,15 +46,16 @@ def serve_forever(settings: Settings) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from memoray.auth import TokenStore, check_bind
-    from memoray.crypto import key_from_settings
+    from memoray.crypto import key_text_from_settings
     from serve import startup
+    from serve.topology import resolve_layout, start_actors
 
     try:
         check_bind(settings.host, TokenStore(settings.resolved_tokens_file()).enabled,
                    settings.insecure)
-        key_from_settings(settings)  # a malformed key fails here, not inside a shard
+        key_text_from_settings(settings)  # a malformed key fails here, not inside a shard
         startup.check_port(settings.host, settings.port)
-        check_layout(settings)
+        layout = resolve_layout(settings)
     except MemorayError as err:
         print(f"memoray: {err.message}", file=sys.stderr)
         return 2
@@ -133,8 +63,8 @@ def serve_forever(settings: Settings) -> int:
     import ray
     from ray import serve
 
+    from actors.names import NAMESPACE
     from serve.deployment import make_app
-    from serve.runtime import NAMESPACE
 
     t0 = time.time()
     steps = startup.Steps()
@@ -158,7 +88,7 @@ def serve_forever(settings: Settings) -> int:
                                                  "RAY_USAGE_STATS_ENABLED": "0"}})
     steps.say(f"loading {settings.shards} shards and the {settings.embedder} embedding model")
     try:
-        actors = start_actors(settings, progress=steps.say)
+        topology = start_actors(settings, layout, progress=steps.say)
     except Exception as exc:  # an actor failed to start: say why in one line, not a traceback
         text = str(exc)
         reason = next((line.strip() for line in text.splitlines()
@@ -172,13 +102,14 @@ def serve_forever(settings: Settings) -> int:
               f"{'s' if settings.replicas > 1 else ''})")
     logs = {"log_level": "WARNING", "enable_access_log": settings.access_log}
     serve.start(http_options={"host": settings.host, "port": settings.port}, logging_config=logs)
-    serve.run(make_app(settings), name="memoray", route_prefix="/", blocking=False,
-              logging_config=logs)
+    serve.run(make_app(settings, layout.store_id), name="memoray", route_prefix="/",
+              blocking=False, logging_config=logs)
     url = f"http://{settings.host}:{settings.port}"
     dash = getattr(context, "dashboard_url", None)
     run_file = settings.resolved_data_dir() / "run.json"
     run_file.write_text(json.dumps({"pid": os.getpid(), "url": url,
                                     "ray_address": ray.get_runtime_context().gcs_address,
+                                    "store_id": layout.store_id, "shards": settings.shards,
                                     "dashboard_url": f"http://{dash}" if dash else None}))
     session = (getattr(context, "address_info", None) or {}).get("session_dir")
     if session:
@@ -195,7 +126,7 @@ def serve_forever(settings: Settings) -> int:
     print("memoray: shutting down (snapshotting indexes)", flush=True)
     try:
         serve.shutdown()
-        ray.get([s.snapshot.remote() for s in actors["shards"]], timeout=120)
+        ray.get([s.target.snapshot.remote() for s in topology.shards.clients], timeout=120)
     finally:
         if not settings.address:
             ray.shutdown()

@@ -94,24 +94,21 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         "Persistent memory for coding agents. Capture decisions, code changes and lessons with "
         "capture-memory; recall them with retrieve-memories or build-context."))
 
-    async def caller_for(ctx: Context, tool: str, workspace: str | None = None,
-                         agent_id: str | None = None, cost: int = 1,
-                         session: str | None = None):
+    async def caller_for(ctx: Context, tool: str, agent_id: str | None = None):
+        """Authenticate the request (the use case then authorizes, rate-limits and audits)."""
         rt = await get_runtime()
         headers = ctx.headers or {}
-        from serve.service import Caller
+        from serve.request import Caller
 
         try:
             principal = authenticate(rt.tokens, headers.get("authorization"))
         except MemorayError as err:
-            if rt.service.audit is not None:
-                rt.service.audit.append(principal="anonymous", action=tool, workspace=workspace,
-                                        ids=[], outcome="denied", code=err.code.value,
-                                        detail=err.message, request_id=None)
+            await rt.audit.append("anonymous", tool, outcome="denied", code=err.code.value,
+                                  detail=err.message)
             raise
-        caller = Caller(principal=principal, request_id=uuid.uuid4().hex[:16], agent_id=agent_id)
-        await rt.check_rate(caller, tool, workspace, headers, cost, session)
-        return rt, caller
+        session = headers.get("x-memoray-session") or headers.get("mcp-session-id")
+        return rt.service, Caller(principal=principal, request_id=uuid.uuid4().hex[:16],
+                                  agent_id=agent_id, tool=tool, session=session)
 
     @mcp.tool(name="capture-memory", description=(
         "Store one memory (content up to 1 MiB; long content is chunked). Returns its id(s)."))
@@ -132,9 +129,8 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
             item = CaptureItem.model_validate(raw)
         except ValidationError as exc:
             raise invalid(_validation_message(exc)) from None
-        rt, caller = await caller_for(ctx, "capture-memory", item.workspace_id, agentId,
-                                      session=item.session_id)
-        res = (await rt.service.capture([item], caller))[0]
+        svc, caller = await caller_for(ctx, "capture-memory", agentId)
+        res = (await svc.capture([item], caller))[0]
         return {"ids": res["ids"], "id": res["ids"][0], "chunks": res["chunks"],
                 "parentId": res["parentId"], "deduplicated": res["deduplicated"],
                 "redactions": res["redactions"]}
@@ -143,10 +139,9 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         f"Store a batch of memories (bulk import, hook queues); at most {MAX_BATCH} items, each "
         "with the fields of capture-memory."))
     async def capture_memories(items: list[dict[str, Any]], ctx: Context) -> dict[str, Any]:
-        parsed, workspace = _parse_items(items)
-        rt, caller = await caller_for(ctx, "capture-memories", workspace, parsed[0].agent_id,
-                                      cost=len(parsed), session=parsed[0].session_id)
-        results = await rt.service.capture(parsed, caller, action="capture-batch")
+        parsed = _parse_items(items)
+        svc, caller = await caller_for(ctx, "capture-memories", parsed[0].agent_id)
+        results = await svc.capture(parsed, caller, action="capture-batch")
         redactions: dict[str, int] = {}
         for r in results:
             for k, v in r["redactions"].items():
@@ -165,13 +160,11 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         mode: Literal["hybrid", "vector", "lexical"] = "hybrid", agentId: str | None = None,
         recencyWeight: float = 0.0,
     ) -> dict[str, Any]:
-        _check_query(query)
         if not 0.0 <= recencyWeight <= 1.0:
             raise invalid("recencyWeight: must be between 0 and 1")
-        rt, caller = await caller_for(ctx, "retrieve-memories", _filter_workspace(filters),
-                                      agent_id=agentId)
-        mems = await rt.service.retrieve(caller, query, limit, filters, mode=mode,
-                                         recency_weight=recencyWeight)
+        svc, caller = await caller_for(ctx, "retrieve-memories", agentId)
+        mems = await svc.retrieve(caller, query, limit, filters, mode=mode,
+                                  recency_weight=recencyWeight)
         return {"memories": [m.model_dump(by_alias=True) for m in mems], "count": len(mems)}
 
     @mcp.tool(name="build-context", description=(
@@ -183,15 +176,10 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         workspaceId: str | None = None, gitBranch: str | None = None,
         sessionId: str | None = None, agentId: str | None = None,
     ) -> dict[str, Any]:
-        if query is not None:
-            _check_query(query, allow_empty=True)
-        if not 1 <= tokenBudget <= 100_000:
-            raise invalid("tokenBudget: must be between 1 and 100000")
-        rt, caller = await caller_for(ctx, "build-context",
-                                      workspaceId or _filter_workspace(filters), agentId)
-        return await rt.context(caller, query=query, limit=limit, filters=filters,
-                                budget=tokenBudget, workspace_id=workspaceId, branch=gitBranch,
-                                session_id=sessionId)
+        svc, caller = await caller_for(ctx, "build-context", agentId)
+        return await svc.build_context(caller, query=query, limit=limit, filters=filters,
+                                       budget=tokenBudget, workspace_id=workspaceId,
+                                       branch=gitBranch, session_id=sessionId)
 
     @mcp.tool(name="upsert-memory", description=(
         "Store memories, merging near-duplicates (cosine >= similarityThreshold, default 0.85, "
@@ -199,99 +187,87 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         "are left unchanged. Returns a merge report."))
     async def upsert_memory(items: list[dict[str, Any]], ctx: Context,
                             similarityThreshold: float = 0.85) -> dict[str, Any]:
-        parsed, workspace = _parse_items(items)
-        rt, caller = await caller_for(ctx, "upsert-memory", workspace, parsed[0].agent_id,
-                                      cost=len(parsed))
-        return await rt.service.upsert(parsed, caller, threshold=similarityThreshold)
+        parsed = _parse_items(items)
+        svc, caller = await caller_for(ctx, "upsert-memory", parsed[0].agent_id)
+        return await svc.upsert(parsed, caller, threshold=similarityThreshold)
 
     @mcp.tool(name="share-memory", description=(
         "Make a private memory visible to the whole workspace (visibility 'shared'), or take it "
         "back ('private'). Only the owning agent (agentId) or an admin may."))
     async def share_memory(id: str, ctx: Context, agentId: str | None = None,
                            visibility: Literal["private", "shared"] = "shared") -> dict[str, Any]:
-        rt, caller = await caller_for(ctx, "share-memory", agent_id=agentId)
-        return await rt.service.share(caller, id, visibility)
+        svc, caller = await caller_for(ctx, "share-memory", agentId)
+        return await svc.share(caller, id, visibility)
 
     @mcp.tool(name="expire-memories", description=(
         "Run TTL expiry and the retention policies now (dryRun reports without deleting). "
         "Returns the purge report."))
     async def expire_memories(ctx: Context, dryRun: bool = False,
                               workspaceId: str | None = None) -> dict[str, Any]:
-        rt, caller = await caller_for(ctx, "expire-memories", workspaceId)
-        return await rt.service.expire(caller, dryRun, workspaceId)
+        svc, caller = await caller_for(ctx, "expire-memories")
+        return await svc.expire(caller, dryRun, workspaceId)
 
     @mcp.tool(name="audit-log", description=(
         "Admin: the newest audit entries (every mutation and every denied request)."))
     async def audit_log(ctx: Context, limit: int = 50, principal: str | None = None,
                         action: str | None = None) -> dict[str, Any]:
-        rt, caller = await caller_for(ctx, "audit-log")
-        return await rt.service.audit_log(caller, limit, principal, action)
+        svc, caller = await caller_for(ctx, "audit-log")
+        return await svc.audit_log(caller, limit, principal, action)
 
     @mcp.tool(name="rotate-encryption", description=(
         "Admin: re-encrypt every stored record under the current key (start the server with "
         "MEMORAY_ENCRYPTION_KEY='NEW,OLD' first). Runs online."))
     async def rotate_encryption(ctx: Context) -> dict[str, Any]:
-        rt, caller = await caller_for(ctx, "rotate-encryption")
-        return await rt.service.rotate_encryption(caller)
+        svc, caller = await caller_for(ctx, "rotate-encryption")
+        return await svc.rotate_encryption(caller)
 
     @mcp.tool(name="get-memory", description="One memory by id.")
     async def get_memory(id: str, ctx: Context) -> dict[str, Any]:
-        rt, caller = await caller_for(ctx, "get-memory")
-        return (await rt.service.get(caller, id)).model_dump(by_alias=True)
+        svc, caller = await caller_for(ctx, "get-memory")
+        return (await svc.get(caller, id)).model_dump(by_alias=True)
 
     @mcp.tool(name="delete-memory", description=(
         "Hard-delete one memory by id (a chunk id deletes its whole document)."))
     async def delete_memory(id: str, ctx: Context) -> dict[str, Any]:
-        rt, caller = await caller_for(ctx, "delete-memory")
-        return await rt.service.delete(caller, id)
+        svc, caller = await caller_for(ctx, "delete-memory")
+        return await svc.delete(caller, id)
 
     @mcp.tool(name="get-document", description=(
         "Reassemble a chunked document, in order, from its parentId or any chunk id."))
     async def get_document(id: str, ctx: Context) -> dict[str, Any]:
-        rt, caller = await caller_for(ctx, "get-document")
-        return await rt.service.get_document(caller, id)
+        svc, caller = await caller_for(ctx, "get-document")
+        return await svc.get_document(caller, id)
 
     @mcp.tool(name="explain-query", description=(
         "The plan the query planner would run for a retrieve: strategy, estimated candidates "
         "and cost, and the planner's measured accuracy."))
     async def explain_query(ctx: Context, query: str = "", limit: int = 10,
                             filters: dict[str, Any] | None = None) -> dict[str, Any]:
-        rt, caller = await caller_for(ctx, "explain-query", _filter_workspace(filters))
-        return await rt.service.explain(caller, query, limit, filters)
+        svc, caller = await caller_for(ctx, "explain-query")
+        return await svc.explain(caller, query, limit, filters)
 
     @mcp.tool(name="memory-stats", description=(
         "Counts per workspace, shard, eventType and tier; index and storage sizes."))
     async def memory_stats(ctx: Context, workspaceId: str | None = None) -> dict[str, Any]:
-        rt, caller = await caller_for(ctx, "memory-stats", workspaceId)
-        return await rt.service.stats(caller, workspaceId)
+        svc, caller = await caller_for(ctx, "memory-stats")
+        return await svc.stats(caller, workspaceId)
 
     @mcp.tool(name="ping", description=(
         "Liveness through the whole HTTP/MCP/auth/rate-limit stack; touches no data."))
     async def ping(ctx: Context) -> dict[str, Any]:
-        await caller_for(ctx, "ping")
-        return {"ok": True}
+        svc, caller = await caller_for(ctx, "ping")
+        return await svc.ping(caller)
 
     @mcp.tool(name="health-check", description="Overall and per-component status.")
     async def health_check(ctx: Context, detailed: bool = False) -> dict[str, Any]:
-        rt, caller = await caller_for(ctx, "health-check")
-        return await rt.service.health(detailed=detailed and caller.principal.can("admin"))
+        svc, caller = await caller_for(ctx, "health-check")
+        return await svc.health_check(caller, detailed)
 
     return mcp
 
 
-def _filter_workspace(filters: dict[str, Any] | None) -> str | None:
-    """The one workspace a filter confines to, for rate-limit accounting (None if not one)."""
-    from memoray import filters as flt
-
-    try:
-        named = flt.referenced_workspaces(flt.parse_filter(filters))
-    except MemorayError:
-        return None  # the service reports the bad filter
-    return next(iter(named)) if named is not None and len(named) == 1 else None
-
-
-def _parse_items(items: list[dict[str, Any]]) -> tuple[list[CaptureItem], str | None]:
-    """Validate a batch; returns the items and their workspace when they share one."""
+def _parse_items(items: list[dict[str, Any]]) -> list[CaptureItem]:
+    """Validate a batch of wire items."""
     if not items:
         raise invalid("items: must hold at least one item")
     if len(items) > MAX_BATCH:
@@ -302,20 +278,4 @@ def _parse_items(items: list[dict[str, Any]]) -> tuple[list[CaptureItem], str | 
             parsed.append(CaptureItem.model_validate(raw))
         except ValidationError as exc:
             raise invalid(_validation_message(exc, prefix=f"items[{i}].")) from None
-    workspaces = {p.workspace_id for p in parsed}
-    return parsed, (next(iter(workspaces)) if len(workspaces) == 1 else None)
-
-
-def _check_query(query: str, allow_empty: bool = False) -> None:
-    from memoray.models import MAX_QUERY_CHARS
-
-    if not allow_empty and not query.strip():
-        raise invalid("query: must not be empty")
-    if len(query) > MAX_QUERY_CHARS:
-        raise invalid(f"query: longer than {MAX_QUERY_CHARS} characters")
-    from memoray.models import check_text
-
-    try:
-        check_text(query)
-    except ValueError as exc:
-        raise invalid(f"query: {exc}") from None
+    return parsed

@@ -71,19 +71,17 @@ def quiet_ray_logs() -> None:
     logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
 
 
-def wait_for_actors(actors: dict, say: Callable[[str], None], ray: Any,
-                    timeout: float = 600) -> None:
-    """Wait for every actor's health, reporting each shard as it finishes loading (with its
-    records) and the embedding model when it is loaded."""
-    shards = actors["shards"]
+def wait_for_actors(shards: list, embedders: list, others: list, say: Callable[[str], None],
+                    ray: Any, timeout: float = 600) -> None:
+    """Wait for every actor's health (Ray actor handles), reporting each shard as it finishes
+    loading (with its records) and each embedding worker once its model is loaded."""
     pending: dict[Any, tuple[str, int]] = {}
     for i, s in enumerate(shards):
         pending[s.health.remote()] = ("shard", i)
-    for i, e in enumerate(actors["embedders"]):
+    for i, e in enumerate(embedders):
         pending[e.health.remote()] = ("embedder", i)
-    for name in ("planner", "expiry"):
-        if actors.get(name) is not None:
-            pending[actors[name].health.remote()] = (name, 0)
+    for a in others:
+        pending[a.health.remote()] = ("other", 0)
     loaded = 0
     deadline = time.time() + timeout
     while pending:
@@ -100,8 +98,7 @@ def wait_for_actors(actors: dict, say: Callable[[str], None], ray: Any,
             say(f"loaded shard {loaded}/{len(shards)} ({records} records)")
         elif kind == "embedder":
             model = health.get("embedder", "?") if isinstance(health, dict) else "?"
-            say(f"loaded the {model} embedding model (worker {i + 1}/"
-                f"{len(actors['embedders'])})")
+            say(f"loaded the {model} embedding model (worker {i + 1}/{len(embedders)})")
 
 
 def write_run_file(path: Path, **fields: Any) -> None:

@@ -70,9 +70,9 @@ def _facets(q: Any) -> dict | None:
 def register_viewer(app: FastAPI, get_runtime: Callable[[], Awaitable[Any]]) -> None:
     """Add `/`, its assets and `/api/*` to the app (before the MCP app is mounted at `/`)."""
 
-    async def caller_for(request: Request, tool: str, workspace: str | None = None,
-                         cost: int = 1, mutating: bool = False):
-        from serve.service import Caller
+    async def caller_for(request: Request, tool: str, mutating: bool = False):
+        """Authenticate (the use cases then authorize, rate-limit under `tool`, and audit)."""
+        from serve.request import Caller
 
         rt = await get_runtime()
         tokens_on = rt.tokens.enabled
@@ -86,13 +86,12 @@ def register_viewer(app: FastAPI, get_runtime: Callable[[], Awaitable[Any]]) -> 
         try:
             principal = authenticate(rt.tokens, request.headers.get("authorization"))
         except MemorayError as err:
-            if rt.audit is not None:
-                rt.audit.append(principal="anonymous", action=tool, workspace=workspace, ids=[],
-                                outcome="denied", code=err.code.value, detail=err.message,
-                                request_id=None)
+            await rt.audit.append("anonymous", tool, outcome="denied", code=err.code.value,
+                                  detail=err.message)
             raise
-        caller = Caller(principal=principal, request_id=uuid.uuid4().hex[:16])
-        await rt.check_rate(caller, tool, workspace, request.headers, cost)
+        session = request.headers.get("x-memoray-session")
+        caller = Caller(principal=principal, request_id=uuid.uuid4().hex[:16], tool=tool,
+                        session=session)
         return rt, caller
 
     async def answer(fn: Callable[[], Awaitable[Any]]) -> Response:
@@ -133,14 +132,14 @@ def register_viewer(app: FastAPI, get_runtime: Callable[[], Awaitable[Any]]) -> 
     async def health(request: Request) -> Response:
         async def run():
             rt, caller = await caller_for(request, "health-check")
-            return await rt.service.health(detailed=caller.principal.can("admin"))
+            return await rt.service.health_check(caller, detailed=True)
         return await answer(run)
 
     @app.get("/api/stats")
     async def stats(request: Request) -> Response:
         async def run():
             ws = request.query_params.get("workspace") or None
-            rt, caller = await caller_for(request, "memory-stats", ws)
+            rt, caller = await caller_for(request, "memory-stats")
             return await rt.service.stats(caller, ws)
         return await answer(run)
 
@@ -149,7 +148,7 @@ def register_viewer(app: FastAPI, get_runtime: Callable[[], Awaitable[Any]]) -> 
         async def run():
             q = request.query_params
             filters = _facets(q)
-            rt, caller = await caller_for(request, "browse", q.get("workspace") or None)
+            rt, caller = await caller_for(request, "browse")
             return await browse.recent(rt.service, caller, filters,
                                        _int(q.get("limit"), "limit", 50), q.get("cursor"))
         return await answer(run)
@@ -159,7 +158,7 @@ def register_viewer(app: FastAPI, get_runtime: Callable[[], Awaitable[Any]]) -> 
         async def run():
             q = request.query_params
             filters = _facets(q)
-            rt, caller = await caller_for(request, "timeline", q.get("workspace") or None)
+            rt, caller = await caller_for(request, "timeline")
             return await browse.timeline(rt.service, caller, filters)
         return await answer(run)
 
@@ -173,12 +172,11 @@ def register_viewer(app: FastAPI, get_runtime: Callable[[], Awaitable[Any]]) -> 
             mode = q.get("mode") or "hybrid"
             if mode not in ("hybrid", "vector", "lexical"):
                 raise invalid("mode: one of hybrid, vector, lexical")
-            from serve.mcp_tools import _check_query
+            from serve.retrieve import check_query
 
-            _check_query(query)
+            check_query(query)
             filters = _facets(q)
-            rt, caller = await caller_for(request, "retrieve-memories",
-                                          q.get("workspace") or None)
+            rt, caller = await caller_for(request, "retrieve-memories")
             rows, _ = await rt.service.search(caller, query, _int(q.get("limit"), "limit", 20),
                                               filters, mode=mode)
             return {"query": query, "memories": [browse.summary(r) for r in rows],
@@ -210,14 +208,17 @@ def register_viewer(app: FastAPI, get_runtime: Callable[[], Awaitable[Any]]) -> 
     async def export(request: Request) -> Response:
         async def run():
             ws = request.query_params.get("workspace") or None
-            rt, caller = await caller_for(request, "export", ws)
+            rt, caller = await caller_for(request, "export")
             service = rt.service
-            service._require(caller, "read", "export", ws)
-            header = browse.export_header(service.backend.shards, ws)
+            header = browse.export_header(len(service.backend.shards), ws)
+            records = browse.export_records(service, caller, ws)
+            first = await anext(records, None)  # authorization and rate limit happen here
 
             async def lines() -> AsyncIterator[bytes]:
                 yield (json.dumps(header) + "\n").encode()
-                async for rec in browse.export_records(service, caller, ws):
+                if first is not None:
+                    yield (json.dumps(first, ensure_ascii=False) + "\n").encode()
+                async for rec in records:
                     yield (json.dumps(rec, ensure_ascii=False) + "\n").encode()
             return StreamingResponse(lines(), media_type="application/x-ndjson")
         return await answer(run)
@@ -233,11 +234,6 @@ def register_viewer(app: FastAPI, get_runtime: Callable[[], Awaitable[Any]]) -> 
                 raise invalid("body: must be JSON {\"records\": [...], \"header\"?: {...}}")
             if body.get("header") is not None:
                 browse.check_header(body["header"])
-            records = body.get("records")
-            workspaces = {r.get("workspace_id") for r in records or [] if isinstance(r, dict)}
-            ws = next(iter(workspaces)) if len(workspaces) == 1 else None
-            cost = len(records) if isinstance(records, list) else 1
-            rt, caller = await caller_for(request, "capture-memories", ws,
-                                          cost=cost, mutating=True)
-            return await browse.import_records(rt.service, caller, records)
+            rt, caller = await caller_for(request, "capture-memories", mutating=True)
+            return await browse.import_records(rt.service, caller, body.get("records"))
         return await answer(run)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from actors.backend import LocalBackend
+from actors.backend import Backend
 from actors.embedding_worker import MicroBatcher
-from actors.expiry import ExpiryWorker
+from actors.expiry import ExpiryClient, ExpiryWorker
 from actors.shard import ShardCore
 from memoray.auth import LOCAL_PRINCIPAL, Principal
 from memoray.embedding import HashEmbedder
@@ -21,11 +21,11 @@ def make_service(tmp: Path, *, shards: int = 2, embedder=None, policies=None,
     embedder = embedder or HashEmbedder()
     cores = [ShardCore(i, tmp / f"shard{i}", embedder.dim, map_size=256 << 20, durable=durable)
              for i in range(shards)]
-    backend = LocalBackend(cores, MicroBatcher(embedder))
+    backend = Backend.local(cores, MicroBatcher(embedder))
     settings = Settings(data_dir=tmp, shards=shards, durable=durable)
-    worker = ExpiryWorker(backend, policies=policies or [], archive_dir=tmp / "archive",
+    worker = ExpiryWorker(backend.shards, policies=policies or [], archive_dir=tmp / "archive",
                           redactor=Redactor(pii="redact"))
-    svc = MemoryService(settings, backend, redactor=Redactor(), expiry=worker)
+    svc = MemoryService(settings, backend, redactor=Redactor(), expiry=ExpiryClient(worker))
     svc.cores = cores  # for assertions on the raw stores
     return svc
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from actors.expiry import read_archive
-from actors.shard import SearchRequest, ShardCore
+from actors.shard import ShardCore
+from actors.shard_search import SearchRequest
 from memoray.embedding import HashEmbedder
 from memoray.errors import MemorayError
 from memoray.ids import new_id
@@ -100,7 +101,7 @@ def test_expired_memory_is_gone_everywhere_and_dry_run_removes_nothing(tmp_path)
     assert core.index.count == 1  # vector index
     hits = run(svc.retrieve(caller(), "kumquat flag", limit=10))
     assert [h.id for h in hits] == [keep["ids"][0]]
-    assert svc.expiry.status()["totals"]["expired"] == 1
+    assert run(svc.expiry.status())["totals"]["expired"] == 1
 
 
 def test_retention_policy_archives_and_the_archive_reads_back(tmp_path):
@@ -173,7 +174,7 @@ def test_rebuild_under_concurrent_writes_loses_nothing(tmp_path):
     core.delete([r["id"] for r in base[:1000]])  # a third deleted: past the threshold
     assert core._rebuild is not None, "the rebuild starts by itself"
     written = []
-    while core._rebuild is not None and core._rebuild["thread"].is_alive():
+    while core._rebuild is not None and not core._rebuild.done:
         more, mvecs = recs(20, "during")
         core.put(more, mvecs)
         written.append((more, mvecs))

@@ -344,28 +344,17 @@ def test_two_replicas_stay_within_limit_plus_tolerance(seed):
     asyncio.run(main())
 
 
-def test_remote_central_adapter_awaits_handle_methods():
-    from actors.rate_limiter import RateLimiterActor, RemoteCentral, create
-
-    class Method:
-        def __init__(self, fn):
-            self.fn = fn
-
-        def remote(self, *args):
-            async def call():
-                return self.fn(*args)
-            return call()
+def test_limiter_client_serves_lease_client():
+    """The typed limiter client (the same one replicas use over the actor) drives a LeaseClient."""
+    from actors.rate_limiter import LimiterClient, create
 
     sw = SlidingWindow({"workspace": Limit(10, 60.0)})
-    handle = SimpleNamespace(grant=Method(lambda k, w, m: sw.grant(k, w, min_amount=m)),
-                             release=Method(lambda k, u, i: sw.release(k, u, i)),
-                             acquire=Method(lambda ks, c: sw.acquire(ks, c)))
 
     async def main():
-        client = LeaseClient(RemoteCentral(handle), sw.limits)
+        client = LeaseClient(LimiterClient(sw), sw.limits)
         assert (await client.acquire([W])).allowed
         assert sw.usage(W) == 1  # lease_cap of 10/window is 1
         await client.close()
 
     asyncio.run(main())
-    assert callable(create) and hasattr(RateLimiterActor, "options")
+    assert callable(create)

@@ -21,7 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.shard import ANN, ANN_ADAPTIVE, EXACT, SearchRequest, ShardCore
+from actors.shard import ShardCore
+from actors.shard_search import ANN, ANN_ADAPTIVE, EXACT, SearchRequest
 from memoray import filters as flt
 from memoray.ids import new_id, shard_for
 from memoray.timeutil import to_iso

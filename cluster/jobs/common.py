@@ -25,23 +25,45 @@ def connect(address: str | None, data_dir: str | None = None):
     return ray
 
 
-def shard_handles(ray, data_dir: str | None = None) -> list:
-    """Shard actors by name: the count comes from the store's layout file when given, else by
-    probing names until one is missing."""
-    from serve.runtime import NAMESPACE, shard_name
+def _run_info(data_dir: str) -> dict:
+    path = Path(data_dir).expanduser() / "run.json"
+    if not path.exists():
+        raise SystemExit(f"{path} not found: is `memoray serve --data-dir {data_dir}` running?")
+    return json.loads(path.read_text())
 
-    if data_dir:
-        n = json.loads((Path(data_dir).expanduser() / "memoray.json").read_text())["shards"]
-        return [ray.get_actor(shard_name(i), namespace=NAMESPACE) for i in range(n)]
-    out = []
+
+def store_embedders(ray, data_dir: str):
+    """The running store's embedding workers (an EmbedderPool)."""
+    from actors.embedding_worker import EmbedderPool
+    from actors.names import NAMESPACE, ActorNames
+
+    run = _run_info(data_dir)
+    names = ActorNames(run["store_id"])
+    handles = []
     while True:
         try:
-            out.append(ray.get_actor(shard_name(len(out)), namespace=NAMESPACE))
+            handles.append(ray.get_actor(names.embedder(len(handles)), namespace=NAMESPACE))
         except ValueError:
-            if not out:
-                raise SystemExit("no memoray shards in this Ray cluster: is `memoray serve` "
-                                 "running there? (plain drivers: pass --address)") from None
-            return out
+            break
+    if not handles:
+        raise SystemExit("no memoray embedding worker for this store in the Ray cluster")
+    return EmbedderPool.of(handles)
+
+
+def store_shards(ray, data_dir: str):
+    """The running store's shards (a ShardSet), found by the store id and shard count the
+    server wrote to DATA_DIR/run.json."""
+    from actors.names import NAMESPACE, ActorNames
+    from actors.shard_client import ShardSet
+
+    run = _run_info(data_dir)
+    names = ActorNames(run["store_id"])
+    try:
+        return ShardSet.of([ray.get_actor(names.shard(i), namespace=NAMESPACE)
+                            for i in range(int(run["shards"]))])
+    except ValueError:
+        raise SystemExit("no memoray shards for this store in the Ray cluster: is `memoray "
+                         "serve` running there?") from None
 
 
 class Progress:

@@ -12,49 +12,53 @@ a fresh graph in the background and swaps it in. Safe to rerun after a failure: 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import time
 
-from cluster.jobs.common import Progress, connect, shard_handles
+from actors.embedding_worker import EmbedderPool
+from actors.shard_client import ShardSet
+from cluster.jobs.common import Progress, connect, store_embedders, store_shards
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or auto)")
-    ap.add_argument("--data-dir", help="the store's data dir, to read its shard count")
+    ap.add_argument("--data-dir", default="~/.memoray",
+                    help="the store's data dir (its run.json names the store) [~/.memoray]")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--rebuild-only", action="store_true", help="skip re-embedding")
     args = ap.parse_args(argv)
-
     ray = connect(args.address, args.data_dir)
-    from serve.runtime import NAMESPACE, embedder_name
+    report = asyncio.run(reindex(store_shards(ray, args.data_dir),
+                                 store_embedders(ray, args.data_dir), args))
+    print(json.dumps(report), flush=True)
+    return report
 
-    shards = shard_handles(ray, args.data_dir)
-    embedder = ray.get_actor(embedder_name(0), namespace=NAMESPACE)
-    totals = ray.get([s.stats.remote() for s in shards])
+
+async def reindex(shards: ShardSet, embedders: EmbedderPool, args: argparse.Namespace) -> dict:
+    totals = await shards.each(lambda s: s.stats())
     total = sum(t["records"] for t in totals)
     t0 = time.time()
     done = 0
     if not args.rebuild_only:
         prog = Progress("reindex", total)
-        for shard in shards:
+        for shard in shards.clients:
             after = None
             while True:
-                page = ray.get(shard.scan.remote(after, args.batch))
+                page = await shard.scan(after, args.batch)
                 if not page:
                     break
-                vectors = ray.get(embedder.embed.remote([r["content"] for r in page]))
-                ray.get(shard.put.remote(page, vectors))
+                vectors = await embedders.embed([r["content"] for r in page])
+                await shard.put(page, vectors)
                 after = page[-1]["id"]
                 done += len(page)
                 prog.update(len(page))
-    started = ray.get([s.start_rebuild.remote() for s in shards])
-    swapped = ray.get([s.finish_rebuild.remote() for s in shards])
-    report = {"shards": len(shards), "records": total, "reembedded": done,
-              "rebuilt": sum(bool(x) for x in swapped), "started": sum(bool(x) for x in started),
-              "seconds": round(time.time() - t0, 2)}
-    print(json.dumps(report), flush=True)
-    return report
+    started = await shards.each(lambda s: s.start_rebuild())
+    swapped = await shards.each(lambda s: s.finish_rebuild())
+    return {"shards": len(shards), "records": total, "reembedded": done,
+            "rebuilt": sum(bool(x) for x in swapped), "started": sum(bool(x) for x in started),
+            "seconds": round(time.time() - t0, 2)}
 
 
 if __name__ == "__main__":

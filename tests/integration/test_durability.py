@@ -44,7 +44,7 @@ def _shard_pids(server) -> list[int]:
     for pid in descendants(server.proc.pid):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if f.read().startswith(b"ray::VectorShard"):
+                if f.read().startswith(b"ray::ShardCore"):
                     pids.append(pid)
         except OSError:
             pass

@@ -1,0 +1,192 @@
+"""How one shard answers a retrieve: the planner's strategy, then hybrid scoring.
+
+Strategies (chosen by actors/planner.py): `exact` scores the filter's candidates from the
+postings; `ann` asks HNSW for an oversampled pool and post-filters it; `ann_adaptive` widens k'
+until k survive the filter, falling back to exact. Each pool member is BM25-scored once: the
+lexical top list carries its scores, and only vector-only candidates are scored afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+import numpy as np
+
+from actors.vector_index import VectorIndex
+from memoray import filters as flt
+from memoray.lexical import LexicalIndex
+from memoray.lexical import normalize as lexical_normalize
+from memoray.lifecycle import TIER_WEIGHT
+from memoray.postings import Postings
+from memoray.records import Record
+
+EXACT = "exact"
+ANN = "ann"
+ANN_ADAPTIVE = "ann_adaptive"
+STRATEGIES = (EXACT, ANN, ANN_ADAPTIVE)
+MAX_OVERSAMPLE_K = 4096
+
+
+@dataclass
+class SearchRequest:
+    """What the replica sends every shard for one retrieve (picklable, no Ray types)."""
+
+    vector: np.ndarray | None
+    query: str
+    k: int
+    filter: Any = field(default_factory=flt.All)
+    strategy: str = EXACT
+    oversample: float = 3.0
+    mode: str = "hybrid"  # hybrid | vector | lexical
+    alpha: float = 0.5  # weight of the vector score in hybrid mode
+    ef: int | None = None
+    now: float | None = None
+    recency_weight: float = 0.0
+    half_life_days: float = 30.0
+    include_content: bool = True
+    tier_weighting: bool = True
+
+
+@dataclass
+class Hit:
+    score: float
+    vector_score: float
+    lexical_score: float
+    record: Record
+
+
+class SearchResult(TypedDict):
+    shard: int
+    hits: list[Hit]
+    strategy: str
+    candidates: int | None  # filter candidates enumerated (exact), None when not enumerated
+    pool: int
+    seconds: float
+
+
+class _Lexical:
+    """BM25 scores of one query, each label scored at most once."""
+
+    def __init__(self, index: LexicalIndex, query: str):
+        self.index = index
+        self.query = query
+        self.scores: dict[int, float] = {}
+
+    def top(self, k: int, candidates: np.ndarray | None = None) -> np.ndarray:
+        labels, scores = self.index.search(self.query, k, candidates=candidates)
+        self.scores.update(zip(labels.tolist(), scores.tolist()))
+        return labels
+
+    def of(self, pool: np.ndarray) -> np.ndarray:
+        missing = np.asarray([lb for lb in pool.tolist() if lb not in self.scores], np.int64)
+        if len(missing):
+            self.top(len(missing), candidates=missing)
+        return np.asarray([self.scores.get(lb, 0.0) for lb in pool.tolist()], np.float32)
+
+
+class ShardSearch:
+    """The read path over one shard's in-memory indexes (owned by ShardCore)."""
+
+    def __init__(self, shard_id: int, index: VectorIndex, lexical: LexicalIndex,
+                 postings: Postings, fetch: Any):
+        self.shard_id = shard_id
+        self.index = index
+        self.lexical = lexical
+        self.postings = postings
+        self.fetch = fetch  # labels -> full records (content) from LMDB
+
+    def run(self, req: SearchRequest) -> SearchResult:
+        t0 = time.perf_counter()
+        node = req.filter if req.filter is not None else flt.All()
+        k = max(1, req.k)
+        pool_k = min(max(k * 4, 20), MAX_OVERSAMPLE_K)
+        used = req.strategy
+        cand: np.ndarray | None = None
+        vec_labels = lex_labels = np.empty(0, np.int64)
+        want_vec = req.mode != "lexical" and req.vector is not None
+        want_lex = req.mode != "vector" and bool(req.query)
+        lex = _Lexical(self.lexical, req.query)
+
+        if req.strategy != EXACT and not isinstance(node, flt.All):
+            factor = req.oversample if req.strategy == ANN else req.oversample * 2
+            kprime = min(int(math.ceil(pool_k * factor)), MAX_OVERSAMPLE_K)
+            # One BM25 pass at the widest k' the loop can reach; widening re-filters it.
+            ll_all = lex.top(MAX_OVERSAMPLE_K) if want_lex else np.empty(0, np.int64)
+            while True:
+                vl = self.index.ann(req.vector, kprime, ef=req.ef)[0] if want_vec else (
+                    np.empty(0, np.int64))
+                ll = ll_all[:kprime]
+                vec_labels = self._post_filter(node, vl)[:pool_k]
+                lex_labels = self._post_filter(node, ll)[:pool_k]
+                enough = (len(vec_labels) >= k or len(vl) < kprime) and (
+                    len(lex_labels) >= k or len(ll) < kprime)
+                if enough:
+                    break
+                if req.strategy == ANN or kprime >= MAX_OVERSAMPLE_K:
+                    used = EXACT + "_fallback"
+                    break
+                kprime = min(kprime * 4, MAX_OVERSAMPLE_K)
+        elif req.strategy != EXACT:
+            vec_labels = self.index.ann(req.vector, pool_k, ef=req.ef)[0] if want_vec else (
+                vec_labels)
+            lex_labels = lex.top(pool_k) if want_lex else lex_labels
+
+        if used.startswith(EXACT):
+            cand = None if isinstance(node, flt.All) else flt.evaluate(node, self.postings)
+            if want_vec:
+                vec_labels = self.index.exact(req.vector, cand, pool_k)[0]
+            if want_lex:
+                lex_labels = lex.top(pool_k, candidates=cand)
+
+        pool = np.union1d(vec_labels, lex_labels).astype(np.int64)
+        hits = self._score(req, pool, k, lex if want_lex else None)
+        return {"shard": self.shard_id, "hits": hits, "strategy": used,
+                "candidates": None if cand is None else int(len(cand)), "pool": int(len(pool)),
+                "seconds": time.perf_counter() - t0}
+
+    def _post_filter(self, node: Any, labels: np.ndarray) -> np.ndarray:
+        if isinstance(node, flt.All):
+            return labels
+        keep = [lb for lb in labels.tolist()
+                if lb in self.postings and flt.matches(node, self.postings.row(lb))]
+        return np.asarray(keep, dtype=np.int64)
+
+    def _score(self, req: SearchRequest, pool: np.ndarray, k: int,
+               lex: _Lexical | None) -> list[Hit]:
+        if len(pool) == 0:
+            return []
+        if req.vector is not None and req.mode != "lexical":
+            vec = np.clip(self.index.similarity(req.vector, pool), 0.0, 1.0)
+        else:
+            vec = np.zeros(len(pool), np.float32)
+        if lex is not None:
+            lexs = lexical_normalize(lex.of(pool), self.lexical.query_scale(req.query)).astype(
+                np.float32)
+        else:
+            lexs = np.zeros(len(pool), np.float32)
+        if req.mode == "vector":
+            score = vec
+        elif req.mode == "lexical":
+            score = lexs
+        else:
+            score = req.alpha * vec + (1.0 - req.alpha) * lexs
+        now = req.now or time.time()
+        rows = [self.postings.row(int(lb)) for lb in pool]
+        if req.recency_weight > 0:
+            ages = np.array([max(0.0, now - (r.get("timestamp") or now)) for r in rows])
+            decay = np.power(0.5, ages / (req.half_life_days * 86400.0))
+            score = score * (1.0 - req.recency_weight + req.recency_weight * decay)
+        if req.tier_weighting:
+            score = score * np.array([TIER_WEIGHT.get(r.get("tier"), 0.9) for r in rows])
+        expired = np.array([(r.get("expires_at") or math.inf) <= now for r in rows])
+        score = np.where(expired, -1.0, score)
+        order = np.argsort(-score, kind="stable")[: k]
+        order = order[score[order] >= 0]
+        top = pool[order]
+        records = (self.fetch(top.tolist()) if req.include_content
+                   else [rows[i] for i in order])
+        return [Hit(float(score[i]), float(vec[i]), float(lexs[i]), rec)
+                for i, rec in zip(order, records) if rec is not None]

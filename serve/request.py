@@ -1,0 +1,133 @@
+"""What every use case shares: who is calling (Caller), and the steps every request path takes in
+the same order after validation and authentication: authorize, rate-limit, (work), audit.
+
+UseCase holds a replica's dependencies; serve/capture.py, retrieve.py, records.py and admin.py
+each add one request path on top of it, and serve/service.py composes them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from actors.backend import Backend
+from actors.planner import QueryPlanner
+from memoray import filters as flt
+from memoray.auth import Principal
+from memoray.errors import ErrorCode, MemorayError
+from memoray.records import Record
+from memoray.settings import Settings
+from serve.observability import Metrics
+
+
+@dataclass
+class Caller:
+    """An authenticated request: its principal, and what the transport said about it."""
+
+    principal: Principal
+    request_id: str = ""
+    agent_id: str | None = None
+    tool: str = ""  # the MCP tool (rate-limit keys are per tool)
+    session: str | None = None  # the x-memoray-session / mcp-session-id header
+
+
+class UseCase:
+    def __init__(self, settings: Settings, backend: Backend, *, planner: QueryPlanner | None = None,
+                 redactor: Any = None, audit: Any = None, limiter: Any = None,
+                 metrics: Metrics | None = None, expiry: Any = None):
+        """`audit`: a memoray.audit.GroupCommit (or None); `limiter`: a LeaseClient (or None);
+        `expiry`: an ExpiryClient (or None)."""
+        self.settings = settings
+        self.backend = backend
+        self.planner = planner or QueryPlanner()
+        self.redactor = redactor
+        self.audit = audit
+        self.limiter = limiter
+        self.metrics = metrics or Metrics()
+        self.expiry = expiry
+        self.started = time.time()
+
+    # -- authorize --------------------------------------------------------------------------
+    async def authorize(self, caller: Caller, scope: str, action: str,
+                        workspace: str | None = None) -> None:
+        """The caller's token must carry `scope` (and the workspace, when named); a refusal is
+        audited before it is returned."""
+        try:
+            caller.principal.require(scope, workspace)
+        except MemorayError as exc:
+            await self.audited(caller, action, outcome="denied", code=exc.code.value,
+                               detail=exc.message)
+            raise
+
+    async def scoped_filter(self, caller: Caller, node: Any, action: str) -> Any:
+        """Restrict a parsed filter to what the caller may see: its workspaces, and private
+        memories only of its own agent. Naming a workspace the caller lacks is refused."""
+        named = flt.referenced_workspaces(node)
+        if named is not None:
+            for ws in named:
+                await self.authorize(caller, "read", action, ws)
+        allowed = caller.principal.visible_workspaces()
+        if allowed is not None:
+            node = flt.and_([node, flt.in_("workspace_id", sorted(allowed))])
+        visible = [flt.not_(flt.Eq("visibility", "private"))]
+        if caller.agent_id:
+            visible.append(flt.Eq("agent_id", caller.agent_id))
+        return flt.and_([node, flt.or_(visible)])
+
+    def can_see(self, caller: Caller, record: Record) -> bool:
+        if not caller.principal.allows_workspace(record["workspace_id"]):
+            return False
+        if record.get("visibility") == "private" and record.get("agent_id") != caller.agent_id:
+            return False
+        return True
+
+    # -- rate-limit -------------------------------------------------------------------------
+    async def rate_limit(self, caller: Caller, workspace: str | None, cost: int = 1,
+                         session: str | None = None) -> None:
+        """Charge the call to its budgets (after authorization, so a refused call never spends a
+        tenant's quota). The session is the capture's sessionId, else the request header."""
+        from memoray.ratelimit import exempt, request_keys
+
+        if (self.limiter is None or not self.settings.rate_limit_enabled
+                or exempt(self.settings, caller.principal)):
+            return
+
+        keys, units = request_keys(caller.tool, workspace=workspace,
+                                   session=session or caller.session,
+                                   principal=caller.principal.name, items=cost)
+        decision = await self.limiter.acquire(keys, units)
+        if not decision.allowed:
+            self.metrics.rate_limited.labels(kind=decision.kind or "request").inc()
+            await self.audited(caller, caller.tool, workspace=workspace, outcome="denied",
+                               code="RATE_LIMIT_EXCEEDED")
+            raise decision.error()
+
+    # -- audit ------------------------------------------------------------------------------
+    async def audited(self, caller: Caller, action: str, *, workspace: str | None = None,
+                      ids: list[str] | None = None, outcome: str = "ok", code: str | None = None,
+                      detail: str | None = None) -> None:
+        """One audit entry, durable before this returns (group-committed)."""
+        if self.audit is not None:
+            await self.audit.append(caller.principal.name, action, workspace=workspace,
+                                    ids=ids or [], outcome=outcome, code=code, detail=detail,
+                                    request_id=caller.request_id)
+
+    async def audited_many(self, caller: Caller, action: str,
+                           items: list[tuple[str | None, list[str]]]) -> None:
+        """One entry per (workspace, ids) pair, all in one group commit (a batch's captures)."""
+        if self.audit is not None and items:
+            await self.audit.append_many([
+                self.audit.entry(caller.principal.name, action, workspace=ws, ids=ids,
+                                 request_id=caller.request_id) for ws, ids in items])
+
+    # -- shared work ------------------------------------------------------------------------
+    async def embed(self, texts: list[str], query: bool = False) -> np.ndarray:
+        try:
+            return await self.backend.embed(texts, query)
+        except MemorayError:
+            raise
+        except Exception as exc:
+            raise MemorayError(ErrorCode.EMBEDDING_FAILED, f"embedding failed: {exc}") from exc

@@ -1,0 +1,173 @@
+"""Retrieve: finding memories (retrieve-memories), packing them into a context block
+(build-context), and showing the plan (explain-query). Each path reads top to bottom: validate,
+authorize, rate-limit, work. Reads are not audited (refusals are, in authorize)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from actors.shard_search import SearchRequest
+from memoray import filters as flt
+from memoray.errors import ErrorCode, MemorayError, invalid
+from memoray.models import MAX_LIMIT, MAX_QUERY_CHARS, RetrievedMemory, check_text
+from memoray.records import Record
+from memoray.timeutil import to_iso
+from serve.observability import span
+from serve.request import Caller, UseCase
+
+
+def check_query(query: str, allow_empty: bool = False) -> None:
+    if not allow_empty and not query.strip():
+        raise invalid("query: must not be empty")
+    if len(query) > MAX_QUERY_CHARS:
+        raise invalid(f"query: longer than {MAX_QUERY_CHARS} characters")
+    try:
+        check_text(query)
+    except ValueError as exc:
+        raise invalid(f"query: {exc}") from None
+
+
+def check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise invalid(f"limit: must be between 1 and {MAX_LIMIT}")
+
+
+def one_workspace(node: Any) -> str | None:
+    """The one workspace a filter confines to (the rate-limit bucket), None if not one."""
+    named = flt.referenced_workspaces(node)
+    return next(iter(named)) if named is not None and len(named) == 1 else None
+
+
+class Retrieve(UseCase):
+    async def search(self, caller: Caller, query: str, limit: int, filters: dict | None, *,
+                     mode: str = "hybrid", recency_weight: float = 0.0,
+                     strategy: str | None = None, include_content: bool = True,
+                     action: str = "retrieve") -> tuple[list[Record], dict]:
+        """Records (with 0-1 scores) and what the planner and shards did."""
+        # validate (the filter is parsed once, here)
+        check_limit(limit)
+        node = flt.parse_filter(filters)
+        # authorize
+        await self.authorize(caller, "read", action)
+        scoped = await self.scoped_filter(caller, node, action)
+        # rate-limit
+        await self.rate_limit(caller, one_workspace(node))
+        # work
+        return await self.run_search(query, limit, scoped, mode=mode,
+                                     recency_weight=recency_weight, strategy=strategy,
+                                     include_content=include_content)
+
+    async def retrieve(self, caller: Caller, query: str, limit: int = 10,
+                       filters: dict | None = None, **kw: Any) -> list[RetrievedMemory]:
+        check_query(query)
+        records, _ = await self.search(caller, query, limit, filters, **kw)
+        return [to_retrieved(r) for r in records]
+
+    async def run_search(self, query: str, limit: int, node: Any, *, mode: str = "hybrid",
+                         recency_weight: float = 0.0, strategy: str | None = None,
+                         include_content: bool = True) -> tuple[list[Record], dict]:
+        """Plan, embed the query, fan out to every shard, merge. `node` is already scoped."""
+        t0 = time.perf_counter()
+        plan = self.planner.plan(node, limit)
+        chosen = strategy or plan.strategy
+        vector = None
+        if mode != "lexical":
+            with span("memoray.embed_query"):
+                vector = (await self.embed([query], query=True))[0]
+        req = SearchRequest(vector=vector, query=query, k=limit, filter=node, strategy=chosen,
+                            oversample=plan.oversample, mode=mode,
+                            alpha=self.settings.hybrid_alpha, now=time.time(),
+                            recency_weight=recency_weight, include_content=include_content)
+        with span("memoray.fanout", shards=len(self.backend.shards), strategy=chosen):
+            try:
+                parts = await asyncio.wait_for(self.backend.shards.each(lambda c: c.search(req)),
+                                               self.settings.query_timeout_s)
+            except TimeoutError:
+                raise MemorayError(ErrorCode.QUERY_TIMEOUT,
+                                   f"query exceeded {self.settings.query_timeout_s}s") from None
+        hits = sorted((h for p in parts for h in p["hits"]), key=lambda h: -h.score)[:limit]
+        actual = [p["candidates"] for p in parts]
+        total = sum(actual) if all(a is not None for a in actual) else None  # type: ignore[arg-type]
+        self.planner.record(plan.estimated_candidates, total, chosen)
+        elapsed = time.perf_counter() - t0
+        self.metrics.query_latency.labels(strategy=chosen).observe(elapsed)
+        out: list[Record] = []
+        for h in hits:
+            rec = dict(h.record)
+            rec["score"] = round(min(1.0, max(0.0, h.score)), 6)
+            out.append(rec)  # type: ignore[arg-type]
+        info = {"plan": plan.to_dict(), "strategy": chosen, "seconds": elapsed,
+                "shards": [{k: v for k, v in p.items() if k != "hits"} for p in parts]}
+        return out, info
+
+    async def build_context(self, caller: Caller, *, query: str | None, limit: int,
+                            filters: dict | None, budget: int, workspace_id: str | None,
+                            branch: str | None, session_id: str | None) -> dict:
+        """A markdown block of the memories that matter here, packed to fit `budget` tokens:
+        the query's best hits, plus this branch's recent changes."""
+        from memoray.context import SAFETY_MARGIN, build_context
+
+        # validate
+        if query is not None:
+            check_query(query, allow_empty=True)
+        check_limit(limit)
+        if not 1 <= budget <= 100_000:
+            raise invalid("tokenBudget: must be between 1 and 100000")
+        base = dict(filters or {})
+        if workspace_id:
+            base = {"$and": [base, {"workspaceId": workspace_id}]} if base else {
+                "workspaceId": workspace_id}
+        node = flt.parse_filter(base or None)
+        recent = flt.parse_filter({"$and": [base, {"gitBranch": branch}]} if base else {
+            "gitBranch": branch}) if branch else None
+        # authorize
+        await self.authorize(caller, "read", "build-context")
+        scoped = await self.scoped_filter(caller, node, "build-context")
+        scoped_recent = (await self.scoped_filter(caller, recent, "build-context")
+                         if recent is not None else None)
+        # rate-limit
+        await self.rate_limit(caller, one_workspace(node))
+        # work
+        text_query = query or " ".join(x for x in ("recent decisions changes problems", branch)
+                                       if x)
+        records, _ = await self.run_search(text_query, limit, scoped, recency_weight=0.3)
+        if scoped_recent is not None:  # this branch's recent changes, even if the query missed
+            more, _ = await self.run_search(f"changes on {branch}", min(limit, 20),
+                                            scoped_recent, recency_weight=0.8)
+            seen = {r["id"] for r in records}
+            records += [r for r in more if r["id"] not in seen]
+        block = build_context(records, budget=budget, query=query,
+                              workspace_id=workspace_id or "all workspaces", branch=branch,
+                              margin=SAFETY_MARGIN)
+        return {"context": block.text, "tokens": block.tokens, "included": len(block.included),
+                "omitted": len(block.omitted), "includedIds": block.included,
+                "sections": block.sections}
+
+    async def explain(self, caller: Caller, query: str, limit: int,
+                      filters: dict | None) -> dict:
+        # validate
+        check_limit(limit)
+        node = flt.parse_filter(filters)
+        # authorize
+        await self.authorize(caller, "read", "explain")
+        scoped = await self.scoped_filter(caller, node, "explain")
+        # rate-limit
+        await self.rate_limit(caller, one_workspace(node))
+        # work
+        plan = self.planner.plan(scoped, limit)
+        return {"query": query, "limit": limit, "filter": flt.to_wire(scoped),
+                "shape": flt.shape(scoped), "plan": plan.to_dict(),
+                "accuracy": self.planner.accuracy()}
+
+
+def to_retrieved(rec: Record) -> RetrievedMemory:
+    return RetrievedMemory(
+        id=rec["id"], content=rec.get("content", ""), score=float(rec.get("score", 0.0)),
+        metadata=rec.get("metadata") or {}, timestamp=to_iso(rec["timestamp"]),
+        event_type=rec["event_type"], session_id=rec.get("session_id"),
+        workspace_id=rec["workspace_id"], git_branch=rec.get("git_branch"),
+        agent_id=rec.get("agent_id"), tier=rec.get("tier"), parent_id=rec.get("parent_id"),
+        chunk_index=rec.get("chunk_index"), chunk_count=rec.get("chunk_count"),
+    )

@@ -1,0 +1,103 @@
+"""A store's actors on Ray: created (or joined) by `memoray serve` and the Serve config builder,
+looked up by replicas and batch jobs. Configuration is resolved here once (layout, encryption
+key) and handed to the actors; names come from actors/names.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from actors.backend import Backend
+from actors.embedding_worker import embedder_actor_class
+from actors.expiry import ExpiryClient, expiry_actor_class
+from actors.names import NAMESPACE, ActorNames
+from actors.planner import PlannerClient, planner_actor_class
+from actors.rate_limiter import LimiterClient
+from actors.rate_limiter import create as create_limiter
+from actors.shard_client import ShardSet, shard_actor_class
+from memoray.crypto import key_text_from_settings
+from memoray.embedding import DIM
+from memoray.layout import Layout, open_layout
+from memoray.settings import Settings
+
+
+@dataclass
+class Topology:
+    """Typed clients for every actor of one store."""
+
+    names: ActorNames
+    backend: Backend
+    planner: PlannerClient
+    limiter: LimiterClient
+    expiry: ExpiryClient
+
+    @property
+    def shards(self) -> ShardSet:
+        return self.backend.shards
+
+
+def resolve_layout(settings: Settings) -> Layout:
+    """The store's layout (created on first start); raises MemorayError on a mismatch."""
+    return open_layout(settings.resolved_data_dir(), shards=settings.shards, dim=DIM,
+                       embedder=settings.embedder)
+
+
+def start_actors(settings: Settings, layout: Layout, progress: Any = None) -> Topology:
+    """Get-or-create every actor of the store; waits until shards have recovered. Safe to call
+    twice (get_if_exists). `progress(text)` hears each shard and embedder as it is ready."""
+    import ray
+
+    from memoray.redaction import Redactor
+
+    names = ActorNames(layout.store_id)
+    data = settings.resolved_data_dir()
+    key = key_text_from_settings(settings)
+    detached = {"lifetime": "detached"} if settings.address else {}
+    shard_cls = shard_actor_class()
+    shard_handles = [
+        shard_cls.options(name=names.shard(i), namespace=NAMESPACE, get_if_exists=True,
+                          **detached)
+        .remote(i, str(data / "shards" / f"{i:03d}"), DIM, map_size=settings.map_size_bytes,
+                durable=settings.durable, snapshot_every=settings.snapshot_every,
+                encryption=key[0] if key else None)
+        for i in range(settings.shards)]
+    embed_cls = embedder_actor_class()
+    embed_handles = [
+        embed_cls.options(name=names.embedder(i), namespace=NAMESPACE, get_if_exists=True,
+                          num_gpus=settings.embedding_gpus, num_cpus=0).remote(settings.embedder)
+        for i in range(settings.embedding_workers)]
+    shards = ShardSet.of(shard_handles)
+    planner = planner_actor_class().options(
+        name=names.planner, namespace=NAMESPACE, get_if_exists=True).remote(shards)
+    limiter = create_limiter(settings, name=names.limiter, namespace=NAMESPACE)
+    expiry = expiry_actor_class().options(
+        name=names.expiry, namespace=NAMESPACE, get_if_exists=True).remote(
+        shards, policies=settings.retention_policies,
+        archive_dir=settings.resolved_data_dir() / "archive", redactor=Redactor(pii="redact"),
+        interval_s=settings.expiry_interval_s)
+    # Wait for recovery: a shard answers health only once its LMDB is replayed.
+    if progress is not None:
+        from serve.startup import wait_for_actors
+
+        wait_for_actors(shard_handles, embed_handles, [planner, expiry], progress, ray)
+    else:
+        ray.get([s.health.remote() for s in shard_handles]
+                + [e.health.remote() for e in embed_handles]
+                + [planner.health.remote(), expiry.health.remote()], timeout=600)
+    return Topology(names, Backend.remote(shard_handles, embed_handles), PlannerClient(planner),
+                    LimiterClient(limiter), ExpiryClient(expiry))
+
+
+def lookup(settings: Settings, store_id: str) -> Topology:
+    """The running store's actors by name (inside a replica or a job)."""
+    import ray
+
+    names = ActorNames(store_id)
+
+    def get(name: str) -> Any:
+        return ray.get_actor(name, namespace=NAMESPACE)
+
+    backend = Backend.remote([get(names.shard(i)) for i in range(settings.shards)],
+                             [get(names.embedder(i)) for i in range(settings.embedding_workers)])
+    return Topology(names, backend, PlannerClient(get(names.planner)),
+                    LimiterClient(get(names.limiter)), ExpiryClient(get(names.expiry)))
