@@ -23,11 +23,11 @@ from memoray.models import (
     MAX_BATCH,
     MAX_CONTENT_BYTES,
     MAX_ID_FIELD,
-    RECORD_FIELDS,
     Tier,
     Visibility,
     check_text,
 )
+from memoray.records import Record
 from memoray.timeutil import parse_iso, to_iso
 
 EXPORT_FORMAT = "memoray-export"
@@ -231,7 +231,8 @@ class ImportRecord(BaseModel):
         return None if v is None else check_text(v)
 
 
-assert set(RECORD_FIELDS) <= set(ImportRecord.model_fields)
+# Every stored field round-trips (a field added to Record must be added here too).
+assert set(Record.__annotations__) - {"score"} <= set(ImportRecord.model_fields)
 
 
 def parse_import(raw: list[Any], shards: int) -> list[dict]:
