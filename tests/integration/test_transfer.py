@@ -102,6 +102,7 @@ def test_export_import_identical_and_idempotent(servers, tmp_path):
 
     out = memoray("import", str(tmp_path / "a.jsonl"), "--url", dst.url)
     assert out.returncode == 0, out.stderr
+    print(out.stderr.strip().splitlines()[-1])  # the summary line, with its rate (pytest -s)
     assert "importing" in out.stderr and "100%" in out.stderr  # the progress bar
     assert (f"imported {len(exported)} memories" in out.stderr
             and f"{len(exported)} created, 0 updated, 0 unchanged" in out.stderr), out.stderr
