@@ -75,16 +75,16 @@ bench-security: install
 # Batch jobs against the running server (`make run` in another terminal): its dashboard (the
 # job API) is read from DATA_DIR/run.json, since it is not always on 8265.
 DATA_DIR ?= $(HOME)/.memoray
-DASHBOARD = $$($(BIN)/python -m serve.startup $(DATA_DIR))
+DASHBOARD = $$($(BIN)/python -m memoray.serve.startup $(DATA_DIR))
 reindex: install
 	@dash=$(DASHBOARD) && echo "job API at $$dash" && \
 	RAY_AUTH_MODE=token $(BIN)/ray job submit --address $$dash --working-dir . \
-	  -- python -m cluster.jobs.reindex --data-dir $(DATA_DIR)
+	  -- python -m memoray.cluster.jobs.reindex --data-dir $(DATA_DIR)
 
 backup: install
 	@dash=$(DASHBOARD) && echo "job API at $$dash" && \
 	RAY_AUTH_MODE=token $(BIN)/ray job submit --address $$dash --working-dir . \
-	  -- python -m cluster.jobs.backup --data-dir $(DATA_DIR) --dest $(DEST)
+	  -- python -m memoray.cluster.jobs.backup --data-dir $(DATA_DIR) --dest $(DEST)
 
 lint: install
 	$(BIN)/ruff check memoray actors serve cluster benchmarks tests

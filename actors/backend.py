@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from actors.embedding_worker import EmbedderPool, EmbeddingWorker
-from actors.shard_client import ShardSet
+from memoray.actors.embedding_worker import EmbedderPool, EmbeddingWorker
+from memoray.actors.shard_client import ShardSet
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.client import ActorClient
+from memoray.actors.client import ActorClient
 from memoray.embedding import Embedder, make_embedder
 from memoray.errors import ErrorCode, MemorayError
 

@@ -16,9 +16,9 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
-from actors.client import ActorClient
-from actors.shard_client import ShardSet
 from memoray import filters as flt
+from memoray.actors.client import ActorClient
+from memoray.actors.shard_client import ShardSet
 from memoray.settings import RetentionPolicy
 from memoray.timeutil import to_iso
 

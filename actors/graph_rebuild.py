@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.vector_index import VectorIndex
+from memoray.actors.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
 

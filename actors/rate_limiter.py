@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.client import ActorClient
+from memoray.actors.client import ActorClient
 from memoray.ratelimit import Decision, Key, Lease, SlidingWindow, limits_from_settings
 
 ACTOR_OPTIONS = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": -1}

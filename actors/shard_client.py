@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from actors.client import ActorClient
-from actors.shard import ACTOR_OPTIONS, ShardCore
-from actors.shard_search import SearchRequest, SearchResult
+from memoray.actors.client import ActorClient
+from memoray.actors.shard import ACTOR_OPTIONS, ShardCore
+from memoray.actors.shard_search import SearchRequest, SearchResult
 from memoray.ids import shard_for
 from memoray.records import Record
 
@@ -32,6 +32,13 @@ class ShardClient(ActorClient[ShardCore]):
 
     async def put(self, records: list[Record], vectors: np.ndarray) -> list[tuple[str, bool]]:
         return await self._call(ShardCore.put, records, vectors)
+
+    async def merge(self, record: Record, vector: np.ndarray) -> bool:
+        return await self._call(ShardCore.merge, record, vector)
+
+    async def best_match(self, vector: np.ndarray, node: Any, k: int = 8,
+                         now: float | None = None) -> tuple[Record, float] | None:
+        return await self._call(ShardCore.best_match, vector, node, k, now)
 
     async def update_record(self, record: Record) -> None:
         return await self._call(ShardCore.update_record, record)

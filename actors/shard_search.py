@@ -15,8 +15,8 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-from actors.vector_index import VectorIndex
 from memoray import filters as flt
+from memoray.actors.vector_index import VectorIndex
 from memoray.lexical import LexicalIndex
 from memoray.lexical import normalize as lexical_normalize
 from memoray.lifecycle import TIER_WEIGHT

@@ -170,7 +170,7 @@ class Corpus:
 
 
 def build(root: Path, corpus: Corpus, shards: int) -> list:
-    from actors.shard import ShardCore
+    from memoray.actors.shard import ShardCore
     from memoray.ids import shard_for
 
     cores = [ShardCore(i, root / f"shard-{i}", DIM, map_size=4 << 30, durable=False,
@@ -298,7 +298,7 @@ def run_filter(cores: list, planners: dict[str, Any], node: Any, queries: list, 
     from other processes hits all strategies alike; each timing is the min of `repeat`
     back-to-back runs. Runners: the fixed strategies, and each planner (its plan() time
     included)."""
-    from actors.shard_search import SearchRequest
+    from memoray.actors.shard_search import SearchRequest
 
     plans = {name: p.plan(node, K) for name, p in planners.items()}
     out: dict[str, Any] = {name: {"strategy": p.strategy, "selectivity_est": p.selectivity,
@@ -374,8 +374,8 @@ def calibrate(cores: list, queries: list, mode: str, repeat: int) -> dict[str, A
     exact against candidates per shard (workspace filters of 10 to 74k records),
     one ANN pass against k' (oversample varied on a 99% filter, so nothing falls back), and a
     residual row scan (a metadata filter evaluated over every row)."""
-    from actors.shard_search import ANN, EXACT, SearchRequest
     from memoray import filters as flt
+    from memoray.actors.shard_search import ANN, EXACT, SearchRequest
 
     def timed(node: Any, strategy: str, over: float) -> float:
         par = []
@@ -428,8 +428,8 @@ def scoped_overhead(cores: list, planner: Any, queries: list, repeat: int) -> li
     with the plain filter, with the service's scoped filter, and with the same scoping on an
     indexed field (agent_id != a value no record has: the cost visibility would have if the
     postings indexed it)."""
-    from actors.shard_search import EXACT, SearchRequest
     from memoray import filters as flt
+    from memoray.actors.shard_search import EXACT, SearchRequest
 
     out = []
     for wire in ({"workspaceId": "ws-1k"}, {"workspaceId": "ws-20k"},
@@ -570,9 +570,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"redrew {png}")
         return 0
 
-    import actors.planner as planner_module
-    from actors.planner import QueryPlanner
+    import memoray.actors.planner as planner_module
     from memoray import filters as flt
+    from memoray.actors.planner import QueryPlanner
 
     t_start = time.perf_counter()
     corpus = Corpus(args.n, args.seed, args.vectors)

@@ -178,12 +178,12 @@ def make_embedder(kind: str):
 def build_service(root: Path, embedder: Any, shards: int = 2, **settings: Any):
     """MemoryService over in-process ShardCores (durable=False) and a MicroBatcher: the same
     code path a Serve replica runs, minus Ray's actor hops."""
-    from actors.backend import Backend
-    from actors.embedding_worker import MicroBatcher
-    from actors.planner import QueryPlanner
-    from actors.shard import ShardCore
+    from memoray.actors.backend import Backend
+    from memoray.actors.embedding_worker import MicroBatcher
+    from memoray.actors.planner import QueryPlanner
+    from memoray.actors.shard import ShardCore
+    from memoray.serve.service import MemoryService
     from memoray.settings import Settings
-    from serve.service import MemoryService
 
     cores = [ShardCore(i, Path(root) / f"shard-{i}", embedder.dim, map_size=2 << 30,
                        durable=False, snapshot_every=10**9) for i in range(shards)]

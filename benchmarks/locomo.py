@@ -234,7 +234,7 @@ class FrozenClock:
 async def run_queries(service: Any, caller: Any, convs: list[Conversation], mode: str, *,
                       label: str, recency_weight: float = 0.0, clock: bool = False,
                       strategy: str | None = None) -> dict[str, Any]:
-    import serve.service as service_module
+    import memoray.serve.service as service_module
 
     rows: list[tuple[int, dict[str, float]]] = []
     lat: list[float] = []
@@ -407,7 +407,7 @@ def plot(results: dict[str, Any], sweep: dict[str, Any], path: Path, title: str)
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     from memoray.auth import LOCAL_PRINCIPAL
-    from serve.service import Caller
+    from memoray.serve.service import Caller
 
     path = Path(args.data) if args.data else (DATA if DATA.exists() else DATA_FALLBACK)
     convs = load(path, args.limit_conversations)

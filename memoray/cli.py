@@ -91,7 +91,7 @@ def load_settings(**overrides):
 def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k not in ("cmd", "func")}
     settings = load_settings(**overrides)
-    from serve.launcher import serve_forever  # lazy: imports ray
+    from memoray.serve.launcher import serve_forever  # lazy: imports ray
 
     return serve_forever(settings)
 
@@ -311,11 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--workspaces", required=True, help="comma-separated workspace ids, or *")
     tc.add_argument("--scopes", default="read,write",
                     help="comma-separated: read,write,admin (default: read,write)")
+    tc.add_argument("--agent", default=None,
+                    help="the agent identity bound to the token (default: the principal name); "
+                         "it owns the token's private memories")
     tr = t_sub.add_parser("revoke")
     tr.add_argument("--data-dir", type=Path, help="default: ~/.memoray")
     tr.add_argument("token_or_id")
     tl = t_sub.add_parser("list")
     tl.add_argument("--data-dir", type=Path, help="default: ~/.memoray")
+    to = t_sub.add_parser("open", help="switch authentication off: remove every (revoked) "
+                                       "token; refused while a live token exists")
+    to.add_argument("--data-dir", type=Path, help="default: ~/.memoray")
     t.set_defaults(func=_token)
 
     a = sub.add_parser("audit", help="read the audit log")

@@ -10,7 +10,7 @@ from typing import Any
 
 from memoray import filters as flt
 from memoray.errors import ErrorCode, MemorayError, invalid
-from serve.request import Caller, UseCase
+from memoray.serve.request import Caller, UseCase
 
 
 class Admin(UseCase):

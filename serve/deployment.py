@@ -11,14 +11,14 @@ import asyncio
 
 from ray import serve
 
+from memoray.serve.observability import Metrics
 from memoray.settings import Settings
-from serve.observability import Metrics
 
 
 async def make_runtime(settings: Settings, metrics: Metrics, store_id: str):
     from memoray.ratelimit import LeaseClient, limits_from_settings
-    from serve.runtime import Runtime
-    from serve.topology import lookup
+    from memoray.serve.runtime import Runtime
+    from memoray.serve.topology import lookup
 
     topo = lookup(settings, store_id)
     limiter = LeaseClient(topo.limiter, limits_from_settings(settings))
@@ -49,7 +49,7 @@ class MemorayServer:
         return self._runtime
 
     def __serve_build_asgi_app__(self):
-        from serve.app import build_app_with
+        from memoray.serve.app import build_app_with
 
         return build_app_with(self.runtime, self.metrics)
 
@@ -61,9 +61,9 @@ def make_app(settings: Settings, store_id: str):
 
 def build_app(args: dict | None = None):
     """Application builder for Serve config files (`serve deploy`, KubeRay RayService):
-    import_path serve.deployment:build_app, with `args` holding Settings fields (or MEMORAY_*
-    env vars). Creates or joins the store's actors, then returns the bound app."""
-    from serve.topology import resolve_layout, start_actors
+    import_path memoray.serve.deployment:build_app, with `args` holding Settings fields (or
+    MEMORAY_* env vars). Creates or joins the store's actors, then returns the bound app."""
+    from memoray.serve.topology import resolve_layout, start_actors
 
     settings = Settings(**(args or {}))
     layout = resolve_layout(settings)

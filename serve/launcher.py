@@ -47,8 +47,8 @@ def serve_forever(settings: Settings) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from memoray.auth import TokenStore, check_bind
     from memoray.crypto import key_text_from_settings
-    from serve import startup
-    from serve.topology import resolve_layout, start_actors
+    from memoray.serve import startup
+    from memoray.serve.topology import resolve_layout, start_actors
 
     try:
         check_bind(settings.host, TokenStore(settings.resolved_tokens_file()).enabled,
@@ -63,8 +63,8 @@ def serve_forever(settings: Settings) -> int:
     import ray
     from ray import serve
 
-    from actors.names import NAMESPACE
-    from serve.deployment import make_app
+    from memoray.actors.names import NAMESPACE
+    from memoray.serve.deployment import make_app
 
     t0 = time.time()
     steps = startup.Steps()

@@ -8,9 +8,9 @@ from memoray.errors import ErrorCode, MemorayError, invalid, not_found
 from memoray.ids import is_valid_id
 from memoray.models import RetrievedMemory
 from memoray.records import Record
+from memoray.serve.request import Caller, UseCase
+from memoray.serve.retrieve import to_retrieved
 from memoray.timeutil import now as utc_now
-from serve.request import Caller, UseCase
-from serve.retrieve import to_retrieved
 
 
 def check_id(memory_id: str) -> None:

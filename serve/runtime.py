@@ -8,11 +8,11 @@ import asyncio
 import logging
 from typing import Any
 
-from actors.backend import Backend
-from actors.planner import QueryPlanner
+from memoray.actors.backend import Backend
+from memoray.actors.planner import QueryPlanner
+from memoray.serve.observability import Metrics
+from memoray.serve.service import MemoryService
 from memoray.settings import Settings
-from serve.observability import Metrics
-from serve.service import MemoryService
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ Backend's typed clients, so unit tests run all of it in process.
 
 from __future__ import annotations
 
-from serve.admin import Admin
-from serve.capture import Capture
-from serve.records import Records
-from serve.request import Caller
-from serve.retrieve import Retrieve, to_retrieved
+from memoray.serve.admin import Admin
+from memoray.serve.capture import Capture
+from memoray.serve.records import Records
+from memoray.serve.request import Caller
+from memoray.serve.retrieve import Retrieve, to_retrieved
 
 __all__ = ["Caller", "MemoryService", "to_retrieved"]
 

@@ -108,7 +108,7 @@ def write_run_file(path: Path, **fields: Any) -> None:
 
 def dashboard_url(data_dir: str) -> str:
     """The running server's dashboard (job API) URL, from its run.json. Used by the Makefile:
-    `python -m serve.startup DATA_DIR`."""
+    `python -m memoray.serve.startup DATA_DIR`."""
     run = Path(data_dir).expanduser() / "run.json"
     try:
         info = json.loads(run.read_text())

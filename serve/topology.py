@@ -7,14 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from actors.backend import Backend
-from actors.embedding_worker import embedder_actor_class
-from actors.expiry import ExpiryClient, expiry_actor_class
-from actors.names import NAMESPACE, ActorNames
-from actors.planner import PlannerClient, planner_actor_class
-from actors.rate_limiter import LimiterClient
-from actors.rate_limiter import create as create_limiter
-from actors.shard_client import ShardSet, shard_actor_class
+from memoray.actors.backend import Backend
+from memoray.actors.embedding_worker import embedder_actor_class
+from memoray.actors.expiry import ExpiryClient, expiry_actor_class
+from memoray.actors.names import NAMESPACE, ActorNames
+from memoray.actors.planner import PlannerClient, planner_actor_class
+from memoray.actors.rate_limiter import LimiterClient
+from memoray.actors.rate_limiter import create as create_limiter
+from memoray.actors.shard_client import ShardSet, shard_actor_class
 from memoray.crypto import key_text_from_settings
 from memoray.embedding import DIM
 from memoray.layout import Layout, open_layout
@@ -77,7 +77,7 @@ def start_actors(settings: Settings, layout: Layout, progress: Any = None) -> To
         interval_s=settings.expiry_interval_s)
     # Wait for recovery: a shard answers health only once its LMDB is replayed.
     if progress is not None:
-        from serve.startup import wait_for_actors
+        from memoray.serve.startup import wait_for_actors
 
         wait_for_actors(shard_handles, embed_handles, [planner, expiry], progress, ray)
     else:

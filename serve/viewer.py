@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from memoray.auth import authenticate, is_loopback
 from memoray.errors import ErrorCode, MemorayError, invalid
-from serve import browse
+from memoray.serve import browse
 
 WEB = resources.files("memoray") / "web"
 ASSETS = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
@@ -72,7 +72,7 @@ def register_viewer(app: FastAPI, get_runtime: Callable[[], Awaitable[Any]]) -> 
 
     async def caller_for(request: Request, tool: str, mutating: bool = False):
         """Authenticate (the use cases then authorize, rate-limit under `tool`, and audit)."""
-        from serve.request import Caller
+        from memoray.serve.request import Caller
 
         rt = await get_runtime()
         tokens_on = rt.tokens.enabled
@@ -85,13 +85,20 @@ def register_viewer(app: FastAPI, get_runtime: Callable[[], Awaitable[Any]]) -> 
             raise MemorayError(ErrorCode.FORBIDDEN, "missing X-Memoray-Client header")
         try:
             principal = authenticate(rt.tokens, request.headers.get("authorization"))
+            if principal.token_id is None and not (is_loopback(rt.settings.host)
+                                                   or rt.settings.insecure):
+                # As at /mcp: a store bound beyond loopback without tokens stays closed.
+                raise MemorayError(ErrorCode.UNAUTHORIZED,
+                                   "this server is bound beyond loopback and has no tokens")
         except MemorayError as err:
             await rt.audit.append("anonymous", tool, outcome="denied", code=err.code.value,
                                   detail=err.message)
             raise
         session = request.headers.get("x-memoray-session")
+        bound = principal.token_id is not None  # with tokens, the agent is the token's
         caller = Caller(principal=principal, request_id=uuid.uuid4().hex[:16], tool=tool,
-                        session=session)
+                        session=session, agent_id=principal.agent if bound else None,
+                        agent_bound=bound)
         return rt, caller
 
     async def answer(fn: Callable[[], Awaitable[Any]]) -> Response:
@@ -172,7 +179,7 @@ def register_viewer(app: FastAPI, get_runtime: Callable[[], Awaitable[Any]]) -> 
             mode = q.get("mode") or "hybrid"
             if mode not in ("hybrid", "vector", "lexical"):
                 raise invalid("mode: one of hybrid, vector, lexical")
-            from serve.retrieve import check_query
+            from memoray.serve.retrieve import check_query
 
             check_query(query)
             filters = _facets(q)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from actors.backend import Backend
-from actors.embedding_worker import MicroBatcher
-from actors.expiry import ExpiryClient, ExpiryWorker
-from actors.shard import ShardCore
+from memoray.actors.backend import Backend
+from memoray.actors.embedding_worker import MicroBatcher
+from memoray.actors.expiry import ExpiryClient, ExpiryWorker
+from memoray.actors.shard import ShardCore
 from memoray.auth import LOCAL_PRINCIPAL, Principal
 from memoray.embedding import HashEmbedder
 from memoray.models import CaptureItem
 from memoray.redaction import Redactor
+from memoray.serve.service import Caller, MemoryService
 from memoray.settings import Settings
-from serve.service import Caller, MemoryService
 
 
 def make_service(tmp: Path, *, shards: int = 2, embedder=None, policies=None,

@@ -10,7 +10,7 @@ import pytest
 
 from memoray.auth import Principal
 from memoray.errors import MemorayError
-from serve import browse
+from memoray.serve import browse
 from tests.service_harness import caller, item, make_service
 
 

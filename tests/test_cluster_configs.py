@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from serve.observability import Metrics
+from memoray.serve.observability import Metrics
 
 CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
 

@@ -17,24 +17,26 @@ FOLDERS = {"memoray": "core", "actors": "actors", "serve": "serve", "cluster": "
 
 # layer -> layers it must never import
 FORBIDDEN = {
-    "core": {"actors", "serve", "cluster", "ray"},
-    "actors": {"serve", "cluster"},
-    "cluster": {"serve"},
-    "serve": {"cluster"},
+    "core": {"actors", "serve", "cluster", "ray", "bare"},
+    "actors": {"serve", "cluster", "bare"},
+    "cluster": {"serve", "bare"},
+    "serve": {"cluster", "bare"},
 }
 # (file, imported layer): lazy imports the design allows (`memoray serve` starts the server).
 ALLOWED_LAZY = {("memoray/cli.py", "serve")}
 
 
 def layer_of_import(name: str) -> str | None:
+    """The layer an import reaches, or "bare" for a top-level actors/serve/cluster import (the
+    folders are packages of memoray: a bare import would load a second copy of a module)."""
     parts = name.split(".")
     if parts[0] == "ray":
         return "ray"
     if parts[0] == "memoray":
-        return FOLDERS.get(parts[1], "core") if len(parts) > 1 and parts[1] in (
-            "actors", "serve", "cluster") else "core"
+        return parts[1] if len(parts) > 1 and parts[1] in ("actors", "serve", "cluster") else (
+            "core")
     if parts[0] in ("actors", "serve", "cluster"):
-        return parts[0]
+        return "bare"
     return None
 
 
@@ -72,16 +74,26 @@ def test_no_layer_is_crossed():
     assert violations() == []
 
 
+def test_tests_and_benchmarks_use_the_package_names():
+    bare = [f"{path.relative_to(ROOT)}:{line}: {module}"
+            for folder in ("tests", "benchmarks") for path in sorted((ROOT / folder).rglob("*.py"))
+            for module, line, _ in imports(path) if layer_of_import(module) == "bare"]
+    assert bare == []
+
+
 def test_the_check_catches_a_forbidden_import(tmp_path):
     """The rule itself: a core module importing the server, or an actor importing serve, fails."""
     for folder in FOLDERS:
         (tmp_path / folder).mkdir()
-    (tmp_path / "memoray" / "bad.py").write_text("def f():\n    from serve import app\n")
-    (tmp_path / "actors" / "bad.py").write_text("import serve.request\n")
-    (tmp_path / "cluster" / "ok.py").write_text("from actors.shard_client import ShardSet\n")
+    (tmp_path / "memoray" / "bad.py").write_text("def f():\n    from memoray.serve import app\n")
+    (tmp_path / "actors" / "bad.py").write_text("import memoray.serve.request\n")
+    (tmp_path / "cluster" / "ok.py").write_text(
+        "from memoray.actors.shard_client import ShardSet\n")
+    (tmp_path / "cluster" / "bare.py").write_text("from actors.shard import ShardCore\n")
     (tmp_path / "memoray" / "worse.py").write_text("import ray\n")
     assert sorted(violations(tmp_path)) == [
-        "actors/bad.py:1: actors imports serve.request (serve)",
-        "memoray/bad.py:2: core imports serve (serve)",
+        "actors/bad.py:1: actors imports memoray.serve.request (serve)",
+        "cluster/bare.py:1: cluster imports actors.shard (bare)",
+        "memoray/bad.py:2: core imports memoray.serve (serve)",
         "memoray/worse.py:1: core imports ray (ray)",
     ]

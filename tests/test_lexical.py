@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memoray import lexical
-from memoray.lexical import B, K1, LexicalIndex, normalize, tokenize
+from memoray.lexical import K1, B, LexicalIndex, normalize, tokenize
 
 # A small coding-agent memory: decisions, commands, edits, errors, with near-miss distractors.
 CORPUS: dict[int, str] = {

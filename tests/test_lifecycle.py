@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from actors.expiry import read_archive
-from actors.shard import ShardCore
-from actors.shard_search import SearchRequest
+from memoray.actors.expiry import read_archive
+from memoray.actors.shard import ShardCore
+from memoray.actors.shard_search import SearchRequest
 from memoray.embedding import HashEmbedder
 from memoray.errors import MemorayError
 from memoray.ids import new_id

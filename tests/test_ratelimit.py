@@ -346,7 +346,7 @@ def test_two_replicas_stay_within_limit_plus_tolerance(seed):
 
 def test_limiter_client_serves_lease_client():
     """The typed limiter client (the same one replicas use over the actor) drives a LeaseClient."""
-    from actors.rate_limiter import LimiterClient, create
+    from memoray.actors.rate_limiter import LimiterClient, create
 
     sw = SlidingWindow({"workspace": Limit(10, 60.0)})
 

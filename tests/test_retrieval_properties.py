@@ -21,9 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.shard import ShardCore
-from actors.shard_search import ANN, ANN_ADAPTIVE, EXACT, SearchRequest
 from memoray import filters as flt
+from memoray.actors.shard import ShardCore
+from memoray.actors.shard_search import ANN, ANN_ADAPTIVE, EXACT, SearchRequest
 from memoray.ids import new_id, shard_for
 from memoray.timeutil import to_iso
 

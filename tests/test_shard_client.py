@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 
-
-from actors.backend import Backend
-from actors.embedding_worker import MicroBatcher
-from actors.shard import ShardCore
-from actors.shard_client import ShardClient, ShardSet
+from memoray.actors.backend import Backend
+from memoray.actors.embedding_worker import MicroBatcher
+from memoray.actors.shard import ShardCore
+from memoray.actors.shard_client import ShardClient, ShardSet
 from memoray.crypto import Keyring, generate_key, is_sealed
 from memoray.embedding import HashEmbedder
+from memoray.serve.service import MemoryService
 from memoray.settings import Settings
-from serve.service import MemoryService
 from tests.service_harness import caller, item
 
 # ShardCore methods a caller never reaches through a client: used in process only.

@@ -1,6 +1,7 @@
 """Hot backup of every shard: LMDB's consistent compacted copy, taken while serving.
 
-    ray job submit --working-dir . -- python -m cluster.jobs.backup --dest /backups/2026-11-21
+    ray job submit --working-dir . -- \
+        python -m memoray.cluster.jobs.backup --dest /backups/2026-11-21
 
 Writes DEST/shards/NNN/lmdb/ and DEST/manifest.json. To restore, stop the server and copy each
 DEST/shards/NNN/lmdb over DATA_DIR/shards/NNN/lmdb (indexes are rebuilt from LMDB at start).
@@ -15,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from cluster.jobs.common import connect, store_shards
+from memoray.cluster.jobs.common import connect, store_shards
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -34,8 +34,8 @@ def _run_info(data_dir: str) -> dict:
 
 def store_embedders(ray, data_dir: str):
     """The running store's embedding workers (an EmbedderPool)."""
-    from actors.embedding_worker import EmbedderPool
-    from actors.names import NAMESPACE, ActorNames
+    from memoray.actors.embedding_worker import EmbedderPool
+    from memoray.actors.names import NAMESPACE, ActorNames
 
     run = _run_info(data_dir)
     names = ActorNames(run["store_id"])
@@ -53,8 +53,8 @@ def store_embedders(ray, data_dir: str):
 def store_shards(ray, data_dir: str):
     """The running store's shards (a ShardSet), found by the store id and shard count the
     server wrote to DATA_DIR/run.json."""
-    from actors.names import NAMESPACE, ActorNames
-    from actors.shard_client import ShardSet
+    from memoray.actors.names import NAMESPACE, ActorNames
+    from memoray.actors.shard_client import ShardSet
 
     run = _run_info(data_dir)
     names = ActorNames(run["store_id"])

@@ -1,7 +1,7 @@
 """Batch reindex: re-embed every memory and rebuild every shard's vector graph, online.
 
-    ray job submit --working-dir . -- python -m cluster.jobs.reindex
-    python -m cluster.jobs.reindex --address <gcs address>      # as a plain driver
+    ray job submit --working-dir . -- python -m memoray.cluster.jobs.reindex
+    python -m memoray.cluster.jobs.reindex --address <gcs address>      # as a plain driver
 
 Records are read from each shard in id order (pages of --batch), embedded by the cluster's
 EmbeddingWorkers (micro-batched, on GPUs when they have them), and written back under the same
@@ -16,9 +16,9 @@ import asyncio
 import json
 import time
 
-from actors.embedding_worker import EmbedderPool
-from actors.shard_client import ShardSet
-from cluster.jobs.common import Progress, connect, store_embedders, store_shards
+from memoray.actors.embedding_worker import EmbedderPool
+from memoray.actors.shard_client import ShardSet
+from memoray.cluster.jobs.common import Progress, connect, store_embedders, store_shards
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -52,7 +52,7 @@ def test_reindex_and_backup_jobs(server, tmp_path):
                 for i in range(120)])
     asyncio.run(seed())
 
-    res = submit(server, "cluster.jobs.reindex", "--data-dir", str(server.data_dir),
+    res = submit(server, "memoray.cluster.jobs.reindex", "--data-dir", str(server.data_dir),
                  "--batch", "50")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     report = last_json(res.stdout)
@@ -65,12 +65,12 @@ def test_reindex_and_backup_jobs(server, tmp_path):
     assert asyncio.run(search())["count"] == 100  # nothing duplicated, nothing lost
 
     dest = tmp_path / "backup"
-    res = submit(server, "cluster.jobs.backup", "--data-dir", str(server.data_dir),
+    res = submit(server, "memoray.cluster.jobs.backup", "--data-dir", str(server.data_dir),
                  "--dest", str(dest))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     manifest = json.loads((dest / "manifest.json").read_text())
     assert manifest["records"] == 120
     assert all((dest / "shards" / f"{i:03d}" / "lmdb" / "data.mdb").exists() for i in range(2))
-    again = submit(server, "cluster.jobs.backup", "--data-dir", str(server.data_dir),
+    again = submit(server, "memoray.cluster.jobs.backup", "--data-dir", str(server.data_dir),
                    "--dest", str(dest))
     assert again.returncode != 0 and "not empty" in again.stdout + again.stderr

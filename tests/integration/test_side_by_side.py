@@ -65,7 +65,7 @@ def test_two_servers_side_by_side(pair):
     assert "INFO" not in log and "GET /api" not in log, log
 
     # `make backup`'s discovery: the dashboard of the server that owns this data dir.
-    out = subprocess.run([sys.executable, "-m", "serve.startup", str(b.data_dir)],
+    out = subprocess.run([sys.executable, "-m", "memoray.serve.startup", str(b.data_dir)],
                          capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == rb["dashboard_url"]
