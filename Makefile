@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: install run test test-unit test-integration bench bench-core bench-hooks bench-locomo \
-        bench-planner bench-dedup bench-security reindex backup lint clean
+        bench-planner bench-dedup bench-security bench-audit reindex backup lint clean
 
 install: $(STAMP)
 
@@ -60,6 +60,9 @@ bench-dedup: install
 
 bench-security: install
 	$(BIN)/python -m benchmarks.bench_security
+
+bench-audit: install
+	$(BIN)/python -m benchmarks.bench_audit
 
 # Batch jobs against the running server (`make run` in another terminal).
 DATA_DIR ?= $(HOME)/.memoray
