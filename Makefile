@@ -10,8 +10,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install browser run test test-unit test-integration bench bench-core bench-hooks bench-locomo \
-        bench-planner bench-dedup bench-security reindex backup lint clean
+.PHONY: install browser run test test-unit test-integration bench bench-core bench-hooks \
+        bench-locomo bench-planner bench-dedup bench-security bench-audit reindex backup lint clean
 
 install: $(STAMP)
 
@@ -71,6 +71,9 @@ bench-dedup: install
 
 bench-security: install
 	$(BIN)/python -m benchmarks.bench_security
+
+bench-audit: install
+	$(BIN)/python -m benchmarks.bench_audit
 
 # Batch jobs against the running server (`make run` in another terminal): its dashboard (the
 # job API) is read from DATA_DIR/run.json, since it is not always on 8265.
