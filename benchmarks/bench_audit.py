@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "fsyncs": gc.groups}
     for name, r in out.items():
         rows.append([name, r["ms_per_batch"], r["entries_per_s"], r.get("fsyncs", n)])
-    log(fmt_table(["audit path", "ms per batch of %d" % args.batch, "entries/s", "fsyncs"],
+    log(fmt_table(["audit path", f"ms per batch of {args.batch}", "entries/s", "fsyncs"],
                   rows))
     path = save_json("bench_audit.json", {"batches": args.batches, "batch": args.batch, **out})
     log(f"saved {path}")
