@@ -290,6 +290,17 @@ class ShardCore:
             labels = labels[:limit]
         return [self.postings.row(int(label)) for label in labels]
 
+    def recent(self, node: Any, limit: int, before: tuple[float, str] | None = None
+               ) -> list[Record]:
+        """Full records matching a filter, newest first (the viewer's browse view), paged by a
+        (timestamp, id) cursor."""
+        labels = self.postings.newest(self.labels_matching(node), limit, before)
+        return [r for r in self.storage.get_by_labels(labels) if r is not None]
+
+    def day_counts(self, node: Any) -> dict[str, dict[str, int]]:
+        """Records per UTC day and event type matching a filter (no contents read)."""
+        return self.postings.day_counts(self.labels_matching(node))
+
     def search(self, req: SearchRequest) -> SearchResult:
         self._swap_if_rebuilt()
         return self.reader.run(req)

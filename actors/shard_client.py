@@ -58,6 +58,13 @@ class ShardClient(ActorClient[ShardCore]):
     async def select(self, node: Any, limit: int | None = None) -> list[Record]:
         return await self._call(ShardCore.select, node, limit)
 
+    async def recent(self, node: Any, limit: int,
+                     before: tuple[float, str] | None = None) -> list[Record]:
+        return await self._call(ShardCore.recent, node, limit, before)
+
+    async def day_counts(self, node: Any) -> dict[str, dict[str, int]]:
+        return await self._call(ShardCore.day_counts, node)
+
     async def search(self, req: SearchRequest) -> SearchResult:
         return await self._call(ShardCore.search, req)
 

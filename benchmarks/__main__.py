@@ -12,6 +12,7 @@ from benchmarks.common import log
 def main() -> None:
     quick = os.environ.get("MEMORAY_BENCH_QUICK") == "1"
     from benchmarks import (
+        bench_audit,
         bench_core,
         bench_dedup,
         bench_hooks_server,
@@ -31,6 +32,8 @@ def main() -> None:
             ["--n", "20000", "--out", "bench_planner_quick"] if quick else [])),
         ("locomo (issue 3)", lambda: locomo.main(
             ["--limit-conversations", "1", "--out", "locomo_quick"] if quick else [])),
+        ("audit group commit (issue 9)", lambda: bench_audit.main(
+            ["--batches", "5"] if quick else [])),
     ]
     for name, fn in steps:
         t0 = time.time()

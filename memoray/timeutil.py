@@ -20,7 +20,7 @@ def parse_iso(value: str | float | int | datetime, field: str = "timestamp") -> 
     if isinstance(value, bool):
         raise invalid(f"{field}: expected an ISO 8601 timestamp, got a boolean")
     if isinstance(value, (int, float)):
-        return _in_range(float(value), field, value)
+        return float(value)  # epoch seconds (filters check them for finiteness themselves)
     if isinstance(value, datetime):
         dt = value
     elif isinstance(value, str):

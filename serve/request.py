@@ -119,9 +119,11 @@ class UseCase:
         tenant's quota): to its workspace, or, when it names none, to every workspace the caller
         can read (so leaving the workspace out never doubles a budget); a caller of every
         workspace has its own bucket. The session is the capture's sessionId, else the header."""
-        if self.limiter is None or not self.settings.rate_limit_enabled:
+        from memoray.ratelimit import exempt, request_keys
+
+        if (self.limiter is None or not self.settings.rate_limit_enabled
+                or exempt(self.settings, caller.principal)):
             return
-        from memoray.ratelimit import request_keys
 
         if workspace is not None:
             targets: list[str | None] = [workspace]

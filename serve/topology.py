@@ -42,9 +42,9 @@ def resolve_layout(settings: Settings) -> Layout:
                        embedder=settings.embedder)
 
 
-def start_actors(settings: Settings, layout: Layout) -> Topology:
+def start_actors(settings: Settings, layout: Layout, progress: Any = None) -> Topology:
     """Get-or-create every actor of the store; waits until shards have recovered. Safe to call
-    twice (get_if_exists)."""
+    twice (get_if_exists). `progress(text)` hears each shard and embedder as it is ready."""
     import ray
 
     from memoray.redaction import Redactor
@@ -76,9 +76,14 @@ def start_actors(settings: Settings, layout: Layout) -> Topology:
         archive_dir=settings.resolved_data_dir() / "archive", redactor=Redactor(pii="redact"),
         interval_s=settings.expiry_interval_s)
     # Wait for recovery: a shard answers health only once its LMDB is replayed.
-    ray.get([s.health.remote() for s in shard_handles]
-            + [e.health.remote() for e in embed_handles]
-            + [planner.health.remote(), expiry.health.remote()], timeout=600)
+    if progress is not None:
+        from memoray.serve.startup import wait_for_actors
+
+        wait_for_actors(shard_handles, embed_handles, [planner, expiry], progress, ray)
+    else:
+        ray.get([s.health.remote() for s in shard_handles]
+                + [e.health.remote() for e in embed_handles]
+                + [planner.health.remote(), expiry.health.remote()], timeout=600)
     return Topology(names, Backend.remote(shard_handles, embed_handles), PlannerClient(planner),
                     LimiterClient(limiter), ExpiryClient(expiry))
 
