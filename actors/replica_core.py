@@ -1,0 +1,232 @@
+"""One replica of one shard: a ShardCore plus the replicated log that keeps replicas identical.
+
+The replicated log (LMDB database `rlog` in the shard's own environment) maps a sequence number
+to (epoch, op, payload) and carries the *full* op (records and vectors, ids, record bodies), so
+a lagging replica can replay it. An entry commits in the same LMDB transaction as the op's effect
+(ShardStorage.txn_extra), so "applied" and "logged" never disagree after a crash.
+
+Log matching as in Raft: an entry is identified by (seq, epoch); a replica appends seq N only if
+its entry N-1 carries the epoch the primary says it does, so equal (seq, epoch) implies equal
+prefixes. A replica whose last entry the primary does not hold (a fenced primary's unacknowledged
+tail) or whose gap the primary has trimmed is rebuilt by a full copy instead of an undo.
+
+On-disk format: meta `format` = 2 (v1 stores, written before replication, have no `rlog` and no
+`format`; they are migrated in place on open: the database is created and the version written).
+This module never imports ray: the Ray actor around it is actors/replication.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from actors.shard import ShardCore
+from actors.shard_storage import from_u64, u64
+from memoray.errors import ErrorCode, MemorayError
+
+FORMAT_VERSION = 2
+RLOG_KEEP = 200_000        # entries kept for catch-up; a replica further behind gets a full copy
+TRIM_EVERY = 5_000
+WRITE_OPS = ("put", "update_record", "delete", "purge")
+
+
+class Fenced(Exception):
+    """The sender's epoch is older than this replica's: it is a stale primary."""
+
+
+class NeedsResync(Exception):
+    """This replica cannot apply the entry in order (gap, divergence, or recovering)."""
+
+
+class ReplicaCore:
+    def __init__(self, shard_id: int, path: Path | str, dim: int, **shard_kwargs: Any):
+        self.shard_id = shard_id
+        self.path = Path(path)
+        self.dim = dim
+        self.shard_kwargs = shard_kwargs
+        self.lock = threading.RLock()
+        self._open()
+
+    # -- opening, format, migration -------------------------------------------------------------
+    def _open(self) -> None:
+        self.core = ShardCore(self.shard_id, self.path, self.dim, **self.shard_kwargs)
+        st = self.core.storage
+        self.rlog = st.env.open_db(b"rlog")
+        fmt = st.get_meta("format")
+        if fmt is None:  # a v1 store (or a new one): migrate in place
+            st.set_meta("format", FORMAT_VERSION)
+            self.migrated_from = 1 if st.seq else None
+        elif fmt > FORMAT_VERSION:
+            raise MemorayError(ErrorCode.UNAVAILABLE,
+                               f"shard {self.shard_id} has format {fmt}; this version reads "
+                               f"<= {FORMAT_VERSION}")
+        else:
+            self.migrated_from = None
+        if st.get_meta("copying"):  # a full copy was interrupted: the store is partial
+            self._wipe()
+            return
+        self.epoch = int(st.get_meta("epoch") or 0)
+        base = st.get_meta("rlog_base") or [0, 0]
+        self.base_seq, self.base_epoch = int(base[0]), int(base[1])
+        self.seq, self.last_epoch = self.base_seq, self.base_epoch
+        with st.env.begin() as txn:
+            cur = txn.cursor(db=self.rlog)
+            if cur.last():
+                self.seq = from_u64(cur.key())
+                self.last_epoch = msgpack.unpackb(cur.value())[0]
+
+    def _wipe(self) -> None:
+        self.core.storage.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.core = ShardCore(self.shard_id, self.path, self.dim, **self.shard_kwargs)
+        st = self.core.storage
+        self.rlog = st.env.open_db(b"rlog")
+        st.set_meta("format", FORMAT_VERSION)
+        self.migrated_from = None
+        self.epoch = 0
+        self.base_seq = self.base_epoch = self.seq = self.last_epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch > self.epoch:
+            self.core.storage.set_meta("epoch", epoch)
+            self.epoch = epoch
+
+    # -- the log ---------------------------------------------------------------------------------
+    def _seal(self, seq: int, op: str, payload: Any) -> bytes:
+        data = msgpack.packb([op, _pack_payload(op, payload)], use_bin_type=True)
+        return self.core.storage.sealer.seal(data, b"rlog:" + u64(seq))
+
+    def _unseal(self, seq: int, blob: bytes) -> tuple[str, Any]:
+        op, packed = msgpack.unpackb(self.core.storage.sealer.open(blob, b"rlog:" + u64(seq)),
+                                     raw=False)
+        return op, _unpack_payload(op, packed)
+
+    def epoch_at(self, seq: int) -> int | None:
+        if seq == self.base_seq:
+            return self.base_epoch
+        if seq < self.base_seq or seq > self.seq:
+            return None
+        with self.core.storage.env.begin() as txn:
+            raw = txn.get(u64(seq), db=self.rlog)
+        return None if raw is None else msgpack.unpackb(raw)[0]
+
+    def apply(self, seq: int, epoch: int, op: str, payload: Any) -> Any:
+        """Log entry `seq` and apply it, in one LMDB transaction. Callers hold self.lock."""
+        if op not in WRITE_OPS:
+            raise ValueError(f"not a write op: {op}")
+        if seq != self.seq + 1:
+            raise NeedsResync(f"entry {seq} after {self.seq}")
+        value = msgpack.packb([epoch, self._seal(seq, op, payload)], use_bin_type=True)
+        st = self.core.storage
+        st.txn_extra = lambda txn: txn.put(u64(seq), value, db=self.rlog)
+        try:
+            result = self._apply_op(op, payload)
+        finally:
+            st.txn_extra = None
+        self.seq, self.last_epoch = seq, epoch
+        if seq % TRIM_EVERY == 0:
+            self._trim()
+        return result
+
+    def _apply_op(self, op: str, payload: Any) -> Any:
+        core = self.core
+        if op == "put":
+            records, vectors = payload
+            return core.put(records, vectors)
+        if op == "update_record":
+            if core.storage.label_of(payload["id"]) is None:
+                # Replayed after the record's delete: nothing to update, but the entry is logged.
+                core.storage._write(lambda txn: None)
+                return None
+            return core.update_record(payload)
+        return core.delete(payload)  # delete and purge
+
+    def _trim(self) -> None:
+        upto = self.seq - RLOG_KEEP
+        if upto <= self.base_seq:
+            return
+        ep = self.epoch_at(upto)
+        st = self.core.storage
+
+        def tx(txn) -> None:
+            cur = txn.cursor(db=self.rlog)
+            while cur.first() and from_u64(cur.key()) <= upto:
+                cur.delete()
+            txn.put(b"m:rlog_base", msgpack.packb([upto, ep]), db=st.meta)
+
+        st._write(tx)
+        self.base_seq, self.base_epoch = upto, ep
+
+    def entries_after(self, seq: int, epoch: int, limit: int = 256) -> list | None:
+        """Entries after (seq, epoch) if the caller's log matches ours there, else None (the caller
+        needs a full copy). Entries: (seq, epoch, op, payload)."""
+        if seq > self.seq or seq < self.base_seq or self.epoch_at(seq) != epoch:
+            return None
+        out = []
+        with self.core.storage.env.begin() as txn:
+            cur = txn.cursor(db=self.rlog)
+            if not cur.set_range(u64(seq + 1)):
+                return out
+            for k, v in cur:
+                s = from_u64(k)
+                ep, blob = msgpack.unpackb(v)
+                op, payload = self._unseal(s, blob)
+                out.append((s, ep, op, payload))
+                if len(out) >= limit:
+                    break
+        return out
+
+    # -- full copy -------------------------------------------------------------------------------
+    def dump_page(self, after: str | None, limit: int = 256) -> tuple[list[dict], np.ndarray]:
+        """Records in id order after `after`, with their vectors (the source side of a copy)."""
+        st = self.core.storage
+        records = st.scan(after, limit)
+        vecs = [st.vector_of(st.label_of(r["id"])) for r in records]
+        mat = np.vstack(vecs) if vecs else np.empty((0, self.dim), np.float32)
+        return records, mat
+
+    def begin_copy(self) -> None:
+        """Drop everything local; mark the store partial until finish_copy."""
+        self._wipe()
+        self.core.storage.set_meta("copying", 1)
+
+    def copy_page(self, records: list[dict], vectors: np.ndarray) -> None:
+        if records:
+            self.core.put(records, vectors)
+
+    def finish_copy(self, seq: int, epoch: int, my_epoch: int) -> None:
+        st = self.core.storage
+        st.set_meta("rlog_base", [seq, epoch])
+        st.set_meta("epoch", my_epoch)
+        st.set_meta("copying", 0)
+        self.base_seq = self.seq = seq
+        self.base_epoch = self.last_epoch = epoch
+        self.epoch = my_epoch
+
+    def position(self) -> dict:
+        return {"seq": self.seq, "last_epoch": self.last_epoch, "epoch": self.epoch,
+                "records": len(self.core.postings)}
+
+    def close(self) -> None:
+        self.core.close()
+
+
+def _pack_payload(op: str, payload: Any) -> Any:
+    if op == "put":
+        records, vectors = payload
+        arr = np.ascontiguousarray(vectors, dtype=np.float32)
+        return [records, arr.tobytes(), arr.shape[1] if arr.ndim == 2 else 0]
+    return payload
+
+
+def _unpack_payload(op: str, packed: Any) -> Any:
+    if op == "put":
+        records, raw, dim = packed
+        arr = np.frombuffer(raw, np.float32).reshape(-1, dim) if dim else np.empty((0, 0))
+        return records, arr.copy()
+    return packed
