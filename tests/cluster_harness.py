@@ -26,12 +26,15 @@ from pathlib import Path
 from tests.server_process import ROOT, descendants, free_port
 
 # Fast failure detection: a killed node is declared dead in ~3 s instead of ~30 s.
+# Faster failure detection than Ray's ~30 s, with room for a loaded 2-core machine: a killed node
+# refuses connections, so it is declared dead after threshold x period (~10 s).
 FAST_HEALTH = {
-    "RAY_health_check_initial_delay_ms": "1000",
-    "RAY_health_check_period_ms": "1000",
-    "RAY_health_check_timeout_ms": "1000",
-    "RAY_health_check_failure_threshold": "3",
+    "RAY_health_check_initial_delay_ms": "2000",
+    "RAY_health_check_period_ms": "2000",
+    "RAY_health_check_timeout_ms": "5000",
+    "RAY_health_check_failure_threshold": "5",
 }
+STARTED = b"Ray runtime started."
 
 
 def can_run() -> str | None:
@@ -58,6 +61,7 @@ class Node:
     proc: subprocess.Popen | None = None
     ns: str | None = None           # mount-namespace id of the running node
     log: Path | None = None
+    log_offset: int = 0             # where this start's output begins in the (appended) log
 
 
 @dataclass
@@ -85,7 +89,15 @@ class LocalCluster:
                 "TRANSFORMERS_OFFLINE": "1", "HNSWLIB_NO_NATIVE": "1",
                 "PYTHONPATH": str(ROOT),
                 "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+                # `ray start` turns Ray's token auth on when ~/.ray/auth_token exists (another
+                # test may have made one): this cluster, its drivers and clients all go without.
+                "RAY_AUTH_MODE": "disabled",
                 **FAST_HEALTH, **self.env}
+
+    def client_env(self) -> dict[str, str]:
+        """What a driver (`memoray serve --address`, `serve deploy`) needs to join."""
+        env = self._env()
+        return {k: env[k] for k in ("RAY_AUTH_MODE", "PYTHONPATH", *FAST_HEALTH)}
 
     def _ports(self) -> list[str]:
         return ["--node-manager-port", str(free_port()),
@@ -105,6 +117,7 @@ class LocalCluster:
     def start_head(self, resources: dict[str, float] | None = None) -> Node:
         node = Node("head", self.data_path, resources or {})
         node.log = self.root / "head.log"
+        node.log_offset = node.log.stat().st_size if node.log.exists() else 0
         cmd = ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                "--port", str(self.gcs_port), "--ray-client-server-port", str(free_port()),
                "--include-dashboard", "false", "--dashboard-port", str(free_port()),
@@ -114,18 +127,32 @@ class LocalCluster:
         node.proc = subprocess.Popen(cmd, cwd=ROOT, env=self._env(), stdout=open(node.log, "ab"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.nodes["head"] = node
-        self._wait_nodes(1)
+        self._wait_started(node)
         return node
 
     def add_worker(self, name: str, resources: dict[str, float] | None = None,
-                   num_cpus: int | None = None) -> Node:
-        """Start (or restart, over the same private disk) a worker node in its own namespace."""
+                   num_cpus: int | None = None, attempts: int = 3) -> Node:
+        """Start (or restart, over the same private disk) a worker node in its own namespace.
+        A start that times out on a loaded machine (GCS deadline) is tried again."""
+        for attempt in range(attempts):
+            try:
+                return self._add_worker(name, resources, num_cpus)
+            except TimeoutError:
+                if attempt == attempts - 1:
+                    raise
+                if self.nodes.get(name) and self.nodes[name].proc is not None:
+                    self.kill_node(name)
+        raise AssertionError("unreachable")
+
+    def _add_worker(self, name: str, resources: dict[str, float] | None,
+                    num_cpus: int | None) -> Node:
         old = self.nodes.get(name)
         disk = old.disk if old else self.root / "disks" / name
         disk.mkdir(parents=True, exist_ok=True)
         node = Node(name, disk, resources if resources is not None else (
             old.resources if old else {}))
         node.log = self.root / f"{name}.log"
+        node.log_offset = node.log.stat().st_size if node.log.exists() else 0
         ray_cmd = " ".join([
             "exec", "ray", "start", "--block", "--address", self.address,
             "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus or self.num_cpus),
@@ -142,8 +169,20 @@ class LocalCluster:
             node.ns = _mnt_ns(node.proc.pid)
             time.sleep(0.05)
         self.nodes[name] = node
-        self._wait_nodes(sum(1 for n in self.nodes.values() if n.proc is not None))
+        self._wait_started(node)
         return node
+
+    def _wait_started(self, node: Node, timeout: float = 150) -> None:
+        """`ray start` prints STARTED once the node registered with the GCS."""
+        offset = node.log_offset
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if STARTED in node.log.read_bytes()[offset:]:
+                return
+            if node.proc.poll() is not None:
+                break
+            time.sleep(0.3)
+        raise TimeoutError(f"node {node.name} did not start:\n{self.tail()}")
 
     def _ns_pids(self, ns: str) -> list[int]:
         out = []
@@ -181,6 +220,7 @@ class LocalCluster:
         try:
             return int(out.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
+            self.last_error = out.stderr[-2000:]
             return -1
 
     def _wait_nodes(self, n: int, timeout: float = 90) -> None:
@@ -189,7 +229,8 @@ class LocalCluster:
             if self.alive_nodes() >= n:
                 return
             time.sleep(0.5)
-        raise TimeoutError(f"cluster did not reach {n} nodes:\n{self.tail()}")
+        raise TimeoutError(f"cluster did not reach {n} nodes:\n{self.tail()}\n"
+                           f"{getattr(self, 'last_error', '')}")
 
     def tail(self, n: int = 3000) -> str:
         parts = []
