@@ -114,13 +114,19 @@ class LocalCluster:
         return json.dumps(node.resources)
 
     # -- nodes ---------------------------------------------------------------------------------
-    def start_head(self, resources: dict[str, float] | None = None) -> Node:
+    def start_head(self, resources: dict[str, float] | None = None,
+                   dashboard: bool = False) -> Node:
+        """`dashboard`: Ray's dashboard (its REST API is what `serve deploy` talks to), on
+        `self.dashboard_url`."""
         node = Node("head", self.data_path, resources or {})
+        self.dashboard_port = free_port()
+        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
         node.log = self.root / "head.log"
         node.log_offset = node.log.stat().st_size if node.log.exists() else 0
         cmd = ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                "--port", str(self.gcs_port), "--ray-client-server-port", str(free_port()),
-               "--include-dashboard", "false", "--dashboard-port", str(free_port()),
+               "--include-dashboard", "true" if dashboard else "false",
+               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
                "--temp-dir", str(self.temp_dir), "--num-cpus", str(self.num_cpus),
                "--object-store-memory", str(200 * 1024**2),
                "--resources", self._resources(node), "--disable-usage-stats", *self._ports()]

@@ -28,7 +28,7 @@ NODES = {"head": {"memoray_node_head": 1000.0}, "w1": {"memoray_node_w1": 1000.0
 
 def controller_status(cluster: LocalCluster) -> dict:
     """The store controller's view (configs, unreachable replicas), read in a separate driver."""
-    store = json.loads((cluster.data_path / "memoray.json").read_text())["store_id"]
+    store = json.loads((cluster.data_path / "a" / "memoray.json").read_text())["store_id"]
     code = ("import ray,sys,json; ray.init(address=sys.argv[1], logging_level='ERROR');"
             "from actors.replication import namespace_for;"
             "c=ray.get_actor('controller', namespace=namespace_for(sys.argv[2]));"
@@ -55,7 +55,7 @@ def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
     c = LocalCluster(root, num_cpus=1)
     try:
-        c.start_head(NODES["head"])
+        c.start_head(NODES["head"], dashboard=True)
         c.add_worker("w1", NODES["w1"])
         c.add_worker("w2", NODES["w2"])
         yield c
@@ -67,9 +67,9 @@ def cluster(tmp_path_factory):
 def server(cluster):
     token_out = subprocess.run(
         [sys.executable, "-m", "memoray.cli", "token", "create", "--data-dir",
-         str(cluster.data_path), "--principal", "ci", "--workspaces", "*", "--scopes",
+         str(cluster.data_path / "a"), "--principal", "ci", "--workspaces", "*", "--scopes",
          "read,write,admin"], cwd=ROOT, capture_output=True, text=True, check=True)
-    srv = ServerProcess(cluster.data_path, shards=2, extra_args=[
+    srv = ServerProcess(cluster.data_path / "a", shards=2, extra_args=[
         "--address", cluster.address, "--replication", "2", "--replicas", "3"],
         env={**cluster.client_env(), "MEMORAY_PROXY_LOCATION": "HeadOnly", "MEMORAY_MAX_REPLICAS_PER_NODE": "1",
              "MEMORAY_RATE_LIMIT_ENABLED": "false", "MEMORAY_REPLACE_AFTER_S": "600",
@@ -106,6 +106,70 @@ async def all_found(url: str, token: str, ids: list[str]) -> list[str]:
             except ToolError as err:
                 missing.append(f"{mid}:{err.code}")
     return missing
+
+
+def cluster_query(cluster: LocalCluster, code: str) -> object:
+    """Run `code` (which prints one JSON line) in a fresh driver joined to the cluster."""
+    prog = ("import ray,sys,json; ray.init(address=sys.argv[1], logging_level='ERROR')\n"
+            + code)
+    out = subprocess.run([sys.executable, "-c", prog, cluster.address], env=cluster._env(),
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def token_cli(cluster: LocalCluster, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "memoray.cli", "token", *args, "--data-dir",
+                          str(cluster.data_path / "a")], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+
+
+async def outcome(url: str, token: str | None) -> str:
+    """'ok', or the refusal: UNAUTHORIZED as a tool error or an HTTP 401."""
+    try:
+        async with mcp_client(url, token) as c:
+            await c.call("memory-stats")
+            return "ok"
+    except ToolError as err:
+        return err.code
+    except Exception as exc:  # wrapped in task groups, or an HTTP 401 from the transport
+        leaves, todo = [], [exc]
+        while todo:
+            e = todo.pop()
+            todo.extend(getattr(e, "exceptions", ()))
+            leaves.append(e)
+        for e in leaves:
+            if isinstance(e, ToolError):
+                return e.code
+        text = "".join(repr(e) for e in leaves)
+        return "UNAUTHORIZED" if "401" in text else f"error:{text[:300]}"
+
+
+async def outcomes(url: str, token: str | None, n: int = 12) -> list[str]:
+    return [await outcome(url, token) for _ in range(n)]
+
+
+def test_tokens_are_enforced_by_replicas_on_every_node(cluster, server):
+    url = server.mcp_url
+    nodes = cluster_query(cluster, (
+        "from ray.util.state import list_actors\n"
+        "a=list_actors(address=sys.argv[1], filters=[('state','=','ALIVE')], limit=1000)\n"
+        "print(json.dumps(sorted({x.node_id for x in a "
+        "if x.class_name.startswith('ServeReplica:memoray')})))"))
+    assert len(nodes) == 3, nodes   # one MCP replica on each node, each must enforce tokens
+    assert set(asyncio.run(outcomes(url, None))) == {"UNAUTHORIZED"}
+    assert set(asyncio.run(outcomes(url, server.token))) == {"ok"}
+    # A token created while running works everywhere within the documented 2 s...
+    fresh = token_cli(cluster, "create", "--principal", "late", "--workspaces", "*",
+                      "--scopes", "read")
+    time.sleep(3.0)
+    assert set(asyncio.run(outcomes(url, fresh))) == {"ok"}
+    # ...and once revoked it is refused everywhere within the same time.
+    token_cli(cluster, "revoke", fresh)
+    time.sleep(3.0)
+    assert set(asyncio.run(outcomes(url, fresh))) == {"UNAUTHORIZED"}
+    assert set(asyncio.run(outcomes(url, server.token, 4))) == {"ok"}
 
 
 def test_node_loss_and_return_with_replication_2(cluster, server):
@@ -171,3 +235,82 @@ def test_node_loss_and_return_with_replication_2(cluster, server):
     assert total == len(kept), stats
     cluster.add_worker("w2")
     wait_in_sync(cluster, 2)
+
+
+def test_serve_deploy_of_the_repo_config_and_two_stores_never_share_an_actor(cluster, server):
+    """`serve deploy cluster/serve-config.yaml` (what KubeRay's serveConfigV2 takes), changed only
+    where this machine differs (paths, ports, no GPU, the hash embedder), for a second store on
+    the same cluster as the first."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "cluster" / "serve-config.yaml").read_text())
+    app = config["applications"][0]
+    assert app["import_path"] == "serve.deployment:build_app"
+    config["proxy_location"] = "HeadOnly"   # every node shares this host's ports
+    config["http_options"] = {"host": "127.0.0.1", "port": server.port}
+    app["args"].update(data_dir=str(cluster.data_path / "b"), shards=2, embedder="hash",
+                       embedding_gpus=0, embedding_workers=1, rate_limit_enabled=False)
+    assert app["args"]["replication"] == 2
+    app["deployments"][0]["autoscaling_config"].update(min_replicas=1, max_replicas=2)
+    path = cluster.root / "serve-config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**__import__("os").environ, **cluster.client_env()}
+    res = subprocess.run([str(ROOT / ".venv" / "bin" / "serve"), "deploy", str(path), "-a",
+                          cluster.dashboard_url], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=180)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    deadline = time.time() + 300
+    status = ""
+    while time.time() < deadline:
+        status = subprocess.run([str(ROOT / ".venv" / "bin" / "serve"), "status", "-a",
+                                 cluster.dashboard_url], env=env, capture_output=True,
+                                text=True, timeout=60).stdout
+        if "status: RUNNING" in status and "DEPLOY_FAILED" not in status:
+            break
+        assert "DEPLOY_FAILED" not in status, status
+        time.sleep(2)
+    assert "status: RUNNING" in status, status
+
+    async def use_b():
+        async with mcp_client(server.mcp_url) as c:   # store b has no tokens: open on loopback
+            ids = [(await c.call("capture-memory", content=f"store b memory {i}",
+                                 workspaceId="b"))["ids"][0] for i in range(5)]
+            found = [(await c.call("get-memory", id=i))["id"] for i in ids]
+            stats = await c.call("memory-stats")
+            return ids, found, stats
+
+    ids, found, stats = asyncio.run(use_b())
+    assert found == ids
+    assert stats["total"] == 5, stats      # store a's records are not here: no shared shard
+    layouts = {s: json.loads((cluster.data_path / s / "memoray.json").read_text())
+               for s in ("a", "b")}
+    assert layouts["a"]["store_id"] != layouts["b"]["store_id"]
+    by_ns = cluster_query(cluster, (
+        "from ray.util.state import list_actors\n"
+        "a=list_actors(address=sys.argv[1], filters=[('state','=','ALIVE')], limit=2000, detail=True)\n"
+        "out={}\n"
+        "[out.setdefault(x.ray_namespace or '', []).append([x.actor_id, x.name]) for x in a]\n"
+        "print(json.dumps(out))"))
+    from actors.replication import namespace_for
+
+    ns_a, ns_b = (namespace_for(layouts[s]["store_id"]) for s in ("a", "b"))
+    a_ids = {x[0] for x in by_ns.get(ns_a, [])}
+    b_ids = {x[0] for x in by_ns.get(ns_b, [])}
+    b_names = {x[1] for x in by_ns.get(ns_b, [])}
+    assert {"controller", "shard-0@head", "planner", "expiry"} <= b_names, b_names
+    assert a_ids and b_ids and not (a_ids & b_ids)
+
+
+def test_a_clean_stop_stops_every_actor_the_store_started(cluster, server):
+    from actors.replication import namespace_for
+
+    store = json.loads((cluster.data_path / "a" / "memoray.json").read_text())["store_id"]
+    server.stop()
+    alive = cluster_query(cluster, (
+        "from ray.util.state import list_actors\n"
+        f"a=list_actors(address=sys.argv[1], filters=[('state','=','ALIVE'),('ray_namespace','=','{namespace_for(store)}')],"
+        " limit=2000, detail=True)\n"
+        "print(json.dumps([x.name for x in a]))"))
+    assert alive == []
+    # The data stays: every shard's store is still on its nodes' disks.
+    assert (cluster.data_path / "a" / "shards" / "000" / "lmdb").exists()
