@@ -1,45 +1,26 @@
-"""Starting a store in cluster mode: the layout on the head, then the store's actors, all in a
-namespace scoped by the store's identity (so two stores on one cluster never share an actor),
+"""Starting a store in cluster mode: the layout on the head, then the store's actors, named by
+the store's identity (actors/names.py, so two stores on one cluster never share an actor),
 all detached (so they outlive `serve deploy`'s builder) and all stopped by `stop_store`."""
 
 from __future__ import annotations
 
-import json
-import uuid
 from typing import Any
 
+from actors.names import NAMESPACE, ActorNames
 from memoray.embedding import DIM
 from memoray.errors import ErrorCode, MemorayError
 from memoray.settings import Settings
 
-LAYOUT_FILE = "memoray.json"
 
+def head_layout(settings_json: str) -> dict:
+    """Read (or create, or migrate) the store's layout on this node's disk (the head's)."""
+    from dataclasses import asdict
 
-def ensure_layout(settings_json: str) -> dict:
-    """Read (or create) the store's layout on this node's disk; give a pre-cluster layout its
-    store id in place. A store keeps its shard count and embedder."""
+    from memoray.layout import open_layout
+
     settings = Settings.model_validate_json(settings_json)
-    data = settings.resolved_data_dir()
-    data.mkdir(parents=True, exist_ok=True)
-    path = data / LAYOUT_FILE
-    if path.exists():
-        have = json.loads(path.read_text())
-        if have.get("shards") != settings.shards:
-            raise MemorayError(ErrorCode.INVALID_INPUT,
-                               f"{data} was created with {have.get('shards')} shards; start with "
-                               f"--shards {have.get('shards')} (resharding is a reindex job)")
-        if have.get("embedder") != settings.embedder:
-            raise MemorayError(ErrorCode.INVALID_INPUT,
-                               f"{data} holds {have.get('embedder')} embeddings; start with "
-                               f"--embedder {have.get('embedder')} or reindex")
-        if not have.get("store_id"):
-            have["store_id"] = uuid.uuid4().hex
-            path.write_text(json.dumps(have))
-        return have
-    layout = {"shards": settings.shards, "dim": DIM, "embedder": settings.embedder,
-              "store_id": uuid.uuid4().hex}
-    path.write_text(json.dumps(layout))
-    return layout
+    return asdict(open_layout(settings.resolved_data_dir(), shards=settings.shards, dim=DIM,
+                              embedder=settings.embedder))
 
 
 def head_node_id() -> str:
@@ -57,66 +38,69 @@ def on_head():
     return NodeAffinitySchedulingStrategy(node_id=head_node_id(), soft=False)
 
 
-def start_store(settings: Settings, timeout: float = 600) -> dict[str, Any]:
-    """Get-or-create the store's actors; returns settings (with store_id) and handles."""
+def resolve_layout_on_head(settings: Settings) -> dict:
+    """The layout lives with the cluster-wide state on the head, wherever this runs (a Serve
+    builder may run on any node)."""
     import ray
 
-    from actors import embedding_worker, expiry, planner, rate_limiter
-    from actors.controller import controller_class
-    from actors.replication import namespace_for
-
-    layout = ray.get(ray.remote(num_cpus=0)(ensure_layout).options(
+    return ray.get(ray.remote(num_cpus=0)(head_layout).options(
         scheduling_strategy=on_head()).remote(settings.model_dump_json()), timeout=120)
-    settings = settings.model_copy(update={"store_id": layout["store_id"], "cluster": True})
-    ns = namespace_for(layout["store_id"])
-    sj = settings.model_dump_json()
+
+
+def start_store(settings: Settings, layout: dict, timeout: float = 600) -> dict[str, Any]:
+    """Get-or-create the store's actors: the controller (which starts the shard replicas), then
+    embedders, planner, limiter and expiry worker. Returns their handles."""
+    import ray
+
+    from actors.controller import controller_class
+    from actors.embedding_worker import embedder_actor_class
+    from actors.expiry import expiry_actor_class
+    from actors.planner import planner_actor_class
+    from actors.rate_limiter import create as create_limiter
+    from actors.replication import replicated_shards
+    from memoray.redaction import Redactor
+
+    names = ActorNames(layout["store_id"])
+    detached = {"namespace": NAMESPACE, "get_if_exists": True, "lifetime": "detached"}
     controller = controller_class().options(
-        name="controller", namespace=ns, get_if_exists=True, lifetime="detached",
-        scheduling_strategy=on_head()).remote(sj, layout)
+        name=names.controller, scheduling_strategy=on_head(), **detached).remote(
+        settings.model_dump_json(), layout)
     ray.get(controller.start.remote(), timeout=timeout)
-    Embedder = embedding_worker.actor_class()
-    embedders = [Embedder.options(name=f"embedder-{i}", namespace=ns, get_if_exists=True,
-                                  lifetime="detached", num_gpus=settings.embedding_gpus,
-                                  num_cpus=0).remote(settings.embedder)
-                 for i in range(settings.embedding_workers)]
-    plan = planner.actor_class().options(name="planner", namespace=ns, get_if_exists=True,
-                                         lifetime="detached").remote(settings.shards, ns)
-    limiter = rate_limiter.create(settings, name="rate-limiter", namespace=ns,
-                                  lifetime="detached")
-    expiry_worker = expiry.actor_class().options(
-        name="expiry", namespace=ns, get_if_exists=True, lifetime="detached",
-        scheduling_strategy=on_head()).remote(  # archives go to the head's disk
-        settings.shards, ns, sj)
-    ray.get([e.health.remote() for e in embedders] + [plan.health.remote(),
-                                                      expiry_worker.health.remote()],
-            timeout=timeout)
-    return {"settings": settings, "namespace": ns, "controller": controller,
-            "embedders": embedders, "planner": plan, "limiter": limiter,
-            "expiry": expiry_worker}
+    shards = replicated_shards(layout["store_id"], settings.shards)
+    embedders = [embedder_actor_class().options(
+        name=names.embedder(i), num_gpus=settings.embedding_gpus, num_cpus=0, **detached)
+        .remote(settings.embedder) for i in range(settings.embedding_workers)]
+    planner = planner_actor_class().options(name=names.planner, **detached).remote(shards)
+    limiter = create_limiter(settings, name=names.limiter, namespace=NAMESPACE,
+                             lifetime="detached")
+    expiry = expiry_actor_class().options(
+        name=names.expiry, scheduling_strategy=on_head(), **detached).remote(  # archives: head
+        shards, policies=settings.retention_policies,
+        archive_dir=settings.resolved_data_dir() / "archive", redactor=Redactor(pii="redact"),
+        interval_s=settings.expiry_interval_s)
+    ray.get([e.health.remote() for e in embedders]
+            + [planner.health.remote(), expiry.health.remote()], timeout=timeout)
+    return {"controller": controller, "embedders": embedders, "planner": planner,
+            "limiter": limiter, "expiry": expiry, "shards": shards}
 
 
-STORE_ACTORS = ("planner", "rate-limiter", "expiry")
-
-
-def stop_store(settings: Settings) -> int:
+def stop_store(settings: Settings, store_id: str) -> int:
     """Stop every actor the store started (replicas first, after closing their LMDB cleanly);
     the data stays on the nodes' disks. Returns how many actors were stopped."""
     import ray
 
-    from actors.replication import namespace_for
-
-    ns = namespace_for(settings.store_id or "")
+    names = ActorNames(store_id)
     n = 0
     try:
-        controller = ray.get_actor("controller", namespace=ns)
-    except ValueError:
-        controller = None
-    if controller is not None:
+        controller = ray.get_actor(names.controller, namespace=NAMESPACE)
         n += ray.get(controller.stop_replicas.remote(), timeout=120)
-    names = [*STORE_ACTORS, *[f"embedder-{i}" for i in range(settings.embedding_workers)]]
-    for name in names + ["controller"]:
+    except ValueError:
+        pass
+    others = [names.planner, names.limiter, names.expiry, names.controller,
+              *[names.embedder(i) for i in range(settings.embedding_workers)]]
+    for name in others:
         try:
-            ray.kill(ray.get_actor(name, namespace=ns), no_restart=True)
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
             n += 1
         except ValueError:
             pass

@@ -28,13 +28,8 @@ from typing import Any
 import lmdb
 import msgpack
 
-from actors.replication import (
-    namespace_for,
-    node_resource,
-    replica_actor_class,
-    replica_name,
-    storage_nodes,
-)
+from actors.names import NAMESPACE, ActorNames
+from actors.replication import node_resource, replica_actor_class, storage_nodes
 from memoray.errors import ErrorCode, MemorayError
 
 log = logging.getLogger(__name__)
@@ -87,7 +82,7 @@ def controller_class():
 
             self.settings = Settings.model_validate_json(settings_json)
             self.layout = layout
-            self.namespace = namespace_for(layout["store_id"])
+            self.names = ActorNames(layout["store_id"])
             data = self.settings.resolved_data_dir()
             self.system = SystemStore(data / "system")
             self.token_store = TokenStore(self.settings.resolved_tokens_file())
@@ -136,16 +131,16 @@ def controller_class():
             return {"shards": len(self.configs), "configs": self.configs}
 
         def _replica(self, shard: int, node: str):
-            name = replica_name(shard, node)
+            name = self.names.replica(shard, node)
             h = self.handles.get(name)
             if h is None:
                 opts = _shard_options(self.settings)
                 h = replica_actor_class().options(
-                    name=name, namespace=self.namespace, get_if_exists=True,
+                    name=name, namespace=NAMESPACE, get_if_exists=True,
                     lifetime="detached", resources={node_resource(node): 0.001},
                 ).remote(shard, node, str(self.settings.resolved_data_dir() / "shards"
                                          / f"{shard:03d}"), self.layout["dim"], opts,
-                         self.namespace)
+                         self.layout["store_id"])
                 self.handles[name] = h
             return h
 
@@ -185,7 +180,7 @@ def controller_class():
                 if member not in cfg["members"]:
                     return None
                 isr = cfg["isr"] + ([member] if member not in cfg["isr"] else [])
-                self.unreachable.pop(replica_name(shard, member), None)
+                self.unreachable.pop(self.names.replica(shard, member), None)
                 return self._save(shard, {**cfg, "epoch": epoch + 1, "isr": isr})
 
         def primary_failed(self, shard: int, epoch: int) -> dict:
@@ -246,7 +241,7 @@ def controller_class():
                 configs = dict(self.configs)
             for shard, cfg in configs.items():
                 for node in cfg["members"]:
-                    name = replica_name(shard, node)
+                    name = self.names.replica(shard, node)
                     ref = self.pending.get(name)
                     if ref is None:
                         self.pending[name] = self._replica(shard, node).ping.remote()
@@ -292,7 +287,7 @@ def controller_class():
                 members = [new_node if m == lost else m for m in cfg["members"]]
                 self._save(shard, {**cfg, "epoch": cfg["epoch"] + 1, "members": members,
                                    "isr": [m for m in cfg["isr"] if m != lost]})
-                name = replica_name(shard, lost)
+                name = self.names.replica(shard, lost)
                 h = self.handles.pop(name, None)
                 self.pending.pop(name, None)
                 self.unreachable.pop(name, None)
@@ -314,10 +309,9 @@ def controller_class():
                 return None
             return version, entries
 
-        def audit_append(self, entries: list[dict]) -> int:
-            for e in entries:
-                self.audit.append(**e)
-            return len(entries)
+        def audit_append(self, entries: list[dict]) -> list[dict]:
+            """Entries built (and redacted) by a replica, appended durably before returning."""
+            return self.audit.append_many(entries)
 
         def audit_read(self, limit: int = 50, principal: str | None = None,
                        action: str | None = None, since: Any = None) -> list[dict]:
@@ -338,7 +332,7 @@ def controller_class():
                 for i, cfg in self.configs.items():
                     for node in cfg["members"]:
                         try:
-                            h = ray.get_actor(replica_name(i, node), namespace=self.namespace)
+                            h = ray.get_actor(self.names.replica(i, node), namespace=NAMESPACE)
                         except ValueError:
                             continue
                         try:
@@ -354,13 +348,8 @@ def controller_class():
 
 
 def _shard_options(settings) -> dict:
-    from pathlib import Path as _P
+    from memoray.crypto import key_text_from_settings
 
-    opts = {"map_size": settings.map_size_bytes, "durable": settings.durable,
-            "snapshot_every": settings.snapshot_every}
-    key = settings.encryption_key
-    if not key and settings.encryption_key_file:
-        key = _P(settings.encryption_key_file).expanduser().read_text().strip()
-    if key:
-        opts["encryption"] = key
-    return opts
+    key = key_text_from_settings(settings)
+    return {"map_size": settings.map_size_bytes, "durable": settings.durable,
+            "snapshot_every": settings.snapshot_every, "encryption": key[0] if key else None}

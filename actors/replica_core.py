@@ -43,6 +43,24 @@ class NeedsResync(Exception):
     """This replica cannot apply the entry in order (gap, divergence, or recovering)."""
 
 
+def get_meta(storage: Any, key: str) -> Any:
+    """A msgpack value under `m:<key>` in the shard's meta database."""
+    with storage.env.begin() as txn:
+        raw = txn.get(b"m:" + key.encode(), db=storage.meta)
+    return msgpack.unpackb(raw) if raw else None
+
+
+def set_meta(storage: Any, key: str, value: Any) -> None:
+    storage._write(lambda txn: txn.put(b"m:" + key.encode(), msgpack.packb(value),
+                                       db=storage.meta))
+
+
+def vector_of(storage: Any, label: int) -> np.ndarray | None:
+    with storage.env.begin() as txn:
+        raw = txn.get(u64(label), db=storage.vectors)
+    return np.frombuffer(raw, np.float32).copy() if raw is not None else None
+
+
 class ReplicaCore:
     def __init__(self, shard_id: int, path: Path | str, dim: int, **shard_kwargs: Any):
         self.shard_id = shard_id
@@ -57,9 +75,9 @@ class ReplicaCore:
         self.core = ShardCore(self.shard_id, self.path, self.dim, **self.shard_kwargs)
         st = self.core.storage
         self.rlog = st.env.open_db(b"rlog")
-        fmt = st.get_meta("format")
+        fmt = get_meta(st, "format")
         if fmt is None:  # a v1 store (or a new one): migrate in place
-            st.set_meta("format", FORMAT_VERSION)
+            set_meta(st, "format", FORMAT_VERSION)
             self.migrated_from = 1 if st.seq else None
         elif fmt > FORMAT_VERSION:
             raise MemorayError(ErrorCode.UNAVAILABLE,
@@ -67,11 +85,11 @@ class ReplicaCore:
                                f"<= {FORMAT_VERSION}")
         else:
             self.migrated_from = None
-        if st.get_meta("copying"):  # a full copy was interrupted: the store is partial
+        if get_meta(st, "copying"):  # a full copy was interrupted: the store is partial
             self._wipe()
             return
-        self.epoch = int(st.get_meta("epoch") or 0)
-        base = st.get_meta("rlog_base") or [0, 0]
+        self.epoch = int(get_meta(st, "epoch") or 0)
+        base = get_meta(st, "rlog_base") or [0, 0]
         self.base_seq, self.base_epoch = int(base[0]), int(base[1])
         self.seq, self.last_epoch = self.base_seq, self.base_epoch
         with st.env.begin() as txn:
@@ -86,14 +104,14 @@ class ReplicaCore:
         self.core = ShardCore(self.shard_id, self.path, self.dim, **self.shard_kwargs)
         st = self.core.storage
         self.rlog = st.env.open_db(b"rlog")
-        st.set_meta("format", FORMAT_VERSION)
+        set_meta(st, "format", FORMAT_VERSION)
         self.migrated_from = None
         self.epoch = 0
         self.base_seq = self.base_epoch = self.seq = self.last_epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         if epoch > self.epoch:
-            self.core.storage.set_meta("epoch", epoch)
+            set_meta(self.core.storage, "epoch", epoch)
             self.epoch = epoch
 
     # -- the log ---------------------------------------------------------------------------------
@@ -186,14 +204,14 @@ class ReplicaCore:
         """Records in id order after `after`, with their vectors (the source side of a copy)."""
         st = self.core.storage
         records = st.scan(after, limit)
-        vecs = [st.vector_of(st.label_of(r["id"])) for r in records]
+        vecs = [vector_of(st, st.label_of(r["id"])) for r in records]
         mat = np.vstack(vecs) if vecs else np.empty((0, self.dim), np.float32)
         return records, mat
 
     def begin_copy(self) -> None:
         """Drop everything local; mark the store partial until finish_copy."""
         self._wipe()
-        self.core.storage.set_meta("copying", 1)
+        set_meta(self.core.storage, "copying", 1)
 
     def copy_page(self, records: list[dict], vectors: np.ndarray) -> None:
         if records:
@@ -201,9 +219,9 @@ class ReplicaCore:
 
     def finish_copy(self, seq: int, epoch: int, my_epoch: int) -> None:
         st = self.core.storage
-        st.set_meta("rlog_base", [seq, epoch])
-        st.set_meta("epoch", my_epoch)
-        st.set_meta("copying", 0)
+        set_meta(st, "rlog_base", [seq, epoch])
+        set_meta(st, "epoch", my_epoch)
+        set_meta(st, "copying", 0)
         self.base_seq = self.seq = seq
         self.base_epoch = self.last_epoch = epoch
         self.epoch = my_epoch

@@ -32,7 +32,9 @@ import threading
 import time
 from typing import Any
 
+from actors.names import NAMESPACE, ActorNames
 from actors.replica_core import WRITE_OPS, Fenced, NeedsResync, ReplicaCore
+from actors.shard_client import ShardClient, ShardSet
 from memoray.errors import ErrorCode, MemorayError
 
 log = logging.getLogger(__name__)
@@ -42,19 +44,11 @@ CALL_TIMEOUT_S = 30.0         # one client call to a primary
 CATCHUP_BATCH = 256
 READ_METHODS = ("get", "document", "select", "search", "stats", "planner_stats", "health",
                 "snapshot", "scan", "backup", "expired", "start_rebuild", "finish_rebuild",
-                "reseal")
+                "reseal", "pid")
 
 
 class NotPrimary(Exception):
     """This replica is not the primary of the current configuration (the client refreshes)."""
-
-
-def namespace_for(store_id: str) -> str:
-    return f"memoray-{store_id[:12]}"
-
-
-def replica_name(shard: int, node: str) -> str:
-    return f"shard-{shard}@{node}"
 
 
 def node_resource(node: str) -> str:
@@ -84,17 +78,13 @@ def replica_actor_class():
         node without its disk."""
 
         def __init__(self, shard: int, node: str, path: str, dim: int, options: dict,
-                     namespace: str):
-            keyring = None
-            if options.get("encryption"):
-                from memoray.crypto import Keyring
-
-                keyring = Keyring.parse(options["encryption"])
-            self.shard, self.node, self.namespace = shard, node, namespace
+                     store_id: str):
+            self.shard, self.node = shard, node
+            self.names = ActorNames(store_id)
             self.rc = ReplicaCore(shard, path, dim, map_size=options.get("map_size", 8 << 30),
                                   durable=options.get("durable", True),
                                   snapshot_every=options.get("snapshot_every", 5000),
-                                  keyring=keyring)
+                                  encryption=options.get("encryption"))
             self.role = "recovering"
             self.config: dict | None = None
             self._handles: dict[str, Any] = {}
@@ -107,12 +97,12 @@ def replica_actor_class():
 
         # -- plumbing --------------------------------------------------------------------------
         def _controller(self):
-            return ray.get_actor("controller", namespace=self.namespace)
+            return ray.get_actor(self.names.controller, namespace=NAMESPACE)
 
         def _peer(self, node: str):
             h = self._handles.get(node)
             if h is None:
-                h = ray.get_actor(replica_name(self.shard, node), namespace=self.namespace)
+                h = ray.get_actor(self.names.replica(self.shard, node), namespace=NAMESPACE)
                 self._handles[node] = h
             return h
 
@@ -185,12 +175,6 @@ def replica_actor_class():
                 if self.role != "primary":
                     raise NotPrimary(self.config)
                 core = self.rc.core
-                if method == "planner_stats":
-                    known = args[0]
-                    seq = core.storage.seq
-                    return None if seq == known else {"seq": seq, "stats": core.postings.stats()}
-                if method == "reseal":
-                    return core.storage.reseal_all()
                 if method == "health":
                     h = core.health()
                     h.update(role=self.role, node=self.node, epoch=self.rc.epoch,
@@ -331,37 +315,55 @@ def _is(exc: BaseException, cls: type) -> bool:
     return isinstance(cause, cls)
 
 
-class ReplicatedShard:
-    """The service's client for one shard: writes and reads go to the current primary; on
-    NotPrimary it refreshes the configuration, on a dead or silent primary it asks the
-    controller to fail over, retrying until CALL_TIMEOUT_S. Same call shape as RayBackend."""
+class ReplicatedShard(ShardClient):
+    """The ShardClient of one replicated shard: every ShardClient method goes to the current
+    primary (ShardClient's methods all pass through `_call`, which routes by the method's name);
+    on NotPrimary it refreshes the configuration, on a dead or silent primary it asks the
+    controller to fail over, retrying until `timeout_s`. Pickles as (shard, store id), so a
+    ShardSet of these crosses Ray to the planner and the expiry worker."""
 
-    def __init__(self, shard: int, controller: Any, namespace: str,
-                 timeout_s: float = CALL_TIMEOUT_S):
+    def __init__(self, shard: int, store_id: str, timeout_s: float = CALL_TIMEOUT_S):
         self.shard = shard
-        self.controller = controller
-        self.namespace = namespace
+        self.store_id = store_id
+        self.names = ActorNames(store_id)
         self.timeout_s = timeout_s
+        self.target = None
+        self.remote = True
         self.config: dict | None = None
+        self._controller = None
         self._handles: dict[str, Any] = {}
+
+    def __reduce__(self):
+        return (type(self), (self.shard, self.store_id, self.timeout_s))
+
+    def controller(self):
+        import ray
+
+        if self._controller is None:
+            self._controller = ray.get_actor(self.names.controller, namespace=NAMESPACE)
+        return self._controller
 
     def _handle(self, node: str):
         import ray
 
         h = self._handles.get(node)
         if h is None:
-            h = ray.get_actor(replica_name(self.shard, node), namespace=self.namespace)
+            h = ray.get_actor(self.names.replica(self.shard, node), namespace=NAMESPACE)
             self._handles[node] = h
         return h
+
+    async def _call(self, fn, *args: Any, **kwargs: Any) -> Any:
+        return await self.call(fn.__name__, *args)
 
     async def call(self, method: str, *args: Any) -> Any:
         from ray.exceptions import GetTimeoutError, RayActorError
 
         deadline = time.monotonic() + self.timeout_s
         last: Exception | None = None
+        controller = self.controller()
         while time.monotonic() < deadline:
             if self.config is None:
-                self.config = await self.controller.config.remote(self.shard)
+                self.config = await controller.config.remote(self.shard)
             cfg = self.config
             try:
                 h = self._handle(cfg["primary"])
@@ -374,15 +376,14 @@ class ReplicatedShard:
             except Exception as exc:
                 last = exc
                 if _is(exc, NotPrimary) or _is(exc, Fenced):
-                    self.config = await self.controller.config.remote(self.shard)
+                    self.config = await controller.config.remote(self.shard)
                     if self.config["epoch"] == cfg["epoch"]:
                         await asyncio.sleep(0.2)
                     continue
                 if isinstance(exc, (RayActorError, GetTimeoutError, asyncio.TimeoutError,
                                     ValueError)) or _is(exc, RayActorError):
                     self._handles.pop(cfg["primary"], None)
-                    self.config = await self.controller.primary_failed.remote(
-                        self.shard, cfg["epoch"])
+                    self.config = await controller.primary_failed.remote(self.shard, cfg["epoch"])
                     if self.config["primary"] == cfg["primary"]:
                         await asyncio.sleep(0.5)
                     continue
@@ -392,32 +393,5 @@ class ReplicatedShard:
                            f"({type(last).__name__ if last else 'timeout'})")
 
 
-class ReplicatedBackend:
-    """The Backend protocol over replicated shards (cluster mode)."""
-
-    def __init__(self, shards: list[ReplicatedShard], embed_handles: list):
-        import itertools
-
-        self.clients = shards
-        self.embedders = embed_handles
-        self.shards = len(shards)
-        self._rr = itertools.cycle(range(max(1, len(embed_handles))))
-
-    async def shard(self, index: int, method: str, *args: Any) -> Any:
-        return await self.clients[index].call(method, *args)
-
-    async def all_shards(self, method: str, *args: Any) -> list[Any]:
-        return list(await asyncio.gather(*[c.call(method, *args) for c in self.clients]))
-
-    async def embed(self, texts: list[str], query: bool = False):
-        return await self.embedders[next(self._rr)].embed.remote(texts, query)
-
-    async def embedder_health(self) -> list[dict]:
-        return list(await asyncio.gather(*[h.health.remote() for h in self.embedders]))
-
-
-def replicated_clients(namespace: str, shards: int) -> list[ReplicatedShard]:
-    import ray
-
-    controller = ray.get_actor("controller", namespace=namespace)
-    return [ReplicatedShard(i, controller, namespace) for i in range(shards)]
+def replicated_shards(store_id: str, shards: int) -> ShardSet:
+    return ShardSet([ReplicatedShard(i, store_id) for i in range(shards)])

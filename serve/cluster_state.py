@@ -89,23 +89,31 @@ class ClusterTokenStore:
 
 
 class ClusterAuditLog:
-    """The AuditLog interface over the controller: entries are redacted here and shipped in
-    order to the head's audit log (asynchronously: a replica crash can lose entries still in
-    flight, never reorder them)."""
+    """The server's audit-log interface (entry, append, append_many, read; as GroupCommit) over
+    the controller: entries are built and redacted here, then appended on the head, durably,
+    before append returns (so, as on one machine, nothing is acknowledged unaudited)."""
 
     def __init__(self, controller: Any, redact=None):
-        self.controller = controller
-        self.redact = redact or (lambda s: s)
+        from memoray.audit import AuditLog
 
-    def append(self, principal: str, action: str, *, workspace: str | None = None,
-               ids=(), outcome: str = "ok", code: str | None = None,
-               detail: str | None = None, request_id: str | None = None) -> dict:
-        entry = {"principal": principal, "action": action, "workspace": workspace,
-                 "ids": list(ids), "outcome": outcome, "code": code,
-                 "detail": self.redact(detail) if detail is not None else None,
-                 "request_id": request_id}
-        self.controller.audit_append.remote([entry])
-        return entry
+        self.controller = controller
+        # Only its entry() is used (validation, timestamp, redaction): it never writes here.
+        self._builder = AuditLog("/nonexistent/memoray-audit-builder", redact=redact)
+
+    def entry(self, principal: str, action: str, **fields: Any) -> dict:
+        return self._builder.entry(principal, action, **fields)
+
+    async def append(self, principal: str, action: str, **fields: Any) -> dict:
+        return (await self.append_many([self.entry(principal, action, **fields)]))[0]
+
+    async def append_many(self, entries: list[dict]) -> list[dict]:
+        if not entries:
+            return []
+        try:
+            return await self.controller.audit_append.remote(entries)
+        except Exception as exc:
+            raise MemorayError(ErrorCode.UNAVAILABLE,
+                               "the cluster's audit log is unreachable") from exc
 
     def read(self, limit: int = 50, principal: str | None = None, action: str | None = None,
              since: Any = None) -> list[dict]:

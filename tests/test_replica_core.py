@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actors.replica_core import FORMAT_VERSION, NeedsResync, ReplicaCore
+from actors.replica_core import FORMAT_VERSION, NeedsResync, ReplicaCore, get_meta, set_meta
 from actors.shard import ShardCore
 
 DIM = 8
@@ -101,7 +101,7 @@ def test_a_v1_store_opens_and_is_migrated_in_place(tmp_path):
     old.close()
     r = ReplicaCore(0, tmp_path / "s", DIM)
     assert r.migrated_from == 1
-    assert r.core.storage.get_meta("format") == FORMAT_VERSION
+    assert get_meta(r.core.storage, "format") == FORMAT_VERSION
     assert [x["id"] for x in r.core.get(["m0001", "m0002"])] == ["m0001", "m0002"]
     r.apply(1, 1, "put", ([rec(3)], vecs(1)))
     r.close()
@@ -110,7 +110,7 @@ def test_a_v1_store_opens_and_is_migrated_in_place(tmp_path):
 
 def test_a_newer_format_is_refused(tmp_path):
     r = ReplicaCore(0, tmp_path / "s", DIM)
-    r.core.storage.set_meta("format", FORMAT_VERSION + 1)
+    set_meta(r.core.storage, "format", FORMAT_VERSION + 1)
     r.close()
     from memoray.errors import MemorayError
 

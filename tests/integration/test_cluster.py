@@ -30,8 +30,8 @@ def controller_status(cluster: LocalCluster) -> dict:
     """The store controller's view (configs, unreachable replicas), read in a separate driver."""
     store = json.loads((cluster.data_path / "a" / "memoray.json").read_text())["store_id"]
     code = ("import ray,sys,json; ray.init(address=sys.argv[1], logging_level='ERROR');"
-            "from actors.replication import namespace_for;"
-            "c=ray.get_actor('controller', namespace=namespace_for(sys.argv[2]));"
+            "from actors.names import NAMESPACE, ActorNames;"
+            "c=ray.get_actor(ActorNames(sys.argv[2]).controller, namespace=NAMESPACE);"
             "print(json.dumps(ray.get(c.status.remote(), timeout=30)))")
     out = subprocess.run([sys.executable, "-c", code, cluster.address, store],
                          env=cluster._env(), cwd=ROOT, capture_output=True, text=True,
@@ -285,32 +285,30 @@ def test_serve_deploy_of_the_repo_config_and_two_stores_never_share_an_actor(clu
     layouts = {s: json.loads((cluster.data_path / s / "memoray.json").read_text())
                for s in ("a", "b")}
     assert layouts["a"]["store_id"] != layouts["b"]["store_id"]
-    by_ns = cluster_query(cluster, (
+    alive = cluster_query(cluster, (
         "from ray.util.state import list_actors\n"
-        "a=list_actors(address=sys.argv[1], filters=[('state','=','ALIVE')], limit=2000, detail=True)\n"
-        "out={}\n"
-        "[out.setdefault(x.ray_namespace or '', []).append([x.actor_id, x.name]) for x in a]\n"
-        "print(json.dumps(out))"))
-    from actors.replication import namespace_for
+        "a=list_actors(address=sys.argv[1], filters=[('state','=','ALIVE')], limit=2000)\n"
+        "print(json.dumps([[x.actor_id, x.name] for x in a if x.name]))"))
+    from actors.names import ActorNames
 
-    ns_a, ns_b = (namespace_for(layouts[s]["store_id"]) for s in ("a", "b"))
-    a_ids = {x[0] for x in by_ns.get(ns_a, [])}
-    b_ids = {x[0] for x in by_ns.get(ns_b, [])}
-    b_names = {x[1] for x in by_ns.get(ns_b, [])}
-    assert {"controller", "shard-0@head", "planner", "expiry"} <= b_names, b_names
+    na, nb = (ActorNames(layouts[s]["store_id"]) for s in ("a", "b"))
+    a_ids = {i for i, name in alive if name.startswith(na.prefix + "-")}
+    b_ids = {i for i, name in alive if name.startswith(nb.prefix + "-")}
+    b_names = {name for _, name in alive if name.startswith(nb.prefix + "-")}
+    assert {nb.controller, nb.replica(0, "head"), nb.planner, nb.expiry} <= b_names, b_names
     assert a_ids and b_ids and not (a_ids & b_ids)
 
 
 def test_a_clean_stop_stops_every_actor_the_store_started(cluster, server):
-    from actors.replication import namespace_for
+    from actors.names import ActorNames
 
     store = json.loads((cluster.data_path / "a" / "memoray.json").read_text())["store_id"]
+    prefix = ActorNames(store).prefix + "-"
     server.stop()
     alive = cluster_query(cluster, (
         "from ray.util.state import list_actors\n"
-        f"a=list_actors(address=sys.argv[1], filters=[('state','=','ALIVE'),('ray_namespace','=','{namespace_for(store)}')],"
-        " limit=2000, detail=True)\n"
-        "print(json.dumps([x.name for x in a]))"))
-    assert alive == []
+        "a=list_actors(address=sys.argv[1], filters=[('state','=','ALIVE')], limit=2000)\n"
+        "print(json.dumps([x.name for x in a if x.name]))"))
+    assert [n for n in alive if n.startswith(prefix)] == []
     # The data stays: every shard's store is still on its nodes' disks.
     assert (cluster.data_path / "a" / "shards" / "000" / "lmdb").exists()
