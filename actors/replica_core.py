@@ -133,12 +133,18 @@ class ReplicaCore:
             raw = txn.get(u64(seq), db=self.rlog)
         return None if raw is None else msgpack.unpackb(raw)[0]
 
-    def apply(self, seq: int, epoch: int, op: str, payload: Any) -> Any:
-        """Log entry `seq` and apply it, in one LMDB transaction. Callers hold self.lock."""
+    def apply(self, seq: int, epoch: int, op: str, payload: Any, *, strict: bool = False) -> Any:
+        """Log entry `seq` and apply it, in one LMDB transaction. Callers hold self.lock.
+        `strict` (the primary, ordering a new write): an update of a missing record is refused
+        with NOT_FOUND and nothing is logged, as ShardCore.update_record does; a replica
+        replaying the log applies it as a no-op (the record was deleted later)."""
         if op not in WRITE_OPS:
             raise ValueError(f"not a write op: {op}")
         if seq != self.seq + 1:
             raise NeedsResync(f"entry {seq} after {self.seq}")
+        if strict and op == "update_record" and \
+                self.core.storage.label_of(payload["id"]) is None:
+            raise MemorayError(ErrorCode.NOT_FOUND, f"memory {payload['id']} not found")
         value = msgpack.packb([epoch, self._seal(seq, op, payload)], use_bin_type=True)
         st = self.core.storage
         st.txn_extra = lambda txn: txn.put(u64(seq), value, db=self.rlog)

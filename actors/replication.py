@@ -137,7 +137,7 @@ def replica_actor_class():
                     raise NotPrimary(self.config)
                 cfg = self.config
                 seq, prev = self.rc.seq + 1, self.rc.last_epoch
-                result = self.rc.apply(seq, cfg["epoch"], op, payload)
+                result = self.rc.apply(seq, cfg["epoch"], op, payload, strict=True)
                 others = [m for m in cfg["isr"] if m != self.node]
                 failed = []
                 if others:

@@ -116,3 +116,14 @@ def test_a_newer_format_is_refused(tmp_path):
 
     with pytest.raises(MemorayError):
         ReplicaCore(0, tmp_path / "s", DIM)
+
+
+def test_the_primary_refuses_an_update_of_a_missing_record_and_logs_nothing(tmp_path):
+    from memoray.errors import MemorayError
+
+    a = ReplicaCore(0, tmp_path / "a", DIM, durable=False)
+    with pytest.raises(MemorayError) as e:
+        a.apply(1, 1, "update_record", rec(5), strict=True)
+    assert e.value.code.value == "NOT_FOUND" and a.seq == 0
+    a.apply(1, 1, "update_record", rec(5))   # replayed after a delete: a logged no-op
+    assert a.seq == 1 and a.core.get(["m0005"]) == [None]
