@@ -71,7 +71,10 @@ def storage_nodes(nodes: list[dict]) -> list[str]:
 def replica_actor_class():
     import ray
 
-    @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=16)
+    # Probes and configuration pushes run in their own concurrency group, so a primary busy with
+    # queued requests still answers the controller's ping (no failover of a live primary).
+    @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=16,
+                concurrency_groups={"control": 4})
     class ShardReplica:
         """One replica, pinned to its node by a custom resource only that node has: when the
         node dies the actor waits (RESTARTING) for that node to return and never starts on a
@@ -119,10 +122,12 @@ def replica_actor_class():
                 else:
                     self.role = "recovering"
 
+        @ray.method(concurrency_group="control")
         def adopt(self, cfg: dict) -> str:
             self._adopt(cfg)
             return self.role
 
+        @ray.method(concurrency_group="control")
         def ping(self) -> dict:
             """Lock-free liveness and position (the controller's probe)."""
             return {"node": self.node, "role": self.role, "seq": self.rc.seq,
