@@ -182,9 +182,12 @@ def replica_actor_class():
                 core = self.rc.core
                 if method == "health":
                     h = core.health()
-                    h.update(role=self.role, node=self.node, epoch=self.rc.epoch,
-                             inSync=len(self.config["isr"]),
-                             replicas=len(self.config["members"]))
+                    in_sync, members = len(self.config["isr"]), len(self.config["members"])
+                    # A shard running on fewer in-sync replicas than configured still serves,
+                    # but says so: the next node loss could make it unavailable.
+                    h.update(status="ok" if in_sync >= members else "degraded", role=self.role,
+                             node=self.node, epoch=self.rc.epoch, inSync=in_sync,
+                             replicas=members)
                     return h
                 if method == "stats":
                     st = core.stats()

@@ -11,12 +11,11 @@ REFRESH_S + one call (documented as 2 s).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from typing import Any
 
-from memoray.auth import TOKEN_PREFIX, Principal, hash_token
+from memoray.auth import TokenStore
 from memoray.errors import ErrorCode, MemorayError
 
 log = logging.getLogger(__name__)
@@ -25,17 +24,18 @@ REFRESH_S = 1.0
 STALE_AFTER_S = 5.0
 
 
-class ClusterTokenStore:
-    """The TokenStore interface (enabled, verify, list) over the controller's token store."""
+class ClusterTokenStore(TokenStore):
+    """TokenStore's own checks (enabled, verify, list: the same rules as on one machine) over the
+    token list the controller serves, instead of a file on this node's disk. Tokens are created
+    and revoked with `memoray token ... --data-dir DIR` on the head, never through a replica."""
 
     def __init__(self, controller: Any, *, refresh_s: float = REFRESH_S,
                  stale_after_s: float = STALE_AFTER_S):
+        super().__init__("/nonexistent/memoray-cluster-tokens.json")  # never read or written
         self.controller = controller
         self.refresh_s = refresh_s
         self.stale_after_s = stale_after_s
         self.version: str | None = None
-        self._entries: list[dict] = []
-        self._by_hash: dict[str, dict] = {}
         self._fresh_at: float | None = None
         self._task: asyncio.Task | None = None
 
@@ -44,9 +44,11 @@ class ClusterTokenStore:
             asyncio.wrap_future(self.controller.tokens.remote(self.version).future()),
             self.stale_after_s)
         if res is not None:
-            self.version, entries = res
-            self._entries = entries
-            self._by_hash = {t["hash"]: t for t in entries}
+            version, entries = res
+            with self._lock:
+                self._entries = entries
+                self._by_hash = {t["hash"]: t for t in entries}
+                self.version = version
         self._fresh_at = time.monotonic()
 
     def start(self) -> None:
@@ -61,31 +63,15 @@ class ClusterTokenStore:
                 log.warning("token store unreachable: %r", exc)
             await asyncio.sleep(self.refresh_s)
 
-    def _check(self) -> None:
+    def _refresh(self, force: bool = False) -> None:
+        """What TokenStore calls before every check: here, refuse when the list is stale."""
         if self._fresh_at is None or time.monotonic() - self._fresh_at > self.stale_after_s:
             raise MemorayError(ErrorCode.UNAVAILABLE,
                                "the cluster's token store is unreachable; refusing requests")
 
-    @property
-    def enabled(self) -> bool:
-        self._check()
-        return any(not t.get("revoked") for t in self._entries)
-
-    def verify(self, token: str) -> Principal | None:
-        self._check()
-        if not isinstance(token, str) or not token.startswith(TOKEN_PREFIX):
-            return None
-        digest = hash_token(token)
-        entry = self._by_hash.get(digest)
-        if entry is None or not hmac.compare_digest(entry["hash"], digest) or entry.get("revoked"):
-            return None
-        return Principal(name=str(entry.get("principal", "")),
-                         workspaces=frozenset(entry.get("workspaces") or ()),
-                         scopes=frozenset(entry.get("scopes") or ()), token_id=entry["id"])
-
-    def list(self) -> list[dict]:
-        self._check()
-        return [{k: v for k, v in t.items() if k != "hash"} for t in self._entries]
+    def _locked_file(self):
+        raise MemorayError(ErrorCode.INVALID_INPUT,
+                           "tokens are managed on the head: memoray token ... --data-dir DIR")
 
 
 class ClusterAuditLog:

@@ -196,6 +196,15 @@ def test_node_loss_and_return_with_replication_2(cluster, server):
     acked = asyncio.run(phase1())
     assert asyncio.run(all_found(url, token, acked)) == []
 
+    async def shard_health() -> dict:
+        async with mcp_client(url, token) as c:
+            health = await c.call("health-check")
+        return {k: v["status"] for k, v in health["components"].items()
+                if k.startswith("shard-")}
+
+    # Both shards lost their replica on w1: they serve, and say they are degraded.
+    assert asyncio.run(shard_health()) == {"shard-0": "degraded", "shard-1": "degraded"}
+
     async def while_down():
         # Acknowledged deletes and writes while w1 is away: w1's old store must never show the
         # deleted records again, nor lack the new ones.
@@ -212,6 +221,7 @@ def test_node_loss_and_return_with_replication_2(cluster, server):
     new = asyncio.run(while_down())
     cluster.add_worker("w1")             # the node returns with its old disk
     wait_in_sync(cluster, 2)
+    assert asyncio.run(shard_health()) == {"shard-0": "ok", "shard-1": "ok"}
     cluster.kill_node("w2")              # now only head and the returned w1 hold data
     deleted, kept = acked[:10], acked[10:] + new
 
@@ -297,6 +307,22 @@ def test_serve_deploy_of_the_repo_config_and_two_stores_never_share_an_actor(clu
     b_names = {name for _, name in alive if name.startswith(nb.prefix + "-")}
     assert {nb.controller, nb.replica(0, "head"), nb.planner, nb.expiry} <= b_names, b_names
     assert a_ids and b_ids and not (a_ids & b_ids)
+
+    # The app's health follows the store's actors: with store b's controller gone, Serve no
+    # longer reports the app healthy (before, it stayed RUNNING/HEALTHY over dead actors).
+    cluster_query(cluster, (
+        "from actors.names import NAMESPACE\n"
+        f"ray.kill(ray.get_actor({nb.controller!r}, namespace=NAMESPACE), no_restart=True)\n"
+        "print(json.dumps(True))"))
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        status = subprocess.run([str(ROOT / ".venv" / "bin" / "serve"), "status", "-a",
+                                 cluster.dashboard_url], env=env, capture_output=True,
+                                text=True, timeout=60).stdout
+        if "UNHEALTHY" in status or "DEPLOY_FAILED" in status:
+            break
+        time.sleep(3)
+    assert "UNHEALTHY" in status or "DEPLOY_FAILED" in status, status
 
 
 def test_a_clean_stop_stops_every_actor_the_store_started(cluster, server):
