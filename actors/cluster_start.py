@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.names import NAMESPACE, ActorNames
+from memoray.actors.names import NAMESPACE, ActorNames
 from memoray.embedding import DIM
 from memoray.errors import ErrorCode, MemorayError
 from memoray.settings import Settings
@@ -52,12 +52,12 @@ def start_store(settings: Settings, layout: dict, timeout: float = 600) -> dict[
     embedders, planner, limiter and expiry worker. Returns their handles."""
     import ray
 
-    from actors.controller import controller_class
-    from actors.embedding_worker import embedder_actor_class
-    from actors.expiry import expiry_actor_class
-    from actors.planner import planner_actor_class
-    from actors.rate_limiter import create as create_limiter
-    from actors.replication import replicated_shards
+    from memoray.actors.controller import controller_class
+    from memoray.actors.embedding_worker import embedder_actor_class
+    from memoray.actors.expiry import expiry_actor_class
+    from memoray.actors.planner import planner_actor_class
+    from memoray.actors.rate_limiter import create as create_limiter
+    from memoray.actors.replication import replicated_shards
     from memoray.redaction import Redactor
 
     names = ActorNames(layout["store_id"])

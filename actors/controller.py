@@ -28,8 +28,8 @@ from typing import Any
 import lmdb
 import msgpack
 
-from actors.names import NAMESPACE, ActorNames
-from actors.replication import node_resource, replica_actor_class, storage_nodes
+from memoray.actors.names import NAMESPACE, ActorNames
+from memoray.actors.replication import node_resource, replica_actor_class, storage_nodes
 from memoray.errors import ErrorCode, MemorayError
 
 log = logging.getLogger(__name__)

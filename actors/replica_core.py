@@ -25,14 +25,14 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from actors.shard import ShardCore
-from actors.shard_storage import from_u64, u64
+from memoray.actors.shard import ShardCore
+from memoray.actors.shard_storage import from_u64, u64
 from memoray.errors import ErrorCode, MemorayError
 
 FORMAT_VERSION = 2
 RLOG_KEEP = 200_000        # entries kept for catch-up; a replica further behind gets a full copy
 TRIM_EVERY = 5_000
-WRITE_OPS = ("put", "update_record", "delete", "purge")
+WRITE_OPS = ("put", "merge", "update_record", "delete", "purge")
 
 
 class Fenced(Exception):
@@ -147,11 +147,20 @@ class ReplicaCore:
             raise MemorayError(ErrorCode.NOT_FOUND, f"memory {payload['id']} not found")
         value = msgpack.packb([epoch, self._seal(seq, op, payload)], use_bin_type=True)
         st = self.core.storage
-        st.txn_extra = lambda txn: txn.put(u64(seq), value, db=self.rlog)
+
+        def hook(txn) -> None:
+            txn.put(u64(seq), value, db=self.rlog)
+
+        st.txn_extra = hook  # commits with the op's first write
         try:
             result = self._apply_op(op, payload)
-        finally:
+        except BaseException:
+            if st.txn_extra is None:  # the entry committed with a first write: it is applied
+                self.seq, self.last_epoch = seq, epoch
             st.txn_extra = None
+            raise
+        if st.txn_extra is not None:  # the op wrote nothing (a merge of a deleted record)
+            st._write(lambda txn: None)
         self.seq, self.last_epoch = seq, epoch
         if seq % TRIM_EVERY == 0:
             self._trim()
@@ -162,11 +171,13 @@ class ReplicaCore:
         if op == "put":
             records, vectors = payload
             return core.put(records, vectors)
+        if op == "merge":
+            record, vector = payload
+            return core.merge(record, vector)
         if op == "update_record":
             if core.storage.label_of(payload["id"]) is None:
                 # Replayed after the record's delete: nothing to update, but the entry is logged.
-                core.storage._write(lambda txn: None)
-                return None
+                return None  # apply() logs the entry on its own
             return core.update_record(payload)
         return core.delete(payload)  # delete and purge
 
@@ -241,6 +252,9 @@ class ReplicaCore:
 
 
 def _pack_payload(op: str, payload: Any) -> Any:
+    if op == "merge":
+        record, vector = payload
+        return [record, np.ascontiguousarray(vector, dtype=np.float32).tobytes()]
     if op == "put":
         records, vectors = payload
         arr = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -249,6 +263,9 @@ def _pack_payload(op: str, payload: Any) -> Any:
 
 
 def _unpack_payload(op: str, packed: Any) -> Any:
+    if op == "merge":
+        record, raw = packed
+        return record, np.frombuffer(raw, np.float32).copy()
     if op == "put":
         records, raw, dim = packed
         arr = np.frombuffer(raw, np.float32).reshape(-1, dim) if dim else np.empty((0, 0))

@@ -32,9 +32,9 @@ import threading
 import time
 from typing import Any
 
-from actors.names import NAMESPACE, ActorNames
-from actors.replica_core import WRITE_OPS, Fenced, NeedsResync, ReplicaCore
-from actors.shard_client import ShardClient, ShardSet
+from memoray.actors.names import NAMESPACE, ActorNames
+from memoray.actors.replica_core import WRITE_OPS, Fenced, NeedsResync, ReplicaCore
+from memoray.actors.shard_client import ShardClient, ShardSet
 from memoray.errors import ErrorCode, MemorayError
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ CALL_TIMEOUT_S = 30.0         # one client call to a primary
 CATCHUP_BATCH = 256
 READ_METHODS = ("get", "document", "select", "search", "stats", "planner_stats", "health",
                 "snapshot", "scan", "backup", "expired", "start_rebuild", "finish_rebuild",
-                "reseal", "pid")
+                "reseal", "pid", "best_match")
 
 
 class NotPrimary(Exception):
@@ -376,7 +376,8 @@ class ReplicatedShard(ShardClient):
             try:
                 h = self._handle(cfg["primary"])
                 if method in WRITE_OPS:
-                    ref = h.write.remote(method, args if method == "put" else args[0])
+                    ref = h.write.remote(method, args if method in ("put", "merge")
+                                         else args[0])
                 else:
                     ref = h.read.remote(method, args)
                 left = max(0.5, deadline - time.monotonic())

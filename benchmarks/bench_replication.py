@@ -39,7 +39,7 @@ NODES = {"head": {"memoray_node_head": 1000.0}, "w1": {"memoray_node_w1": 1000.0
 def status(cluster: LocalCluster, store_dir: Path) -> dict:
     store = json.loads((store_dir / "memoray.json").read_text())["store_id"]
     code = ("import ray,sys,json; ray.init(address=sys.argv[1], logging_level='ERROR');"
-            "from actors.names import NAMESPACE, ActorNames;"
+            "from memoray.actors.names import NAMESPACE, ActorNames;"
             "c=ray.get_actor(ActorNames(sys.argv[2]).controller, namespace=NAMESPACE);"
             "print(json.dumps(ray.get(c.status.remote(), timeout=30)))")
     out = subprocess.run([sys.executable, "-c", code, cluster.address, store],

@@ -24,9 +24,9 @@ async def make_runtime(settings: Settings, metrics: Metrics, store_id: str):
     if settings.cluster_mode:  # tokens and audit from the controller, never this node's disk
         import ray
 
-        from actors.names import NAMESPACE, ActorNames
+        from memoray.actors.names import NAMESPACE, ActorNames
         from memoray.redaction import Redactor
-        from serve.cluster_state import ClusterAuditLog, ClusterTokenStore
+        from memoray.serve.cluster_state import ClusterAuditLog, ClusterTokenStore
 
         controller = ray.get_actor(ActorNames(store_id).controller, namespace=NAMESPACE)
         tokens = ClusterTokenStore(controller)
@@ -75,7 +75,7 @@ class MemorayServer:
             return
         import ray
 
-        from actors.names import NAMESPACE, ActorNames
+        from memoray.actors.names import NAMESPACE, ActorNames
 
         controller = ray.get_actor(ActorNames(self.store_id).controller, namespace=NAMESPACE)
         await asyncio.wait_for(asyncio.wrap_future(controller.ping.remote().future()), 10)

@@ -108,7 +108,7 @@ def lookup(settings: Settings, store_id: str) -> Topology:
 def start_cluster(settings: Settings) -> tuple[dict, Topology]:
     """Layout on the head, the store's controller and replicated shards, and the other actors,
     all detached (actors/cluster_start.py). Returns (layout, topology)."""
-    from actors.cluster_start import resolve_layout_on_head, start_store
+    from memoray.actors.cluster_start import resolve_layout_on_head, start_store
 
     layout = resolve_layout_on_head(settings)
     started = start_store(settings, layout)
@@ -121,7 +121,7 @@ def lookup_cluster(settings: Settings, store_id: str) -> Topology:
     """A replica's view of a replicated store."""
     import ray
 
-    from actors.replication import replicated_shards
+    from memoray.actors.replication import replicated_shards
 
     names = ActorNames(store_id)
 
@@ -135,7 +135,7 @@ def lookup_cluster(settings: Settings, store_id: str) -> Topology:
 
 def _cluster_topology(store_id: str, shards: ShardSet, embedders: list, planner: Any,
                       limiter: Any, expiry: Any) -> Topology:
-    from actors.embedding_worker import EmbedderPool
+    from memoray.actors.embedding_worker import EmbedderPool
 
     return Topology(ActorNames(store_id), Backend(shards, EmbedderPool.of(embedders)),
                     PlannerClient(planner), LimiterClient(limiter), ExpiryClient(expiry))

@@ -9,7 +9,7 @@ import pytest
 
 from memoray.auth import authenticate, hash_token, new_token
 from memoray.errors import MemorayError
-from serve.cluster_state import ClusterTokenStore
+from memoray.serve.cluster_state import ClusterTokenStore
 
 
 class FakeRef:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actors.replica_core import FORMAT_VERSION, NeedsResync, ReplicaCore, get_meta, set_meta
-from actors.shard import ShardCore
+from memoray.actors.replica_core import FORMAT_VERSION, NeedsResync, ReplicaCore, get_meta, set_meta
+from memoray.actors.shard import ShardCore
 
 DIM = 8
 
@@ -127,3 +127,15 @@ def test_the_primary_refuses_an_update_of_a_missing_record_and_logs_nothing(tmp_
     assert e.value.code.value == "NOT_FOUND" and a.seq == 0
     a.apply(1, 1, "update_record", rec(5))   # replayed after a delete: a logged no-op
     assert a.seq == 1 and a.core.get(["m0005"]) == [None]
+
+
+def test_a_merge_replicates_and_a_merge_of_a_deleted_record_is_still_logged(tmp_path):
+    a = ReplicaCore(0, tmp_path / "a", DIM, durable=False)
+    b = ReplicaCore(0, tmp_path / "b", DIM, durable=False)
+    a.apply(1, 1, "put", ([rec(1)], vecs(1)))
+    assert a.apply(2, 1, "merge", ({**rec(1), "content": "merged"}, vecs(1, 7)[0])) is True
+    a.apply(3, 1, "delete", ["m0001"])
+    assert a.apply(4, 1, "merge", (rec(1), vecs(1)[0])) is False   # gone: nothing written
+    assert a.seq == 4 and a.epoch_at(4) == 1                       # ...but the entry is there
+    replay(b, a.entries_after(0, 0))
+    assert b.seq == 4 and b.core.get(["m0001"]) == [None]

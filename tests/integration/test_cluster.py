@@ -19,7 +19,8 @@ import pytest
 from tests.cluster_harness import LocalCluster, can_run
 from tests.server_process import ROOT, ServerProcess, ToolError, mcp_client
 
-pytestmark = [pytest.mark.integration, pytest.mark.cluster,
+# Node starts and failure detection on a loaded 2-core machine take minutes, not seconds.
+pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.timeout(1200),
               pytest.mark.skipif(can_run() is not None, reason=str(can_run()))]
 
 NODES = {"head": {"memoray_node_head": 1000.0}, "w1": {"memoray_node_w1": 1000.0},
@@ -30,7 +31,7 @@ def controller_status(cluster: LocalCluster) -> dict:
     """The store controller's view (configs, unreachable replicas), read in a separate driver."""
     store = json.loads((cluster.data_path / "a" / "memoray.json").read_text())["store_id"]
     code = ("import ray,sys,json; ray.init(address=sys.argv[1], logging_level='ERROR');"
-            "from actors.names import NAMESPACE, ActorNames;"
+            "from memoray.actors.names import NAMESPACE, ActorNames;"
             "c=ray.get_actor(ActorNames(sys.argv[2]).controller, namespace=NAMESPACE);"
             "print(json.dumps(ray.get(c.status.remote(), timeout=30)))")
     out = subprocess.run([sys.executable, "-c", code, cluster.address, store],
@@ -255,7 +256,7 @@ def test_serve_deploy_of_the_repo_config_and_two_stores_never_share_an_actor(clu
 
     config = yaml.safe_load((ROOT / "cluster" / "serve-config.yaml").read_text())
     app = config["applications"][0]
-    assert app["import_path"] == "serve.deployment:build_app"
+    assert app["import_path"] == "memoray.serve.deployment:build_app"
     config["proxy_location"] = "HeadOnly"   # every node shares this host's ports
     config["http_options"] = {"host": "127.0.0.1", "port": server.port}
     app["args"].update(data_dir=str(cluster.data_path / "b"), shards=2, embedder="hash",
@@ -299,7 +300,7 @@ def test_serve_deploy_of_the_repo_config_and_two_stores_never_share_an_actor(clu
         "from ray.util.state import list_actors\n"
         "a=list_actors(address=sys.argv[1], filters=[('state','=','ALIVE')], limit=2000)\n"
         "print(json.dumps([[x.actor_id, x.name] for x in a if x.name]))"))
-    from actors.names import ActorNames
+    from memoray.actors.names import ActorNames
 
     na, nb = (ActorNames(layouts[s]["store_id"]) for s in ("a", "b"))
     a_ids = {i for i, name in alive if name.startswith(na.prefix + "-")}
@@ -311,7 +312,7 @@ def test_serve_deploy_of_the_repo_config_and_two_stores_never_share_an_actor(clu
     # The app's health follows the store's actors: with store b's controller gone, Serve no
     # longer reports the app healthy (before, it stayed RUNNING/HEALTHY over dead actors).
     cluster_query(cluster, (
-        "from actors.names import NAMESPACE\n"
+        "from memoray.actors.names import NAMESPACE\n"
         f"ray.kill(ray.get_actor({nb.controller!r}, namespace=NAMESPACE), no_restart=True)\n"
         "print(json.dumps(True))"))
     deadline = time.time() + 180
@@ -326,7 +327,7 @@ def test_serve_deploy_of_the_repo_config_and_two_stores_never_share_an_actor(clu
 
 
 def test_a_clean_stop_stops_every_actor_the_store_started(cluster, server):
-    from actors.names import ActorNames
+    from memoray.actors.names import ActorNames
 
     store = json.loads((cluster.data_path / "a" / "memoray.json").read_text())["store_id"]
     prefix = ActorNames(store).prefix + "-"
