@@ -10,9 +10,9 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install browser run test test-unit test-integration bench bench-core bench-hooks \
-        bench-locomo bench-planner bench-dedup bench-security bench-audit \
-        bench-agent reindex backup lint clean
+.PHONY: install browser run test test-unit test-integration test-cluster bench bench-core \
+        bench-hooks bench-locomo bench-planner bench-dedup bench-security bench-audit \
+        bench-replication bench-agent reindex backup lint clean
 
 install: $(STAMP)
 
@@ -50,6 +50,11 @@ test-unit: install
 test-integration: install browser
 	$(BIN)/python -m pytest -q -m integration tests
 
+# The multi-node tests alone (also part of `make test`): a 3-node Ray cluster on this machine,
+# every node in its own mount namespace with its own disk (needs root: unshare, mount).
+test-cluster: install
+	$(BIN)/python -m pytest -q -m cluster tests
+
 # Every benchmark, one after the other; each prints its table and saves JSON (+ PNG) under
 # benchmarks/results/. Run them one by one with the targets below.
 bench: install
@@ -81,6 +86,9 @@ bench-security: install
 
 bench-audit: install
 	$(BIN)/python -m benchmarks.bench_audit
+
+bench-replication: install
+	$(BIN)/python -m benchmarks.bench_replication
 
 # Batch jobs against the running server (`make run` in another terminal): its dashboard (the
 # job API) is read from DATA_DIR/run.json, since it is not always on 8265.

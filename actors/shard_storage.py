@@ -67,6 +67,7 @@ class ShardStorage:
             str(self.path / "lmdb"), map_size=map_size, max_dbs=16, subdir=True,
             sync=durable, metasync=durable, writemap=False, readahead=False, lock=True,
         )
+        self.txn_extra: Callable[[lmdb.Transaction], None] | None = None
         self.keyring = keyring
         self.sealer = keyring_sealer(keyring)
         self.records = self.env.open_db(b"records")
@@ -107,9 +108,15 @@ class ShardStorage:
 
     # -- writes -----------------------------------------------------------------------------
     def _write(self, fn: Callable[[lmdb.Transaction], Any]) -> Any:
+        # A one-shot hook that commits in the same transaction as the next write: the replicated
+        # log entry of an op (actors/replica_core.py) and the op's effect are durable together.
+        extra, self.txn_extra = self.txn_extra, None
         try:
             with self.env.begin(write=True) as txn:
-                return fn(txn)
+                out = fn(txn)
+                if extra is not None:
+                    extra(txn)
+                return out
         except MemorayError:
             raise
         except (lmdb.Error, OSError) as exc:

@@ -75,6 +75,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    "(default: start one)")
     p.add_argument("--replicas", type=_positive,
                    help=f"Serve replicas (default: {d['replicas']})")
+    p.add_argument("--replication", type=_positive,
+                   help="replicas of every shard, on distinct storage nodes (cluster mode; "
+                   "default: 1)")
     p.add_argument("--dashboard-port", type=_port, help="Ray dashboard / job API port "
                    "(default: 8265 when free, else a free port)")
     p.add_argument("--insecure", action="store_true", default=None,

@@ -85,6 +85,20 @@ class Settings(BaseSettings):
     address: str | None = Field(None, description="join this Ray cluster instead of starting a "
                                 "local one")
     replicas: int = Field(default=1, ge=1, le=64, description="Serve replicas of the app")
+    # Cluster mode (on with --address, --replication > 1, or a Serve config): every shard keeps
+    # `replication` replicas on distinct storage nodes (see actors/replication.py).
+    cluster: bool = Field(False, description="cluster mode even without --address (Serve "
+                          "configs set it)")
+    replication: int = Field(default=1, ge=1, le=7, description="replicas of every shard, on "
+                             "distinct storage nodes (cluster mode)")
+    replace_after_s: float = Field(default=300.0, gt=0, description="a shard replica down this "
+                                   "long is rebuilt on another storage node")
+    store_id: str | None = Field(None, description="set at start from the store's layout")
+    proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = Field(
+        "EveryNode", description="where Serve runs HTTP proxies (HeadOnly when several Ray "
+        "nodes share one host's ports)")
+    max_replicas_per_node: int | None = Field(default=None, ge=1, description="at most this "
+                                              "many app replicas per node")
     embedding_workers: int = Field(default=1, ge=1, le=64, description="embedding actors")
     embedding_gpus: float = Field(default=0.0, ge=0.0, description="GPUs per embedding actor")
     dashboard: bool = Field(True, description="start Ray's dashboard (it serves the job API "
@@ -164,6 +178,10 @@ class Settings(BaseSettings):
                                    dotenv_settings: PydanticBaseSettingsSource,
                                    file_secret_settings: PydanticBaseSettingsSource):
         return init_settings, env_settings, _ConfigFileSource(settings_cls)
+
+    @property
+    def cluster_mode(self) -> bool:
+        return self.cluster or self.address is not None or self.replication > 1
 
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()

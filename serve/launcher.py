@@ -48,14 +48,15 @@ def serve_forever(settings: Settings) -> int:
     from memoray.auth import TokenStore, check_bind
     from memoray.crypto import key_text_from_settings
     from memoray.serve import startup
-    from memoray.serve.topology import resolve_layout, start_actors
+    from memoray.serve.topology import resolve_layout, start_actors, start_cluster
 
     try:
         check_bind(settings.host, TokenStore(settings.resolved_tokens_file()).enabled,
                    settings.insecure)
         key_text_from_settings(settings)  # a malformed key fails here, not inside a shard
         startup.check_port(settings.host, settings.port)
-        layout = resolve_layout(settings)
+        # Cluster mode: the layout is read on the head, once Ray is up (serve/topology.py).
+        layout = None if settings.cluster_mode else resolve_layout(settings)
     except MemorayError as err:
         print(f"memoray: {err.message}", file=sys.stderr)
         return 2
@@ -79,7 +80,10 @@ def serve_forever(settings: Settings) -> int:
     steps.say(f"starting Ray (joining {settings.address})" if settings.address else
               "starting Ray" + (f" (dashboard and job API on 127.0.0.1:{dashboard_port})"
                                 if dashboard_port else ""))
-    context = ray.init(address=settings.address, namespace=NAMESPACE,
+    # One machine in cluster mode (--replication without --address) is one storage node.
+    local_resources = ({"memoray_node_local": 1000.0}
+                       if settings.cluster_mode and not settings.address else None)
+    context = ray.init(address=settings.address, namespace=NAMESPACE, resources=local_resources,
                        include_dashboard=settings.dashboard if not settings.address else None,
                        dashboard_port=dashboard_port,
                        logging_level=logging.WARNING, log_to_driver=False,
@@ -88,7 +92,16 @@ def serve_forever(settings: Settings) -> int:
                                                  "RAY_USAGE_STATS_ENABLED": "0"}})
     steps.say(f"loading {settings.shards} shards and the {settings.embedder} embedding model")
     try:
-        topology = start_actors(settings, layout, progress=steps.say)
+        if settings.cluster_mode:
+            layout_d, topology = start_cluster(settings)
+            store_id = layout_d["store_id"]
+        else:
+            topology = start_actors(settings, layout, progress=steps.say)
+            store_id = layout.store_id
+    except MemorayError as err:
+        print(f"memoray: {err.message}", file=sys.stderr)
+        ray.shutdown()
+        return 2
     except Exception as exc:  # an actor failed to start: say why in one line, not a traceback
         text = str(exc)
         reason = next((line.strip() for line in text.splitlines()
@@ -101,20 +114,22 @@ def serve_forever(settings: Settings) -> int:
     steps.say(f"deploying the server ({settings.replicas} replica"
               f"{'s' if settings.replicas > 1 else ''})")
     logs = {"log_level": "WARNING", "enable_access_log": settings.access_log}
-    serve.start(http_options={"host": settings.host, "port": settings.port}, logging_config=logs)
-    serve.run(make_app(settings, layout.store_id), name="memoray", route_prefix="/",
+    serve.start(http_options={"host": settings.host, "port": settings.port},
+                proxy_location=settings.proxy_location, logging_config=logs)
+    serve.run(make_app(settings, store_id), name="memoray", route_prefix="/",
               blocking=False, logging_config=logs)
     url = f"http://{settings.host}:{settings.port}"
     dash = getattr(context, "dashboard_url", None)
     run_file = settings.resolved_data_dir() / "run.json"
     run_file.write_text(json.dumps({"pid": os.getpid(), "url": url,
                                     "ray_address": ray.get_runtime_context().gcs_address,
-                                    "store_id": layout.store_id, "shards": settings.shards,
+                                    "store_id": store_id, "shards": settings.shards,
                                     "dashboard_url": f"http://{dash}" if dash else None}))
     session = (getattr(context, "address_info", None) or {}).get("session_dir")
     if session:
         steps.say(f"Ray's logs: {session}/logs")
-    print(f"memoray ready at {url}/mcp, viewer at {url}/ ({settings.shards} shards, "
+    print(f"memoray ready at {url}/mcp, viewer at {url}/ ({settings.shards} shards"
+          f"{f' x{settings.replication}' if settings.cluster_mode else ''}, "
           f"{settings.embedder} embedder, data in {settings.resolved_data_dir()}, started in "
           f"{time.time() - t0:.1f}s)", flush=True)
 
@@ -126,7 +141,13 @@ def serve_forever(settings: Settings) -> int:
     print("memoray: shutting down (snapshotting indexes)", flush=True)
     try:
         serve.shutdown()
-        ray.get([s.target.snapshot.remote() for s in topology.shards.clients], timeout=120)
+        if settings.cluster_mode:  # detached actors: stop every one this store started
+            from memoray.actors.cluster_start import stop_store
+
+            print(f"memoray: stopped {stop_store(settings, store_id)} actors", flush=True)
+        else:
+            ray.get([s.target.snapshot.remote() for s in topology.shards.clients],
+                    timeout=120)
     finally:
         if not settings.address:
             ray.shutdown()

@@ -101,3 +101,41 @@ def lookup(settings: Settings, store_id: str) -> Topology:
                              [get(names.embedder(i)) for i in range(settings.embedding_workers)])
     return Topology(names, backend, PlannerClient(get(names.planner)),
                     LimiterClient(get(names.limiter)), ExpiryClient(get(names.expiry)))
+
+
+# -- cluster mode (--address, --replication, serve deploy): replicated shards ------------------
+
+def start_cluster(settings: Settings) -> tuple[dict, Topology]:
+    """Layout on the head, the store's controller and replicated shards, and the other actors,
+    all detached (actors/cluster_start.py). Returns (layout, topology)."""
+    from memoray.actors.cluster_start import resolve_layout_on_head, start_store
+
+    layout = resolve_layout_on_head(settings)
+    started = start_store(settings, layout)
+    return layout, _cluster_topology(layout["store_id"], started["shards"],
+                                     started["embedders"], started["planner"],
+                                     started["limiter"], started["expiry"])
+
+
+def lookup_cluster(settings: Settings, store_id: str) -> Topology:
+    """A replica's view of a replicated store."""
+    import ray
+
+    from memoray.actors.replication import replicated_shards
+
+    names = ActorNames(store_id)
+
+    def get(name: str) -> Any:
+        return ray.get_actor(name, namespace=NAMESPACE)
+
+    return _cluster_topology(store_id, replicated_shards(store_id, settings.shards),
+                             [get(names.embedder(i)) for i in range(settings.embedding_workers)],
+                             get(names.planner), get(names.limiter), get(names.expiry))
+
+
+def _cluster_topology(store_id: str, shards: ShardSet, embedders: list, planner: Any,
+                      limiter: Any, expiry: Any) -> Topology:
+    from memoray.actors.embedding_worker import EmbedderPool
+
+    return Topology(ActorNames(store_id), Backend(shards, EmbedderPool.of(embedders)),
+                    PlannerClient(planner), LimiterClient(limiter), ExpiryClient(expiry))
