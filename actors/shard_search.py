@@ -48,6 +48,13 @@ class SearchRequest:
     half_life_days: float = 30.0
     include_content: bool = True
     tier_weighting: bool = True
+    # Retrieval features (memoray.settings holds their defaults; see docs in _score/_neighbours).
+    fusion: str = "score"  # score: alpha*cos + (1-alpha)*tanh(bm25) | rrf: reciprocal rank
+    rrf_k: float = 60.0
+    neighbor_weight: float = 0.0  # share of the best same-session neighbour's score added
+    neighbor_turns: int = 1  # how many records either side in the session count as neighbours
+    neighbor_window_s: float = 3600.0  # ...and only within this many seconds of the record
+    pool: int = 0  # return up to max(k, pool) hits (the replica re-ranks them), 0: k
 
 
 @dataclass
@@ -142,7 +149,10 @@ class ShardSearch:
                 lex_labels = lex.top(pool_k, candidates=cand)
 
         pool = np.union1d(vec_labels, lex_labels).astype(np.int64)
-        hits = self._score(req, pool, k, lex if want_lex else None)
+        nb = None
+        if req.neighbor_weight > 0 and len(pool):
+            pool, nb = self._neighbours(req, pool, node, cand)
+        hits = self._score(req, pool, max(k, req.pool), lex if want_lex else None, nb)
         return {"shard": self.shard_id, "hits": hits, "strategy": used,
                 "candidates": None if cand is None else int(len(cand)), "pool": int(len(pool)),
                 "seconds": time.perf_counter() - t0}
@@ -154,8 +164,50 @@ class ShardSearch:
                 if lb in self.postings and flt.matches(node, self.postings.row(lb))]
         return np.asarray(keep, dtype=np.int64)
 
+    def _neighbours(self, req: SearchRequest, pool: np.ndarray, node: Any,
+                    cand: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Neighbouring-record expansion: the pool grows by each member's `neighbor_turns`
+        nearest records either side in its session (session_id, capture order, within
+        `neighbor_window_s`), so a short reply ("Yes, last Friday!") is found through the
+        turn it answers, and a commit through the prompt that asked for it.
+
+        Returns the grown pool (sorted) and an (n, 2w) matrix of each member's neighbours as
+        positions in it (-1: none). One loop per distinct session, numpy inside; neighbours
+        are this shard's records (ids route records to shards by hash, so with S shards a
+        record's nearest same-session neighbours here lie ~S capture positions apart)."""
+        w = max(1, int(req.neighbor_turns))
+        offsets = np.concatenate([-np.arange(1, w + 1), np.arange(1, w + 1)])
+        sids = np.asarray([self.postings.row(int(lb)).get("session_id") or "" for lb in pool],
+                          dtype=object)
+        sessions: dict[str, np.ndarray] = {}
+        for sid in set(sids.tolist()) - {""}:
+            sessions[sid] = self.postings.labels_eq("session_id", sid)
+        extra = [sess[np.clip(np.searchsorted(sess, pool[sids == sid])[:, None] + offsets,
+                              0, len(sess) - 1)].ravel()
+                 for sid, sess in sessions.items()]
+        if extra:
+            new = np.setdiff1d(np.concatenate(extra), pool)
+            if len(new) and not isinstance(node, flt.All):
+                new = (np.intersect1d(new, cand) if cand is not None
+                       else self._post_filter(node, new))
+            pool = np.union1d(pool, new).astype(np.int64)
+        rows = [self.postings.row(int(lb)) for lb in pool]
+        sids = np.asarray([r.get("session_id") or "" for r in rows], dtype=object)
+        ts = np.asarray([r.get("timestamp") or 0.0 for r in rows], dtype=np.float64)
+        nbm = np.full((len(pool), len(offsets)), -1, dtype=np.int64)
+        for sid, sess in sessions.items():
+            members = np.flatnonzero(sids == sid)
+            pos = np.searchsorted(sess, pool[members])[:, None] + offsets
+            ok = (pos >= 0) & (pos < len(sess))
+            lab = sess[np.clip(pos, 0, len(sess) - 1)]
+            at = np.minimum(np.searchsorted(pool, lab), len(pool) - 1)
+            ok &= pool[at] == lab
+            ok &= np.abs(ts[at] - ts[members][:, None]) <= req.neighbor_window_s
+            nbm[members] = np.where(ok, at, -1)
+        return pool, nbm
+
     def _score(self, req: SearchRequest, pool: np.ndarray, k: int,
-               lex: _Lexical | None) -> list[Hit]:
+               lex: _Lexical | None, nb: np.ndarray | None = None) -> list[Hit]:
         if len(pool) == 0:
             return []
         if req.vector is not None and req.mode != "lexical":
@@ -171,8 +223,14 @@ class ShardSearch:
             score = vec
         elif req.mode == "lexical":
             score = lexs
+        elif req.fusion == "rrf":
+            score = _rrf(vec, lexs, req.rrf_k)
         else:
             score = req.alpha * vec + (1.0 - req.alpha) * lexs
+        if nb is not None:
+            # each record also scores by its best neighbour (what it answers or is answered by)
+            best = np.where(nb >= 0, score[np.maximum(nb, 0)], 0.0).max(axis=1)
+            score = (score + req.neighbor_weight * best) / (1.0 + req.neighbor_weight)
         now = req.now or time.time()
         rows = [self.postings.row(int(lb)) for lb in pool]
         if req.recency_weight > 0:
@@ -190,3 +248,15 @@ class ShardSearch:
                    else [rows[i] for i in order])
         return [Hit(float(score[i]), float(vec[i]), float(lexs[i]), rec)
                 for i, rec in zip(order, records) if rec is not None]
+
+
+def _rrf(vec: np.ndarray, lexs: np.ndarray, k: float) -> np.ndarray:
+    """Reciprocal-rank fusion over the pool, scaled so rank 1 in both lists scores 1.0; a
+    record without a lexical match gets no lexical term."""
+    n = len(vec)
+    rank_v = np.empty(n)
+    rank_v[np.argsort(-vec, kind="stable")] = np.arange(1, n + 1)
+    rank_l = np.empty(n)
+    rank_l[np.argsort(-lexs, kind="stable")] = np.arange(1, n + 1)
+    fused = 1.0 / (k + rank_v) + np.where(lexs > 0, 1.0 / (k + rank_l), 0.0)
+    return (fused * (k + 1.0) / 2.0).astype(np.float32)

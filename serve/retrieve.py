@@ -8,6 +8,8 @@ import asyncio
 import time
 from typing import Any
 
+import numpy as np
+
 from memoray.actors.shard_search import SearchRequest
 from memoray.serve.observability import span
 from memoray.serve.request import Caller, UseCase
@@ -80,7 +82,8 @@ class Retrieve(UseCase):
         req = SearchRequest(vector=vector, query=query, k=limit, filter=node, strategy=chosen,
                             oversample=plan.oversample, mode=mode,
                             alpha=self.settings.hybrid_alpha, now=time.time(),
-                            recency_weight=recency_weight, include_content=include_content)
+                            recency_weight=recency_weight, include_content=include_content,
+                            **feature_fields(self.settings))
         with span("memoray.fanout", shards=len(self.backend.shards), strategy=chosen):
             try:
                 parts = await asyncio.wait_for(self.backend.shards.each(lambda c: c.search(req)),
@@ -88,7 +91,10 @@ class Retrieve(UseCase):
             except TimeoutError:
                 raise MemorayError(ErrorCode.QUERY_TIMEOUT,
                                    f"query exceeded {self.settings.query_timeout_s}s") from None
-        hits = sorted((h for p in parts for h in p["hits"]), key=lambda h: -h.score)[:limit]
+        hits = [h for p in parts for h in p["hits"]]
+        if self.settings.session_weight > 0:
+            session_aggregate(hits, self.settings.session_weight)
+        hits = sorted(hits, key=lambda h: -h.score)[:limit]
         actual = [p["candidates"] for p in parts]
         total = sum(actual) if all(a is not None for a in actual) else None  # type: ignore[arg-type]
         self.planner.record(plan.estimated_candidates, total, chosen)
@@ -161,6 +167,35 @@ class Retrieve(UseCase):
         return {"query": query, "limit": limit, "filter": flt.to_wire(scoped),
                 "shape": flt.shape(scoped), "plan": plan.to_dict(),
                 "accuracy": self.planner.accuracy()}
+
+
+def feature_fields(settings: Any) -> dict[str, Any]:
+    """The retrieval-feature settings every shard needs for one request."""
+    return {"fusion": settings.retrieval_fusion, "rrf_k": settings.rrf_k,
+            "neighbor_weight": settings.neighbor_weight,
+            "neighbor_turns": settings.neighbor_turns,
+            "neighbor_window_s": settings.neighbor_window_s,
+            "pool": settings.session_pool if settings.session_weight > 0 else 0}
+
+
+def session_aggregate(hits: list, weight: float) -> None:
+    """Session-level aggregation over every shard's hits (a session's records are spread over
+    shards): each hit also scores by the best hit of its session, so the turns of the session
+    that answers the question rise together. In place; records without a session keep their
+    score. One pass in numpy over the merged pool."""
+    if not hits:
+        return
+    scores = np.asarray([h.score for h in hits], dtype=np.float64)
+    sids = [h.record.get("session_id") for h in hits]
+    codes, inverse = np.unique(np.asarray([s or "" for s in sids], dtype=object),
+                               return_inverse=True)
+    best = np.full(len(codes), -np.inf)
+    np.maximum.at(best, inverse, scores)
+    has = np.asarray([bool(s) for s in sids])
+    boosted = np.where(has & (scores >= 0), (scores + weight * best[inverse]) / (1.0 + weight),
+                       scores)
+    for h, s in zip(hits, boosted.tolist()):
+        h.score = s
 
 
 def to_retrieved(rec: Record) -> RetrievedMemory:
