@@ -22,6 +22,7 @@ from memoray.lexical import normalize as lexical_normalize
 from memoray.lifecycle import TIER_WEIGHT
 from memoray.postings import Postings
 from memoray.records import Record
+from memoray.temporal import proximity as temporal_proximity
 
 EXACT = "exact"
 ANN = "ann"
@@ -55,6 +56,9 @@ class SearchRequest:
     neighbor_turns: int = 1  # how many records either side in the session count as neighbours
     neighbor_window_s: float = 3600.0  # ...and only within this many seconds of the record
     pool: int = 0  # return up to max(k, pool) hits (the replica re-ranks them), 0: k
+    time_span: tuple[float, float] | None = None  # what a date in the query names (temporal)
+    temporal_weight: float = 0.0  # share of the score that date proximity may take away
+    temporal_scale_s: float = 14 * 86400.0  # proximity halves every ~0.7 of this outside
 
 
 @dataclass
@@ -233,6 +237,10 @@ class ShardSearch:
             score = (score + req.neighbor_weight * best) / (1.0 + req.neighbor_weight)
         now = req.now or time.time()
         rows = [self.postings.row(int(lb)) for lb in pool]
+        if req.time_span is not None and req.temporal_weight > 0:
+            ts = np.array([r.get("timestamp") or 0.0 for r in rows], dtype=np.float64)
+            prox = temporal_proximity(ts, req.time_span, req.temporal_scale_s)
+            score = score * (1.0 - req.temporal_weight + req.temporal_weight * prox)
         if req.recency_weight > 0:
             ages = np.array([max(0.0, now - (r.get("timestamp") or now)) for r in rows])
             decay = np.power(0.5, ages / (req.half_life_days * 86400.0))

@@ -236,9 +236,9 @@ def aggregate_splits(rows: list[tuple[str, int, dict[str, float]]]) -> dict[str,
 
 
 class FrozenClock:
-    """Stands in for serve.service's `time` module so `now` is a chosen instant (the end of
-    the conversation) while perf_counter keeps working: recency weighting measured as if the
-    questions were asked right after the last session."""
+    """Stands in for serve.retrieve's `time` module so `now` is a chosen instant (a day after
+    the conversation's last session) while perf_counter keeps working: questions are asked
+    right after the conversation, so "in June" means that conversation's June."""
 
     def __init__(self, now: float):
         self.now = now
@@ -250,10 +250,10 @@ class FrozenClock:
 
 
 async def run_queries(service: Any, caller: Any, convs: list[Conversation], mode: str, *,
-                      label: str, recency_weight: float = 0.0, clock: bool = False,
+                      label: str, recency_weight: float = 0.0, clock: bool = True,
                       strategy: str | None = None, splits: tuple[str, ...] = ("dev", "heldout"),
                       ) -> dict[str, Any]:
-    import memoray.serve.service as service_module
+    import memoray.serve.retrieve as service_module  # where run_search reads the clock
 
     rows: list[tuple[str, int, dict[str, float]]] = []
     lat: list[float] = []
@@ -346,7 +346,7 @@ async def seed_query_cache(batcher: Any, convs: list[Conversation], cold_n: int 
 
 
 FEATURES_OFF: dict[str, Any] = {"retrieval_fusion": "score", "neighbor_weight": 0.0,
-                                "session_weight": 0.0}
+                                "session_weight": 0.0, "temporal_weight": 0.0}
 # Each feature alone against the baseline (features off), then combinations; the dev half
 # decides, the held-out half confirms.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -358,6 +358,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "session 0.1": {"session_weight": 0.1},
     "session 0.25": {"session_weight": 0.25},
     "session 0.5": {"session_weight": 0.5},
+    "temporal 0.3": {"temporal_weight": 0.3},
+    "temporal 0.6": {"temporal_weight": 0.6},
     "neighbor 0.5 + session 0.25": {"neighbor_weight": 0.5, "session_weight": 0.25},
     "rrf + neighbor 0.5 + session 0.25": {"retrieval_fusion": "rrf", "neighbor_weight": 0.5,
                                           "session_weight": 0.25},
@@ -371,7 +373,8 @@ def defaults_of_settings() -> dict[str, Any]:
 
     cfg = Settings()
     keys = ("retrieval_fusion", "rrf_k", "neighbor_weight", "neighbor_turns",
-            "neighbor_window_s", "session_weight", "session_pool", "hybrid_alpha")
+            "neighbor_window_s", "session_weight", "session_pool", "temporal_weight",
+            "temporal_scale_days", "hybrid_alpha")
     return {k: getattr(cfg, k) for k in keys}
 
 

@@ -18,6 +18,7 @@ from memoray import filters as flt
 from memoray.errors import ErrorCode, MemorayError, invalid
 from memoray.models import MAX_LIMIT, MAX_QUERY_CHARS, RetrievedMemory, check_text
 from memoray.records import Record
+from memoray.temporal import query_time_span
 from memoray.timeutil import to_iso
 
 
@@ -79,9 +80,12 @@ class Retrieve(UseCase):
         if mode != "lexical":
             with span("memoray.embed_query"):
                 vector = (await self.embed([query], query=True))[0]
+        now = time.time()
+        when = (query_time_span(query, now) if self.settings.temporal_weight > 0 and query
+                else None)
         req = SearchRequest(vector=vector, query=query, k=limit, filter=node, strategy=chosen,
                             oversample=plan.oversample, mode=mode,
-                            alpha=self.settings.hybrid_alpha, now=time.time(),
+                            alpha=self.settings.hybrid_alpha, now=now, time_span=when,
                             recency_weight=recency_weight, include_content=include_content,
                             **feature_fields(self.settings))
         with span("memoray.fanout", shards=len(self.backend.shards), strategy=chosen):
@@ -175,6 +179,8 @@ def feature_fields(settings: Any) -> dict[str, Any]:
             "neighbor_weight": settings.neighbor_weight,
             "neighbor_turns": settings.neighbor_turns,
             "neighbor_window_s": settings.neighbor_window_s,
+            "temporal_weight": settings.temporal_weight,
+            "temporal_scale_s": settings.temporal_scale_days * 86400.0,
             "pool": settings.session_pool if settings.session_weight > 0 else 0}
 
 

@@ -132,3 +132,39 @@ def test_rrf_setting_returns_unit_scores(tmp_path):
     conversation(svc)
     rrf, scores = search(svc, "flaky deploy", limit=5, retrieval_fusion="rrf")
     assert set(rrf) and all(0.0 <= s <= 1.0 for s in scores)
+
+
+def test_query_dates_resolve_to_spans():
+    from datetime import UTC, datetime
+
+    from memoray.temporal import query_time_span
+
+    now = datetime(2026, 6, 1, 12, tzinfo=UTC).timestamp()
+
+    def days(q):
+        span = query_time_span(q, now)
+        return None if span is None else [datetime.fromtimestamp(x, UTC).date().isoformat()
+                                          for x in span]
+
+    assert days("what setback did she face in October 2023?") == ["2023-10-01", "2023-11-01"]
+    assert days("the painting shown on October 13, 2023") == ["2023-10-13", "2023-10-14"]
+    assert days("found on 1 February, 2023") == ["2023-02-01", "2023-02-02"]
+    assert days("deploy of 2023-05-08") == ["2023-05-08", "2023-05-09"]
+    assert days("camping in June") == ["2026-06-01", "2026-07-01"]
+    assert days("camping in July") == ["2025-07-01", "2025-08-01"]  # the latest July so far
+    assert days("what broke the login page yesterday") == ["2026-05-31", "2026-06-01"]
+    assert days("may I ask why we pinned pandas") is None  # "may" the verb is no month
+    assert days("why did we pin pandas") is None
+
+
+def test_temporal_weight_prefers_records_of_the_named_month(tmp_path):
+    svc = make_service(tmp_path, shards=1)
+    rows = [("released the mobile app update", "s-may", "ws", "2025-05-10T10:00:00Z"),
+            ("released the mobile app update", "s-oct", "ws", "2025-10-10T10:00:00Z")]
+    ids = capture(svc, rows)
+    on, scores = search(svc, "which app update did we release in October 2025", limit=2,
+                        temporal_weight=0.5)
+    assert on[0] == ids[1] and scores[0] > scores[1]
+    on, _ = search(svc, "which app update did we release in May 2025", limit=2,
+                   temporal_weight=0.5)
+    assert on[0] == ids[0]
