@@ -3,14 +3,14 @@
     python -m benchmarks.coding_memories [--embedder minilm|hash]
 
 The set (issue 15): benchmarks/data/coding_facts.py holds 75 hand-written facts from coding
-sessions in five repositories and nine branches, each with two paraphrased questions an agent
+sessions in five repositories and ten branches, each with two paraphrased questions an agent
 would ask later (150 queries). Every fact sits in a session of four records captured a minute
 apart: a generic prompt, the fact, and two pieces of tool chatter (tests run, files edited),
 so a fact is surrounded by records of its own session; 60 more chatter records are spread over
 the repositories. Every query carries the filters an agent would send: always its workspace;
 the fact's branch when it is not main (first paraphrase), the fact's event type (first
-paraphrase of every third main-branch fact, second paraphrase of every other fact), and `startTime` = 8 days before "now" for facts of
-the last week (first paraphrase). A query is found when its fact is in the top 5 (one relevant
+paraphrase of every third main-branch fact, second paraphrase of every other fact), and
+`startTime` = 8 days before "now" for facts of the last week (first paraphrase). A query is found when its fact is in the top 5 (one relevant
 record, so recall@5 = hit@5); a filter violation is any returned record the filter rejects.
 """
 
@@ -70,7 +70,9 @@ def build_set(seed: int = 15) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         t = NOW - timedelta(days=days, hours=rng.randint(0, 8))
         sid = f"{repo}-{key}"
 
-        def add(text: str, event_type: str, minutes: int, fact: str | None = None) -> None:
+        def add(text: str, event_type: str, minutes: int, fact: str | None = None,
+                repo: str = repo, branch: str = branch, sid: str = sid,
+                t: datetime = t) -> None:
             memories.append({"content": text, "event_type": event_type, "workspace_id": repo,
                              "git_branch": branch, "session_id": sid, "key": fact,
                              "timestamp": (t + timedelta(minutes=minutes)).isoformat()})

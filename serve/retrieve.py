@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import numpy as np
-
 from memoray.actors.shard_search import SearchRequest
 from memoray.serve.observability import span
 from memoray.serve.request import Caller, UseCase

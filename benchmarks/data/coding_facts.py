@@ -301,7 +301,8 @@ FACTS: list[tuple[str, str, str, str, int, str, tuple[str, str]]] = [
     ("flaky-e2e", "mobile-app", "release/4.2", "problem", 2,
      "Detox e2e tests were flaky on CI: animations still running when tapping. Disabled "
      "animations in the test build and added waitFor on the cart badge.",
-     ("why were end to end tests unreliable", "intermittent ui test failures on the release branch")),
+     ("why were end to end tests unreliable",
+      "intermittent ui test failures on the release branch")),
     ("flaky-api-tests", "shop-api", "main", "problem", 24,
      "API tests were flaky because they shared one Postgres database; each test now runs in a "
      "transaction rolled back at the end (pytest fixture db_session).",
