@@ -10,8 +10,9 @@ so a fact is surrounded by records of its own session; 60 more chatter records a
 the repositories. Every query carries the filters an agent would send: always its workspace;
 the fact's branch when it is not main (first paraphrase), the fact's event type (first
 paraphrase of every third main-branch fact, second paraphrase of every other fact), and
-`startTime` = 8 days before "now" for facts of the last week (first paraphrase). A query is found when its fact is in the top 5 (one relevant
-record, so recall@5 = hit@5); a filter violation is any returned record the filter rejects.
+`startTime` = 8 days before "now" for facts of the last week (first paraphrase). A query is
+found when its fact is in the top 5 (one relevant record, so recall@5 = hit@5); a filter
+violation is any returned record the filter rejects.
 """
 
 from __future__ import annotations
