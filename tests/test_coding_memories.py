@@ -9,7 +9,6 @@ import asyncio
 
 from benchmarks.coding_memories import build_set, evaluate
 from benchmarks.common import build_service
-
 from memoray.embedding import HashEmbedder
 from tests.service_harness import caller
 
