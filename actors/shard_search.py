@@ -155,8 +155,10 @@ class ShardSearch:
         pool = np.union1d(vec_labels, lex_labels).astype(np.int64)
         nb = None
         if req.neighbor_weight > 0 and len(pool):
-            pool, nb = self._neighbours(req, pool, node, cand)
-        hits = self._score(req, pool, max(k, req.pool), lex if want_lex else None, nb)
+            pool, nb, rows = self._neighbours(req, pool, node, cand)
+        else:
+            rows = None
+        hits = self._score(req, pool, max(k, req.pool), lex if want_lex else None, nb, rows)
         return {"shard": self.shard_id, "hits": hits, "strategy": used,
                 "candidates": None if cand is None else int(len(cand)), "pool": int(len(pool)),
                 "seconds": time.perf_counter() - t0}
@@ -169,49 +171,63 @@ class ShardSearch:
         return np.asarray(keep, dtype=np.int64)
 
     def _neighbours(self, req: SearchRequest, pool: np.ndarray, node: Any,
-                    cand: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+                    cand: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
         """Neighbouring-record expansion: the pool grows by each member's `neighbor_turns`
         nearest records either side in its session (session_id, capture order, within
         `neighbor_window_s`), so a short reply ("Yes, last Friday!") is found through the
         turn it answers, and a commit through the prompt that asked for it.
 
-        Returns the grown pool (sorted) and an (n, 2w) matrix of each member's neighbours as
-        positions in it (-1: none). One loop per distinct session, numpy inside; neighbours
-        are this shard's records (ids route records to shards by hash, so with S shards a
-        record's nearest same-session neighbours here lie ~S capture positions apart)."""
+        Returns the grown pool (sorted), an (n, 2w) matrix of each member's neighbours as
+        positions in it (-1: none), and the members' rows. The pool's sessions are laid end to
+        end as one sorted key array (session code, label), so finding every neighbour is one
+        searchsorted; the only Python loop gathers each distinct session's (cached) labels.
+        Neighbours are this shard's records (ids route records to shards by hash, so with S
+        shards a record's nearest same-session neighbours here lie ~S capture positions
+        apart)."""
         w = max(1, int(req.neighbor_turns))
         offsets = np.concatenate([-np.arange(1, w + 1), np.arange(1, w + 1)])
-        sids = np.asarray([self.postings.row(int(lb)).get("session_id") or "" for lb in pool],
-                          dtype=object)
-        sessions: dict[str, np.ndarray] = {}
-        for sid in set(sids.tolist()) - {""}:
-            sessions[sid] = self.postings.labels_eq("session_id", sid)
-        extra = [sess[np.clip(np.searchsorted(sess, pool[sids == sid])[:, None] + offsets,
-                              0, len(sess) - 1)].ravel()
-                 for sid, sess in sessions.items()]
-        if extra:
-            new = np.setdiff1d(np.concatenate(extra), pool)
-            if len(new) and not isinstance(node, flt.All):
-                new = (np.intersect1d(new, cand) if cand is not None
-                       else self._post_filter(node, new))
-            pool = np.union1d(pool, new).astype(np.int64)
         rows = [self.postings.row(int(lb)) for lb in pool]
-        sids = np.asarray([r.get("session_id") or "" for r in rows], dtype=object)
+        sids = [r.get("session_id") for r in rows]
+        names = sorted({sid for sid in sids if sid})
+        if not names:
+            return pool, np.full((len(pool), len(offsets)), -1, np.int64), rows
+        code_of = {sid: i for i, sid in enumerate(names)}
+        sessions = [self.postings.labels_eq("session_id", sid) for sid in names]
+        shift = np.int64(1) << np.int64(40)  # labels are row numbers, far below 2**40
+        keys = np.concatenate([np.int64(c) * shift + sess for c, sess in enumerate(sessions)])
+
+        def around(labels: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """Labels of the neighbours at each offset (n, 2w) and whether they exist."""
+            at = np.searchsorted(keys, codes * shift + labels)[:, None] + offsets
+            ok = (at >= 0) & (at < len(keys)) & (codes >= 0)[:, None]
+            found = keys[np.clip(at, 0, len(keys) - 1)]
+            ok &= (found // shift) == codes[:, None]
+            return found % shift, ok
+
+        codes = np.asarray([code_of.get(sid, -1) if sid else -1 for sid in sids], np.int64)
+        labs, ok = around(pool, codes)
+        new = np.setdiff1d(labs[ok], pool)
+        if len(new) and not isinstance(node, flt.All):
+            new = np.intersect1d(new, cand) if cand is not None else self._post_filter(node, new)
+        if len(new):
+            pool = np.concatenate([pool, new])
+            order = np.argsort(pool, kind="stable")
+            pool = pool[order]
+            rows = rows + [self.postings.row(int(lb)) for lb in new]
+            rows = [rows[i] for i in order.tolist()]
+            new_codes = np.asarray([code_of.get(self.postings.row(int(lb)).get("session_id"),
+                                                -1) for lb in new], np.int64)
+            codes = np.concatenate([codes, new_codes])[order]
+            labs, ok = around(pool, codes)
         ts = np.asarray([r.get("timestamp") or 0.0 for r in rows], dtype=np.float64)
-        nbm = np.full((len(pool), len(offsets)), -1, dtype=np.int64)
-        for sid, sess in sessions.items():
-            members = np.flatnonzero(sids == sid)
-            pos = np.searchsorted(sess, pool[members])[:, None] + offsets
-            ok = (pos >= 0) & (pos < len(sess))
-            lab = sess[np.clip(pos, 0, len(sess) - 1)]
-            at = np.minimum(np.searchsorted(pool, lab), len(pool) - 1)
-            ok &= pool[at] == lab
-            ok &= np.abs(ts[at] - ts[members][:, None]) <= req.neighbor_window_s
-            nbm[members] = np.where(ok, at, -1)
-        return pool, nbm
+        at = np.minimum(np.searchsorted(pool, labs), len(pool) - 1)
+        ok &= pool[at] == labs
+        ok &= np.abs(ts[at] - ts[:, None]) <= req.neighbor_window_s
+        return pool, np.where(ok, at, -1), rows
 
     def _score(self, req: SearchRequest, pool: np.ndarray, k: int,
-               lex: _Lexical | None, nb: np.ndarray | None = None) -> list[Hit]:
+               lex: _Lexical | None, nb: np.ndarray | None = None,
+               rows: list[dict] | None = None) -> list[Hit]:
         if len(pool) == 0:
             return []
         if req.vector is not None and req.mode != "lexical":
@@ -231,12 +247,16 @@ class ShardSearch:
             score = _rrf(vec, lexs, req.rrf_k)
         else:
             score = req.alpha * vec + (1.0 - req.alpha) * lexs
-        if nb is not None:
-            # each record also scores by its best neighbour (what it answers or is answered by)
-            best = np.where(nb >= 0, score[np.maximum(nb, 0)], 0.0).max(axis=1)
-            score = (score + req.neighbor_weight * best) / (1.0 + req.neighbor_weight)
         now = req.now or time.time()
-        rows = [self.postings.row(int(lb)) for lb in pool]
+        if rows is None:
+            rows = [self.postings.row(int(lb)) for lb in pool]
+        expired = np.array([(r.get("expires_at") or math.inf) <= now for r in rows])
+        if nb is not None:
+            # each record also scores by its best neighbour (what it answers or is answered
+            # by); an expired neighbour lends nothing
+            lend = np.where(expired, 0.0, score)
+            best = np.where(nb >= 0, lend[np.maximum(nb, 0)], 0.0).max(axis=1)
+            score = (score + req.neighbor_weight * best) / (1.0 + req.neighbor_weight)
         if req.time_span is not None and req.temporal_weight > 0:
             ts = np.array([r.get("timestamp") or 0.0 for r in rows], dtype=np.float64)
             prox = temporal_proximity(ts, req.time_span, req.temporal_scale_s)
@@ -247,7 +267,6 @@ class ShardSearch:
             score = score * (1.0 - req.recency_weight + req.recency_weight * decay)
         if req.tier_weighting:
             score = score * np.array([TIER_WEIGHT.get(r.get("tier"), 0.9) for r in rows])
-        expired = np.array([(r.get("expires_at") or math.inf) <= now for r in rows])
         score = np.where(expired, -1.0, score)
         order = np.argsort(-score, kind="stable")[: k]
         order = order[score[order] >= 0]

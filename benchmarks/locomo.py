@@ -237,9 +237,11 @@ def aggregate(rows: list[tuple[int, dict[str, float]]]) -> dict[str, Any]:
 
 
 def aggregate_splits(rows: list[tuple[str, int, dict[str, float]]]) -> dict[str, Any]:
-    return {"dev": aggregate([(c, s) for sp, c, s in rows if sp == "dev"]),
-            "heldout": aggregate([(c, s) for sp, c, s in rows if sp == "heldout"]),
-            "all": aggregate([(c, s) for _, c, s in rows])}
+    out = {sp: aggregate([(c, s) for p, c, s in rows if p == sp])
+           for sp in ("dev", "heldout") if any(p == sp for p, _, _ in rows)}
+    if len(out) == 2:
+        out["all"] = aggregate([(c, s) for _, c, s in rows])
+    return out
 
 
 class FrozenClock:
@@ -425,12 +427,12 @@ def plot(out: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(20, 6))
     ax = axes[0]
     y = np.arange(len(names))
-    for j, (sp, metric, color) in enumerate((("dev", "recall@5", "#4C72B0"),
-                                             ("heldout", "recall@5", "#55A868"),
-                                             ("dev", "hit@5", "#8FAADC"),
-                                             ("heldout", "hit@5", "#A9D18E"))):
+    bars = [b for b in (("dev", "recall@5", "#4C72B0"), ("heldout", "recall@5", "#55A868"),
+                        ("dev", "hit@5", "#8FAADC"), ("heldout", "hit@5", "#A9D18E"))
+            if b[0] in results["default"]["metrics"]]
+    for j, (sp, metric, color) in enumerate(bars):
         vals = [results[n]["metrics"][sp]["overall_1_4"][metric] for n in names]
-        ax.barh(y + (j - 1.5) * 0.2, vals, 0.2, label=f"{sp} {metric}", color=color)
+        ax.barh(y + (j - (len(bars) - 1) / 2) * 0.2, vals, 0.2, label=f"{sp} {metric}", color=color)
     ax.set_yticks(y, names, fontsize=7)
     ax.invert_yaxis()
     ax.axvline(0.75, color="gray", ls="--", lw=1)
@@ -440,7 +442,8 @@ def plot(out: dict[str, Any], path: Path) -> None:
                  fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     ax = axes[1]
-    default = results["default"]["metrics"]["heldout"]
+    shown = "heldout" if "heldout" in results["default"]["metrics"] else "dev"
+    default = results["default"]["metrics"][shown]
     cats = [c for c in (1, 2, 3, 4, 5) if f"category_{c}" in default]
     x = np.arange(len(cats))
     for j, metric in enumerate(("recall@5", "hit@5", "session_recall@10", "mrr")):
@@ -449,7 +452,7 @@ def plot(out: dict[str, Any], path: Path) -> None:
     ax.set_xticks(x, [f"{c} {CATEGORIES[c]}\n(n={default[f'category_{c}']['n']})"
                       for c in cats], fontsize=8)
     ax.set_ylim(0, 1)
-    ax.set_title("default settings, held-out half, per category", fontsize=9)
+    ax.set_title(f"default settings, {shown} half, per category", fontsize=9)
     ax.legend(fontsize=7)
     ax = axes[2]
     ax.barh(y - 0.2, [results[n]["latency"]["p50_ms"] for n in names], 0.4, label="p50")
@@ -517,27 +520,34 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     }
     with tempfile.TemporaryDirectory(prefix="memoray-locomo-") as tmp:
         service, cores, batcher, planner = build_service(Path(tmp), embedder, args.shards)
-        out["capture"] = await capture_all(service, caller, convs, args.text_format)
+        splits = tuple(args.splits.split(","))
+        active = [c for i, c in enumerate(convs) if split_of(i) in splits]
+        out["splits_run"] = list(splits)
+        out["capture"] = await capture_all(service, caller, active, args.text_format)
         embedder.save()
         refresh_planner(planner, cores)
-        out["query_embedding"] = await seed_query_cache(batcher, convs, args.cold_embedding)
+        out["query_embedding"] = await seed_query_cache(batcher, active, args.cold_embedding)
         embedder.save()
         results: dict[str, Any] = {}
         apply(service, FEATURES_OFF)
-        for mode in ("vector", "lexical"):
+        modes = () if args.no_modes else ("vector", "lexical")
+        for mode in modes:
             results[f"baseline {mode}"] = await run_queries(service, caller, convs, mode,
-                                                            label=f"ask ({mode})")
+                                                            label=f"ask ({mode})", splits=splits)
         results["baseline hybrid"] = await run_queries(service, caller, convs, "hybrid",
-                                                       label="ask (baseline hybrid)")
+                                                       label="ask (baseline hybrid)",
+                                                       splits=splits)
         results["baseline hybrid"]["overrides"] = FEATURES_OFF
         apply(service, {})
         results["default"] = await run_queries(service, caller, convs, "hybrid",
-                                               label="ask (default settings)")
+                                               label="ask (default settings)", splits=splits)
         results["default"]["overrides"] = {}
-        variants = {} if args.no_sweep else VARIANTS
+        chosen = args.variants.split(";") if args.variants else list(VARIANTS)
+        variants = {} if args.no_sweep else {n: VARIANTS[n] for n in chosen}
         for name, overrides in variants.items():
             apply(service, {**FEATURES_OFF, **overrides})
-            results[name] = await run_queries(service, caller, convs, "hybrid", label=name)
+            results[name] = await run_queries(service, caller, convs, "hybrid", label=name,
+                                              splits=splits)
             results[name]["overrides"] = {**FEATURES_OFF, **overrides}
         apply(service, {})
         out["results"] = results
@@ -560,6 +570,13 @@ def main(argv: list[str] | None = None) -> int:
                          "prev (prev: the previous turn rides along; tuned on the reported "
                          "questions before issue 15, so no longer the default)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the feature variants")
+    ap.add_argument("--variants", default=None,
+                    help="';'-separated names out of VARIANTS to run (default: all)")
+    ap.add_argument("--splits", default="dev,heldout",
+                    help="which halves to capture and ask: dev, heldout or dev,heldout "
+                         "(tuning runs use dev only)")
+    ap.add_argument("--no-modes", action="store_true",
+                    help="skip the vector-only and lexical-only baselines")
     ap.add_argument("--cold-embedding", type=int, default=20,
                     help="queries embedded cold one at a time to time the model (0: skip)")
     ap.add_argument("--data", default=None)
@@ -584,10 +601,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{out['turns']} turns), load {out['environment_load']}\n")
     print("categories 1-4, each settings variant (latency: in-process, query embedding "
           "cached, over all questions):")
-    print(fmt_table(headers, overall_rows(out["results"], ("dev", "heldout"))))
+    run_splits = tuple(sp for sp in ("dev", "heldout") if sp in out["splits_run"])
+    print(fmt_table(headers, overall_rows(out["results"], run_splits)))
     chead = ["category", "n", "R@1", "R@5", "R@10", "hit@5", "hit@10", "all@5", "all@10",
              "sessR@10", "MRR"]
-    for sp in ("heldout", "all"):
+    for sp in [x for x in ("dev", "heldout", "all") if x in out["results"]["default"]["metrics"]
+               and (x != "dev" or len(run_splits) == 1)]:
         print(f"\ndefault settings {out['settings_defaults']}, {sp}:")
         print(fmt_table(chead, category_rows(out["results"]["default"], sp)))
     qe = out["query_embedding"].get("cold_query_embedding")
