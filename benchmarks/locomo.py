@@ -364,14 +364,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "neighbor 0.5": {"neighbor_weight": 0.5},
     "neighbor 1.0": {"neighbor_weight": 1.0},
     "neighbor 0.5 x2": {"neighbor_weight": 0.5, "neighbor_turns": 2},
-    "session 0.1": {"session_weight": 0.1},
     "session 0.25": {"session_weight": 0.25},
     "session 0.5": {"session_weight": 0.5},
     "temporal 0.3": {"temporal_weight": 0.3},
     "temporal 0.6": {"temporal_weight": 0.6},
     "neighbor 0.5 + session 0.25": {"neighbor_weight": 0.5, "session_weight": 0.25},
-    "rrf + neighbor 0.5 + session 0.25": {"retrieval_fusion": "rrf", "neighbor_weight": 0.5,
-                                          "session_weight": 0.25},
+    "neighbor 0.5 + session 0.25 + temporal 0.3": {"neighbor_weight": 0.5,
+                                                   "session_weight": 0.25,
+                                                   "temporal_weight": 0.3},
 }
 METRICS = ("recall@1", "recall@5", "recall@10", "hit@5", "hit@10", "all@5", "all@10",
            "session_recall@10", "mrr")
@@ -539,9 +539,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                                                        splits=splits)
         results["baseline hybrid"]["overrides"] = FEATURES_OFF
         apply(service, {})
-        results["default"] = await run_queries(service, caller, convs, "hybrid",
-                                               label="ask (default settings)", splits=splits)
-        results["default"]["overrides"] = {}
+        if all(getattr(service.settings, k) == v for k, v in FEATURES_OFF.items()):
+            results["default"] = results["baseline hybrid"]  # the same settings: not re-run
+        else:
+            results["default"] = await run_queries(service, caller, convs, "hybrid",
+                                                   label="ask (default settings)",
+                                                   splits=splits)
+        results["default"] = {**results["default"], "overrides": {}}
         chosen = args.variants.split(";") if args.variants else list(VARIANTS)
         variants = {} if args.no_sweep else {n: VARIANTS[n] for n in chosen}
         for name, overrides in variants.items():
