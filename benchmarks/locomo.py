@@ -368,6 +368,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "session 0.5": {"session_weight": 0.5},
     "session 1.0": {"session_weight": 1.0},
     "session 0.5 + neighbor 0.25": {"session_weight": 0.5, "neighbor_weight": 0.25},
+    "session 1.0 + neighbor 0.25": {"session_weight": 1.0, "neighbor_weight": 0.25},
     "session 0.5 + temporal 0.3": {"session_weight": 0.5, "temporal_weight": 0.3},
     "temporal 0.3": {"temporal_weight": 0.3},
     "temporal 0.6": {"temporal_weight": 0.6},

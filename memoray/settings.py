@@ -66,10 +66,10 @@ class Settings(BaseSettings):
     # held-out half of LoCoMo liked after tuning on the development half.
     retrieval_fusion: Literal["score", "rrf"] = "score"  # hybrid: weighted scores or RRF
     rrf_k: float = Field(default=60.0, gt=0)
-    neighbor_weight: float = Field(default=0.0, ge=0.0, le=4.0)  # best same-session neighbour
+    neighbor_weight: float = Field(default=0.25, ge=0.0, le=4.0)  # best same-session neighbour
     neighbor_turns: int = Field(default=1, ge=1, le=8)  # records either side that count
     neighbor_window_s: float = Field(default=3600.0, ge=0.0)  # ...within this many seconds
-    session_weight: float = Field(default=0.0, ge=0.0, le=4.0)  # best hit of the same session
+    session_weight: float = Field(default=0.5, ge=0.0, le=4.0)  # best hit of the same session
     session_pool: int = Field(default=30, ge=1, le=1000)  # hits per shard the replica re-ranks
     temporal_weight: float = Field(default=0.0, ge=0.0, le=1.0)  # dates in the query vs. time
     temporal_scale_days: float = Field(default=14.0, gt=0)  # how fast proximity decays outside
