@@ -46,8 +46,13 @@ def conversation(svc, ws="ws", sid="s1", gap_minutes=1):
     return capture(svc, rows)
 
 
+OFF = {"retrieval_fusion": "score", "neighbor_weight": 0.0, "session_weight": 0.0,
+       "temporal_weight": 0.0}
+
+
 def search(svc, query, limit=3, filters=None, **settings):
-    for key, value in settings.items():
+    """Every feature off but the ones named (the defaults turn some on)."""
+    for key, value in {**OFF, **settings}.items():
         setattr(svc.settings, key, value)
     records, _ = run(svc.search(caller(), query, limit, filters))
     return [r["id"] for r in records], [r["score"] for r in records]
