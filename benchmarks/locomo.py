@@ -381,6 +381,27 @@ METRICS = ("recall@1", "recall@5", "recall@10", "hit@5", "hit@10", "all@5", "all
            "session_recall@10", "mrr")
 
 
+async def latency_ab(service: Any, caller: Any, convs: list[Conversation],
+                     variants: dict[str, dict[str, Any]], splits: tuple[str, ...]) -> dict:
+    """Each question asked once per variant, the variants interleaved question by question,
+    so a busy machine's load swings hit every variant alike: the fair way to read the cost
+    of a feature here."""
+    lat: dict[str, list[float]] = {n: [] for n in variants}
+    qs = [(conv, q) for i, conv in enumerate(convs) if split_of(i) in splits
+          for q in conv.questions if q.evidence]
+    prog = Progress("latency A/B", len(qs) * len(variants), "q")
+    for conv, q in qs:
+        for name, overrides in variants.items():
+            apply(service, overrides)
+            t0 = time.perf_counter()
+            await service.search(caller, q.question, K, {"workspaceId": workspace(conv)})
+            lat[name].append(time.perf_counter() - t0)
+            prog.update()
+    prog.close()
+    apply(service, {})
+    return {n: latency_summary(v) for n, v in lat.items()}
+
+
 def defaults_of_settings() -> dict[str, Any]:
     from memoray.settings import Settings
 
@@ -559,6 +580,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             results[name]["overrides"] = {**FEATURES_OFF, **overrides}
         apply(service, {})
         out["results"] = results
+        if args.latency_ab:
+            base = defaults_of_settings()
+            out["latency_ab"] = await latency_ab(service, caller, convs, {
+                "features off": FEATURES_OFF,
+                "neighbor only": {**FEATURES_OFF, "neighbor_weight": base["neighbor_weight"]},
+                "session only": {**FEATURES_OFF, "session_weight": base["session_weight"]},
+                "defaults": {}}, splits)
         out["planner"] = planner.accuracy()
         for core in cores:
             core.storage.close()
@@ -583,6 +611,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--splits", default="dev,heldout",
                     help="which halves to capture and ask: dev, heldout or dev,heldout "
                          "(tuning runs use dev only)")
+    ap.add_argument("--latency-ab", action="store_true",
+                    help="also time features off / each default feature / defaults, "
+                         "interleaved per question")
     ap.add_argument("--no-modes", action="store_true",
                     help="skip the vector-only and lexical-only baselines")
     ap.add_argument("--cold-embedding", type=int, default=20,
@@ -617,6 +648,11 @@ def main(argv: list[str] | None = None) -> int:
                and (x != "dev" or len(run_splits) == 1)]:
         print(f"\ndefault settings {out['settings_defaults']}, {sp}:")
         print(fmt_table(chead, category_rows(out["results"]["default"], sp)))
+    if out.get("latency_ab"):
+        print("\nlatency, variants interleaved per question (in-process, embedding cached):")
+        print(fmt_table(["settings", "p50 ms", "p95 ms", "mean ms"],
+                        [[n, v["p50_ms"], v["p95_ms"], v["mean_ms"]]
+                         for n, v in out["latency_ab"].items()]))
     qe = out["query_embedding"].get("cold_query_embedding")
     if qe and qe.get("n"):
         print(f"\none query embedded cold ({out['embedder']}): p50 {qe['p50_ms']:.1f} ms, "
