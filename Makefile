@@ -10,8 +10,9 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install run test test-unit test-integration bench bench-core bench-hooks bench-locomo \
-        bench-planner bench-dedup bench-security bench-coding bench-locomo-dev reindex backup lint clean
+.PHONY: install browser run test test-unit test-integration test-cluster bench bench-core \
+        bench-hooks bench-locomo bench-locomo-dev bench-coding bench-planner bench-dedup \
+        bench-security bench-audit bench-replication reindex backup lint clean
 
 install: $(STAMP)
 
@@ -26,17 +27,33 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m compileall -q memoray
 	touch $(STAMP)
 
-run: install
-	$(BIN)/memoray serve
+# Headless Chromium for the viewer tests (Debian's chromium + chromium-driver), when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then \
+	  $(SUDO) apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends \
+	    chromium chromium-driver; \
+	fi
 
-test: install
+# `make run ARGS="--port 8100 --data-dir /tmp/m"` passes flags to `memoray serve`.
+ARGS ?=
+run: install
+	$(BIN)/memoray serve $(ARGS)
+
+test: install browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not integration" tests
 
-test-integration: install
+test-integration: install browser
 	$(BIN)/python -m pytest -q -m integration tests
+
+# The multi-node tests alone (also part of `make test`): a 3-node Ray cluster on this machine,
+# every node in its own mount namespace with its own disk (needs root: unshare, mount).
+test-cluster: install
+	$(BIN)/python -m pytest -q -m cluster tests
 
 # Every benchmark, one after the other; each prints its table and saves JSON (+ PNG) under
 # benchmarks/results/. Run them one by one with the targets below.
@@ -69,14 +86,24 @@ bench-dedup: install
 bench-security: install
 	$(BIN)/python -m benchmarks.bench_security
 
-# Batch jobs against the running server (`make run` in another terminal).
+bench-audit: install
+	$(BIN)/python -m benchmarks.bench_audit
+
+bench-replication: install
+	$(BIN)/python -m benchmarks.bench_replication
+
+# Batch jobs against the running server (`make run` in another terminal): its dashboard (the
+# job API) is read from DATA_DIR/run.json, since it is not always on 8265.
 DATA_DIR ?= $(HOME)/.memoray
+DASHBOARD = $$($(BIN)/python -m memoray.serve.startup $(DATA_DIR))
 reindex: install
-	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:8265 --working-dir . \
+	@dash=$(DASHBOARD) && echo "job API at $$dash" && \
+	RAY_AUTH_MODE=token $(BIN)/ray job submit --address $$dash --working-dir . \
 	  -- python -m memoray.cluster.jobs.reindex --data-dir $(DATA_DIR)
 
 backup: install
-	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:8265 --working-dir . \
+	@dash=$(DASHBOARD) && echo "job API at $$dash" && \
+	RAY_AUTH_MODE=token $(BIN)/ray job submit --address $$dash --working-dir . \
 	  -- python -m memoray.cluster.jobs.backup --data-dir $(DATA_DIR) --dest $(DEST)
 
 lint: install

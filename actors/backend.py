@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from memoray.actors.embedding_worker import EmbedderPool, EmbeddingWorker
 from memoray.actors.shard_client import ShardSet
 

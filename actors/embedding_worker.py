@@ -15,8 +15,8 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-from memoray.actors.client import ActorClient
 
+from memoray.actors.client import ActorClient
 from memoray.embedding import Embedder, make_embedder
 from memoray.errors import ErrorCode, MemorayError
 

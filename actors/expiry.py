@@ -16,10 +16,9 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
+from memoray import filters as flt
 from memoray.actors.client import ActorClient
 from memoray.actors.shard_client import ShardSet
-
-from memoray import filters as flt
 from memoray.settings import RetentionPolicy
 from memoray.timeutil import to_iso
 

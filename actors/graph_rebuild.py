@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import numpy as np
+
 from memoray.actors.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)

@@ -36,3 +36,12 @@ class ActorNames:
     @property
     def expiry(self) -> str:
         return f"{self.prefix}-expiry"
+
+    # Cluster mode (actors/replication.py, actors/controller.py).
+    @property
+    def controller(self) -> str:
+        return f"{self.prefix}-controller"
+
+    def replica(self, shard: int, node: str) -> str:
+        """One replica of a shard, on the storage node `node`."""
+        return f"{self.prefix}-shard-{shard}@{node}"

@@ -20,9 +20,8 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from memoray.actors.client import ActorClient
-
 from memoray import filters as flt
+from memoray.actors.client import ActorClient
 
 # Cost model, in microseconds, calibrated on a 2-core x86 machine with
 # benchmarks/bench_planner.py (100k memories, 4 shards, hybrid mode).

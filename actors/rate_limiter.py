@@ -12,19 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 from memoray.actors.client import ActorClient
-
 from memoray.ratelimit import Decision, Key, Lease, SlidingWindow, limits_from_settings
 
 ACTOR_OPTIONS = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": -1}
 
 
-def create(settings: Any, name: str, namespace: str):
+def create(settings: Any, name: str, namespace: str, **options: Any):
     """Get the named limiter, or create it with the limits from settings. An existing actor keeps
-    the limits it was created with."""
+    the limits it was created with. `options`: more actor options (lifetime, placement)."""
     import ray
 
     cls = ray.remote(**ACTOR_OPTIONS)(SlidingWindow)
-    return cls.options(name=name, namespace=namespace, get_if_exists=True).remote(
+    return cls.options(name=name, namespace=namespace, get_if_exists=True, **options).remote(
         limits_from_settings(settings))
 
 

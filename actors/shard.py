@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sortedcontainers import SortedList
+
+from memoray import filters as flt
 from memoray.actors.graph_rebuild import GraphRebuild, worth_rebuilding
 from memoray.actors.shard_search import SearchRequest, SearchResult, ShardSearch
 from memoray.actors.shard_storage import OP_DEL, OP_PUT, ShardStorage
 from memoray.actors.vector_index import VectorIndex
-from sortedcontainers import SortedList
-
-from memoray import filters as flt
 from memoray.lexical import LexicalIndex
 from memoray.postings import Postings
 from memoray.records import Record, slim
@@ -148,6 +148,43 @@ class ShardCore:
         self._maybe_snapshot()
         return [(mid, label >= 0) for mid, label, _ in results]
 
+    def merge(self, record: Record, vector: np.ndarray) -> bool:
+        """Replace a record (and its vector) only if it still exists: a merge racing a delete
+        never brings the deleted record back (the shard runs one call at a time, so the check
+        and the write are one step). False when the record is gone."""
+        label = self.storage.label_of(record["id"])
+        if label is None:
+            return False
+        absorbed = self.index.matrix[label].copy()  # the wording being replaced
+        self.put([record], vector[None, :])
+        self.storage.add_wording(label, absorbed)
+        return True
+
+    def best_match(self, vector: np.ndarray, node: Any, k: int = 8,
+                   now: float | None = None) -> tuple[Record, float] | None:
+        """The live memory under `node` most similar to `vector`, comparing against every
+        wording each memory absorbed in merges (not only its newest), so the order paraphrases
+        arrive in matters less. Exact over the filter's candidates (upserts are scoped)."""
+        cand = flt.evaluate(node, self.postings)
+        if len(cand) == 0:
+            return None
+        labels, sims = self.index.exact(vector, cand, k)
+        now = now or time.time()
+        wordings = self.storage.wordings_of(labels.tolist(), self.dim)
+        best: tuple[int, float] | None = None
+        for label, sim in zip(labels.tolist(), sims.tolist()):
+            row = self.postings.row(label)
+            if (row.get("expires_at") or math.inf) <= now:
+                continue
+            if label in wordings:
+                sim = max(sim, float(np.max(wordings[label] @ vector)))
+            if best is None or sim > best[1]:
+                best = (label, sim)
+        if best is None:
+            return None
+        record = self.storage.get_by_labels([best[0]])[0]
+        return (record, best[1]) if record is not None else None
+
     def update_record(self, record: Record) -> None:
         """Rewrite a record body in place (merge, re-encryption); the vector stays."""
         label = self.storage.label_of(record["id"])
@@ -252,6 +289,17 @@ class ShardCore:
         if limit is not None:
             labels = labels[:limit]
         return [self.postings.row(int(label)) for label in labels]
+
+    def recent(self, node: Any, limit: int, before: tuple[float, str] | None = None
+               ) -> list[Record]:
+        """Full records matching a filter, newest first (the viewer's browse view), paged by a
+        (timestamp, id) cursor."""
+        labels = self.postings.newest(self.labels_matching(node), limit, before)
+        return [r for r in self.storage.get_by_labels(labels) if r is not None]
+
+    def day_counts(self, node: Any) -> dict[str, dict[str, int]]:
+        """Records per UTC day and event type matching a filter (no contents read)."""
+        return self.postings.day_counts(self.labels_matching(node))
 
     def search(self, req: SearchRequest) -> SearchResult:
         self._swap_if_rebuilt()

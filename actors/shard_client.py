@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import numpy as np
+
 from memoray.actors.client import ActorClient
 from memoray.actors.shard import ACTOR_OPTIONS, ShardCore
 from memoray.actors.shard_search import SearchRequest, SearchResult
-
 from memoray.ids import shard_for
 from memoray.records import Record
 
@@ -33,6 +33,13 @@ class ShardClient(ActorClient[ShardCore]):
     async def put(self, records: list[Record], vectors: np.ndarray) -> list[tuple[str, bool]]:
         return await self._call(ShardCore.put, records, vectors)
 
+    async def merge(self, record: Record, vector: np.ndarray) -> bool:
+        return await self._call(ShardCore.merge, record, vector)
+
+    async def best_match(self, vector: np.ndarray, node: Any, k: int = 8,
+                         now: float | None = None) -> tuple[Record, float] | None:
+        return await self._call(ShardCore.best_match, vector, node, k, now)
+
     async def update_record(self, record: Record) -> None:
         return await self._call(ShardCore.update_record, record)
 
@@ -50,6 +57,13 @@ class ShardClient(ActorClient[ShardCore]):
 
     async def select(self, node: Any, limit: int | None = None) -> list[Record]:
         return await self._call(ShardCore.select, node, limit)
+
+    async def recent(self, node: Any, limit: int,
+                     before: tuple[float, str] | None = None) -> list[Record]:
+        return await self._call(ShardCore.recent, node, limit, before)
+
+    async def day_counts(self, node: Any) -> dict[str, dict[str, int]]:
+        return await self._call(ShardCore.day_counts, node)
 
     async def search(self, req: SearchRequest) -> SearchResult:
         return await self._call(ShardCore.search, req)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 import numpy as np
-from memoray.actors.vector_index import VectorIndex
 
 from memoray import filters as flt
+from memoray.actors.vector_index import VectorIndex
 from memoray.lexical import LexicalIndex
 from memoray.lexical import normalize as lexical_normalize
 from memoray.lifecycle import TIER_WEIGHT

@@ -9,6 +9,7 @@ after LMDB commits (fsync'ed when durable), which is the moment a write may be a
 from __future__ import annotations
 
 import errno
+import os
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,10 +35,25 @@ def from_u64(b: bytes) -> int:
     return _U64.unpack(b)[0]
 
 
-def _storage_error(exc: Exception) -> MemorayError:
+LOW_DISK_BYTES = 16 << 20  # below this much free space, an I/O error is taken as a full disk
+
+
+def _disk_nearly_full(path: Path) -> bool:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < LOW_DISK_BYTES
+
+
+def _storage_error(exc: Exception, path: Path | None = None) -> MemorayError:
+    """STORAGE_FULL (not retryable: free space first) for a full map or disk, UNAVAILABLE for
+    anything else. LMDB reports a full disk during commit as a plain I/O error (EIO), so an I/O
+    error on a nearly full filesystem counts as full."""
     if isinstance(exc, lmdb.MapFullError):
         return MemorayError(ErrorCode.STORAGE_FULL, "shard storage is full (map size reached)")
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in str(exc):
+    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            or "No space left" in str(exc) or path is not None and _disk_nearly_full(path)):
         return MemorayError(ErrorCode.STORAGE_FULL, "disk is full")
     return MemorayError(ErrorCode.UNAVAILABLE, f"storage error: {type(exc).__name__}")
 
@@ -51,6 +67,7 @@ class ShardStorage:
             str(self.path / "lmdb"), map_size=map_size, max_dbs=16, subdir=True,
             sync=durable, metasync=durable, writemap=False, readahead=False, lock=True,
         )
+        self.txn_extra: Callable[[lmdb.Transaction], None] | None = None
         self.keyring = keyring
         self.sealer = keyring_sealer(keyring)
         self.records = self.env.open_db(b"records")
@@ -60,6 +77,8 @@ class ShardStorage:
         self.log = self.env.open_db(b"log")
         self.idem = self.env.open_db(b"idem")
         self.meta = self.env.open_db(b"meta")
+        # label -> the vectors of wordings a memory absorbed in upsert merges (float32 rows)
+        self.wordings = self.env.open_db(b"wordings")
         with self.env.begin(write=False) as txn:
             self._seq = self._meta_int(txn, b"seq")
             self._next_label = self._meta_int(txn, b"next_label")
@@ -89,32 +108,50 @@ class ShardStorage:
 
     # -- writes -----------------------------------------------------------------------------
     def _write(self, fn: Callable[[lmdb.Transaction], Any]) -> Any:
+        # A one-shot hook that commits in the same transaction as the next write: the replicated
+        # log entry of an op (actors/replica_core.py) and the op's effect are durable together.
+        extra, self.txn_extra = self.txn_extra, None
         try:
             with self.env.begin(write=True) as txn:
-                return fn(txn)
+                out = fn(txn)
+                if extra is not None:
+                    extra(txn)
+                return out
         except MemorayError:
             raise
         except (lmdb.Error, OSError) as exc:
-            raise _storage_error(exc) from exc
+            raise _storage_error(exc, self.path) from exc
 
     def put_many(self, records: list[dict], vectors: np.ndarray) -> list[tuple[str, int, bool]]:
         """Commit records and vectors in one transaction.
 
         Returns (id, label, created) per record; a record whose idempotency key was already
         used returns the id stored under that key with label -1 and nothing is written for it.
+        A document is one unit: when its first chunk (which carries the document's key) is a
+        retry, its other chunks are not written either (returned as ("", -1, False)), so a
+        retried document never adds chunks, whatever its content now.
         """
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
 
         def tx(txn: lmdb.Transaction) -> list[tuple[str, int, bool]]:
             seq, next_label = self._seq, self._next_label
             out: list[tuple[str, int, bool]] = []
+            replayed_docs: set[str] = set()
             for record, vec in zip(records, vectors):
+                if record.get("parent_id") in replayed_docs:
+                    out.append(("", -1, False))
+                    continue
                 key = record.get("idempotency_key")
                 if key:
                     ikey = f"{record['workspace_id']}\x00{key}".encode()
                     existing = txn.get(ikey, db=self.idem)
+                    if existing is None and record.get("chunk_index") == 0:
+                        # a document stored before chunk keys were namespaced: "K#0"
+                        existing = txn.get(ikey + b"#0", db=self.idem)
                     if existing is not None and existing.decode() != record["id"]:
                         out.append((existing.decode(), -1, False))  # a retry: stored already
+                        if record.get("parent_id"):
+                            replayed_docs.add(record["parent_id"])
                         continue
                     txn.put(ikey, record["id"].encode(), db=self.idem)
                 mid = record["id"].encode()
@@ -150,6 +187,26 @@ class ShardStorage:
 
         self._write(tx)
 
+    def add_wording(self, label: int, vector: np.ndarray, keep: int = 32) -> None:
+        """Remember a wording's vector for a memory (its newest `keep`)."""
+        row = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+        def tx(txn: lmdb.Transaction) -> None:
+            old = txn.get(u64(label), db=self.wordings) or b""
+            kept = (old + row)[-keep * len(row):]
+            txn.put(u64(label), kept, db=self.wordings)
+
+        self._write(tx)
+
+    def wordings_of(self, labels: list[int], dim: int) -> dict[int, np.ndarray]:
+        out: dict[int, np.ndarray] = {}
+        with self.env.begin() as txn:
+            for label in labels:
+                raw = txn.get(u64(label), db=self.wordings)
+                if raw:
+                    out[label] = np.frombuffer(raw, dtype=np.float32).reshape(-1, dim)
+        return out
+
     def delete_many(self, ids: list[str]) -> list[tuple[str, int]]:
         """Hard delete: the record, its vector, its id maps and its idempotency key go."""
 
@@ -172,6 +229,7 @@ class ShardStorage:
                 txn.delete(mid, db=self.ids)
                 txn.delete(raw_label, db=self.labels)
                 txn.delete(raw_label, db=self.vectors)
+                txn.delete(raw_label, db=self.wordings)
                 seq += 1
                 txn.put(u64(seq), msgpack.packb((OP_DEL, label)), db=self.log)
                 gone.append((memory_id, label))

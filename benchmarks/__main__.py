@@ -12,6 +12,7 @@ from benchmarks.common import log
 def main() -> None:
     quick = os.environ.get("MEMORAY_BENCH_QUICK") == "1"
     from benchmarks import (
+        bench_audit,
         bench_core,
         bench_dedup,
         bench_hooks_server,
@@ -35,6 +36,8 @@ def main() -> None:
             if quick else [])),
         ("coding memories (issue 15)", lambda: coding_memories.main(
             ["--out", "coding_memories_quick"] if quick else [])),
+        ("audit group commit (issue 9)", lambda: bench_audit.main(
+            ["--batches", "5"] if quick else [])),
     ]
     for name, fn in steps:
         t0 = time.time()

@@ -171,7 +171,6 @@ class Corpus:
 
 def build(root: Path, corpus: Corpus, shards: int) -> list:
     from memoray.actors.shard import ShardCore
-
     from memoray.ids import shard_for
 
     cores = [ShardCore(i, root / f"shard-{i}", DIM, map_size=4 << 30, durable=False,
@@ -375,9 +374,8 @@ def calibrate(cores: list, queries: list, mode: str, repeat: int) -> dict[str, A
     exact against candidates per shard (workspace filters of 10 to 74k records),
     one ANN pass against k' (oversample varied on a 99% filter, so nothing falls back), and a
     residual row scan (a metadata filter evaluated over every row)."""
-    from memoray.actors.shard_search import ANN, EXACT, SearchRequest
-
     from memoray import filters as flt
+    from memoray.actors.shard_search import ANN, EXACT, SearchRequest
 
     def timed(node: Any, strategy: str, over: float) -> float:
         par = []
@@ -430,9 +428,8 @@ def scoped_overhead(cores: list, planner: Any, queries: list, repeat: int) -> li
     with the plain filter, with the service's scoped filter, and with the same scoping on an
     indexed field (agent_id != a value no record has: the cost visibility would have if the
     postings indexed it)."""
-    from memoray.actors.shard_search import EXACT, SearchRequest
-
     from memoray import filters as flt
+    from memoray.actors.shard_search import EXACT, SearchRequest
 
     out = []
     for wire in ({"workspaceId": "ws-1k"}, {"workspaceId": "ws-20k"},
@@ -574,9 +571,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import memoray.actors.planner as planner_module
-    from memoray.actors.planner import QueryPlanner
-
     from memoray import filters as flt
+    from memoray.actors.planner import QueryPlanner
 
     t_start = time.perf_counter()
     corpus = Corpus(args.n, args.seed, args.vectors)

@@ -128,11 +128,10 @@ async def evaluate(service: Any, caller: Any, queries: list[dict[str, Any]],
 
 
 async def run(embedder_kind: str, variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    from memoray.serve.service import Caller
-
     from benchmarks.locomo import apply
     from memoray.auth import LOCAL_PRINCIPAL
     from memoray.models import CaptureItem
+    from memoray.serve.service import Caller
 
     memories, queries = build_set()
     embedder = CachedEmbedder(LazyEmbedder(embedder_kind))

@@ -183,7 +183,6 @@ def build_service(root: Path, embedder: Any, shards: int = 2, **settings: Any):
     from memoray.actors.planner import QueryPlanner
     from memoray.actors.shard import ShardCore
     from memoray.serve.service import MemoryService
-
     from memoray.settings import Settings
 
     cores = [ShardCore(i, Path(root) / f"shard-{i}", embedder.dim, map_size=2 << 30,

@@ -498,10 +498,9 @@ def plot(out: dict[str, Any], path: Path) -> None:
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     import os
 
-    from memoray.serve.service import Caller
-
     from benchmarks.common import CachedEmbedder, LazyEmbedder
     from memoray.auth import LOCAL_PRINCIPAL
+    from memoray.serve.service import Caller
 
     path = Path(args.data) if args.data else (DATA if DATA.exists() else DATA_FALLBACK)
     convs = load(path, args.limit_conversations)

@@ -7,8 +7,10 @@ hash speed. A fast, unsalted hash is therefore as safe here and keeps verificati
 on every request, with an O(1) lookup by digest.
 
 tokens.json: {"version": 1, "tokens": [{"id", "hash", "principal", "workspaces", "scopes",
-"created", "revoked"}]}, written atomically (temp file, fsync, rename, fsync dir), mode 0600.
-Once it holds a non-revoked token, every request needs `Authorization: Bearer <token>`.
+"created", "revoked", "agent"?}]}, written atomically (temp file, fsync, rename,
+fsync dir), mode 0600. Once it has held a token, every request needs `Authorization: Bearer
+<token>`, even after every token is revoked: the store stays closed until an operator opens it
+again explicitly (`memoray token open`), so revoking the last token never switches auth off.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any
 from memoray.errors import ErrorCode, MemorayError, invalid
 
 TOKEN_PREFIX = "mr_"
-SCOPES = frozenset({"read", "write", "admin"})
+SCOPES = frozenset({"read", "write", "admin", "metrics"})  # metrics: scrape /metrics only
 ALL_WORKSPACES = "*"
 FILE_VERSION = 1
 RELOAD_INTERVAL_S = 1.0
@@ -50,6 +52,7 @@ class Principal:
     workspaces: frozenset[str]
     scopes: frozenset[str]
     token_id: str | None = None
+    agent: str | None = None  # the agent identity bound to the token (tokens on), else None
 
     def can(self, scope: str) -> bool:
         return scope in self.scopes or ("admin" in self.scopes and scope in SCOPES)
@@ -99,10 +102,11 @@ def parse_scopes(value: str | Iterable[str]) -> list[str]:
     items = value.split(",") if isinstance(value, str) else list(value)
     out = sorted({s.strip().lower() for s in items if s.strip()})
     if not out:
-        raise invalid("scopes: give at least one of read, write, admin")
+        raise invalid("scopes: give at least one of read, write, admin, metrics")
     unknown = [s for s in out if s not in SCOPES]
     if unknown:
-        raise invalid(f"scopes: unknown scope(s) {', '.join(unknown)}; use read, write, admin")
+        raise invalid(f"scopes: unknown scope(s) {', '.join(unknown)}; "
+                      "use read, write, admin, metrics")
     return out
 
 
@@ -164,10 +168,13 @@ class TokenStore:
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _read_file(self) -> list[dict[str, Any]]:
+        return self._read_doc()["tokens"]
+
+    def _read_doc(self) -> dict[str, Any]:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            return []
+            return {"version": FILE_VERSION, "tokens": []}
         try:
             doc = json.loads(raw)
             tokens = doc["tokens"]
@@ -181,7 +188,7 @@ class TokenStore:
             # No path in the message: it reaches remote callers.
             raise MemorayError(ErrorCode.UNAVAILABLE,
                                f"the server's tokens file is malformed ({e})") from None
-        return tokens
+        return doc
 
     def _refresh(self, force: bool = False) -> None:
         with self._lock:
@@ -196,11 +203,12 @@ class TokenStore:
             if stamp == self._stamp and self._error is None and not force:
                 return
             try:
-                entries = self._read_file()
+                doc = self._read_doc()
             except MemorayError as e:
                 self._error = e
                 self._stamp = stamp
                 raise
+            entries = doc["tokens"]
             self._error = None
             self._stamp = stamp
             self._entries = entries
@@ -208,9 +216,10 @@ class TokenStore:
 
     @property
     def enabled(self) -> bool:
-        """Auth is on once the file holds a non-revoked token."""
+        """Auth is on while the file holds a token entry, live or revoked: revoking the last
+        token leaves the store closed until an operator opens it (`open_store`)."""
         self._refresh()
-        return any(not t.get("revoked") for t in self._entries)
+        return bool(self._entries)
 
     def verify(self, token: str) -> Principal | None:
         """The principal for a live token, or None. The dict lookup is keyed by a SHA-256 digest,
@@ -228,6 +237,7 @@ class TokenStore:
             workspaces=frozenset(entry.get("workspaces") or ()),
             scopes=frozenset(entry.get("scopes") or ()),
             token_id=entry["id"],
+            agent=str(entry.get("agent") or entry.get("principal", "")),
         )
 
     def list(self) -> list[dict[str, Any]]:
@@ -245,7 +255,8 @@ class TokenStore:
         with self._lock, open(lock_path, "a") as lock_file:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
             try:
-                entries = self._read_file()
+                doc = self._read_doc()
+                entries = doc["tokens"]
                 yield entries
                 doc = {"version": FILE_VERSION, "tokens": entries}
                 atomic_write(self.path, (json.dumps(doc, indent=2) + "\n").encode())
@@ -254,7 +265,7 @@ class TokenStore:
         self._refresh(force=True)
 
     def create(self, principal: str, workspaces: str | Iterable[str],
-               scopes: str | Iterable[str] = ("read", "write")) -> str:
+               scopes: str | Iterable[str] = ("read", "write"), agent: str | None = None) -> str:
         """Store a new token's hash and return the token: the only time it is ever visible."""
         name = principal.strip()
         if not name:
@@ -266,10 +277,22 @@ class TokenStore:
             token_id = secrets.token_hex(5)
             while token_id in ids:
                 token_id = secrets.token_hex(5)
-            entries.append({"id": token_id, "hash": hash_token(token), "principal": name,
-                            "workspaces": ws, "scopes": sc, "created": _utc_now_iso(),
-                            "revoked": False})
+            entry = {"id": token_id, "hash": hash_token(token), "principal": name,
+                     "workspaces": ws, "scopes": sc, "created": _utc_now_iso(), "revoked": False}
+            if agent is not None and agent.strip():
+                entry["agent"] = agent.strip()
+            entries.append(entry)
         return token
+
+    def open_store(self) -> None:
+        """Switch authentication off for good (local, single-user mode): only when no live token
+        is left, and only by this explicit call. Every token entry is removed; creating a token
+        closes the store again."""
+        with self._locked_file() as entries:
+            live = [t["id"] for t in entries if not t.get("revoked")]
+            if live:
+                raise invalid(f"revoke the live tokens first ({', '.join(live)})")
+            entries.clear()
 
     def revoke(self, token_or_id: str) -> bool:
         """Revoke by token or by id. True when a live token was revoked by this call."""
@@ -351,13 +374,15 @@ def main_token(args: argparse.Namespace) -> int:
     store = TokenStore(tokens_path(getattr(args, "data_dir", None)))
     try:
         if args.token_cmd == "create":
-            token = store.create(args.principal, args.workspaces, args.scopes)
+            token = store.create(args.principal, args.workspaces, args.scopes,
+                                 agent=getattr(args, "agent", None))
             p = store.verify(token)
             if p is None:  # only if another process rewrote the file in between
                 raise MemorayError(ErrorCode.UNAVAILABLE, "the new token was not found on re-read")
             print(f"created token {p.token_id} for principal {p.name}")
             print(f"  workspaces: {','.join(sorted(p.workspaces))}")
             print(f"  scopes:     {','.join(sorted(p.scopes))}")
+            print(f"  agent:      {p.agent}")
             print(f"  stored in:  {store.path}")
             print("Keep it secret; it is shown only once:")
             print(token)
@@ -368,6 +393,11 @@ def main_token(args: argparse.Namespace) -> int:
                 return 0
             print("no live token matches", file=sys.stderr)
             return 1
+        if args.token_cmd == "open":
+            store.open_store()
+            print(f"authentication is off: {store.path} holds no token (local, single-user "
+                  "mode; a non-loopback bind then needs --insecure)")
+            return 0
         if args.token_cmd == "list":
             rows = [[t["id"], t.get("principal", ""), ",".join(t.get("workspaces", [])),
                      ",".join(t.get("scopes", [])), t.get("created", ""),

@@ -1,9 +1,11 @@
 """The `memoray` command. Subcommands import their modules lazily so `memoray hook` starts fast
-(it must not import ray, torch or numpy)."""
+(it must not import ray, torch, numpy or pydantic). Errors print one line, never a traceback
+(MEMORAY_DEBUG=1 shows it)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -11,30 +13,203 @@ HOOK_EVENTS = (
     "SessionStart", "UserPromptSubmit", "PostToolUse", "Stop", "SessionEnd", "PreCompact",
 )
 
+# The defaults help text shows (kept equal to memoray.settings.Settings by a test: importing
+# pydantic here would slow every `memoray hook`).
+DEFAULTS = {
+    "host": "127.0.0.1", "port": 8000, "data_dir": "~/.memoray", "shards": 2,
+    "embedder": "minilm", "replicas": 1,
+}
+DEFAULT_URL = "http://127.0.0.1:8000"
+PRECEDENCE = "flags override MEMORAY_* variables, which override ~/.memoray/config.toml"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the command and where help is."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0-65535)")
+    return port
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} must be at least 1")
+    return n
+
+
+def _version() -> str:
+    from memoray.version import version
+
+    return version()
+
+
+# -- serve ---------------------------------------------------------------------------------------
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="start (or join) Ray and deploy the MCP server")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--data-dir", type=Path)
-    p.add_argument("--shards", type=int)
-    p.add_argument("--embedder", choices=["minilm", "hash"])
-    p.add_argument("--address", help="join this Ray cluster instead of starting a local one")
-    p.add_argument("--replicas", type=int)
+    d = DEFAULTS
+    p = sub.add_parser("serve", help="start (or join) Ray and deploy the server",
+                       description=f"Start the server. {PRECEDENCE}.")
+    p.add_argument("--host", help=f"bind address (default: {d['host']}; a non-loopback address "
+                   "needs tokens or --insecure)")
+    p.add_argument("--port", type=_port, help=f"HTTP port (default: {d['port']})")
+    p.add_argument("--data-dir", type=Path, help=f"where data lives (default: {d['data_dir']})")
+    p.add_argument("--shards", type=_positive,
+                   help=f"vector shards, fixed per store (default: {d['shards']})")
+    p.add_argument("--embedder", choices=["minilm", "hash"],
+                   help=f"embedding model (default: {d['embedder']}; hash is for tests)")
+    p.add_argument("--address", help="join this Ray cluster instead of starting a local one "
+                   "(default: start one)")
+    p.add_argument("--replicas", type=_positive,
+                   help=f"Serve replicas (default: {d['replicas']})")
+    p.add_argument("--replication", type=_positive,
+                   help="replicas of every shard, on distinct storage nodes (cluster mode; "
+                   "default: 1)")
+    p.add_argument("--dashboard-port", type=_port, help="Ray dashboard / job API port "
+                   "(default: 8265 when free, else a free port)")
     p.add_argument("--insecure", action="store_true", default=None,
-                   help="allow a non-loopback bind without tokens (not for shared networks)")
+                   help="allow a non-loopback bind without tokens (default: off; not for "
+                   "shared networks)")
+    p.set_defaults(func=_serve)
+
+
+def load_settings(**overrides):
+    from memoray.settings import Settings
+
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from memoray.settings import Settings
-
-    overrides = {k: v for k, v in vars(args).items()
-                 if k not in ("cmd", "func") and v is not None}
-    settings = Settings(**overrides)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("cmd", "func")}
+    settings = load_settings(**overrides)
     from memoray.serve.launcher import serve_forever  # lazy: imports ray
 
     return serve_forever(settings)
 
+
+# -- client commands -----------------------------------------------------------------------------
+
+def _client(args: argparse.Namespace):
+    from memoray.client import ApiClient
+
+    settings = load_settings()
+    url = args.url or settings.client_url()
+    token = args.token or settings.token
+    return ApiClient(url, token)
+
+
+def _add_client_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help=f"the server (default: MEMORAY_URL, else `url` in the config "
+                   f"file, else http://HOST:PORT from the settings: {DEFAULT_URL})")
+    p.add_argument("--token", help="bearer token (default: MEMORAY_TOKEN)")
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    with _client(args) as api:
+        code, health = api.healthz()
+        info = api.get("/api/info")
+        stats = api.get("/api/stats")
+    if args.json:
+        print(json.dumps({"url": api.url, "health": health, "info": info, "stats": stats},
+                         indent=2))
+        return 0 if health.get("status") == "ok" else 1
+    print(f"memoray {info['version']} at {api.url}: {health.get('status')} "
+          f"(up {health.get('uptimeSeconds', 0):.0f}s)")
+    for name, comp in sorted(health.get("components", {}).items()):
+        print(f"  {name:<12} {comp.get('status')}")
+    print(f"memories     {stats.get('total', 0)} in {len(stats.get('workspaces', {}))} "
+          f"workspace(s), {info['shards']} shards, {info['embedder']} embedder")
+    for ws, n in sorted(stats.get("workspaces", {}).items(), key=lambda kv: -kv[1])[:10]:
+        print(f"  {n:>8}  {ws}")
+    if stats.get("eventTypes"):
+        print("event types  " + ", ".join(f"{k} {v}" for k, v in sorted(
+            stats["eventTypes"].items(), key=lambda kv: -kv[1])))
+    if "storageBytes" in stats:
+        print(f"storage      {stats['storageBytes'] / 2**20:.1f} MiB on disk, "
+              f"{stats.get('indexBytes', 0) / 2**20:.1f} MiB of index")
+    if info.get("dataDir"):
+        print(f"data         {info['dataDir']}")
+    print(f"viewer       {api.url}/")
+    return 0 if health.get("status") == "ok" else 1
+
+
+def _search(args: argparse.Namespace) -> int:
+    import json
+    import shutil
+
+    with _client(args) as api:
+        res = api.get("/api/search", q=args.query, workspace=args.workspace, branch=args.branch,
+                      eventType=args.event_type, limit=args.limit)
+    if args.json:
+        print(json.dumps(res, indent=2, ensure_ascii=False))
+        return 0
+    rows = res["memories"]
+    if not rows:
+        print("no memories match", file=sys.stderr)
+        return 0
+    width = shutil.get_terminal_size((120, 20)).columns
+    head = f"{'score':>5}  {'when':<16}  {'type':<12}  {'workspace / branch':<28}  content"
+    print(head)
+    print("-" * min(width, 120))
+    for m in rows:
+        where = m["workspaceId"] + (f" @{m['gitBranch']}" if m.get("gitBranch") else "")
+        text = " ".join(m["content"].split())
+        room = max(20, width - 72)
+        text = text if len(text) <= room else text[:room - 1] + "…"
+        print(f"{m.get('score', 0):>5.2f}  {m['timestamp'][:16].replace('T', ' '):<16}  "
+              f"{m['eventType'][:12]:<12}  {where[:28]:<28}  {text}")
+    print(f"{len(rows)} result(s); ids: memoray search --json", file=sys.stderr)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import time
+
+    t0 = time.time()
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    n = -1  # the header is not a record
+    try:
+        with _client(args) as api:
+            for line in api.export_lines(args.workspace):
+                out.write(line + "\n")
+                n += 1
+    finally:
+        if args.output:
+            out.close()
+    print(f"exported {max(n, 0)} memories in {time.time() - t0:.1f}s", file=sys.stderr)
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from memoray.transfer import import_file
+
+    with _client(args) as api:
+        summary = import_file(api, args.file, batch=args.batch, progress=not args.quiet)
+    print(summary.line(), file=sys.stderr)
+    return 0 if not summary.failed else 1
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from memoray.doctor import run_doctor
+
+    return run_doctor(url=args.url, token=args.token, project=args.project)
+
+
+# -- hooks, tokens, audit (owned elsewhere; wiring only) -----------------------------------------
 
 def _hook(args: argparse.Namespace) -> int:
     from memoray.hooks.runner import run_hook
@@ -61,18 +236,67 @@ def _audit(args: argparse.Namespace) -> int:
     return audit.main_audit(args)
 
 
+class _Version(argparse.Action):
+    """--version, resolved only when asked (reading package metadata costs a few ms)."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"memoray {_version()}")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="memoray", description=__doc__)
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    parser = Parser(prog="memoray", description="Persistent memory for AI coding agents: an MCP "
+                    "server on Ray, its web viewer at http://127.0.0.1:8000/, and this CLI.",
+                    epilog=PRECEDENCE + "; see docs/configuration.md.")
+    parser.add_argument("--version", action=_Version)
+    sub = parser.add_subparsers(dest="cmd", required=True, parser_class=Parser)
     _add_serve(sub)
-    sub.choices["serve"].set_defaults(func=_serve)
+
+    st = sub.add_parser("status", help="the server's health, counts and where data lives")
+    _add_client_flags(st)
+    st.add_argument("--json", action="store_true", help="print JSON (default: a summary)")
+    st.set_defaults(func=_status)
+
+    se = sub.add_parser("search", help="hybrid search, printed as a table")
+    se.add_argument("query")
+    se.add_argument("--workspace", help="only this workspace (default: all you may read)")
+    se.add_argument("--branch", help="only this git branch (default: any)")
+    se.add_argument("--event-type", help="only this event type (default: any)")
+    se.add_argument("--limit", type=_positive, default=10, help="results (default: 10, max 100)")
+    se.add_argument("--json", action="store_true", help="print JSON (default: a table)")
+    _add_client_flags(se)
+    se.set_defaults(func=_search)
+
+    ex = sub.add_parser("export", help="every memory as JSON lines (header first) on stdout")
+    ex.add_argument("--workspace", help="only this workspace (default: all you may read)")
+    ex.add_argument("-o", "--output", type=Path, help="write here (default: stdout)")
+    _add_client_flags(ex)
+    ex.set_defaults(func=_export)
+
+    im = sub.add_parser("import", help="load an export: ids, timestamps and every field kept; "
+                        "re-importing changes nothing")
+    im.add_argument("file", help="an export file, or - for stdin")
+    im.add_argument("--batch", type=_positive, default=500,
+                    help="records per request (default: 500, max 1000)")
+    im.add_argument("--quiet", action="store_true", help="no progress bar (default: shown)")
+    _add_client_flags(im)
+    im.set_defaults(func=_import)
+
+    dr = sub.add_parser("doctor", help="check ports, data dir, server, hooks and versions")
+    dr.add_argument("--project", type=Path, default=None,
+                    help="project whose hooks to check (default: current directory)")
+    _add_client_flags(dr)
+    dr.set_defaults(func=_doctor)
 
     h = sub.add_parser("hook", help="run one Claude Code hook (reads its JSON payload on stdin)")
     h.add_argument("event", choices=HOOK_EVENTS)
     h.set_defaults(func=_hook)
 
     hs = sub.add_parser("hooks", help="manage Claude Code hook entries")
-    hs_sub = hs.add_subparsers(dest="hooks_cmd", required=True)
+    hs_sub = hs.add_subparsers(dest="hooks_cmd", required=True, parser_class=Parser)
     hi = hs_sub.add_parser("install", help="write hooks and the MCP server entry")
     scope = hi.add_mutually_exclusive_group()
     scope.add_argument("--project", type=Path, default=None,
@@ -83,22 +307,29 @@ def build_parser() -> argparse.ArgumentParser:
     hi.set_defaults(func=_hooks_install)
 
     t = sub.add_parser("token", help="create, revoke or list bearer tokens")
-    t_sub = t.add_subparsers(dest="token_cmd", required=True)
+    t_sub = t.add_subparsers(dest="token_cmd", required=True, parser_class=Parser)
     tc = t_sub.add_parser("create")
-    tc.add_argument("--data-dir", type=Path)
+    tc.add_argument("--data-dir", type=Path, help="default: ~/.memoray")
     tc.add_argument("--principal", required=True)
     tc.add_argument("--workspaces", required=True, help="comma-separated workspace ids, or *")
-    tc.add_argument("--scopes", default="read,write", help="comma-separated: read,write,admin")
+    tc.add_argument("--scopes", default="read,write",
+                    help="comma-separated: read,write,admin (default: read,write)")
+    tc.add_argument("--agent", default=None,
+                    help="the agent identity bound to the token (default: the principal name); "
+                         "it owns the token's private memories")
     tr = t_sub.add_parser("revoke")
-    tr.add_argument("--data-dir", type=Path)
+    tr.add_argument("--data-dir", type=Path, help="default: ~/.memoray")
     tr.add_argument("token_or_id")
     tl = t_sub.add_parser("list")
-    tl.add_argument("--data-dir", type=Path)
+    tl.add_argument("--data-dir", type=Path, help="default: ~/.memoray")
+    to = t_sub.add_parser("open", help="switch authentication off: remove every (revoked) "
+                                       "token; refused while a live token exists")
+    to.add_argument("--data-dir", type=Path, help="default: ~/.memoray")
     t.set_defaults(func=_token)
 
     a = sub.add_parser("audit", help="read the audit log")
-    a.add_argument("--data-dir", type=Path)
-    a.add_argument("--limit", type=int, default=50)
+    a.add_argument("--data-dir", type=Path, help="default: ~/.memoray")
+    a.add_argument("--limit", type=int, default=50, help="entries (default: 50)")
     a.add_argument("--principal")
     a.add_argument("--action")
     a.add_argument("--json", action="store_true")
@@ -106,9 +337,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """What went wrong, in one line a user can act on."""
+    name = type(exc).__name__
+    if name == "ValidationError":  # pydantic: settings from flags, env or the config file
+        errs = exc.errors()  # type: ignore[attr-defined]
+        parts = []
+        for e in errs[:3]:
+            field = ".".join(str(p) for p in e["loc"])
+            flag = "--" + field.replace("_", "-")
+            parts.append(f"{field} ({flag} / MEMORAY_{field.upper()} / config.toml): "
+                         f"{e['msg'].removeprefix('Value error, ')}")
+        return "invalid setting: " + "; ".join(parts)
+    message = getattr(exc, "message", None) or str(exc) or name
+    return " ".join(str(message).split())
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "hook" and argv[1] in HOOK_EVENTS:
+        # The hot path (every agent event): skip building the whole parser.
+        from memoray.hooks.runner import run_hook
+
+        return int(run_hook(argv[1]) or 0)
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("memoray: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `memoray export | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # every failure is one line; MEMORAY_DEBUG=1 for the traceback
+        if os.environ.get("MEMORAY_DEBUG"):
+            raise
+        print(f"memoray: {one_line(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,13 @@ from __future__ import annotations
 
 DAY = 86400
 
+# Event types the hooks and docs use; metrics label these by name and every other type "other"
+# (labels come from a closed set: a caller must not mint series or learn another tenant's types).
+KNOWN_EVENT_TYPES = frozenset({
+    "note", "decision", "preference", "convention", "pattern", "code_change", "tool_event",
+    "prompt", "conversation", "error", "fix", "review", "session_summary", "summary", "document",
+})
+
 DEFAULT_TIER = {
     "preference": "preference",
     "convention": "pattern",
@@ -49,3 +56,24 @@ def default_ttl(event_type: str, tier: str,
     if event_type in DEFAULT_TTL_BY_EVENT:
         return DEFAULT_TTL_BY_EVENT[event_type]
     return DEFAULT_TTL_BY_TIER.get(tier)
+
+
+# How specific an event type is: a merge keeps the more specific of the two (a decision merged
+# into a tool event stays a decision). Unknown types rank with the specific ones.
+_SPECIFICITY = {"tool_event": 0, "prompt": 0, "conversation": 0, "note": 1, "code_change": 2}
+_TIER_STRENGTH = {"session": 0, "project": 1, "pattern": 2, "preference": 2}
+
+
+def merged_retention(old: dict, event_type: str, tier: str,
+                     expires_at: float | None) -> dict:
+    """The event type, tier and expiry of a memory that absorbs another wording: the incoming
+    type when it is more specific, the stronger tier, and the later expiry (None, never, wins)."""
+    out_type = old.get("event_type") or event_type
+    if _SPECIFICITY.get(event_type, 3) > _SPECIFICITY.get(out_type, 3):
+        out_type = event_type
+    out_tier = old.get("tier") or tier
+    if _TIER_STRENGTH.get(tier, 1) > _TIER_STRENGTH.get(out_tier, 1):
+        out_tier = tier
+    old_exp = old.get("expires_at")
+    out_exp = None if old_exp is None or expires_at is None else max(old_exp, expires_at)
+    return {"event_type": out_type, "tier": out_tier, "expires_at": out_exp}

@@ -87,6 +87,13 @@ class CaptureItem(Wire):
     def _text_fields(cls, v: str | None) -> str | None:
         return None if v is None else check_text(v)
 
+    @field_validator("idempotency_key")
+    @classmethod
+    def _key(cls, v: str | None) -> str | None:
+        if v is not None and any(ord(c) < 32 for c in v):
+            raise ValueError("must not contain control characters")
+        return v
+
     @field_validator("timestamp")
     @classmethod
     def _timestamp(cls, v: str | None) -> str | None:
@@ -96,8 +103,8 @@ class CaptureItem(Wire):
 
             try:
                 parse_iso(v)
-            except MemorayError:
-                raise ValueError("must be an ISO 8601 timestamp") from None
+            except MemorayError as exc:
+                raise ValueError(exc.message.removeprefix("timestamp: ")) from None
         return v
 
     @model_validator(mode="after")

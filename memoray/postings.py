@@ -12,6 +12,7 @@ cached ones are read-only, so a caller can never corrupt the cache.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -163,6 +164,37 @@ class Postings:
         else:
             out = self._ts_order()[1][i:j].copy()
         out.sort()
+        return out
+
+    def newest(self, labels: np.ndarray, limit: int,
+               before: tuple[float, str] | None = None) -> list[int]:
+        """Up to `limit` of `labels`, newest first by (timestamp, id), strictly below `before`
+        (a (timestamp, id) cursor). Ties on timestamp (a batch shares one) are ordered by id so
+        paging never skips or repeats a record."""
+        ts, order = self._ts_order()
+        j = len(ts) if before is None else int(np.searchsorted(ts, before[0], side="right"))
+        cand = order[:j]
+        cand = cand[np.isin(cand, labels, assume_unique=True)]
+        picked: list[tuple[float, str, int]] = []
+        for label in cand[::-1]:
+            row = self._rows[int(label)]
+            t = float(row["timestamp"])
+            if before is not None and t == before[0] and row["id"] >= before[1]:
+                continue
+            if len(picked) >= limit and t < picked[-1][0]:
+                break
+            picked.append((t, row["id"], int(label)))
+        picked.sort(key=lambda p: (p[0], p[1]), reverse=True)
+        return [p[2] for p in picked[:limit]]
+
+    def day_counts(self, labels: np.ndarray) -> dict[str, dict[str, int]]:
+        """{"YYYY-MM-DD" (UTC): {event_type: count}} over `labels`: the viewer's timeline."""
+        out: dict[str, dict[str, int]] = {}
+        for label in labels:
+            row = self._rows[int(label)]
+            day = time.strftime("%Y-%m-%d", time.gmtime(float(row["timestamp"])))
+            per = out.setdefault(day, {})
+            per[row["event_type"]] = per.get(row["event_type"], 0) + 1
         return out
 
     def stats(self) -> dict[str, Any]:

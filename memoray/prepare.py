@@ -22,6 +22,17 @@ CHUNK_MAX_CHARS = 4000
 CHUNK_OVERLAP = 200
 
 
+CHUNK_KEY_SEPARATOR = "\x1f"  # no caller key may contain it (memoray.models checks)
+
+
+def chunk_key(key: str | None, index: int) -> str | None:
+    """A document's chunk keys: the document's own key on chunk 0 (so a retried document is
+    recognised by its first chunk), then keys in a namespace no caller key can reach."""
+    if not key:
+        return None
+    return key if index == 0 else f"{key}{CHUNK_KEY_SEPARATOR}{index}"
+
+
 def content_hash(text: str) -> str:
     return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()
 
@@ -53,6 +64,14 @@ def prepare_item(item: CaptureItem, now: float, *, shards: int, redactor: Any,
     content, red = redact_text(redactor, item.content)
     metadata, mred = redact_value(redactor, item.metadata)
     red.update(mred)
+    # Every stored string is redacted, identifiers included (a session id or a branch name can
+    # carry a pasted secret); the commit is a hash and the workspace an id the caller is bound to.
+    idents = {"session_id": item.session_id, "agent_id": item.agent_id,
+              "git_branch": item.git_branch}
+    for name, value in idents.items():
+        if value:
+            idents[name], ired = redact_text(redactor, value)
+            red.update(ired)
     ts = parse_iso(item.timestamp, "timestamp") if item.timestamp else now
     tier = item.tier or lifecycle.default_tier(item.event_type)
     ttl = item.ttl_seconds if item.ttl_seconds is not None else lifecycle.default_ttl(
@@ -62,8 +81,8 @@ def prepare_item(item: CaptureItem, now: float, *, shards: int, redactor: Any,
         raise invalid("visibility: a private memory needs an agentId")
     base: Record = {
         "event_type": item.event_type, "metadata": metadata, "workspace_id": item.workspace_id,
-        "session_id": item.session_id, "agent_id": item.agent_id,
-        "git_branch": item.git_branch, "git_commit": item.git_commit, "tier": tier,
+        "session_id": idents["session_id"], "agent_id": idents["agent_id"],
+        "git_branch": idents["git_branch"], "git_commit": item.git_commit, "tier": tier,
         "visibility": visibility, "timestamp": ts, "created_at": now, "updated_at": now,
         "expires_at": (now + ttl) if ttl else None, "parent_id": None, "chunk_index": None,
         "chunk_count": None, "merge_count": 1, "merged_ids": [],
@@ -86,6 +105,5 @@ def prepare_item(item: CaptureItem, now: float, *, shards: int, redactor: Any,
                         "content_hash": content_hash(c.content), "parent_id": parent,
                         "chunk_index": c.index, "chunk_count": len(chunks),
                         "chunk_overlap": c.overlap_prefix,
-                        "idempotency_key": (f"{item.idempotency_key}#{c.index}"
-                                            if item.idempotency_key else None)})
+                        "idempotency_key": chunk_key(item.idempotency_key, c.index)})
     return Prepared(records, red)

@@ -120,6 +120,17 @@ def limits_from_settings(settings: Any) -> dict[str, Limit]:
     return {kind: Limit(int(n), w) for kind, n, w in spec if n and int(n) > 0}
 
 
+def exempt(settings: Any, principal: Any) -> bool:
+    """One local user: tokenless requests to a loopback bind are never limited (a 5,000-memory
+    import must not stall), unless `rate_limit_local` asks for it. Authenticated callers and any
+    non-loopback bind (which needs tokens or --insecure) keep every limit."""
+    if getattr(settings, "rate_limit_local", False):
+        return False
+    from memoray.auth import LOCAL_PRINCIPAL, is_loopback
+
+    return principal is LOCAL_PRINCIPAL and is_loopback(getattr(settings, "host", ""))
+
+
 def request_keys(tool: str, *, workspace: str | None, session: str | None = None,
                  principal: str | None = None, items: int = 1) -> tuple[list[Key], int]:
     """The keys and cost one tool call is charged. Batches of more than one item go to the bulk

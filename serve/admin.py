@@ -8,10 +8,9 @@ import time
 from collections import Counter
 from typing import Any
 
-from memoray.serve.request import Caller, UseCase
-
 from memoray import filters as flt
 from memoray.errors import ErrorCode, MemorayError, invalid
+from memoray.serve.request import Caller, UseCase
 
 
 class Admin(UseCase):

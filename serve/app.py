@@ -13,6 +13,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from mcp.server.transport_security import TransportSecuritySettings
+
+from memoray.serve.http_auth import BearerAuth
 from memoray.serve.mcp_tools import build_mcp
 from memoray.serve.observability import Metrics, configure_tracing
 
@@ -56,5 +58,9 @@ def build_app_with(get_runtime: Callable[[], Awaitable[Any]], metrics: Metrics,
         return JSONResponse({"code": "INVALID_INPUT", "message": "use POST for MCP requests"},
                             status_code=405, headers={"Allow": "POST"})
 
+    from memoray.serve.viewer import register_viewer
+
+    register_viewer(app, get_runtime)  # `/`, its assets and /api/*: before the MCP mount
     app.mount("/", mcp_app)
+    app.add_middleware(BearerAuth, get_runtime=get_runtime)
     return app

@@ -9,13 +9,12 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
-from memoray.actors.shard_search import Hit, SearchRequest
-from memoray.serve.observability import span
-from memoray.serve.request import Caller, UseCase
 
 from memoray import filters as flt
-from memoray.errors import invalid
+from memoray import lifecycle
+from memoray.errors import ErrorCode, MemorayError, invalid
 from memoray.ids import new_id
+from memoray.lifecycle import KNOWN_EVENT_TYPES
 from memoray.models import CaptureItem
 from memoray.prepare import (
     CHUNK_THRESHOLD_CHARS,
@@ -25,6 +24,9 @@ from memoray.prepare import (
     redact_text,
     redact_value,
 )
+from memoray.records import Record
+from memoray.serve.observability import span
+from memoray.serve.request import Caller, UseCase
 from memoray.timeutil import now as utc_now
 from memoray.timeutil import parse_iso
 
@@ -47,14 +49,16 @@ class Capture(UseCase):
                       action: str = "capture", vectors: np.ndarray | None = None,
                       charged: bool = False) -> list[dict]:
         """Store items; returns per item its ids (one, or a document's chunks), whether it was
-        an idempotent replay, and the redactions applied. `vectors`: the embeddings of the
-        items' (unchunked) contents when the caller has them (upsert)."""
+        an idempotent replay, and the redactions applied, or its `error` when its shard failed
+        (items on other shards are stored: not atomic across shards; a retry with the same
+        idempotency keys stores nothing twice). When every item failed, raises that error.
+        `vectors`: the embeddings of the items' (unchunked) contents when the caller has them
+        (upsert)."""
         # validate: the items are pydantic models already (the tool layer parsed them)
         if not items:
             raise invalid("items: must hold at least one item")
         # authorize
-        for item in items:
-            await self.authorize(caller, "write", action, item.workspace_id)
+        items = await self.authorize_items(caller, items, action)
         # rate-limit
         if not charged:
             await self.rate_limit(caller, _one_workspace(items), cost=len(items),
@@ -73,31 +77,60 @@ class Capture(UseCase):
         with span("memoray.commit", shards=len(by_shard)):
             outs = await asyncio.gather(*[
                 self.backend.shards[s].put([records[i] for i in idx], vectors[idx])
-                for s, idx in by_shard.items()])
+                for s, idx in by_shard.items()], return_exceptions=True)
+        # Each shard commits its share atomically; an item (a document's chunks share a shard)
+        # is stored whole or not at all, and a failed shard fails only its own items.
         stored: dict[int, tuple[str, bool]] = {}
+        failed: dict[int, BaseException] = {}
         for (_shard, idx), out in zip(by_shard.items(), outs):
-            for i, res in zip(idx, out):
-                stored[i] = res
+            for n, i in enumerate(idx):
+                if isinstance(out, BaseException):
+                    failed[i] = out
+                else:
+                    stored[i] = out[n]
+        if failed and not stored:
+            raise next(iter(failed.values()))
         results, pos = [], 0
         for p in prepared:
             ids, created = [], False
+            error = next((failed[pos + k] for k in range(len(p.records)) if pos + k in failed),
+                         None)
+            if error is not None:
+                pos += len(p.records)
+                err = error if isinstance(error, MemorayError) else MemorayError(
+                    ErrorCode.UNAVAILABLE, f"storage error: {type(error).__name__}")
+                results.append({"ids": [], "chunks": 0, "deduplicated": False, "parentId": None,
+                                "redactions": dict(p.redactions), "error": err.to_dict()})
+                continue
             for _ in p.records:
                 mid, was_created = stored[pos]
                 ids.append(mid)
                 created = created or was_created
                 pos += 1
+            parent = p.records[0]["parent_id"] if len(ids) > 1 else None
+            if parent is not None and not created:  # a retried document: the stored one
+                parent, ids = await self._stored_document(ids[0])
             results.append({"ids": ids, "chunks": len(ids) if len(ids) > 1 else 0,
-                            "deduplicated": not created,
-                            "parentId": p.records[0]["parent_id"] if len(ids) > 1 else None,
+                            "deduplicated": not created, "parentId": parent,
                             "redactions": dict(p.redactions)})
         for item, res in zip(items, results):
-            self.metrics.captures.labels(event_type=item.event_type).inc()
+            self.metrics.captures.labels(event_type=item.event_type if item.event_type in
+                                         KNOWN_EVENT_TYPES else "other").inc()
             for kind, n in res["redactions"].items():
                 self.metrics.redactions.labels(kind=kind).inc(n)
-        # audit: one entry per item, one fsync for the batch
+        # audit: one entry per stored item, one fsync for the batch
         await self.audited_many(caller, action, [(item.workspace_id, res["ids"])
-                                                 for item, res in zip(items, results)])
+                                                 for item, res in zip(items, results)
+                                                 if "error" not in res])
         return results
+
+    async def _stored_document(self, first_chunk_id: str) -> tuple[str | None, list[str]]:
+        """The parent id and chunk ids of the document a retry's first chunk resolved to."""
+        shard = self.backend.shards.for_id(first_chunk_id)
+        rec = (await shard.get([first_chunk_id]))[0]
+        if rec is None or not rec.get("parent_id"):
+            return None, [first_chunk_id]
+        return rec["parent_id"], [r["id"] for r in await shard.document(rec["parent_id"])]
 
     async def _prepare(self, items: list[CaptureItem], now: float) -> list[Prepared]:
         def run() -> list[Prepared]:
@@ -123,8 +156,7 @@ class Capture(UseCase):
         if not 0.0 < threshold <= 1.0:
             raise invalid("similarityThreshold: must be in (0, 1]")
         # authorize
-        for item in items:
-            await self.authorize(caller, "write", "upsert", item.workspace_id)
+        items = await self.authorize_items(caller, items, "upsert")
         # rate-limit
         await self.rate_limit(caller, _one_workspace(items), cost=len(items),
                               session=items[0].session_id)
@@ -162,28 +194,31 @@ class Capture(UseCase):
         digest = content_hash(content)
         node = await self.scoped_filter(caller, flt.parse_filter(self._scope_filter(item)),
                                         "upsert")
-        req = SearchRequest(vector=vector, query="", k=1, filter=node, strategy="exact",
-                            mode="vector", tier_weighting=False, now=time.time())
-        parts = await self.backend.shards.each(lambda c: c.search(req))
-        hits = sorted((h for p in parts for h in p["hits"]), key=lambda h: -h.vector_score)
-        if hits and hits[0].record.get("content_hash") == digest:
-            return {"action": "unchanged", "id": hits[0].record["id"], "similarity": 1.0}
-        if hits and hits[0].vector_score >= threshold:
-            return await self._merge(hits[0], item, content, vector, caller)
-        res = (await self.capture([item], caller, action="upsert", vectors=vector[None, :],
-                                  charged=True))[0]
-        return {"action": "created", "id": res["ids"][0],
-                "similarity": round(hits[0].vector_score, 4) if hits else None}
+        now = time.time()
+        parts = await self.backend.shards.each(lambda c: c.best_match(vector, node, 8, now))
+        matches = sorted((m for m in parts if m is not None), key=lambda m: -m[1])
+        best = matches[0] if matches else None
+        if best is not None and best[0].get("content_hash") == digest:
+            return {"action": "unchanged", "id": best[0]["id"], "similarity": 1.0}
+        if best is not None and best[1] >= threshold:
+            return await self._merge(best[0], best[1], item, content, vector, caller)
+        return await self._create(item, caller, vector, best[1] if best else None)
 
-    async def _merge(self, hit: Hit, item: CaptureItem, content: str, vector: np.ndarray,
-                     caller: Caller) -> dict:
-        old = hit.record
+    async def _merge(self, old: Record, similarity: float, item: CaptureItem, content: str,
+                     vector: np.ndarray, caller: Caller) -> dict:
         shard = self.backend.shards.for_id(old["id"])
-        full = (await shard.get([old["id"]]))[0] or old
+        full = (await shard.get([old["id"]]))[0]
+        if full is None:  # deleted since the search: a delete wins, the item is stored anew
+            return await self._create(item, caller, vector, similarity)
         meta, _ = redact_value(self.redactor, item.metadata)
         merged_meta: dict[str, Any] = {**(full.get("metadata") or {}), **meta}
         input_id = new_id()
         now = utc_now()
+        tier = item.tier or lifecycle.default_tier(item.event_type)
+        ttl = item.ttl_seconds if item.ttl_seconds is not None else lifecycle.default_ttl(
+            item.event_type, tier, self.settings.ttl_overrides)
+        retention = lifecycle.merged_retention(full, item.event_type, tier,
+                                               (now + ttl) if ttl else None)
         record = {**full, "content": content, "content_hash": content_hash(content),
                   "metadata": merged_meta, "updated_at": now,
                   "timestamp": parse_iso(item.timestamp) if item.timestamp else now,
@@ -191,8 +226,26 @@ class Capture(UseCase):
                   "merged_ids": [*(full.get("merged_ids") or []), input_id],
                   "previous_content": full.get("content"),
                   "session_id": item.session_id or full.get("session_id"),
-                  "git_commit": item.git_commit or full.get("git_commit")}
-        await shard.put([record], vector[None, :])
+                  "git_commit": item.git_commit or full.get("git_commit"), **retention}
+        if not await shard.merge(record, vector):  # deleted in between: the delete wins
+            return await self._create(item, caller, vector, similarity)
         await self.audited(caller, "upsert-merge", workspace=item.workspace_id, ids=[old["id"]])
         return {"action": "merged", "id": old["id"], "mergedInputId": input_id,
-                "similarity": round(hit.vector_score, 4), "mergeCount": record["merge_count"]}
+                "similarity": round(similarity, 4), "mergeCount": record["merge_count"]}
+
+    async def _create(self, item: CaptureItem, caller: Caller, vector: np.ndarray,
+                      similarity: float | None) -> dict:
+        """Store an upserted item as new. Without a caller key it gets one derived from its
+        scope and content, so two replicas creating the same fact at the same instant store it
+        once (the key's shard decides, in one transaction)."""
+        if not item.idempotency_key:
+            scope = "\x1f".join(str(x) for x in (
+                "upsert", item.git_branch, item.visibility or "shared",
+                item.agent_id if item.visibility == "private" else "",
+                content_hash(redact_text(self.redactor, item.content)[0])))
+            item = item.model_copy(update={"idempotency_key": scope})
+        res = (await self.capture([item], caller, action="upsert", vectors=vector[None, :],
+                                  charged=True))[0]
+        return {"action": "unchanged" if res["deduplicated"] else "created",
+                "id": res["ids"][0],
+                "similarity": round(similarity, 4) if similarity is not None else None}

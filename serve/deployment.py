@@ -9,22 +9,41 @@ from __future__ import annotations
 
 import asyncio
 
-from memoray.serve.observability import Metrics
 from ray import serve
 
+from memoray.serve.observability import Metrics
 from memoray.settings import Settings
 
 
 async def make_runtime(settings: Settings, metrics: Metrics, store_id: str):
-    from memoray.serve.runtime import Runtime
-    from memoray.serve.topology import lookup
-
     from memoray.ratelimit import LeaseClient, limits_from_settings
+    from memoray.serve.runtime import Runtime
+    from memoray.serve.topology import lookup, lookup_cluster
 
-    topo = lookup(settings, store_id)
+    extra = {}
+    if settings.cluster_mode:  # tokens and audit from the controller, never this node's disk
+        import ray
+
+        from memoray.actors.names import NAMESPACE, ActorNames
+        from memoray.redaction import Redactor
+        from memoray.serve.cluster_state import ClusterAuditLog, ClusterTokenStore
+
+        controller = ray.get_actor(ActorNames(store_id).controller, namespace=NAMESPACE)
+        tokens = ClusterTokenStore(controller)
+        try:
+            await tokens.refresh()
+        except Exception:  # refuses requests until its refresh loop reaches the controller
+            pass
+        tokens.start()
+        redactor = Redactor(pii=settings.redact_pii)
+        extra = {"tokens": tokens,
+                 "audit": ClusterAuditLog(controller, redact=lambda s: redactor.redact(s).text)}
+        topo = lookup_cluster(settings, store_id)
+    else:
+        topo = lookup(settings, store_id)
     limiter = LeaseClient(topo.limiter, limits_from_settings(settings))
     rt = Runtime(settings, topo.backend, metrics=metrics, planner_client=topo.planner,
-                 limiter=limiter, expiry=topo.expiry)
+                 limiter=limiter, expiry=topo.expiry, **extra)
     rt.start_background()
     await rt.refresh_planner_now()
     return rt
@@ -49,6 +68,18 @@ class MemorayServer:
                                                        self.store_id)
         return self._runtime
 
+    async def check_health(self) -> None:
+        """Serve marks this replica (and the app) unhealthy when the store's controller is gone,
+        e.g. released with a builder that did not own it."""
+        if not self.settings.cluster_mode:
+            return
+        import ray
+
+        from memoray.actors.names import NAMESPACE, ActorNames
+
+        controller = ray.get_actor(ActorNames(self.store_id).controller, namespace=NAMESPACE)
+        await asyncio.wait_for(asyncio.wrap_future(controller.ping.remote().future()), 10)
+
     def __serve_build_asgi_app__(self):
         from memoray.serve.app import build_app_with
 
@@ -56,17 +87,18 @@ class MemorayServer:
 
 
 def make_app(settings: Settings, store_id: str):
-    return MemorayServer.options(num_replicas=settings.replicas).bind(
+    extra = ({"max_replicas_per_node": settings.max_replicas_per_node}
+             if settings.max_replicas_per_node else {})
+    return MemorayServer.options(num_replicas=settings.replicas, **extra).bind(
         settings.model_dump_json(), store_id)
 
 
 def build_app(args: dict | None = None):
     """Application builder for Serve config files (`serve deploy`, KubeRay RayService):
-    import_path memoray.serve.deployment:build_app, with `args` holding Settings fields (or
-    MEMORAY_* env vars). Creates or joins the store's actors, then returns the bound app."""
-    from memoray.serve.topology import resolve_layout, start_actors
+    import_path serve.deployment:build_app, with `args` holding Settings fields (or MEMORAY_*
+    env vars). Creates or joins the store's actors, then returns the bound app."""
+    from memoray.serve.topology import start_cluster
 
-    settings = Settings(**(args or {}))
-    layout = resolve_layout(settings)
-    start_actors(settings, layout)
-    return make_app(settings, layout.store_id)
+    settings = Settings(**{"cluster": True, **(args or {})})
+    layout, _ = start_cluster(settings)  # detached actors, layout on the head
+    return make_app(settings, layout["store_id"])

@@ -45,36 +45,63 @@ def serve_forever(settings: Settings) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from memoray.serve.topology import resolve_layout, start_actors
-
     from memoray.auth import TokenStore, check_bind
     from memoray.crypto import key_text_from_settings
+    from memoray.serve import startup
+    from memoray.serve.topology import resolve_layout, start_actors, start_cluster
 
     try:
         check_bind(settings.host, TokenStore(settings.resolved_tokens_file()).enabled,
                    settings.insecure)
         key_text_from_settings(settings)  # a malformed key fails here, not inside a shard
-        layout = resolve_layout(settings)
+        startup.check_port(settings.host, settings.port)
+        # Cluster mode: the layout is read on the head, once Ray is up (serve/topology.py).
+        layout = None if settings.cluster_mode else resolve_layout(settings)
     except MemorayError as err:
         print(f"memoray: {err.message}", file=sys.stderr)
         return 2
 
     import ray
-    from memoray.actors.names import NAMESPACE
-    from memoray.serve.deployment import make_app
     from ray import serve
 
+    from memoray.actors.names import NAMESPACE
+    from memoray.serve.deployment import make_app
+
     t0 = time.time()
-    if settings.dashboard_agent_port and not settings.address:
-        _use_agent_port(settings.dashboard_agent_port)
-    ray.init(address=settings.address, namespace=NAMESPACE,
-             include_dashboard=settings.dashboard if not settings.address else None,
-             dashboard_port=settings.dashboard_port,
-             logging_level=logging.WARNING, log_to_driver=True,
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                                       "RAY_USAGE_STATS_ENABLED": "0"}})
+    steps = startup.Steps()
+    startup.quiet_ray_logs()
+    dashboard_port = None
+    if not settings.address:  # Ray's fixed default ports may belong to another Ray here
+        _use_agent_port(startup.choose_port(settings.dashboard_agent_port,
+                                            startup.RAY_AGENT_PORT))
+        if settings.dashboard:
+            dashboard_port = startup.choose_port(settings.dashboard_port,
+                                                 startup.RAY_DASHBOARD_PORT)
+    steps.say(f"starting Ray (joining {settings.address})" if settings.address else
+              "starting Ray" + (f" (dashboard and job API on 127.0.0.1:{dashboard_port})"
+                                if dashboard_port else ""))
+    # One machine in cluster mode (--replication without --address) is one storage node.
+    local_resources = ({"memoray_node_local": 1000.0}
+                       if settings.cluster_mode and not settings.address else None)
+    context = ray.init(address=settings.address, namespace=NAMESPACE, resources=local_resources,
+                       include_dashboard=settings.dashboard if not settings.address else None,
+                       dashboard_port=dashboard_port,
+                       logging_level=logging.WARNING, log_to_driver=False,
+                       runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1",
+                                                 "TRANSFORMERS_OFFLINE": "1",
+                                                 "RAY_USAGE_STATS_ENABLED": "0"}})
+    steps.say(f"loading {settings.shards} shards and the {settings.embedder} embedding model")
     try:
-        topology = start_actors(settings, layout)
+        if settings.cluster_mode:
+            layout_d, topology = start_cluster(settings)
+            store_id = layout_d["store_id"]
+        else:
+            topology = start_actors(settings, layout, progress=steps.say)
+            store_id = layout.store_id
+    except MemorayError as err:
+        print(f"memoray: {err.message}", file=sys.stderr)
+        ray.shutdown()
+        return 2
     except Exception as exc:  # an actor failed to start: say why in one line, not a traceback
         text = str(exc)
         reason = next((line.strip() for line in text.splitlines()
@@ -84,17 +111,27 @@ def serve_forever(settings: Settings) -> int:
             log.error("start-up failed", exc_info=exc)
         ray.shutdown()
         return 2
+    steps.say(f"deploying the server ({settings.replicas} replica"
+              f"{'s' if settings.replicas > 1 else ''})")
+    logs = {"log_level": "WARNING", "enable_access_log": settings.access_log}
     serve.start(http_options={"host": settings.host, "port": settings.port},
-                logging_config={"log_level": "WARNING"})
-    serve.run(make_app(settings, layout.store_id), name="memoray", route_prefix="/", blocking=False)
+                proxy_location=settings.proxy_location, logging_config=logs)
+    serve.run(make_app(settings, store_id), name="memoray", route_prefix="/",
+              blocking=False, logging_config=logs)
     url = f"http://{settings.host}:{settings.port}"
+    dash = getattr(context, "dashboard_url", None)
     run_file = settings.resolved_data_dir() / "run.json"
     run_file.write_text(json.dumps({"pid": os.getpid(), "url": url,
                                     "ray_address": ray.get_runtime_context().gcs_address,
-                                    "store_id": layout.store_id, "shards": settings.shards}))
-    print(f"memoray ready at {url}/mcp ({settings.shards} shards, {settings.embedder} embedder, "
-          f"data in {settings.resolved_data_dir()}, started in {time.time() - t0:.1f}s)",
-          flush=True)
+                                    "store_id": store_id, "shards": settings.shards,
+                                    "dashboard_url": f"http://{dash}" if dash else None}))
+    session = (getattr(context, "address_info", None) or {}).get("session_dir")
+    if session:
+        steps.say(f"Ray's logs: {session}/logs")
+    print(f"memoray ready at {url}/mcp, viewer at {url}/ ({settings.shards} shards"
+          f"{f' x{settings.replication}' if settings.cluster_mode else ''}, "
+          f"{settings.embedder} embedder, data in {settings.resolved_data_dir()}, started in "
+          f"{time.time() - t0:.1f}s)", flush=True)
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -104,7 +141,13 @@ def serve_forever(settings: Settings) -> int:
     print("memoray: shutting down (snapshotting indexes)", flush=True)
     try:
         serve.shutdown()
-        ray.get([s.target.snapshot.remote() for s in topology.shards.clients], timeout=120)
+        if settings.cluster_mode:  # detached actors: stop every one this store started
+            from memoray.actors.cluster_start import stop_store
+
+            print(f"memoray: stopped {stop_store(settings, store_id)} actors", flush=True)
+        else:
+            ray.get([s.target.snapshot.remote() for s in topology.shards.clients],
+                    timeout=120)
     finally:
         if not settings.address:
             ray.shutdown()

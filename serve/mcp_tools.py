@@ -18,12 +18,12 @@ from typing import Any, Literal
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent
-from memoray.serve.observability import span
 from pydantic import ValidationError
 
 from memoray.auth import authenticate
 from memoray.errors import ErrorCode, MemorayError, invalid
 from memoray.models import MAX_BATCH, CaptureItem
+from memoray.serve.observability import span
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,10 @@ class MemorayMCP(MCPServer):
             return error_result(err)
         finally:
             m = self.memoray_metrics
-            if m is not None:
-                m.tool_calls.labels(tool=name if len(name) < 64 else "other", outcome=outcome).inc()
-                m.tool_latency.labels(tool=name if len(name) < 64 else "other").observe(
-                    time.perf_counter() - t0)
+            if m is not None:  # labels from closed sets only: known tools, error codes
+                label = name if self._tool_manager.get_tool(name) is not None else "other"
+                m.tool_calls.labels(tool=label, outcome=outcome).inc()
+                m.tool_latency.labels(tool=label).observe(time.perf_counter() - t0)
                 if outcome != "ok":
                     m.errors.labels(code=outcome).inc()
 
@@ -95,20 +95,31 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         "capture-memory; recall them with retrieve-memories or build-context."))
 
     async def caller_for(ctx: Context, tool: str, agent_id: str | None = None):
-        """Authenticate the request (the use case then authorizes, rate-limits and audits)."""
+        """Authenticate the request (the use case then authorizes, rate-limits and audits).
+        With tokens on, the agent identity is the token's: an agentId argument may only repeat
+        it, never name another agent."""
         rt = await get_runtime()
         headers = ctx.headers or {}
         from memoray.serve.request import Caller
 
+        name = "anonymous"
         try:
             principal = authenticate(rt.tokens, headers.get("authorization"))
+            name = principal.name
+            if principal.token_id is not None:
+                if agent_id is not None and agent_id != principal.agent:
+                    raise MemorayError(ErrorCode.FORBIDDEN,
+                                       "agentId: this token acts as its own agent and may not "
+                                       "act as another")
+                agent_id = principal.agent
         except MemorayError as err:
-            await rt.audit.append("anonymous", tool, outcome="denied", code=err.code.value,
+            await rt.audit.append(name, tool, outcome="denied", code=err.code.value,
                                   detail=err.message)
             raise
         session = headers.get("x-memoray-session") or headers.get("mcp-session-id")
         return rt.service, Caller(principal=principal, request_id=uuid.uuid4().hex[:16],
-                                  agent_id=agent_id, tool=tool, session=session)
+                                  agent_id=agent_id, tool=tool, session=session,
+                                  agent_bound=principal.token_id is not None)
 
     @mcp.tool(name="capture-memory", description=(
         "Store one memory (content up to 1 MiB; long content is chunked). Returns its id(s)."))
@@ -125,11 +136,11 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
             workspaceId=workspaceId, sessionId=sessionId, agentId=agentId, gitBranch=gitBranch,
             gitCommit=gitCommit, tier=tier, visibility=visibility, ttlSeconds=ttlSeconds,
             timestamp=timestamp, idempotencyKey=idempotencyKey).items() if v is not None}
+        svc, caller = await caller_for(ctx, "capture-memory", agentId)
         try:
-            item = CaptureItem.model_validate(raw)
+            item = CaptureItem.model_validate(_bind_agent(raw, caller))
         except ValidationError as exc:
             raise invalid(_validation_message(exc)) from None
-        svc, caller = await caller_for(ctx, "capture-memory", agentId)
         res = (await svc.capture([item], caller))[0]
         return {"ids": res["ids"], "id": res["ids"][0], "chunks": res["chunks"],
                 "parentId": res["parentId"], "deduplicated": res["deduplicated"],
@@ -139,16 +150,21 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         f"Store a batch of memories (bulk import, hook queues); at most {MAX_BATCH} items, each "
         "with the fields of capture-memory."))
     async def capture_memories(items: list[dict[str, Any]], ctx: Context) -> dict[str, Any]:
-        parsed = _parse_items(items)
-        svc, caller = await caller_for(ctx, "capture-memories", parsed[0].agent_id)
+        svc, caller = await caller_for(ctx, "capture-memories", _first_agent(items))
+        parsed = _parse_items([_bind_agent(raw, caller) for raw in items])
         results = await svc.capture(parsed, caller, action="capture-batch")
         redactions: dict[str, int] = {}
         for r in results:
             for k, v in r["redactions"].items():
                 redactions[k] = redactions.get(k, 0) + v
-        return {"ids": [r["ids"] for r in results], "count": len(results),
-                "deduplicated": sum(1 for r in results if r["deduplicated"]),
-                "redactions": redactions}
+        errors = [{"index": i, **r["error"]} for i, r in enumerate(results) if "error" in r]
+        out = {"ids": [r["ids"] for r in results], "count": len(results) - len(errors),
+               "deduplicated": sum(1 for r in results if r["deduplicated"]),
+               "redactions": redactions}
+        if errors:  # per-item outcomes: retry these (with their idempotency keys) only
+            out["failed"] = len(errors)
+            out["errors"] = errors
+        return out
 
     @mcp.tool(name="retrieve-memories", description=(
         "Find the memories most relevant to a query (hybrid vector + lexical), under filters: "
@@ -187,8 +203,8 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         "are left unchanged. Returns a merge report."))
     async def upsert_memory(items: list[dict[str, Any]], ctx: Context,
                             similarityThreshold: float = 0.85) -> dict[str, Any]:
-        parsed = _parse_items(items)
-        svc, caller = await caller_for(ctx, "upsert-memory", parsed[0].agent_id)
+        svc, caller = await caller_for(ctx, "upsert-memory", _first_agent(items))
+        parsed = _parse_items([_bind_agent(raw, caller) for raw in items])
         return await svc.upsert(parsed, caller, threshold=similarityThreshold)
 
     @mcp.tool(name="share-memory", description=(
@@ -264,6 +280,21 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         return await svc.health_check(caller, detailed)
 
     return mcp
+
+
+def _first_agent(items: list[Any]) -> str | None:
+    """The agent a batch acts as without tokens (its first item's agentId)."""
+    first = items[0] if items and isinstance(items[0], dict) else {}
+    agent = first.get("agentId")
+    return agent if isinstance(agent, str) else None
+
+
+def _bind_agent(raw: Any, caller: Any) -> Any:
+    """With a token-bound agent, a private item without agentId is that agent's."""
+    if (caller.agent_bound and isinstance(raw, dict) and raw.get("visibility") == "private"
+            and raw.get("agentId") is None):
+        return {**raw, "agentId": caller.agent_id}
+    return raw
 
 
 def _parse_items(items: list[dict[str, Any]]) -> list[CaptureItem]:

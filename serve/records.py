@@ -4,13 +4,12 @@ visibility: another workspace's id answers exactly like a missing one), audit.""
 
 from __future__ import annotations
 
-from memoray.serve.request import Caller, UseCase
-from memoray.serve.retrieve import to_retrieved
-
 from memoray.errors import ErrorCode, MemorayError, invalid, not_found
 from memoray.ids import is_valid_id
 from memoray.models import RetrievedMemory
 from memoray.records import Record
+from memoray.serve.request import Caller, UseCase
+from memoray.serve.retrieve import to_retrieved
 from memoray.timeutil import now as utc_now
 
 

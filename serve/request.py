@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from memoray.actors.backend import Backend
-from memoray.actors.planner import QueryPlanner
-from memoray.serve.observability import Metrics
 
 from memoray import filters as flt
+from memoray.actors.backend import Backend
+from memoray.actors.planner import QueryPlanner
 from memoray.auth import Principal
 from memoray.errors import ErrorCode, MemorayError
 from memoray.records import Record
+from memoray.serve.observability import Metrics
 from memoray.settings import Settings
 
 
@@ -32,6 +32,7 @@ class Caller:
     agent_id: str | None = None
     tool: str = ""  # the MCP tool (rate-limit keys are per tool)
     session: str | None = None  # the x-memoray-session / mcp-session-id header
+    agent_bound: bool = False  # agent_id comes from the token (tokens on), not from arguments
 
 
 class UseCase:
@@ -78,24 +79,57 @@ class UseCase:
         return flt.and_([node, flt.or_(visible)])
 
     def can_see(self, caller: Caller, record: Record) -> bool:
+        """Its workspace, and a private memory only for its own agent: a private memory with no
+        agent (anonymized) is visible to no caller."""
         if not caller.principal.allows_workspace(record["workspace_id"]):
             return False
-        if record.get("visibility") == "private" and record.get("agent_id") != caller.agent_id:
+        if record.get("visibility") == "private" and (
+                caller.agent_id is None or record.get("agent_id") != caller.agent_id):
             return False
         return True
+
+    async def authorize_items(self, caller: Caller, items: list, action: str) -> list:
+        """Each item's workspace must be the caller's; with a token-bound agent, an item may
+        name no other agent (a private item without one becomes the caller's)."""
+        out = []
+        for item in items:
+            await self.authorize(caller, "write", action, item.workspace_id)
+            if caller.agent_bound:
+                if item.agent_id not in (None, caller.agent_id):
+                    await self.audited(caller, action, workspace=item.workspace_id,
+                                       outcome="denied", code="FORBIDDEN",
+                                       detail="agentId of another agent")
+                    raise MemorayError(ErrorCode.FORBIDDEN, "agentId: this token acts as its "
+                                                            "own agent and may not act as another")
+                if item.visibility == "private" and item.agent_id is None:
+                    item = item.model_copy(update={"agent_id": caller.agent_id})
+            out.append(item)
+        return out
 
     # -- rate-limit -------------------------------------------------------------------------
     async def rate_limit(self, caller: Caller, workspace: str | None, cost: int = 1,
                          session: str | None = None) -> None:
         """Charge the call to its budgets (after authorization, so a refused call never spends a
-        tenant's quota). The session is the capture's sessionId, else the request header."""
-        if self.limiter is None or not self.settings.rate_limit_enabled:
-            return
-        from memoray.ratelimit import request_keys
+        tenant's quota): to its workspace, or, when it names none, to every workspace the caller
+        can read (so leaving the workspace out never doubles a budget); a caller of every
+        workspace has its own bucket. The session is the capture's sessionId, else the header."""
+        from memoray.ratelimit import exempt, request_keys
 
-        keys, units = request_keys(caller.tool, workspace=workspace,
-                                   session=session or caller.session,
-                                   principal=caller.principal.name, items=cost)
+        if (self.limiter is None or not self.settings.rate_limit_enabled
+                or exempt(self.settings, caller.principal)):
+            return
+
+        if workspace is not None:
+            targets: list[str | None] = [workspace]
+        else:
+            visible = caller.principal.visible_workspaces()
+            targets = sorted(visible) if visible else [None]
+        keys, units = [], 1
+        for ws in targets:
+            more, units = request_keys(caller.tool, workspace=ws,
+                                       session=session or caller.session,
+                                       principal=caller.principal.name, items=cost)
+            keys += [k for k in more if k not in keys]
         decision = await self.limiter.acquire(keys, units)
         if not decision.allowed:
             self.metrics.rate_limited.labels(kind=decision.kind or "request").inc()

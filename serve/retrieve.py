@@ -9,14 +9,14 @@ import time
 from typing import Any
 
 import numpy as np
-from memoray.actors.shard_search import SearchRequest
-from memoray.serve.observability import span
-from memoray.serve.request import Caller, UseCase
 
 from memoray import filters as flt
+from memoray.actors.shard_search import SearchRequest
 from memoray.errors import ErrorCode, MemorayError, invalid
 from memoray.models import MAX_LIMIT, MAX_QUERY_CHARS, RetrievedMemory, check_text
 from memoray.records import Record
+from memoray.serve.observability import span
+from memoray.serve.request import Caller, UseCase
 from memoray.temporal import query_time_span
 from memoray.timeutil import to_iso
 
@@ -166,10 +166,15 @@ class Retrieve(UseCase):
         # rate-limit
         await self.rate_limit(caller, one_workspace(node))
         # work
+        out = {"query": query, "limit": limit, "filter": flt.to_wire(scoped),
+               "shape": flt.shape(scoped)}
+        if caller.principal.visible_workspaces() is not None:
+            # Estimates come from every workspace's statistics (counts per branch, session,
+            # agent): a caller limited to some workspaces must not read them.
+            return {**out, "plan": None, "withheld": "plans and estimates are computed over "
+                    "every workspace's statistics; only a token for all workspaces sees them"}
         plan = self.planner.plan(scoped, limit)
-        return {"query": query, "limit": limit, "filter": flt.to_wire(scoped),
-                "shape": flt.shape(scoped), "plan": plan.to_dict(),
-                "accuracy": self.planner.accuracy()}
+        return {**out, "plan": plan.to_dict(), "accuracy": self.planner.accuracy()}
 
 
 def feature_fields(settings: Any) -> dict[str, Any]:

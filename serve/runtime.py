@@ -12,7 +12,6 @@ from memoray.actors.backend import Backend
 from memoray.actors.planner import QueryPlanner
 from memoray.serve.observability import Metrics
 from memoray.serve.service import MemoryService
-
 from memoray.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -20,17 +19,22 @@ log = logging.getLogger(__name__)
 
 class Runtime:
     def __init__(self, settings: Settings, backend: Backend, *, metrics: Metrics | None = None,
-                 planner_client: Any = None, limiter: Any = None, expiry: Any = None):
+                 planner_client: Any = None, limiter: Any = None, expiry: Any = None,
+                 tokens: Any = None, audit: Any = None):
+        """`tokens`, `audit`: cluster mode passes the cluster-wide token store and audit log
+        (serve/cluster_state.py) instead of files on this node's disk."""
         from memoray.audit import AuditLog, GroupCommit
         from memoray.auth import TokenStore
         from memoray.redaction import Redactor
 
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.tokens = TokenStore(settings.resolved_tokens_file())
+        self.tokens = tokens if tokens is not None else TokenStore(
+            settings.resolved_tokens_file())
         self.redactor = Redactor(pii=settings.redact_pii)
-        self.audit = GroupCommit(AuditLog(settings.resolved_data_dir() / "audit" / "audit.log",
-                                          redact=lambda s: self.redactor.redact(s).text))
+        self.audit = audit if audit is not None else GroupCommit(
+            AuditLog(settings.resolved_data_dir() / "audit" / "audit.log",
+                     redact=lambda s: self.redactor.redact(s).text))
         self.limiter = limiter
         self.planner = QueryPlanner()
         self.planner_client = planner_client

@@ -15,7 +15,6 @@ from memoray.actors.planner import PlannerClient, planner_actor_class
 from memoray.actors.rate_limiter import LimiterClient
 from memoray.actors.rate_limiter import create as create_limiter
 from memoray.actors.shard_client import ShardSet, shard_actor_class
-
 from memoray.crypto import key_text_from_settings
 from memoray.embedding import DIM
 from memoray.layout import Layout, open_layout
@@ -43,9 +42,9 @@ def resolve_layout(settings: Settings) -> Layout:
                        embedder=settings.embedder)
 
 
-def start_actors(settings: Settings, layout: Layout) -> Topology:
+def start_actors(settings: Settings, layout: Layout, progress: Any = None) -> Topology:
     """Get-or-create every actor of the store; waits until shards have recovered. Safe to call
-    twice (get_if_exists)."""
+    twice (get_if_exists). `progress(text)` hears each shard and embedder as it is ready."""
     import ray
 
     from memoray.redaction import Redactor
@@ -77,9 +76,14 @@ def start_actors(settings: Settings, layout: Layout) -> Topology:
         archive_dir=settings.resolved_data_dir() / "archive", redactor=Redactor(pii="redact"),
         interval_s=settings.expiry_interval_s)
     # Wait for recovery: a shard answers health only once its LMDB is replayed.
-    ray.get([s.health.remote() for s in shard_handles]
-            + [e.health.remote() for e in embed_handles]
-            + [planner.health.remote(), expiry.health.remote()], timeout=600)
+    if progress is not None:
+        from memoray.serve.startup import wait_for_actors
+
+        wait_for_actors(shard_handles, embed_handles, [planner, expiry], progress, ray)
+    else:
+        ray.get([s.health.remote() for s in shard_handles]
+                + [e.health.remote() for e in embed_handles]
+                + [planner.health.remote(), expiry.health.remote()], timeout=600)
     return Topology(names, Backend.remote(shard_handles, embed_handles), PlannerClient(planner),
                     LimiterClient(limiter), ExpiryClient(expiry))
 
@@ -97,3 +101,41 @@ def lookup(settings: Settings, store_id: str) -> Topology:
                              [get(names.embedder(i)) for i in range(settings.embedding_workers)])
     return Topology(names, backend, PlannerClient(get(names.planner)),
                     LimiterClient(get(names.limiter)), ExpiryClient(get(names.expiry)))
+
+
+# -- cluster mode (--address, --replication, serve deploy): replicated shards ------------------
+
+def start_cluster(settings: Settings) -> tuple[dict, Topology]:
+    """Layout on the head, the store's controller and replicated shards, and the other actors,
+    all detached (actors/cluster_start.py). Returns (layout, topology)."""
+    from memoray.actors.cluster_start import resolve_layout_on_head, start_store
+
+    layout = resolve_layout_on_head(settings)
+    started = start_store(settings, layout)
+    return layout, _cluster_topology(layout["store_id"], started["shards"],
+                                     started["embedders"], started["planner"],
+                                     started["limiter"], started["expiry"])
+
+
+def lookup_cluster(settings: Settings, store_id: str) -> Topology:
+    """A replica's view of a replicated store."""
+    import ray
+
+    from memoray.actors.replication import replicated_shards
+
+    names = ActorNames(store_id)
+
+    def get(name: str) -> Any:
+        return ray.get_actor(name, namespace=NAMESPACE)
+
+    return _cluster_topology(store_id, replicated_shards(store_id, settings.shards),
+                             [get(names.embedder(i)) for i in range(settings.embedding_workers)],
+                             get(names.planner), get(names.limiter), get(names.expiry))
+
+
+def _cluster_topology(store_id: str, shards: ShardSet, embedders: list, planner: Any,
+                      limiter: Any, expiry: Any) -> Topology:
+    from memoray.actors.embedding_worker import EmbedderPool
+
+    return Topology(ActorNames(store_id), Backend(shards, EmbedderPool.of(embedders)),
+                    PlannerClient(planner), LimiterClient(limiter), ExpiryClient(expiry))

@@ -59,7 +59,7 @@ def _reap(pids: list[int]) -> None:
 
 class ServerProcess:
     def __init__(self, data_dir: Path, *, embedder: str = "hash", shards: int = 2,
-                 port: int | None = None, env: dict[str, str] | None = None,
+                 port: int | None = None, env: dict[str, str | None] | None = None,
                  extra_args: list[str] | None = None):
         self.data_dir = Path(data_dir)
         self.embedder = embedder
@@ -84,6 +84,7 @@ class ServerProcess:
                "MEMORAY_DASHBOARD_AGENT_PORT": str(free_port()),
                "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
                **self.env}
+        env = {k: v for k, v in env.items() if v is not None}  # None: leave the variable unset
         cmd = [sys.executable, "-m", "memoray.cli", "serve", "--data-dir", str(self.data_dir),
                "--port", str(self.port), "--shards", str(self.shards),
                "--embedder", self.embedder, *self.extra_args]

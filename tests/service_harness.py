@@ -8,12 +8,11 @@ from memoray.actors.backend import Backend
 from memoray.actors.embedding_worker import MicroBatcher
 from memoray.actors.expiry import ExpiryClient, ExpiryWorker
 from memoray.actors.shard import ShardCore
-from memoray.serve.service import Caller, MemoryService
-
 from memoray.auth import LOCAL_PRINCIPAL, Principal
 from memoray.embedding import HashEmbedder
 from memoray.models import CaptureItem
 from memoray.redaction import Redactor
+from memoray.serve.service import Caller, MemoryService
 from memoray.settings import Settings
 
 

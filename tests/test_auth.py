@@ -54,7 +54,8 @@ def test_token_format_and_hashed_storage(store):
 def test_verify_and_principal(store):
     token = store.create("bob", ["ws1"], ["read"])
     p = store.verify(token)
-    assert p == Principal("bob", frozenset({"ws1"}), frozenset({"read"}), p.token_id)
+    assert p == Principal("bob", frozenset({"ws1"}), frozenset({"read"}), p.token_id,
+                          agent="bob")  # the agent defaults to the principal
     assert p.token_id and p.token_id in {t["id"] for t in store.list()}
     assert store.verify(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
     assert store.verify("not-a-token") is None
@@ -73,8 +74,10 @@ def test_revoke_by_id_and_by_token(store):
     assert store.enabled  # t2 is still live
     assert store.revoke(t2) is True
     assert store.verify(t2) is None
-    assert not store.enabled
+    assert store.enabled  # every token revoked: still closed (issue 13), until opened
     assert store.revoke("nope") is False
+    store.open_store()
+    assert not store.enabled
 
 
 def test_list_leaks_no_hash(store):
@@ -125,7 +128,10 @@ def test_authenticate_open_without_tokens(tmp_path):
     assert LOCAL_PRINCIPAL.name == "local" and LOCAL_PRINCIPAL.can("admin")
     t = s.create("a", "*", "read")
     s.revoke(t)
-    assert authenticate(s, None) is LOCAL_PRINCIPAL  # only revoked tokens: auth is off
+    with pytest.raises(MemorayError):  # only revoked tokens: auth stays on (issue 13)
+        authenticate(s, None)
+    s.open_store()  # the operator's explicit step
+    assert authenticate(s, None) is LOCAL_PRINCIPAL
 
 
 def test_authenticate_with_tokens(store):

@@ -7,10 +7,10 @@ import time
 
 import numpy as np
 import pytest
+
 from memoray.actors.expiry import read_archive
 from memoray.actors.shard import ShardCore
 from memoray.actors.shard_search import SearchRequest
-
 from memoray.embedding import HashEmbedder
 from memoray.errors import MemorayError
 from memoray.ids import new_id

@@ -445,12 +445,12 @@ def test_redact_value_over_nested_metadata():
     assert out["input"]["command"] == ("curl -H 'Authorization: Bearer [REDACTED:jwt]' "
                                        "https://api.example.com")
     assert out["input"]["env"] == {"DB_PASSWORD": s, "GITHUB_TOKEN": s, "HOME": "/root"}
-    assert out["input"]["auth"] == {"username": "bob", "password": s, "apiKey": s,
-                                    "Authorization": s}
+    # any value under a secret-like key goes whole, an object included (issue 13)
+    assert out["input"]["auth"] == s
     assert out["input"]["args"] == ["--verbose", placeholder("github_token"),
                                     ("contact", placeholder("email"))]
     assert out[placeholder("github_token")] == "a secret used as a key"
-    assert counts == {"jwt": 1, "secret_assignment": 5, "github_token": 2, "email": 1}
+    assert counts == {"jwt": 1, "secret_assignment": 3, "github_token": 2, "email": 1}
     again, again_counts = Redactor().redact_value(out)
     assert again == out and again_counts == {}
     assert meta["input"]["auth"]["password"] == "hunter2"  # the input is not mutated

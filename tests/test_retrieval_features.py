@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-from memoray.actors.shard_search import _rrf
 
+from memoray.actors.shard_search import _rrf
 from tests.service_harness import caller, item, make_service
 
 T0 = "2026-05-04T10:00:00Z"

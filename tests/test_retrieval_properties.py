@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from memoray.actors.shard import ShardCore
-from memoray.actors.shard_search import ANN, ANN_ADAPTIVE, EXACT, SearchRequest
 
 from memoray import filters as flt
+from memoray.actors.shard import ShardCore
+from memoray.actors.shard_search import ANN, ANN_ADAPTIVE, EXACT, SearchRequest
 from memoray.ids import new_id, shard_for
 from memoray.timeutil import to_iso
 

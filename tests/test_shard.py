@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from memoray.actors.shard import ShardCore
-from memoray.actors.shard_search import ANN, ANN_ADAPTIVE, EXACT, SearchRequest
 
 from memoray import filters as flt
+from memoray.actors.shard import ShardCore
+from memoray.actors.shard_search import ANN, ANN_ADAPTIVE, EXACT, SearchRequest
 from memoray.embedding import HashEmbedder
 from memoray.ids import new_id
 

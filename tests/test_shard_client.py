@@ -9,10 +9,9 @@ from memoray.actors.backend import Backend
 from memoray.actors.embedding_worker import MicroBatcher
 from memoray.actors.shard import ShardCore
 from memoray.actors.shard_client import ShardClient, ShardSet
-from memoray.serve.service import MemoryService
-
 from memoray.crypto import Keyring, generate_key, is_sealed
 from memoray.embedding import HashEmbedder
+from memoray.serve.service import MemoryService
 from memoray.settings import Settings
 from tests.service_harness import caller, item
 

@@ -117,8 +117,9 @@ class Redactor:
     def redact_value(self, obj: Any) -> tuple[Any, dict[str, int]]:
         """Redact every string in a JSON-like value (metadata), dict keys included.
 
-        A non-empty string under a secret-like key ("password", "apiKey", "authorization")
-        is replaced whole: the key says what it is, whatever the value looks like.
+        Any non-empty value under a secret-like key ("password", "apiKey", "authorization") is
+        replaced whole, a string, a number, a list or an object alike: the key says what it is,
+        whatever the value looks like.
         """
         counts: dict[str, int] = {}
         return self._value(obj, counts), counts
@@ -133,7 +134,8 @@ class Redactor:
             out: dict[Any, Any] = {}
             for k, v in obj.items():
                 key = self._value(k, counts) if isinstance(k, str) else k
-                if isinstance(v, str) and v and is_secret_key(k) and not _is_placeholder(v):
+                if (is_secret_key(k) and v not in (None, "", [], {}) and not isinstance(v, bool)
+                        and not (isinstance(v, str) and _is_placeholder(v))):
                     counts["secret_assignment"] = counts.get("secret_assignment", 0) + 1
                     out[key] = placeholder("secret_assignment")
                 else:

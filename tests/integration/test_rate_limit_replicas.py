@@ -45,7 +45,8 @@ async def session_client(url: str, session: str | None):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     srv = ServerProcess(tmp_path_factory.mktemp("ratelimit") / "data", embedder="hash", shards=2,
-                        env={"MEMORAY_RATE_LIMIT_CAPTURES_PER_MINUTE": str(CAPACITY)},
+                        env={"MEMORAY_RATE_LIMIT_CAPTURES_PER_MINUTE": str(CAPACITY),
+                             "MEMORAY_RATE_LIMIT_LOCAL": "true"},
                         extra_args=["--replicas", str(REPLICAS)]).start()
     yield srv
     srv.stop()

@@ -158,90 +158,86 @@ def _assert_no_b_leak(env: Env, payload, allowed_ids: tuple[str, ...] = ()) -> N
 # -- authentication ------------------------------------------------------------------------------
 
 
+def _post(url: str, token_header: str | None, method: str = "tools/call",
+          params: dict | None = None):
+    """A raw MCP POST (the point is the transport: no client library in between)."""
+    import httpx
+
+    headers = {"Accept": "application/json, text/event-stream",
+               "Content-Type": "application/json"}
+    if token_header is not None:
+        headers["Authorization"] = token_header
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}}
+    return httpx.post(url, json=body, headers=headers, timeout=30)
+
+
+def _assert_401(resp, what) -> dict:
+    assert resp.status_code == 401, (what, resp.status_code, resp.text[:300])
+    assert resp.headers["www-authenticate"].startswith("Bearer"), (what, resp.headers)
+    body = resp.json()
+    assert body["code"] == "UNAUTHORIZED", (what, body)
+    return body
+
+
 def test_no_token_is_unauthorized(env):
-    async def go():
-        async with mcp_client(env.url) as anon:
-            for tool, args in [("health-check", {}),
-                               ("retrieve-memories", {"query": "anything"}),
-                               ("capture-memory", {"content": "anon write", "workspaceId": WS_A}),
-                               ("get-memory", {"id": env.b_ids[0]}),
-                               ("audit-log", {})]:
-                body = await _err(anon, tool, args)
-                assert body["code"] == "UNAUTHORIZED", (tool, body)
-                _assert_no_b_leak(env, body, allowed_ids=(env.b_ids[0],))
-        # A header that is not "Bearer <token>" is the same as none.
-        import httpx2
-        from mcp import ClientSession
-        from mcp.client.streamable_http import streamable_http_client
-
-        from tests.server_process import Client
-
-        for header in ("Basic YWxpY2U6cGFzcw==", "Bearer", f"Token {env.tokens['alice']}"):
-            http = httpx2.AsyncClient(headers={"Authorization": header})
-            async with http, streamable_http_client(env.url, http_client=http) as (r, w, *_):
-                async with ClientSession(r, w) as s:
-                    await s.initialize()
-                    body = await _err(Client(s), "retrieve-memories", {"query": "x"})
-                    assert body["code"] == "UNAUTHORIZED", (header, body)
-
+    """HTTP 401 with WWW-Authenticate: Bearer, before any MCP message is read: tools/list,
+    initialize and every tool alike (the MCP authorization spec)."""
     before = len(env.audit_lines())
-    run(go())
+    calls = [("tools/list", None), ("initialize", {"protocolVersion": "2025-06-18",
+                                                   "capabilities": {}, "clientInfo": {
+                                                       "name": "t", "version": "0"}})]
+    calls += [("tools/call", {"name": tool, "arguments": args}) for tool, args in [
+        ("health-check", {}), ("retrieve-memories", {"query": "anything"}),
+        ("capture-memory", {"content": "anon write", "workspaceId": WS_A}),
+        ("get-memory", {"id": env.b_ids[0]}), ("audit-log", {})]]
+    for method, params in calls:
+        body = _assert_401(_post(env.url, None, method, params), method)
+        _assert_no_b_leak(env, body, allowed_ids=(env.b_ids[0],))
+    # A header that is not "Bearer <token>" is the same as none.
+    for header in ("Basic YWxpY2U6cGFzcw==", "Bearer", f"Token {env.tokens['alice']}"):
+        _assert_401(_post(env.url, header, "tools/list"), header)
     denied = [e for e in env.audit_lines()[before:]
               if e["principal"] == "anonymous" and e["outcome"] == "denied"]
-    assert len(denied) >= 8, denied
+    assert len(denied) >= 10, denied
     assert all(e["code"] == "UNAUTHORIZED" for e in denied)
 
 
 def test_wrong_token_is_unauthorized(env):
-    async def go():
-        bodies = []
-        for token in ["mr_" + "A" * 43, "mr_not-a-real-token", "garbage-token",
-                      env.tokens["alice"][:-2] + "xx"]:
-            async with mcp_client(env.url, token) as c:
-                body = await _err(c, "retrieve-memories", {"query": "alice"})
-                assert body["code"] == "UNAUTHORIZED", body
-                bodies.append(body)
-                body = await _err(c, "capture-memory", {"content": "x", "workspaceId": WS_A})
-                assert body["code"] == "UNAUTHORIZED", body
-        return bodies
-
-    bodies = run(go())
+    bodies = []
+    for token in ["mr_" + "A" * 43, "mr_not-a-real-token", "garbage-token",
+                  env.tokens["alice"][:-2] + "xx"]:
+        for method, params in [("tools/list", None), ("tools/call", {
+                "name": "capture-memory", "arguments": {"content": "x", "workspaceId": WS_A}})]:
+            bodies.append(_assert_401(_post(env.url, f"Bearer {token}", method, params), token))
     assert len({b["message"] for b in bodies}) == 1  # every bad token gets the same answer
 
 
 def test_revoked_token_is_unauthorized_within_seconds(env):
     data = env.server.data_dir
     token = _token(data, "temp", WS_A, "read,write")
-
-    async def call() -> tuple[bool, dict]:
-        async with mcp_client(env.url, token) as c:
-            return await c.raw("retrieve-memories", {"query": "alice"})
+    call = {"name": "retrieve-memories", "arguments": {"query": "alice"}}
 
     deadline = time.time() + 5  # the new token is picked up within the reload interval
     while True:
-        is_error, body = run(call())
-        if not is_error or time.time() > deadline:
+        resp = _post(env.url, f"Bearer {token}", "tools/call", call)
+        if resp.status_code == 200 or time.time() > deadline:
             break
         time.sleep(0.3)
-    assert not is_error, body
+    assert resp.status_code == 200, resp.text[:300]
     out = subprocess.run([sys.executable, "-m", "memoray.cli", "token", "revoke",
                           "--data-dir", str(data), token],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and "revoked" in out.stdout, out
     t0 = time.time()
     while True:
-        is_error, body = run(call())
-        if is_error or time.time() - t0 > 10:
+        resp = _post(env.url, f"Bearer {token}", "tools/call", call)
+        if resp.status_code != 200 or time.time() - t0 > 10:
             break
         time.sleep(0.2)
-    assert is_error and body["code"] == "UNAUTHORIZED", body
+    body = _assert_401(resp, "revoked")
     assert time.time() - t0 < 5, "revocation took effect only after 5 s"
-
-    async def wrong():
-        async with mcp_client(env.url, "mr_" + "B" * 43) as c:
-            return await _err(c, "retrieve-memories", {"query": "alice"})
-
-    assert body == run(wrong()), "a revoked token must look exactly like an unknown one"
+    wrong = _assert_401(_post(env.url, "Bearer mr_" + "B" * 43, "tools/call", call), "unknown")
+    assert body == wrong, "a revoked token must look exactly like an unknown one"
 
 
 # -- scopes --------------------------------------------------------------------------------------

@@ -1,0 +1,355 @@
+"""The store's controller: the one place for cluster-wide state, and the replicas' configuration
+manager.
+
+It runs on the Ray head node (where the GCS, the cluster's own single point of coordination,
+already runs) and owns, on the head's disk:
+- the system store (LMDB, data_dir/system): the layout and every shard's replica configuration
+  {epoch, primary, isr, members}, changed only here, one change at a time, durably;
+- the token store (data_dir/tokens.json, so `memoray token create --data-dir DIR` on the head
+  works before and while the store runs): Serve replicas on every node pull it from here
+  (SystemClient in serve/cluster_state.py) and refuse requests when they cannot;
+- the audit log (data_dir/audit), appended to by every replica through here.
+
+It also watches the replicas: members outside the in-sync set are told to catch up; a primary
+that stops answering is replaced by an in-sync backup; a member unreachable for longer than
+`replace_after_s` is rebuilt on a storage node that holds no replica of that shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgpack
+
+from memoray.actors.names import NAMESPACE, ActorNames
+from memoray.actors.replication import node_resource, replica_actor_class, storage_nodes
+from memoray.errors import ErrorCode, MemorayError
+
+log = logging.getLogger(__name__)
+
+SYSTEM_FORMAT = 1
+PROBE_TIMEOUT_S = 2.0
+
+
+class SystemStore:
+    """A small LMDB environment of msgpack values: the layout and replica configurations."""
+
+    def __init__(self, path: Path):
+        path.mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(str(path / "lmdb"), map_size=1 << 30, subdir=True, max_dbs=2)
+        fmt = self.get("format")
+        if fmt is None:
+            self.put("format", SYSTEM_FORMAT)
+        elif fmt > SYSTEM_FORMAT:
+            raise MemorayError(ErrorCode.UNAVAILABLE, f"system store format {fmt} is newer")
+
+    def get(self, key: str) -> Any:
+        with self.env.begin() as txn:
+            raw = txn.get(key.encode())
+        return None if raw is None else msgpack.unpackb(raw, raw=False)
+
+    def put(self, key: str, value: Any) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(key.encode(), msgpack.packb(value, use_bin_type=True))
+
+
+def place(shards: int, replication: int, nodes: list[str]) -> list[list[str]]:
+    """R distinct nodes per shard, spread round-robin so primaries spread too."""
+    if len(nodes) < replication:
+        raise MemorayError(ErrorCode.INVALID_INPUT,
+                           f"--replication {replication} needs {replication} storage nodes; the "
+                           f"cluster has {len(nodes)} ({', '.join(nodes) or 'none'}). Start "
+                           f"nodes with `ray start --resources '{{\"memoray_node_<name>\": 1}}'`")
+    return [[nodes[(i + r) % len(nodes)] for r in range(replication)] for i in range(shards)]
+
+
+def controller_class():
+    import ray
+
+    @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=32)
+    class ClusterController:
+        def __init__(self, settings_json: str, layout: dict):
+            from memoray.audit import AuditLog
+            from memoray.auth import TokenStore
+            from memoray.settings import Settings
+
+            self.settings = Settings.model_validate_json(settings_json)
+            self.layout = layout
+            self.names = ActorNames(layout["store_id"])
+            data = self.settings.resolved_data_dir()
+            self.system = SystemStore(data / "system")
+            self.token_store = TokenStore(self.settings.resolved_tokens_file())
+            self.audit = AuditLog(data / "audit" / "audit.log")
+            self.lock = threading.RLock()
+            self.configs: dict[int, dict] = {}
+            for i in range(layout["shards"]):
+                cfg = self.system.get(f"cfg:{i}")
+                if cfg is not None:
+                    self.configs[i] = cfg
+            self.handles: dict[str, Any] = {}
+            self.pending: dict[str, Any] = {}     # an outstanding probe per replica
+            self.unreachable: dict[str, float] = {}
+            self.replaced = 0
+            self._stop = threading.Event()
+            self._monitor: threading.Thread | None = None
+
+        # -- start -----------------------------------------------------------------------------
+        def start(self) -> dict:
+            """Place (first start) and create every replica, then wait until every shard has a
+            primary that answers. Idempotent."""
+            with self.lock:
+                if len(self.configs) < self.layout["shards"]:
+                    nodes = storage_nodes(ray.nodes())
+                    members = place(self.layout["shards"], self.settings.replication, nodes)
+                    for i, m in enumerate(members):
+                        if i not in self.configs:
+                            self._save(i, {"shard": i, "epoch": 1, "primary": m[0],
+                                           "isr": list(m), "members": list(m)})
+                for i, cfg in self.configs.items():
+                    for node in cfg["members"]:
+                        self._replica(i, node)
+            deadline = time.time() + 600
+            for i in range(self.layout["shards"]):
+                while True:
+                    try:
+                        ray.get(self._replica(i, self.configs[i]["primary"]).ping.remote(),
+                                timeout=30)
+                        break
+                    except Exception:
+                        if time.time() > deadline:
+                            raise
+            if self._monitor is None:
+                self._monitor = threading.Thread(target=self._watch, daemon=True)
+                self._monitor.start()
+            return {"shards": len(self.configs), "configs": self.configs}
+
+        def _replica(self, shard: int, node: str):
+            name = self.names.replica(shard, node)
+            h = self.handles.get(name)
+            if h is None:
+                opts = _shard_options(self.settings)
+                h = replica_actor_class().options(
+                    name=name, namespace=NAMESPACE, get_if_exists=True,
+                    lifetime="detached", resources={node_resource(node): 0.001},
+                ).remote(shard, node, str(self.settings.resolved_data_dir() / "shards"
+                                         / f"{shard:03d}"), self.layout["dim"], opts,
+                         self.layout["store_id"])
+                self.handles[name] = h
+            return h
+
+        def _save(self, shard: int, cfg: dict) -> dict:
+            self.system.put(f"cfg:{shard}", cfg)  # durable before anyone acts on it
+            self.configs[shard] = cfg
+            return cfg
+
+        # -- configuration ---------------------------------------------------------------------
+        def ping(self) -> dict:
+            return {"status": "ok", "store": self.layout["store_id"]}
+
+        def config(self, shard: int) -> dict:
+            with self.lock:
+                return self.configs[shard]
+
+        def configs_all(self) -> dict:
+            with self.lock:
+                return dict(self.configs)
+
+        def shrink_isr(self, shard: int, epoch: int, reporter: str, failed: list[str]):
+            with self.lock:
+                cfg = self.configs[shard]
+                if cfg["epoch"] != epoch or cfg["primary"] != reporter:
+                    return None
+                new = {**cfg, "epoch": epoch + 1,
+                       "isr": [m for m in cfg["isr"] if m not in failed]}
+                log.warning("shard %d: %s left the in-sync set (epoch %d)", shard, failed,
+                            epoch + 1)
+                return self._save(shard, new)
+
+        def expand_isr(self, shard: int, epoch: int, reporter: str, member: str):
+            with self.lock:
+                cfg = self.configs[shard]
+                if cfg["epoch"] != epoch or cfg["primary"] != reporter:
+                    return None
+                if member not in cfg["members"]:
+                    return None
+                isr = cfg["isr"] + ([member] if member not in cfg["isr"] else [])
+                self.unreachable.pop(self.names.replica(shard, member), None)
+                return self._save(shard, {**cfg, "epoch": epoch + 1, "isr": isr})
+
+        def primary_failed(self, shard: int, epoch: int) -> dict:
+            """A client could not reach the primary of `epoch`: fail over to the in-sync backup
+            with the longest log, if the primary really is gone."""
+            with self.lock:
+                cfg = self.configs[shard]
+                if cfg["epoch"] != epoch:
+                    return cfg
+                if self._alive(shard, cfg["primary"]):
+                    return cfg
+                return self._fail_over(shard, cfg)
+
+        def _alive(self, shard: int, node: str) -> bool:
+            try:
+                ray.get(self._replica(shard, node).ping.remote(), timeout=PROBE_TIMEOUT_S)
+                return True
+            except Exception:
+                return False
+
+        def _fail_over(self, shard: int, cfg: dict) -> dict:
+            candidates = [m for m in cfg["isr"] if m != cfg["primary"]]
+            refs = {m: self._replica(shard, m).ping.remote() for m in candidates}
+            alive = {}
+            for m, ref in refs.items():
+                try:
+                    alive[m] = ray.get(ref, timeout=PROBE_TIMEOUT_S)
+                except Exception:
+                    pass
+            if not alive:
+                log.error("shard %d: primary %s is gone and no in-sync replica is left",
+                          shard, cfg["primary"])
+                return cfg
+            new_primary = max(alive, key=lambda m: alive[m]["seq"])
+            new = self._save(shard, {**cfg, "epoch": cfg["epoch"] + 1, "primary": new_primary,
+                                     "isr": [new_primary] + [m for m in alive
+                                                             if m != new_primary]})
+            log.warning("shard %d: failed over from %s to %s (epoch %d)", shard,
+                        cfg["primary"], new_primary, new["epoch"])
+            for m in alive:
+                try:
+                    ray.get(self._replica(shard, m).adopt.remote(new), timeout=PROBE_TIMEOUT_S)
+                except Exception:
+                    pass
+            return new
+
+        # -- the watch loop --------------------------------------------------------------------
+        def _watch(self) -> None:
+            while not self._stop.wait(1.0):
+                try:
+                    self._watch_once()
+                except Exception as exc:
+                    log.warning("watch: %r", exc)
+
+        def _watch_once(self) -> None:
+            now = time.time()
+            with self.lock:
+                configs = dict(self.configs)
+            for shard, cfg in configs.items():
+                for node in cfg["members"]:
+                    name = self.names.replica(shard, node)
+                    ref = self.pending.get(name)
+                    if ref is None:
+                        self.pending[name] = self._replica(shard, node).ping.remote()
+                        continue
+                    ready, _ = ray.wait([ref], timeout=0)
+                    if not ready:
+                        self.unreachable.setdefault(name, now)
+                    else:
+                        del self.pending[name]
+                        try:
+                            info = ray.get(ref)
+                        except Exception:
+                            self.unreachable.setdefault(name, now)
+                            continue
+                        self.unreachable.pop(name, None)
+                        if info["role"] == "recovering" or (node not in cfg["isr"]
+                                                            and info["role"] != "primary"):
+                            self._replica(shard, node).sync.remote()
+                        elif (node in cfg["isr"] and node != cfg["primary"]
+                              and info["epoch"] < cfg["epoch"]):
+                            self._replica(shard, node).adopt.remote(cfg)
+                    down = self.unreachable.get(name)
+                    if down is None:
+                        continue
+                    if node == cfg["primary"] and now - down > PROBE_TIMEOUT_S:
+                        with self.lock:
+                            cur = self.configs[shard]
+                            if cur["primary"] == node and not self._alive(shard, node):
+                                self._fail_over(shard, cur)
+                    elif now - down > self.settings.replace_after_s:
+                        self._replace(shard, node)
+
+        def _replace(self, shard: int, lost: str) -> None:
+            """Rebuild a replica lost for good on a storage node without one of this shard."""
+            with self.lock:
+                cfg = self.configs[shard]
+                if lost not in cfg["members"] or lost == cfg["primary"]:
+                    return
+                spare = [n for n in storage_nodes(ray.nodes()) if n not in cfg["members"]]
+                if not spare:
+                    return
+                new_node = spare[shard % len(spare)]
+                members = [new_node if m == lost else m for m in cfg["members"]]
+                self._save(shard, {**cfg, "epoch": cfg["epoch"] + 1, "members": members,
+                                   "isr": [m for m in cfg["isr"] if m != lost]})
+                name = self.names.replica(shard, lost)
+                h = self.handles.pop(name, None)
+                self.pending.pop(name, None)
+                self.unreachable.pop(name, None)
+                if h is not None:
+                    ray.kill(h, no_restart=True)
+                self.replaced += 1
+                log.warning("shard %d: replica on %s lost for good; rebuilding on %s", shard,
+                            lost, new_node)
+                self._replica(shard, new_node)
+
+        # -- cluster-wide state ----------------------------------------------------------------
+        def tokens(self, known: str | None = None):
+            """(version, entries) of the token store, or None when `known` is current. Raises
+            (the replica then fails closed) when the file is unreadable or malformed."""
+            self.token_store._refresh(force=True)
+            entries = self.token_store._entries
+            version = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
+            if version == known:
+                return None
+            return version, entries
+
+        def audit_append(self, entries: list[dict]) -> list[dict]:
+            """Entries built (and redacted) by a replica, appended durably before returning."""
+            return self.audit.append_many(entries)
+
+        def audit_read(self, limit: int = 50, principal: str | None = None,
+                       action: str | None = None, since: Any = None) -> list[dict]:
+            return self.audit.read(limit=limit, principal=principal, action=action, since=since)
+
+        def status(self) -> dict:
+            with self.lock:
+                return {"store": self.layout["store_id"], "configs": self.configs,
+                        "unreachable": {k: round(time.time() - v, 1)
+                                        for k, v in self.unreachable.items()},
+                        "replaced": self.replaced}
+
+        def stop_replicas(self) -> int:
+            """Kill every replica this store started (a clean stop; data stays on disk)."""
+            self._stop.set()
+            n = 0
+            with self.lock:
+                for i, cfg in self.configs.items():
+                    for node in cfg["members"]:
+                        try:
+                            h = ray.get_actor(self.names.replica(i, node), namespace=NAMESPACE)
+                        except ValueError:
+                            continue
+                        try:
+                            ray.get(h.close.remote(), timeout=10)
+                        except Exception:
+                            pass
+                        ray.kill(h, no_restart=True)
+                        n += 1
+                self.handles.clear()
+            return n
+
+    return ClusterController
+
+
+def _shard_options(settings) -> dict:
+    from memoray.crypto import key_text_from_settings
+
+    key = key_text_from_settings(settings)
+    return {"map_size": settings.map_size_bytes, "durable": settings.durable,
+            "snapshot_every": settings.snapshot_every, "encryption": key[0] if key else None}
