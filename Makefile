@@ -11,8 +11,8 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: install browser run test test-unit test-integration test-cluster bench bench-core \
-        bench-hooks bench-locomo bench-planner bench-dedup bench-security bench-audit \
-        bench-replication bench-agent reindex backup lint clean
+        bench-hooks bench-locomo bench-locomo-dev bench-coding bench-planner bench-dedup \
+        bench-security bench-audit bench-replication bench-agent reindex backup lint clean
 
 install: $(STAMP)
 
@@ -66,8 +66,16 @@ bench-core: install
 bench-hooks: install
 	$(BIN)/python -m benchmarks.bench_hooks_server
 
+# LoCoMo: baselines, the default settings and every feature variant, on the development and
+# held-out halves (issue 15); `bench-locomo-dev` is the tuning run (development half only).
 bench-locomo: install
 	$(BIN)/python -m benchmarks.locomo
+
+bench-locomo-dev: install
+	$(BIN)/python -m benchmarks.locomo --splits dev --no-modes --out locomo_dev
+
+bench-coding: install
+	$(BIN)/python -m benchmarks.coding_memories
 
 bench-planner: install
 	$(BIN)/python -m benchmarks.bench_planner

@@ -22,6 +22,7 @@ from memoray.lexical import normalize as lexical_normalize
 from memoray.lifecycle import TIER_WEIGHT
 from memoray.postings import Postings
 from memoray.records import Record
+from memoray.temporal import proximity as temporal_proximity
 
 EXACT = "exact"
 ANN = "ann"
@@ -48,6 +49,16 @@ class SearchRequest:
     half_life_days: float = 30.0
     include_content: bool = True
     tier_weighting: bool = True
+    # Retrieval features (memoray.settings holds their defaults; see docs in _score/_neighbours).
+    fusion: str = "score"  # score: alpha*cos + (1-alpha)*tanh(bm25) | rrf: reciprocal rank
+    rrf_k: float = 60.0
+    neighbor_weight: float = 0.0  # share of the best same-session neighbour's score added
+    neighbor_turns: int = 1  # how many records either side in the session count as neighbours
+    neighbor_window_s: float = 3600.0  # ...and only within this many seconds of the record
+    pool: int = 0  # return up to max(k, pool) hits (the replica re-ranks them), 0: k
+    time_span: tuple[float, float] | None = None  # what a date in the query names (temporal)
+    temporal_weight: float = 0.0  # share of the score that date proximity may take away
+    temporal_scale_s: float = 14 * 86400.0  # proximity halves every ~0.7 of this outside
 
 
 @dataclass
@@ -142,7 +153,12 @@ class ShardSearch:
                 lex_labels = lex.top(pool_k, candidates=cand)
 
         pool = np.union1d(vec_labels, lex_labels).astype(np.int64)
-        hits = self._score(req, pool, k, lex if want_lex else None)
+        nb = None
+        if req.neighbor_weight > 0 and len(pool):
+            pool, nb, rows = self._neighbours(req, pool, node, cand)
+        else:
+            rows = None
+        hits = self._score(req, pool, max(k, req.pool), lex if want_lex else None, nb, rows)
         return {"shard": self.shard_id, "hits": hits, "strategy": used,
                 "candidates": None if cand is None else int(len(cand)), "pool": int(len(pool)),
                 "seconds": time.perf_counter() - t0}
@@ -154,8 +170,64 @@ class ShardSearch:
                 if lb in self.postings and flt.matches(node, self.postings.row(lb))]
         return np.asarray(keep, dtype=np.int64)
 
+    def _neighbours(self, req: SearchRequest, pool: np.ndarray, node: Any,
+                    cand: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+        """Neighbouring-record expansion: the pool grows by each member's `neighbor_turns`
+        nearest records either side in its session (session_id, capture order, within
+        `neighbor_window_s`), so a short reply ("Yes, last Friday!") is found through the
+        turn it answers, and a commit through the prompt that asked for it.
+
+        Returns the grown pool (sorted), an (n, 2w) matrix of each member's neighbours as
+        positions in it (-1: none), and the members' rows. The pool's sessions are laid end to
+        end as one sorted key array (session code, label), so finding every neighbour is one
+        searchsorted; the only Python loop gathers each distinct session's (cached) labels.
+        Neighbours are this shard's records (ids route records to shards by hash, so with S
+        shards a record's nearest same-session neighbours here lie ~S capture positions
+        apart)."""
+        w = max(1, int(req.neighbor_turns))
+        offsets = np.concatenate([-np.arange(1, w + 1), np.arange(1, w + 1)])
+        rows = [self.postings.row(int(lb)) for lb in pool]
+        sids = [r.get("session_id") for r in rows]
+        names = sorted({sid for sid in sids if sid})
+        if not names:
+            return pool, np.full((len(pool), len(offsets)), -1, np.int64), rows
+        code_of = {sid: i for i, sid in enumerate(names)}
+        sessions = [self.postings.labels_eq("session_id", sid) for sid in names]
+        shift = np.int64(1) << np.int64(40)  # labels are row numbers, far below 2**40
+        keys = np.concatenate([np.int64(c) * shift + sess for c, sess in enumerate(sessions)])
+
+        def around(labels: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """Labels of the neighbours at each offset (n, 2w) and whether they exist."""
+            at = np.searchsorted(keys, codes * shift + labels)[:, None] + offsets
+            ok = (at >= 0) & (at < len(keys)) & (codes >= 0)[:, None]
+            found = keys[np.clip(at, 0, len(keys) - 1)]
+            ok &= (found // shift) == codes[:, None]
+            return found % shift, ok
+
+        codes = np.asarray([code_of.get(sid, -1) if sid else -1 for sid in sids], np.int64)
+        labs, ok = around(pool, codes)
+        new = np.setdiff1d(labs[ok], pool)
+        if len(new) and not isinstance(node, flt.All):
+            new = np.intersect1d(new, cand) if cand is not None else self._post_filter(node, new)
+        if len(new):
+            pool = np.concatenate([pool, new])
+            order = np.argsort(pool, kind="stable")
+            pool = pool[order]
+            rows = rows + [self.postings.row(int(lb)) for lb in new]
+            rows = [rows[i] for i in order.tolist()]
+            new_codes = np.asarray([code_of.get(self.postings.row(int(lb)).get("session_id"),
+                                                -1) for lb in new], np.int64)
+            codes = np.concatenate([codes, new_codes])[order]
+            labs, ok = around(pool, codes)
+        ts = np.asarray([r.get("timestamp") or 0.0 for r in rows], dtype=np.float64)
+        at = np.minimum(np.searchsorted(pool, labs), len(pool) - 1)
+        ok &= pool[at] == labs
+        ok &= np.abs(ts[at] - ts[:, None]) <= req.neighbor_window_s
+        return pool, np.where(ok, at, -1), rows
+
     def _score(self, req: SearchRequest, pool: np.ndarray, k: int,
-               lex: _Lexical | None) -> list[Hit]:
+               lex: _Lexical | None, nb: np.ndarray | None = None,
+               rows: list[dict] | None = None) -> list[Hit]:
         if len(pool) == 0:
             return []
         if req.vector is not None and req.mode != "lexical":
@@ -171,17 +243,30 @@ class ShardSearch:
             score = vec
         elif req.mode == "lexical":
             score = lexs
+        elif req.fusion == "rrf":
+            score = _rrf(vec, lexs, req.rrf_k)
         else:
             score = req.alpha * vec + (1.0 - req.alpha) * lexs
         now = req.now or time.time()
-        rows = [self.postings.row(int(lb)) for lb in pool]
+        if rows is None:
+            rows = [self.postings.row(int(lb)) for lb in pool]
+        expired = np.array([(r.get("expires_at") or math.inf) <= now for r in rows])
+        if nb is not None:
+            # each record also scores by its best neighbour (what it answers or is answered
+            # by); an expired neighbour lends nothing
+            lend = np.where(expired, 0.0, score)
+            best = np.where(nb >= 0, lend[np.maximum(nb, 0)], 0.0).max(axis=1)
+            score = (score + req.neighbor_weight * best) / (1.0 + req.neighbor_weight)
+        if req.time_span is not None and req.temporal_weight > 0:
+            ts = np.array([r.get("timestamp") or 0.0 for r in rows], dtype=np.float64)
+            prox = temporal_proximity(ts, req.time_span, req.temporal_scale_s)
+            score = score * (1.0 - req.temporal_weight + req.temporal_weight * prox)
         if req.recency_weight > 0:
             ages = np.array([max(0.0, now - (r.get("timestamp") or now)) for r in rows])
             decay = np.power(0.5, ages / (req.half_life_days * 86400.0))
             score = score * (1.0 - req.recency_weight + req.recency_weight * decay)
         if req.tier_weighting:
             score = score * np.array([TIER_WEIGHT.get(r.get("tier"), 0.9) for r in rows])
-        expired = np.array([(r.get("expires_at") or math.inf) <= now for r in rows])
         score = np.where(expired, -1.0, score)
         order = np.argsort(-score, kind="stable")[: k]
         order = order[score[order] >= 0]
@@ -190,3 +275,15 @@ class ShardSearch:
                    else [rows[i] for i in order])
         return [Hit(float(score[i]), float(vec[i]), float(lexs[i]), rec)
                 for i, rec in zip(order, records) if rec is not None]
+
+
+def _rrf(vec: np.ndarray, lexs: np.ndarray, k: float) -> np.ndarray:
+    """Reciprocal-rank fusion over the pool, scaled so rank 1 in both lists scores 1.0; a
+    record without a lexical match gets no lexical term."""
+    n = len(vec)
+    rank_v = np.empty(n)
+    rank_v[np.argsort(-vec, kind="stable")] = np.arange(1, n + 1)
+    rank_l = np.empty(n)
+    rank_l[np.argsort(-lexs, kind="stable")] = np.arange(1, n + 1)
+    fused = 1.0 / (k + rank_v) + np.where(lexs > 0, 1.0 / (k + rank_l), 0.0)
+    return (fused * (k + 1.0) / 2.0).astype(np.float32)

@@ -18,6 +18,7 @@ def main() -> None:
         bench_hooks_server,
         bench_planner,
         bench_security,
+        coding_memories,
         locomo,
     )
 
@@ -30,8 +31,11 @@ def main() -> None:
         ("security (issue 6)", lambda: bench_security.run(samples=30 if quick else 200)),
         ("planner (issue 3)", lambda: bench_planner.main(
             ["--n", "20000", "--out", "bench_planner_quick"] if quick else [])),
-        ("locomo (issue 3)", lambda: locomo.main(
-            ["--limit-conversations", "1", "--out", "locomo_quick"] if quick else [])),
+        ("locomo (issues 3, 15)", lambda: locomo.main(
+            ["--limit-conversations", "2", "--no-sweep", "--out", "locomo_quick"]
+            if quick else [])),
+        ("coding memories (issue 15)", lambda: coding_memories.main(
+            ["--out", "coding_memories_quick"] if quick else [])),
         ("audit group commit (issue 9)", lambda: bench_audit.main(
             ["--batches", "5"] if quick else [])),
     ]

@@ -152,6 +152,27 @@ class Settings(BaseSettings):
                                    "QUERY_TIMEOUT")
     hybrid_alpha: float = Field(default=0.5, ge=0.0, le=1.0,
                                 description="weight of the vector score in hybrid ranking")
+    # Retrieval features (issue 15; benchmarks/locomo.py measures each). Defaults: what LoCoMo's
+    # development half chose and its held-out half confirmed.
+    retrieval_fusion: Literal["score", "rrf"] = Field(
+        "score", description="hybrid fusion: `score` (weighted scores) or `rrf` (reciprocal "
+        "rank)")
+    rrf_k: float = Field(default=60.0, gt=0, description="the k of reciprocal-rank fusion")
+    neighbor_weight: float = Field(default=0.25, ge=0.0, le=4.0, description="share of the "
+                                   "best same-session neighbour's score a record also gets")
+    neighbor_turns: int = Field(default=1, ge=1, le=8, description="records either side in "
+                                "the session that count as neighbours")
+    neighbor_window_s: float = Field(default=3600.0, ge=0.0, description="neighbours must be "
+                                     "within this many seconds of the record")
+    session_weight: float = Field(default=0.5, ge=0.0, le=4.0, description="share of the best "
+                                  "hit of its session a hit also gets (0: off)")
+    session_pool: int = Field(default=30, ge=1, le=1000, description="hits per shard the "
+                              "replica re-ranks when session aggregation is on")
+    temporal_weight: float = Field(default=0.0, ge=0.0, le=1.0, description="share of the "
+                                   "score a date named in the query may take from records far "
+                                   "from it (0: off)")
+    temporal_scale_days: float = Field(default=14.0, gt=0, description="how fast date "
+                                       "proximity decays outside the named span")
 
     # Lifecycle.
     expiry_interval_s: float = Field(default=60.0, gt=0, description="how often the expiry "

@@ -8,6 +8,8 @@ import asyncio
 import time
 from typing import Any
 
+import numpy as np
+
 from memoray import filters as flt
 from memoray.actors.shard_search import SearchRequest
 from memoray.errors import ErrorCode, MemorayError, invalid
@@ -15,6 +17,7 @@ from memoray.models import MAX_LIMIT, MAX_QUERY_CHARS, RetrievedMemory, check_te
 from memoray.records import Record
 from memoray.serve.observability import span
 from memoray.serve.request import Caller, UseCase
+from memoray.temporal import query_time_span
 from memoray.timeutil import to_iso
 
 # What an index (build-context style "index") always looks for, besides the query's best hits.
@@ -79,10 +82,14 @@ class Retrieve(UseCase):
         if mode != "lexical":
             with span("memoray.embed_query"):
                 vector = (await self.embed([query], query=True))[0]
+        now = time.time()
+        when = (query_time_span(query, now) if self.settings.temporal_weight > 0 and query
+                else None)
         req = SearchRequest(vector=vector, query=query, k=limit, filter=node, strategy=chosen,
                             oversample=plan.oversample, mode=mode,
-                            alpha=self.settings.hybrid_alpha, now=time.time(),
-                            recency_weight=recency_weight, include_content=include_content)
+                            alpha=self.settings.hybrid_alpha, now=now, time_span=when,
+                            recency_weight=recency_weight, include_content=include_content,
+                            **feature_fields(self.settings))
         with span("memoray.fanout", shards=len(self.backend.shards), strategy=chosen):
             try:
                 parts = await asyncio.wait_for(self.backend.shards.each(lambda c: c.search(req)),
@@ -90,7 +97,10 @@ class Retrieve(UseCase):
             except TimeoutError:
                 raise MemorayError(ErrorCode.QUERY_TIMEOUT,
                                    f"query exceeded {self.settings.query_timeout_s}s") from None
-        hits = sorted((h for p in parts for h in p["hits"]), key=lambda h: -h.score)[:limit]
+        hits = [h for p in parts for h in p["hits"]]
+        if self.settings.session_weight > 0:
+            session_aggregate(hits, self.settings.session_weight)
+        hits = sorted(hits, key=lambda h: -h.score)[:limit]
         actual = [p["candidates"] for p in parts]
         total = sum(actual) if all(a is not None for a in actual) else None  # type: ignore[arg-type]
         self.planner.record(plan.estimated_candidates, total, chosen)
@@ -182,6 +192,37 @@ class Retrieve(UseCase):
                     "every workspace's statistics; only a token for all workspaces sees them"}
         plan = self.planner.plan(scoped, limit)
         return {**out, "plan": plan.to_dict(), "accuracy": self.planner.accuracy()}
+
+
+def feature_fields(settings: Any) -> dict[str, Any]:
+    """The retrieval-feature settings every shard needs for one request."""
+    return {"fusion": settings.retrieval_fusion, "rrf_k": settings.rrf_k,
+            "neighbor_weight": settings.neighbor_weight,
+            "neighbor_turns": settings.neighbor_turns,
+            "neighbor_window_s": settings.neighbor_window_s,
+            "temporal_weight": settings.temporal_weight,
+            "temporal_scale_s": settings.temporal_scale_days * 86400.0,
+            "pool": settings.session_pool if settings.session_weight > 0 else 0}
+
+
+def session_aggregate(hits: list, weight: float) -> None:
+    """Session-level aggregation over every shard's hits (a session's records are spread over
+    shards): each hit also scores by the best hit of its session, so the turns of the session
+    that answers the question rise together. In place; records without a session keep their
+    score. One pass in numpy over the merged pool."""
+    if not hits:
+        return
+    scores = np.asarray([h.score for h in hits], dtype=np.float64)
+    sids = [h.record.get("session_id") for h in hits]
+    codes, inverse = np.unique(np.asarray([s or "" for s in sids], dtype=object),
+                               return_inverse=True)
+    best = np.full(len(codes), -np.inf)
+    np.maximum.at(best, inverse, scores)
+    has = np.asarray([bool(s) for s in sids])
+    boosted = np.where(has & (scores >= 0), (scores + weight * best[inverse]) / (1.0 + weight),
+                       scores)
+    for h, s in zip(hits, boosted.tolist()):
+        h.score = s
 
 
 def to_retrieved(rec: Record) -> RetrievedMemory:

@@ -1,0 +1,104 @@
+"""Dates in a query -> the time span it asks about, for a date-proximity boost at retrieval.
+
+"in May 2023", "on 13 October, 2023", "October 13, 2023", "2023-05-08", "in 2022", "last week",
+"yesterday", "3 days ago", "last month", "last year", "this week": each becomes [start, end)
+in epoch seconds (UTC); a month without a year or a weekday is not resolved (too ambiguous).
+Relative expressions count back from `now`.
+
+Library trade-off: dateparser's search_dates finds more phrasings but costs milliseconds per
+query and guesses (it reads "may" the verb as a month); parsedatetime likewise. A retrieve runs
+this on every query, so a few precompiled regexes over the phrasings agents and people use,
+no guessing, cost microseconds.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from datetime import UTC, datetime, timedelta
+
+MONTHS = {m.lower(): i for i, m in enumerate(calendar.month_name) if m}
+MONTHS.update({m.lower(): i for i, m in enumerate(calendar.month_abbr) if m})
+MONTHS.pop("may", None)  # "may" alone is usually the verb; "in May" / "May 2023" below
+_MON = r"(january|february|march|april|may|june|july|august|september|october|november|" \
+       r"december|jan|feb|mar|apr|jun|jul|aug|sep|sept|oct|nov|dec)"
+_ISO = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
+_DMY = re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+{_MON},?\s+(\d{{4}})\b", re.I)
+_MDY = re.compile(rf"\b{_MON}\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+(\d{{4}})\b", re.I)
+_MY = re.compile(rf"\b{_MON},?\s+(\d{{4}})\b", re.I)
+_IN_MONTH = re.compile(rf"\b(?:in|during|since|by)\s+{_MON}\b(?!\s+\d)", re.I)
+_YEAR = re.compile(r"\b(?:in|during|of|since)\s+((?:19|20)\d{2})\b")
+_AGO = re.compile(r"\b(\d+|a|one|two|three|four|five|six)\s+(day|week|month|year)s?\s+ago\b",
+                  re.I)
+_WORDS = {"a": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
+DAY = 86400.0
+
+
+def _month_num(name: str) -> int:
+    name = name.lower()
+    return 5 if name == "may" else MONTHS[name[:3] if name.startswith("sept") else name]
+
+
+def _month_span(year: int, month: int) -> tuple[float, float]:
+    start = datetime(year, month, 1, tzinfo=UTC)
+    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
+    return start.timestamp(), end.timestamp()
+
+
+def _day_span(year: int, month: int, day: int) -> tuple[float, float] | None:
+    try:
+        start = datetime(year, month, day, tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+    return start, start + DAY
+
+
+def query_time_span(query: str, now: float) -> tuple[float, float] | None:
+    """The [start, end) epoch span a query's date expression names, None when it names none.
+    The first (most specific) match wins: a full date, then a month with its year, a month
+    alone (the latest one not after `now`), a year, then relative expressions."""
+    if m := _ISO.search(query):
+        return _day_span(int(m[1]), int(m[2]), int(m[3]))
+    if m := _DMY.search(query):
+        return _day_span(int(m[3]), _month_num(m[2]), int(m[1]))
+    if m := _MDY.search(query):
+        return _day_span(int(m[3]), _month_num(m[1]), int(m[2]))
+    if m := _MY.search(query):
+        return _month_span(int(m[2]), _month_num(m[1]))
+    today = datetime.fromtimestamp(now, UTC)
+    if m := _IN_MONTH.search(query):
+        month = _month_num(m[1])
+        year = today.year if month <= today.month else today.year - 1
+        return _month_span(year, month)
+    if m := _YEAR.search(query):
+        year = int(m[1])
+        return datetime(year, 1, 1, tzinfo=UTC).timestamp(), datetime(
+            year + 1, 1, 1, tzinfo=UTC).timestamp()
+    low = query.lower()
+    midnight = datetime(today.year, today.month, today.day, tzinfo=UTC)
+    if "yesterday" in low:
+        return (midnight - timedelta(days=1)).timestamp(), midnight.timestamp()
+    if "today" in low:
+        return midnight.timestamp(), now
+    if m := _AGO.search(query):
+        n = _WORDS.get(m[1].lower()) or int(m[1])
+        unit = {"day": 1, "week": 7, "month": 30, "year": 365}[m[2].lower()]
+        centre = now - n * unit * DAY
+        return centre - unit * DAY / 2, centre + unit * DAY / 2
+    for phrase, days in (("last week", 7), ("past week", 7), ("this week", 7),
+                         ("last month", 31), ("past month", 31), ("last year", 365),
+                         ("past year", 365), ("recently", 14), ("lately", 14)):
+        if phrase in low:
+            back = 2 * days if phrase.startswith("last") else days
+            return now - back * DAY, now
+    return None
+
+
+def proximity(ts, span: tuple[float, float], scale_s: float):
+    """1 inside the span, decaying as exp(-distance / scale_s) outside (numpy arrays)."""
+    import numpy as np
+
+    ts = np.asarray(ts, dtype=np.float64)
+    lo, hi = span
+    dist = np.maximum(0.0, np.maximum(lo - ts, ts - hi))
+    return np.exp(-dist / max(scale_s, 1.0))

@@ -1,0 +1,175 @@
+"""Retrieval features of issue 15 on real ShardCores (no Ray), hash embedder:
+reciprocal-rank fusion, neighbouring-record expansion, session-level aggregation. Each is a
+setting; off, retrieval is what it was."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from memoray.actors.shard_search import _rrf
+from tests.service_harness import caller, item, make_service
+
+T0 = "2026-05-04T10:00:00Z"
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def capture(svc, rows):
+    """rows: (content, session_id, workspace, iso timestamp), stored one by one in order."""
+    ids = []
+    for content, sid, ws, ts in rows:
+        ids.append(run(svc.capture([item(content, session_id=sid, workspace_id=ws,
+                                         timestamp=ts)], caller()))[0]["ids"][0])
+    return ids
+
+
+def ts(minutes: int) -> str:
+    return f"2026-05-04T{10 + minutes // 60:02d}:{minutes % 60:02d}:00Z"
+
+
+FILLER = ["we talked about the weather and the garden", "the build is green again today",
+          "lunch was a sandwich with soup", "reviewed the pull request about logging",
+          "the meeting moved to thursday afternoon", "updated the onboarding notes"]
+
+
+def conversation(svc, ws="ws", sid="s1", gap_minutes=1):
+    """A question, its reply (which shares no word with the query) `gap_minutes` later, then
+    filler in the same session and in others."""
+    rows = [("what did you end up doing about the flaky zeppelin deploy", sid, ws, ts(1)),
+            ("pinned it to the older runner image, works now", sid, ws, ts(1 + gap_minutes)),
+            (FILLER[0], sid, ws, ts(3 + gap_minutes))]
+    rows += [(f, f"other-{i}", ws, ts(5 + i)) for i, f in enumerate(FILLER[1:])]
+    return capture(svc, rows)
+
+
+OFF = {"retrieval_fusion": "score", "neighbor_weight": 0.0, "session_weight": 0.0,
+       "temporal_weight": 0.0}
+
+
+def search(svc, query, limit=3, filters=None, **settings):
+    """Every feature off but the ones named (the defaults turn some on)."""
+    for key, value in {**OFF, **settings}.items():
+        setattr(svc.settings, key, value)
+    records, _ = run(svc.search(caller(), query, limit, filters))
+    return [r["id"] for r in records], [r["score"] for r in records]
+
+
+def scored(svc, query, **settings):
+    got, scores = search(svc, query, limit=20, **settings)
+    return dict(zip(got, scores)), got
+
+
+def test_neighbour_expansion_finds_the_reply_through_its_question(tmp_path):
+    svc = make_service(tmp_path, shards=1)
+    ids = conversation(svc)
+    question, answer = ids[0], ids[1]  # the answer shares no word with the query
+    off, _ = scored(svc, "zeppelin deploy flaky", neighbor_weight=0.0)
+    assert off.get(answer, 0.0) == 0.0
+    on, order = scored(svc, "zeppelin deploy flaky", neighbor_weight=0.5)
+    assert order[:2] == [question, answer]
+    assert on[answer] > 0.0 and all(on[i] == 0.0 for i in ids[3:])
+    assert on[question] < off[question]  # normalised: a lone hit loses a little
+    assert all(0.0 <= s <= 1.0 for s in on.values())
+
+
+def test_neighbours_must_be_close_in_time(tmp_path):
+    svc = make_service(tmp_path, shards=1)
+    ids = conversation(svc, gap_minutes=180)  # the "reply" came three hours later
+    near, _ = scored(svc, "zeppelin deploy flaky", neighbor_weight=0.5,
+                     neighbor_window_s=3600.0)
+    assert near.get(ids[1], 0.0) == 0.0
+    wide, order = scored(svc, "zeppelin deploy flaky", neighbor_weight=0.5,
+                         neighbor_window_s=4 * 3600.0)
+    assert order[:2] == [ids[0], ids[1]] and wide[ids[1]] > 0.0
+
+
+def test_neighbour_expansion_never_crosses_the_filter(tmp_path):
+    svc = make_service(tmp_path, shards=1)
+    # the same session id in two workspaces: the neighbour in the other one must not leak
+    rows = [("what did you end up doing about the flaky zeppelin deploy", "s1", "ws-a", ts(1)),
+            ("secret answer from the other workspace", "s1", "ws-b", ts(1)),
+            ("unrelated filler in ws-a", "s1", "ws-a", ts(2))]
+    ids = capture(svc, rows)
+    svc.settings.neighbor_weight = 1.0
+    for strategy in ("exact", "ann", "ann_adaptive"):
+        records, _ = run(svc.search(caller(), "zeppelin deploy flaky", 5,
+                                    {"workspaceId": "ws-a"}, strategy=strategy))
+        got = [r["id"] for r in records]
+        assert ids[1] not in got, strategy
+        assert all(r["workspace_id"] == "ws-a" for r in records), strategy
+
+
+def test_session_aggregation_lifts_the_session_that_matches(tmp_path):
+    # one shard: BM25 statistics are per shard and ids route by hash, so two shards would make
+    # the baseline order depend on the run's ids (the aggregation itself runs on the replica)
+    svc = make_service(tmp_path, shards=1)
+    # two sessions; the query matches one line of s-good strongly and one line of s-bad weakly
+    rows = [("the zeppelin deploy failed on the staging runner", "s-good", "ws", ts(0)),
+            ("rolled back and opened an incident ticket", "s-good", "ws", ts(1)),
+            ("zeppelin is a nice name for a deploy tool", "s-bad", "ws", ts(2)),
+            ("incident ticket template updated", "s-bad", "ws", ts(3))]
+    ids = capture(svc, rows)
+    plain, _ = search(svc, "zeppelin deploy failed incident ticket", limit=4,
+                      session_weight=0.0)
+    assert plain.index(ids[3]) < plain.index(ids[1])  # alone, the shorter s-bad line wins
+    got, boosted = search(svc, "zeppelin deploy failed incident ticket", limit=4,
+                          session_weight=1.0)
+    assert got[:2] == [ids[0], ids[1]]
+    assert all(0.0 <= s <= 1.0 for s in boosted)
+
+
+def test_rrf_ranks_agreement_first_and_stays_in_unit_range():
+    vec = np.array([0.9, 0.85, 0.1, 0.7], dtype=np.float32)
+    lex = np.array([0.05, 0.9, 0.0, 0.1], dtype=np.float32)
+    fused = _rrf(vec, lex, 60.0)
+    assert int(np.argmax(fused)) == 1  # 2nd by vector, 1st by lexical
+    assert fused[2] < fused[3]  # no lexical match: no lexical term
+    assert np.all((fused > 0) & (fused <= 1.0))
+    assert np.isclose(_rrf(np.array([1.0]), np.array([1.0]), 60.0)[0], 1.0)
+
+
+def test_rrf_setting_returns_unit_scores(tmp_path):
+    svc = make_service(tmp_path, shards=1)
+    conversation(svc)
+    rrf, scores = search(svc, "flaky deploy", limit=5, retrieval_fusion="rrf")
+    assert set(rrf) and all(0.0 <= s <= 1.0 for s in scores)
+
+
+def test_query_dates_resolve_to_spans():
+    from datetime import UTC, datetime
+
+    from memoray.temporal import query_time_span
+
+    now = datetime(2026, 6, 1, 12, tzinfo=UTC).timestamp()
+
+    def days(q):
+        span = query_time_span(q, now)
+        return None if span is None else [datetime.fromtimestamp(x, UTC).date().isoformat()
+                                          for x in span]
+
+    assert days("what setback did she face in October 2023?") == ["2023-10-01", "2023-11-01"]
+    assert days("the painting shown on October 13, 2023") == ["2023-10-13", "2023-10-14"]
+    assert days("found on 1 February, 2023") == ["2023-02-01", "2023-02-02"]
+    assert days("deploy of 2023-05-08") == ["2023-05-08", "2023-05-09"]
+    assert days("camping in June") == ["2026-06-01", "2026-07-01"]
+    assert days("camping in July") == ["2025-07-01", "2025-08-01"]  # the latest July so far
+    assert days("what broke the login page yesterday") == ["2026-05-31", "2026-06-01"]
+    assert days("may I ask why we pinned pandas") is None  # "may" the verb is no month
+    assert days("why did we pin pandas") is None
+
+
+def test_temporal_weight_prefers_records_of_the_named_month(tmp_path):
+    svc = make_service(tmp_path, shards=1)
+    rows = [("released the mobile app update", "s-may", "ws", "2025-05-10T10:00:00Z"),
+            ("released the mobile app update", "s-oct", "ws", "2025-10-10T10:00:00Z")]
+    ids = capture(svc, rows)
+    on, scores = search(svc, "which app update did we release in October 2025", limit=2,
+                        temporal_weight=0.5)
+    assert on[0] == ids[1] and scores[0] > scores[1]
+    on, _ = search(svc, "which app update did we release in May 2025", limit=2,
+                   temporal_weight=0.5)
+    assert on[0] == ids[0]
