@@ -95,8 +95,8 @@ def make_app(settings: Settings, store_id: str):
 
 def build_app(args: dict | None = None):
     """Application builder for Serve config files (`serve deploy`, KubeRay RayService):
-    import_path serve.deployment:build_app, with `args` holding Settings fields (or MEMORAY_*
-    env vars). Creates or joins the store's actors, then returns the bound app."""
+    import_path memoray.serve.deployment:build_app, with `args` holding Settings fields (or
+    MEMORAY_* env vars). Creates or joins the store's actors, then returns the bound app."""
     from memoray.serve.topology import start_cluster
 
     settings = Settings(**{"cluster": True, **(args or {})})

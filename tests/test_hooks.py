@@ -837,3 +837,18 @@ def test_post_compact_keeps_the_compact_summary(live, project: Path, tmp_path: P
     assert convention["eventType"] == "convention" and convention["tier"] == "pattern"
     assert summary["eventType"] == "session_summary"
     assert summary["content"].startswith("Conversation summary (compacted, auto) on feature")
+
+
+def test_default_spool_is_one_per_server(tmp_path: Path) -> None:
+    """Issue 13: undelivered items wait for their own server, and a spool left by an earlier
+    version (shared by every server) moves into the first server's directory."""
+    from memoray.hooks.config import server_spool_dir
+
+    base = tmp_path / "spool"
+    base.mkdir()
+    (base / "spool.jsonl").write_text('{"content": "old"}\n')
+    a = server_spool_dir(base, "http://127.0.0.1:8000")
+    b = server_spool_dir(base, "http://127.0.0.1:9000/")
+    assert a != b and a.parent == b.parent == base
+    assert (a / "spool.jsonl").read_text() == '{"content": "old"}\n'
+    assert not (base / "spool.jsonl").exists() and not (b / "spool.jsonl").exists()

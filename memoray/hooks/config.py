@@ -25,6 +25,25 @@ def _int(name: str, default: int) -> int:
     return value if value > 0 else default
 
 
+def server_spool_dir(base: Path, url: str) -> Path:
+    """The default spool is one per server (~/.memoray/spool/<host>-<port>), so what a hook
+    could not deliver goes to the server it was meant for, never to whichever server another
+    project's next hook reaches. A spool left by an earlier version in `base` itself moves into
+    the first server's directory that finds it (where its items would have gone anyway)."""
+    rest = url.split("://", 1)[-1].split("/", 1)[0]
+    key = "".join(c if c.isalnum() or c in ".-" else "-" for c in rest.replace(":", "-"))
+    target = base / (key or "default")
+    if (base / "spool.jsonl").exists() and not target.exists():
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            for name in os.listdir(base):
+                if name.startswith("spool") and (base / name).is_file():
+                    os.replace(base / name, target / name)
+        except OSError:
+            return base  # cannot move it: keep using the old shared spool
+    return target
+
+
 @dataclass(frozen=True)
 class HookConfig:
     url: str  # server base URL; tools live at url + "/mcp"
@@ -44,9 +63,11 @@ class HookConfig:
     @classmethod
     def from_env(cls) -> HookConfig:
         timeout = _float("MEMORAY_HOOK_TIMEOUT", 2.0)
-        spool = os.environ.get("MEMORAY_SPOOL_DIR") or os.path.join("~", ".memoray", "spool")
+        url = (os.environ.get("MEMORAY_URL") or DEFAULT_URL).strip()
+        spool = os.environ.get("MEMORAY_SPOOL_DIR") or server_spool_dir(
+            Path(os.path.join("~", ".memoray", "spool")).expanduser(), url)
         return cls(
-            url=(os.environ.get("MEMORAY_URL") or DEFAULT_URL).strip(),
+            url=url,
             token=os.environ.get("MEMORAY_TOKEN") or None,
             timeout_s=timeout,
             connect_timeout_s=min(0.5, timeout),
