@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,29 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import fmt_table, latency_summary, log, result_path, save_json
-from tests.cluster_harness import LocalCluster, can_run
-from tests.server_process import ROOT, ServerProcess, mcp_client
+from tests.cluster_harness import LocalCluster, can_run, controller_status
+from tests.server_process import ServerProcess, mcp_client
 
 NODES = {"head": {"memoray_node_head": 1000.0}, "w1": {"memoray_node_w1": 1000.0},
          "w2": {"memoray_node_w2": 1000.0}}
 
 
-def status(cluster: LocalCluster, store_dir: Path) -> dict:
-    store = json.loads((store_dir / "memoray.json").read_text())["store_id"]
-    code = ("import ray,sys,json; ray.init(address=sys.argv[1], logging_level='ERROR');"
-            "from memoray.actors.names import NAMESPACE, ActorNames;"
-            "c=ray.get_actor(ActorNames(sys.argv[2]).controller, namespace=NAMESPACE);"
-            "print(json.dumps(ray.get(c.status.remote(), timeout=30)))")
-    out = subprocess.run([sys.executable, "-c", code, cluster.address, store],
-                         env=cluster._env(), cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def wait_isr(cluster: LocalCluster, store_dir: Path, n: int, timeout: float = 600) -> float:
     t0 = time.time()
     while time.time() - t0 < timeout:
-        st = status(cluster, store_dir)
+        st = controller_status(cluster, store_dir)
         if all(len(c["isr"]) >= n for c in st["configs"].values()):
             return time.time() - t0
         time.sleep(0.5)
@@ -168,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             cluster.kill_node("w1")       # holds a replica of both shards (head,w1 / w1,w2)
             wait_isr(cluster, srv.data_dir, 2)
             rebuild_s = time.time() - t0
-            st = status(cluster, srv.data_dir)
+            st = controller_status(cluster, srv.data_dir)
             members = {k: v["members"] for k, v in st["configs"].items()}
         finally:
             srv.stop()

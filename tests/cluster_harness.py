@@ -280,3 +280,19 @@ class LocalCluster:
             if any(m in cmd for m in marks):
                 out.append(int(entry))
         return out
+
+
+def controller_status(cluster: LocalCluster, store_dir: Path) -> dict:
+    """The store controller's view (configs, unreachable replicas), read in a separate driver
+    (the store id comes from the store's layout file)."""
+    import json
+
+    store = json.loads((store_dir / "memoray.json").read_text())["store_id"]
+    code = ("import ray,sys,json; ray.init(address=sys.argv[1], logging_level='ERROR');"
+            "from memoray.actors.names import NAMESPACE, ActorNames;"
+            "c=ray.get_actor(ActorNames(sys.argv[2]).controller, namespace=NAMESPACE);"
+            "print(json.dumps(ray.get(c.status.remote(), timeout=30)))")
+    out = subprocess.run([sys.executable, "-c", code, cluster.address, store],
+                         env=cluster._env(), cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    return json.loads(out.stdout.strip().splitlines()[-1])

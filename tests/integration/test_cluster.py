@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from tests.cluster_harness import LocalCluster, can_run
+from tests.cluster_harness import LocalCluster, can_run, controller_status
 from tests.server_process import ROOT, ServerProcess, ToolError, mcp_client
 
 # Node starts and failure detection on a loaded 2-core machine take minutes, not seconds.
@@ -27,24 +27,11 @@ NODES = {"head": {"memoray_node_head": 1000.0}, "w1": {"memoray_node_w1": 1000.0
          "w2": {"memoray_node_w2": 1000.0}}
 
 
-def controller_status(cluster: LocalCluster) -> dict:
-    """The store controller's view (configs, unreachable replicas), read in a separate driver."""
-    store = json.loads((cluster.data_path / "a" / "memoray.json").read_text())["store_id"]
-    code = ("import ray,sys,json; ray.init(address=sys.argv[1], logging_level='ERROR');"
-            "from memoray.actors.names import NAMESPACE, ActorNames;"
-            "c=ray.get_actor(ActorNames(sys.argv[2]).controller, namespace=NAMESPACE);"
-            "print(json.dumps(ray.get(c.status.remote(), timeout=30)))")
-    out = subprocess.run([sys.executable, "-c", code, cluster.address, store],
-                         env=cluster._env(), cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def wait_in_sync(cluster: LocalCluster, n: int, timeout: float = 120) -> dict:
     deadline = time.time() + timeout
     status = {}
     while time.time() < deadline:
-        status = controller_status(cluster)
+        status = controller_status(cluster, cluster.data_path / "a")
         if all(len(c["isr"]) >= n for c in status["configs"].values()):
             return status
         time.sleep(1.0)
