@@ -79,23 +79,44 @@ class SearchResult(TypedDict):
 
 
 class _Lexical:
-    """BM25 scores of one query, each label scored at most once."""
+    """BM25 scores of one query, each label scored at most once; lookups are array operations
+    (no Python loop per candidate)."""
 
     def __init__(self, index: LexicalIndex, query: str):
         self.index = index
         self.query = query
-        self.scores: dict[int, float] = {}
+        self.labels = np.empty(0, np.int64)  # sorted
+        self.scores = np.empty(0, np.float64)
+
+    def _keep(self, labels: np.ndarray, scores: np.ndarray) -> None:
+        all_labels = np.concatenate([self.labels, labels.astype(np.int64)])
+        all_scores = np.concatenate([self.scores, scores.astype(np.float64)])
+        all_labels, first = np.unique(all_labels, return_index=True)
+        self.labels, self.scores = all_labels, all_scores[first]
 
     def top(self, k: int, candidates: np.ndarray | None = None) -> np.ndarray:
         labels, scores = self.index.search(self.query, k, candidates=candidates)
-        self.scores.update(zip(labels.tolist(), scores.tolist()))
+        self._keep(labels, scores)
         return labels
 
+    def _lookup(self, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.searchsorted(self.labels, pool)
+        safe = np.minimum(pos, max(len(self.labels) - 1, 0))
+        found = (pos < len(self.labels)) & (self.labels[safe] == pool) if len(self.labels) \
+            else np.zeros(len(pool), bool)
+        return found, safe
+
     def of(self, pool: np.ndarray) -> np.ndarray:
-        missing = np.asarray([lb for lb in pool.tolist() if lb not in self.scores], np.int64)
+        found, _ = self._lookup(pool)
+        missing = pool[~found]
         if len(missing):
-            self.top(len(missing), candidates=missing)
-        return np.asarray([self.scores.get(lb, 0.0) for lb in pool.tolist()], np.float32)
+            labels, scores = self.index.search(self.query, len(missing), candidates=missing)
+            self._keep(labels, scores)
+            # labels a BM25 pass scored 0 are not returned: remember them as 0
+            rest = np.setdiff1d(missing, labels)
+            self._keep(rest, np.zeros(len(rest)))
+        found, safe = self._lookup(pool)
+        return np.where(found, self.scores[safe], 0.0).astype(np.float32)
 
 
 class ShardSearch:

@@ -165,8 +165,8 @@ class Client:
 
 
 @asynccontextmanager
-async def mcp_client(url: str, token: str | None = None):
-    headers = {"Authorization": f"Bearer {token}"} if token else None
+async def mcp_client(url: str, token: str | None = None, headers: dict[str, str] | None = None):
+    headers = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token else {})}
     http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(60.0))
     async with http:
         async with streamable_http_client(url, http_client=http) as (read, write, *_):

@@ -4,23 +4,12 @@ project's MCP entry is the default workspace of every tool call that names none.
 from __future__ import annotations
 
 import asyncio
-from contextlib import asynccontextmanager
 
-import httpx2
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-
-from tests.server_process import Client
+from tests.server_process import mcp_client
 
 
-@asynccontextmanager
-async def client_with(url: str, headers: dict[str, str]):
-    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(60.0))
-    async with http:
-        async with streamable_http_client(url, http_client=http) as (read, write, *_):
-            async with ClientSession(read, write) as session:
-                await session.initialize()
-                yield Client(session)
+def client_with(url: str, headers: dict[str, str]):
+    return mcp_client(url, headers=headers)
 
 
 def test_header_workspace_scopes_calls_that_name_none(minilm_server):
