@@ -62,18 +62,31 @@ def _metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def _replica_views(url: str, polls: int = 40) -> set[tuple[float, float]]:
-    """/metrics is per replica and Serve routes each GET to either one: the distinct values of
-    (allowed, refused) capture-memory calls seen are the replicas' own counters."""
-    views = set()
-    with httpx.Client() as c:
-        for _ in range(polls):
-            text = c.get(url + "/metrics", timeout=30).text
-            views.add((_metric(text, "memoray_tool_calls_total", tool="capture-memory",
-                               outcome="ok"),
-                       _metric(text, "memoray_tool_calls_total", tool="capture-memory",
-                               outcome="RATE_LIMIT_EXCEEDED")))
-    return views
+def _replica_views(url: str, want: int = REPLICAS, rounds: int = 30) -> set[tuple[float, float]]:
+    """/metrics is per replica and Serve routes each GET to one of them: the distinct values of
+    (allowed, refused) capture-memory calls seen are the replicas' own counters.
+
+    Sequential GETs can all land on one idle replica (Serve's router prefers the replica it
+    last saw with the shortest queue), so each round sends several at once: while one replica
+    is busy with a GET the router sends the next to the other."""
+
+    async def one_round(c: httpx.AsyncClient) -> list[tuple[float, float]]:
+        texts = await asyncio.gather(*(c.get(url + "/metrics", timeout=30) for _ in range(8)))
+        return [(_metric(t.text, "memoray_tool_calls_total", tool="capture-memory",
+                         outcome="ok"),
+                 _metric(t.text, "memoray_tool_calls_total", tool="capture-memory",
+                         outcome="RATE_LIMIT_EXCEEDED")) for t in texts]
+
+    async def poll() -> set[tuple[float, float]]:
+        views: set[tuple[float, float]] = set()
+        async with httpx.AsyncClient() as c:
+            for _ in range(rounds):
+                views.update(await one_round(c))
+                if len(views) >= want:
+                    break
+        return views
+
+    return asyncio.run(poll())
 
 
 def test_session_limit_holds_across_two_replicas_and_retry_after_is_right(server):
