@@ -232,6 +232,7 @@ class PlannerService:
     async def refresh(self) -> int:
         import asyncio
 
+        self.shards.refresh()  # a reshard may have added or removed shards
         results = await asyncio.gather(*[c.planner_stats(self.seqs.get(i, -1))
                                          for i, c in enumerate(self.shards.clients)])
         for i, res in enumerate(results):
