@@ -381,7 +381,8 @@ class ShardCore:
         if self._placement is None or new.epoch >= self._placement.epoch:
             save_placement(self.path, new)
             if not new.moving:  # cut over: the moved-out marks of the reshard are done with
-                self.storage._write(lambda txn: txn.drop(self._moved_db(), delete=False))
+                moved = self._moved_db()  # (opening a database is a transaction of its own)
+                self.storage._write(lambda txn: txn.drop(moved, delete=False))
             self._placement = new
         return self._placement.to_dict()
 
