@@ -31,7 +31,7 @@ import jump
 MODULO = "modulo"
 JUMP = "jump"
 SCHEMES = (MODULO, JUMP)
-MAX_SHARDS = 1024
+MAX_SHARDS = 256  # what `memoray serve --shards` accepts (memoray/settings.py)
 # A shard refuses a new record it does not own under its placement (a client with an older
 # placement routed it): the client re-reads the placement and routes again.
 WRONG_SHARD = "WRONG_SHARD"
