@@ -258,8 +258,17 @@ class ShardSet:
         return sorted(chosen, key=lambda r: r.get("chunk_index") or 0)
 
     async def delete(self, ids: list[str]) -> list[str]:
-        """Hard delete on every shard (a record mid-move has two copies)."""
-        parts = await self.each(lambda c: c.delete(ids))
+        """Hard delete where each record is; on every shard while records move (a record
+        mid-move has two copies, and the mover applies a delete it missed to its copy)."""
+        self.refresh()
+        if self.placement.moving:
+            parts = await self.each(lambda c: c.delete(ids))
+        else:  # a delete is a durable write transaction: only on the shards that hold the ids
+            groups: dict[int, list[str]] = {}
+            for i, hit in zip(ids, await self.get_many(ids)):
+                if hit is not None:
+                    groups.setdefault(hit[0], []).append(i)
+            parts = await asyncio.gather(*[self.clients[s].delete(g) for s, g in groups.items()])
         gone = {i for p in parts for i in p}
         return [i for i in ids if i in gone]
 

@@ -73,6 +73,7 @@ async def reshard_under_reads(srv: ServerProcess, shards: int) -> tuple[dict, li
 
 
 def run_case(root: Path, before: int, after: int, records: int, samples: int) -> dict[str, Any]:
+    (root / f"s{before}to{after}").mkdir(parents=True, exist_ok=True)
     srv = ServerProcess(root / f"s{before}to{after}" / "data", embedder="hash", shards=before,
                         env={"MEMORAY_DASHBOARD": "true",
                              "MEMORAY_DASHBOARD_PORT": str(free_port()),
