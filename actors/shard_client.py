@@ -303,8 +303,8 @@ class ShardSet:
         cur, new = self.placement.current, self.placement.writes
         asks: dict[int, list[int]] = {}
         for i, (rec, home) in enumerate(zip(records, homes)):
-            if rec.get("idempotency_key") and cur.shards > 0 and cur.owner(home) != new.owner(
-                    home) and cur.owner(home) < len(self.clients):
+            if (rec.get("idempotency_key") and cur.owner(home) != new.owner(home)
+                    and cur.owner(home) < len(self.clients)):
                 asks.setdefault(cur.owner(home), []).append(i)
         out: dict[int, tuple[str, bool]] = {}
         replayed_docs: set[str] = set()
@@ -338,7 +338,7 @@ class ShardSet:
                 for j, res in (await self._replayed(batch, homes)).items():
                     out[todo[j]] = res
             groups: dict[int, list[int]] = {}
-            for j, (i, home) in enumerate(zip(todo, homes)):
+            for i, home in zip(todo, homes):
                 if i not in out:
                     groups.setdefault(self.placement.writes.owner(home), []).append(i)
             results = await asyncio.gather(*[

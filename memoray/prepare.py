@@ -13,9 +13,9 @@ from memoray import lifecycle
 from memoray.chunking import split_document
 from memoray.errors import invalid
 from memoray.ids import new_id, new_id_on_shard, shard_for
-from memoray.routing import Routing
 from memoray.models import CaptureItem
 from memoray.records import Record
+from memoray.routing import Routing
 from memoray.timeutil import parse_iso
 
 CHUNK_THRESHOLD_CHARS = 8000

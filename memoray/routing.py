@@ -119,7 +119,8 @@ def _strip_chunk_suffix(key: str, index: Any) -> str:
 def home_key(record: Mapping[str, Any]) -> str:
     key = record.get("idempotency_key")
     if key:
-        return f"{record.get('workspace_id')}\x00{_strip_chunk_suffix(key, record.get('chunk_index'))}"
+        base = _strip_chunk_suffix(key, record.get("chunk_index"))
+        return f"{record.get('workspace_id')}\x00{base}"
     return record.get("parent_id") or record["id"]
 
 

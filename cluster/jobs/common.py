@@ -55,7 +55,6 @@ def store_shards(ray, data_dir: str):
     server wrote to DATA_DIR/run.json."""
     from memoray.actors.names import NAMESPACE, ActorNames
     from memoray.actors.shard_client import ShardSet
-
     from memoray.layout import read_layout
 
     run = _run_info(data_dir)
