@@ -56,7 +56,7 @@ async def retrieves(url: str, samples: int | None = None,
 async def reshard_under_reads(srv: ServerProcess, shards: int) -> tuple[dict, list[float]]:
     done = asyncio.Event()
     reader = asyncio.create_task(retrieves(srv.mcp_url, until=done))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "token"}
     t0 = time.time()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "memoray.cluster.jobs.reshard", "--data-dir", str(srv.data_dir),

@@ -1,7 +1,7 @@
 """Online reshard: change a running store's shard count, moving as few records as possible.
 
     ray job submit --working-dir . -- python -m memoray.cluster.jobs.reshard --shards 3
-    python -m memoray.cluster.jobs.reshard --data-dir DIR --shards 3      # as a plain driver
+    RAY_AUTH_MODE=token python -m memoray.cluster.jobs.reshard --data-dir DIR --shards 3  # driver
 
 Records keep their ids. Routing becomes jump consistent hash (memoray/routing.py), so 2 -> 3
 moves about a third of the records (a store still on the modulo routing of older versions moves
