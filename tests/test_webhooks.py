@@ -345,3 +345,36 @@ def test_secrets_are_sealed_at_rest_with_the_store_key(tmp_path):
         assert disp.store.secret(disp.store.subs()[sub["id"]]) == sub["secret"]
     finally:
         disp.close()
+
+
+def test_only_admins_of_the_workspace_manage_its_subscriptions(tmp_path):
+    from memoray.auth import Principal
+
+    svc, disp = _service_with_dispatcher(tmp_path)
+    admin_a = caller(principal=Principal("alice", frozenset({"a"}),
+                                         frozenset({"read", "write", "admin"})))
+    admin_b = caller(principal=Principal("bob", frozenset({"b"}),
+                                         frozenset({"read", "write", "admin"})))
+    writer_a = caller(principal=Principal("carol", frozenset({"a"}),
+                                          frozenset({"read", "write"})))
+    try:
+        sub = asyncio.run(svc.create_webhook(admin_a, {"workspaceId": "a",
+                                                       "url": "http://127.0.0.1:9/h"}))
+        for who, spec in ((writer_a, "a"), (admin_b, "a")):
+            with pytest.raises(MemorayError) as e:
+                asyncio.run(svc.create_webhook(who, {"workspaceId": spec,
+                                                     "url": "http://127.0.0.1:9/h"}))
+            assert e.value.code.value == "FORBIDDEN"
+        assert asyncio.run(svc.list_webhooks(admin_b, None))["count"] == 0
+        for call in (svc.test_webhook, svc.delete_webhook, svc.dead_letters):
+            with pytest.raises(MemorayError) as e:  # bob: like a subscription that is not there
+                asyncio.run(call(admin_b, sub["id"]))
+            assert e.value.code.value == "NOT_FOUND"
+        with pytest.raises(MemorayError) as e:
+            asyncio.run(svc.delete_webhook(writer_a, sub["id"]))
+        assert e.value.code.value == "FORBIDDEN"
+        assert asyncio.run(svc.list_webhooks(admin_a, "a"))["count"] == 1
+        assert asyncio.run(svc.delete_webhook(admin_a, sub["id"]))["deleted"]
+        assert disp.list() == []
+    finally:
+        disp.close()
