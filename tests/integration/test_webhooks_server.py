@@ -252,3 +252,31 @@ def test_nothing_lost_across_a_kill_9_between_commit_and_delivery(tmp_path):
     finally:
         rx.stop()
         srv.stop()
+
+
+def test_cluster_mode_delivers_from_replicated_shards(tmp_path):
+    """Cluster mode on one machine (the controller, replicated shards, the dispatcher on the
+    head draining each shard's primary through the replicated client)."""
+    rx = Receiver().start()
+    srv = ServerProcess(tmp_path / "data", embedder="hash",
+                        env={**ENV, "MEMORAY_CLUSTER": "true"}).start()
+    try:
+        async def go():
+            async with mcp_client(srv.mcp_url) as c:
+                sub = await c.call("create-webhook", url=rx.url, workspaceId=WS)
+                mid = (await c.call("capture-memory", content="replicated", workspaceId=WS,
+                                    ttlSeconds=1))["id"]
+                other = (await c.call("capture-memory", content="deleted later",
+                                      workspaceId=WS))["id"]
+                await c.call("delete-memory", id=other)
+                await asyncio.sleep(1.5)
+                await c.call("expire-memories", workspaceId=WS)
+                return sub, mid, other
+
+        sub, mid, other = run(go())
+        want = {("memory.captured", mid), ("memory.captured", other),
+                ("memory.deleted", other), ("memory.expired", mid)}
+        rx.wait_for(lambda es: want <= seen(es), secret=sub["secret"], timeout=60)
+    finally:
+        srv.stop()
+        rx.stop()
