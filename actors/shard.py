@@ -29,6 +29,7 @@ from memoray.actors.shard_storage import OP_DEL, OP_PUT, ShardStorage, u64
 from memoray.actors.vector_index import VectorIndex
 from memoray.errors import ErrorCode, MemorayError
 from memoray.lexical import LexicalIndex
+from memoray.logs import Timer
 from memoray.postings import Postings
 from memoray.records import Record, slim
 from memoray.routing import WRONG_SHARD, Placement, home_keys
@@ -36,6 +37,9 @@ from memoray.routing import WRONG_SHARD, Placement, home_keys
 log = logging.getLogger(__name__)
 
 ACTOR_OPTIONS = {"max_restarts": -1, "max_task_retries": 3, "num_cpus": 0}
+# Webhook events nobody acknowledged for this long are dropped at the next snapshot (a backup
+# replica's copies; the dispatcher drains the primary's within seconds).
+OUTBOX_KEEP_S = 7 * 86400
 
 
 class ShardCore:
@@ -140,6 +144,7 @@ class ShardCore:
             raise ValueError("records and vectors differ in length")
         if self._placement is not None:
             self._fence(records)
+        timer = Timer()
         results = self.storage.put_many(records, vectors)  # durable from here on
         new_labels, new_vecs = [], []
         for (_mid, label, created), record, vec in zip(results, records, vectors):
@@ -156,6 +161,8 @@ class ShardCore:
             if self._rebuild is not None:
                 self._rebuild.record("put", new_labels)
         self._maybe_snapshot()
+        log.info("shard write", extra={"op": "put", "shard": self.shard_id,
+                                       "records": len(new_labels), "duration_ms": timer.ms()})
         return [(mid, label >= 0) for mid, label, _ in results]
 
     def merge(self, record: Record, vector: np.ndarray) -> bool:
@@ -196,15 +203,24 @@ class ShardCore:
         return (record, best[1]) if record is not None else None
 
     def update_record(self, record: Record) -> None:
-        """Rewrite a record body in place (merge, re-encryption); the vector stays."""
+        """Rewrite a record body in place (sharing, anonymizing); the vector stays. Its webhook
+        event (memory.shared when the visibility changed, else memory.updated) commits with it."""
+        timer = Timer()
         label = self.storage.label_of(record["id"])
         self.storage.replace_record(record)
         if label is not None:
             self._unindex(label)
             self._index_record(label, record)
+        log.info("shard write", extra={"op": "update", "shard": self.shard_id, "records": 1,
+                                       "duration_ms": timer.ms()})
 
     def delete(self, ids: list[str]) -> list[str]:
-        gone = self.storage.delete_many(ids)
+        """Hard delete; announced as memory.deleted."""
+        return self._delete(ids, "memory.deleted")
+
+    def _delete(self, ids: list[str], kind: str) -> list[str]:
+        timer = Timer()
+        gone = self.storage.delete_many(ids, kind)
         labels = [label for _, label in gone]
         for label in labels:
             self._unindex(label)
@@ -214,6 +230,9 @@ class ShardCore:
             self._rebuild.record("del", labels)
         self._maybe_snapshot()
         self._maybe_start_rebuild()
+        log.info("shard write", extra={"op": "delete" if kind == "memory.deleted" else "purge",
+                                       "shard": self.shard_id, "records": len(gone),
+                                       "duration_ms": timer.ms()})
         return [mid for mid, _ in gone]
 
     # -- expiry -----------------------------------------------------------------------------
@@ -227,8 +246,16 @@ class ShardCore:
         return out
 
     def purge(self, ids: list[str]) -> list[str]:
-        """Hard delete (expiry, retention): LMDB, vector index, lexical index, postings."""
-        return self.delete(ids)
+        """Hard delete (expiry, retention): LMDB, vector index, lexical index, postings;
+        announced as memory.expired."""
+        return self._delete(ids, "memory.expired")
+
+    # -- webhook outbox (drained by actors/webhook_dispatcher.py) ---------------------------
+    def outbox_read(self, limit: int = 256) -> list[tuple[int, dict]]:
+        return self.storage.outbox_read(limit)
+
+    def outbox_ack(self, upto: int) -> int:
+        return self.storage.outbox_ack(upto)
 
     # -- background graph rebuild -----------------------------------------------------------
     def _maybe_start_rebuild(self) -> None:
@@ -269,6 +296,7 @@ class ShardCore:
         seq = self.storage.seq
         self.index.save_snapshot(seq)
         trimmed = self.storage.trim_log(seq)
+        self.storage.outbox_trim(time.time() - OUTBOX_KEEP_S)
         return {"seq": seq, "trimmed": trimmed, "seconds": round(time.perf_counter() - t0, 3)}
 
     # -- reads ------------------------------------------------------------------------------
@@ -426,8 +454,13 @@ class ShardCore:
 
     def import_moved(self, records: list[Record], vectors: np.ndarray,
                      wordings: dict[str, np.ndarray]) -> list[tuple[str, bool]]:
-        """Store records moved here under their own ids, with the wordings they absorbed."""
-        out = self.put(records, vectors)
+        """Store records moved here under their own ids, with the wordings they absorbed. A move
+        is not a change: no webhook event is written for it."""
+        self.storage.outbox_enabled = False
+        try:
+            out = self.put(records, vectors)
+        finally:
+            self.storage.outbox_enabled = True
         for mid, rows in wordings.items():
             label = self.storage.label_of(mid)
             if label is not None:
@@ -452,7 +485,11 @@ class ShardCore:
         if same:
             self.storage.txn_extra = lambda txn: [txn.put(i.encode(), b"", db=moved)
                                                   for i in same]
-            dropped = self.delete(same)
+            self.storage.outbox_enabled = False  # the record lives on: no memory.deleted event
+            try:
+                dropped = self.delete(same)
+            finally:
+                self.storage.outbox_enabled = True
         return {"dropped": dropped + sorted(i for i in before if current[i] is None),
                 "changed": [i for i, r in current.items() if r is not None and i not in same],
                 "gone": [i for i, r in current.items() if r is None and i not in before]}
@@ -464,7 +501,7 @@ class ShardCore:
 
     def spawn_options(self) -> dict:
         """What a new shard of this store is started with (the reshard job adds shards)."""
-        return dict(self._spawn)
+        return {**self._spawn, "outbox": self.storage.outbox_size()}
 
 
 def fingerprint(record: Record) -> str:

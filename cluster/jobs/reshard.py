@@ -18,6 +18,7 @@ import asyncio
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from memoray.cluster.jobs.common import connect
@@ -70,6 +71,7 @@ async def run(ray, data: Path, shards: int, batch: int) -> dict:
 
     def add_shards(width: int) -> list[ShardClient]:
         options = ray.get(clients[0].target.spawn_options.remote())
+        options.pop("outbox")
         dim = options.pop("dim")
         cls = shard_actor_class()
         handles = [cls.options(name=names.shard(i), namespace=NAMESPACE, get_if_exists=True,
@@ -82,12 +84,26 @@ async def run(ray, data: Path, shards: int, batch: int) -> dict:
     def remove_shards(indexes: list[int]) -> None:
         for i in indexes:
             handle = ray.get_actor(names.shard(i), namespace=NAMESPACE)
+            deadline = time.time() + 60  # its webhook events reach the dispatcher first
+            while (ray.get(handle.spawn_options.remote())["outbox"] and time.time() < deadline
+                   and _has_webhooks(ray, names)):
+                time.sleep(0.5)
             ray.get(handle.snapshot.remote(), timeout=120)
             ray.kill(handle, no_restart=True)
             shutil.rmtree(data / "shards" / f"{i:03d}", ignore_errors=True)
 
     return await reshard(clients, data, shards, say=say, batch=batch, add_shards=add_shards,
                          remove_shards=remove_shards)
+
+
+def _has_webhooks(ray, names) -> bool:
+    from memoray.actors.names import NAMESPACE
+
+    try:
+        ray.get_actor(names.webhooks, namespace=NAMESPACE)
+        return True
+    except ValueError:
+        return False
 
 
 if __name__ == "__main__":
