@@ -15,6 +15,7 @@ import pytest
 import memoray.actors.shard_client as shard_client
 from memoray.actors.backend import Backend
 from memoray.actors.embedding_worker import EmbedderPool, EmbeddingWorker, MicroBatcher
+from memoray.actors.planner import PlannerService
 from memoray.actors.resharding import STATE_FILE, Mover, reshard
 from memoray.actors.shard import ShardCore
 from memoray.actors.shard_client import ShardClient, ShardSet
@@ -221,7 +222,13 @@ def test_shrink_3_to_2(tmp_path):
             entries = core.outbox_read(10000)
             assert entries
             core.outbox_ack(entries[-1][0])
+        planner = PlannerService(ShardSet.of(store.cores, store.set.placement, store))
+        await planner.refresh()
+        assert sorted(planner.planner.shard_stats) == [0, 1, 2]
         report = await store.reshard(2)
+        await planner.refresh()  # the planner follows the reshard too
+        assert sorted(planner.planner.shard_stats) == [0, 1]
+        assert planner.planner.total == len(acked)
         # a move is not a change: no memory.created / memory.deleted event for it
         assert all(core.outbox_read(10) == [] for core in store.cores[:2])
         store.set.refresh()
