@@ -29,7 +29,7 @@ from memoray.temporal import date_terms
 
 StemmerName = Literal["snowball", "light", "none"]
 STEMMERS: tuple[str, ...] = ("snowball", "light", "none")
-DEFAULT_STEMMER: StemmerName = "light"
+DEFAULT_STEMMER: StemmerName = "snowball"
 DEFAULT_DATES = False
 MAX_TOKENS = 5_000  # per document (and per query): huge contents must not dominate memory/time
 _MAX_CHARS = 64 * MAX_TOKENS  # scan bound for huge contents; ample for MAX_TOKENS tokens

@@ -168,7 +168,7 @@ class Settings(BaseSettings):
                                   "hit of its session a hit also gets (0: off)")
     session_pool: int = Field(default=30, ge=1, le=1000, description="hits per shard the "
                               "replica re-ranks when session aggregation is on")
-    temporal_weight: float = Field(default=0.0, ge=0.0, le=1.0, description="share of the "
+    temporal_weight: float = Field(default=0.15, ge=0.0, le=1.0, description="share of the "
                                    "score a date named in the query may take from records far "
                                    "from it (0: off)")
     temporal_scale_days: float = Field(default=14.0, gt=0, description="how fast date "
