@@ -360,6 +360,8 @@ FEATURES_OFF: dict[str, Any] = {"retrieval_fusion": "score", "neighbor_weight": 
                                 "session_weight": 0.0, "temporal_weight": 0.0, "prf_docs": 0,
                                 "vector_prf": 0.0, "lexical_stemmer": "light",
                                 "lexical_dates": False}
+NEW_DEFAULT: dict[str, Any] = {"session_weight": 0.5, "neighbor_weight": 0.25,
+                               "lexical_stemmer": "snowball", "temporal_weight": 0.15}
 # Each feature alone against the baseline (features off), then combinations; the dev half
 # decides, the held-out half confirms.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -391,6 +393,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "previous default + snowball + x2 + temporal 0.15": {
         "session_weight": 0.5, "neighbor_weight": 0.25, "lexical_stemmer": "snowball",
         "neighbor_turns": 2, "temporal_weight": 0.15},
+    # on top of the new default (previous default + snowball + temporal 0.15)
+    "new default + date terms": {**NEW_DEFAULT, "lexical_dates": True},
+    "new default + prf 3 docs 10 terms 0.5": {**NEW_DEFAULT, "prf_docs": 3},
+    "new default + prf 3 docs 5 terms 0.25": {**NEW_DEFAULT, "prf_docs": 3, "prf_terms": 5,
+                                              "prf_weight": 0.25},
+    "new default + x2": {**NEW_DEFAULT, "neighbor_turns": 2},
 }
 METRICS = ("recall@1", "recall@5", "recall@10", "hit@5", "hit@10", "all@5", "all@10",
            "session_recall@10", "mrr")
@@ -406,9 +414,14 @@ async def latency_ab(service: Any, caller: Any, convs: list[Conversation],
     qs = [(conv, q) for i, conv in enumerate(convs) if split_of(i) in splits
           for q in conv.questions if q.evidence]
     prog = Progress("latency A/B", len(qs) * len(variants), "q")
+    # The analyzer stays the default's: switching it rebuilds the lexical indexes (not a
+    # per-query cost), and a stemmer costs the same per query whichever it is.
+    variants = {n: {k: v for k, v in o.items() if k not in ANALYZER_KEYS}
+                for n, o in variants.items()}
+    apply(service, {}, cores)
     for conv, q in qs:
         for name, overrides in variants.items():
-            apply(service, overrides, cores)
+            apply(service, overrides)
             t0 = time.perf_counter()
             await service.search(caller, q.question, K, {"workspaceId": workspace(conv)})
             lat[name].append(time.perf_counter() - t0)
@@ -418,8 +431,8 @@ async def latency_ab(service: Any, caller: Any, convs: list[Conversation],
     return {n: latency_summary(v) for n, v in lat.items()}
 
 
-def mcp_latency(convs: list[Conversation], variants: dict[str, dict[str, str]],
-                n_conversations: int, fmt: str) -> dict[str, Any]:
+async def mcp_latency(convs: list[Conversation], variants: dict[str, dict[str, str]],
+                      n_conversations: int, fmt: str) -> dict[str, Any]:
     """Retrieve through the whole stack: a real server (Ray Serve, 2 shard actors, MiniLM
     embedding every query cold: the questions are distinct), the real MCP client over HTTP.
     Each variant is one server started with its settings as MEMORAY_* variables; the first
@@ -436,7 +449,7 @@ def mcp_latency(convs: list[Conversation], variants: dict[str, dict[str, str]],
             server = ServerProcess(Path(tmp) / "data", embedder="minilm", shards=2, env={
                 "MEMORAY_RATE_LIMIT_ENABLED": "false", **env}).start()
             try:
-                out[name] = asyncio.run(_ask_through_mcp(server.mcp_url, chosen, fmt))
+                out[name] = await _ask_through_mcp(server.mcp_url, chosen, fmt)
             finally:
                 server.stop()
         out[name]["env"] = env
@@ -690,12 +703,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "features off": FEATURES_OFF,
                 "neighbor only": {**FEATURES_OFF, "neighbor_weight": base["neighbor_weight"]},
                 "session only": {**FEATURES_OFF, "session_weight": base["session_weight"]},
+                "temporal only": {**FEATURES_OFF, "temporal_weight": base["temporal_weight"]},
                 "defaults": {}}, splits, cores)
         out["planner"] = planner.accuracy()
         if args.mcp_conversations:
             off_env = {f"MEMORAY_{k.upper()}": str(v) for k, v in FEATURES_OFF.items()
                        if k not in ANALYZER_KEYS}
-            out["mcp"] = mcp_latency(convs, {"defaults": {}, "features off": off_env},
+            out["mcp"] = await mcp_latency(convs, {"defaults": {}, "features off": off_env},
                                      args.mcp_conversations, args.text_format)
         for core in cores:
             core.storage.close()
