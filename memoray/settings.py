@@ -169,8 +169,8 @@ class Settings(BaseSettings):
     session_pool: int = Field(default=30, ge=1, le=1000, description="hits per shard the "
                               "replica re-ranks when session aggregation is on")
     temporal_weight: float = Field(default=0.15, ge=0.0, le=1.0, description="share of the "
-                                   "score a date named in the query may take from records far "
-                                   "from it (0: off)")
+                                   "score a date or event named in the query ('in May', 'before "
+                                   "the migration') may take from records far from it (0: off)")
     temporal_scale_days: float = Field(default=14.0, gt=0, description="how fast date "
                                        "proximity decays outside the named span")
     prf_docs: int = Field(default=0, ge=0, le=50, description="lexical query expansion by "

@@ -3,7 +3,10 @@
 "in May 2023", "on 13 October, 2023", "October 13, 2023", "2023-05-08", "in 2022", "last week",
 "yesterday", "3 days ago", "last month", "last year", "this week": each becomes [start, end)
 in epoch seconds (UTC); a month without a year or a weekday is not resolved (too ambiguous).
-Relative expressions count back from `now`.
+Relative expressions count back from `now`. An event the query orders itself against ("before
+the migration", "since the outage") is an Anchor: the replica looks the event up and splits the
+timeline at its time (anchored_span). `date_terms` gives the lexical analyzer index terms for
+absolute dates.
 
 Library trade-off: dateparser's search_dates finds more phrasings but costs milliseconds per
 query and guesses (it reads "may" the verb as a month); parsedatetime likewise. A retrieve runs
