@@ -524,3 +524,8 @@ def save_placement(path: Path, placement: Placement) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, f)
+    fd = os.open(f.parent, os.O_RDONLY)  # the rename durable too
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
