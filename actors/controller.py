@@ -59,6 +59,10 @@ class SystemStore:
         with self.env.begin(write=True) as txn:
             txn.put(key.encode(), msgpack.packb(value, use_bin_type=True))
 
+    def delete(self, key: str) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.delete(key.encode())
+
 
 def place(shards: int, replication: int, nodes: list[str]) -> list[list[str]]:
     """R distinct nodes per shard, spread round-robin so primaries spread too."""
@@ -81,15 +85,19 @@ def controller_class():
             from memoray.settings import Settings
 
             self.settings = Settings.model_validate_json(settings_json)
-            self.layout = layout
             self.names = ActorNames(layout["store_id"])
             data = self.settings.resolved_data_dir()
+            # A restarted controller gets its first arguments again: the layout file on this
+            # (the head's) disk is newer when a reshard changed the shard count since.
+            self.layout = _current_layout(data, layout)
             self.system = SystemStore(data / "system")
             self.token_store = TokenStore(self.settings.resolved_tokens_file())
             self.audit = AuditLog(data / "audit" / "audit.log")
             self.lock = threading.RLock()
             self.configs: dict[int, dict] = {}
-            for i in range(layout["shards"]):
+            from memoray.routing import MAX_SHARDS
+
+            for i in range(MAX_SHARDS):  # a reshard may have added shards not yet in the layout
                 cfg = self.system.get(f"cfg:{i}")
                 if cfg is not None:
                     self.configs[i] = cfg
@@ -153,6 +161,76 @@ def controller_class():
         def placement(self) -> dict | None:
             """The store's routing (memoray.routing.Placement as a dict) from its layout."""
             return self.layout.get("placement")
+
+        # -- resharding (actors/resharding.py, cluster/jobs/reshard.py) -------------------------
+        def set_placement(self, placement: dict) -> dict:
+            """Record a reshard step in the layout file on the head (atomic, durable), then
+            serve it: Serve replicas re-read it from here (actors/placement.py)."""
+            from dataclasses import asdict
+
+            from memoray.layout import write_placement
+            from memoray.routing import Placement
+
+            with self.lock:
+                new = write_placement(self.settings.resolved_data_dir(),
+                                      Placement.from_dict(placement))
+                self.layout = asdict(new)
+                return self.layout
+
+        def add_shards(self, width: int, timeout: float = 600) -> dict:
+            """Replica sets for shards len(configs)..width-1, placed over the storage nodes as
+            the first start places them (R distinct nodes per shard), durably configured before
+            any replica starts; returns once each new shard's primary answers. Idempotent."""
+            with self.lock:
+                nodes = storage_nodes(ray.nodes())
+                members = place(width, self.settings.replication, nodes)
+                new = [i for i in range(width) if i not in self.configs]
+                for i in new:
+                    m = members[i]
+                    self._save(i, {"shard": i, "epoch": 1, "primary": m[0], "isr": list(m),
+                                   "members": list(m)})
+                for i in range(width):
+                    for node in self.configs[i]["members"]:
+                        self._replica(i, node)
+            deadline = time.time() + timeout
+            for i in range(width):
+                while True:
+                    try:
+                        ray.get(self._replica(i, self.configs[i]["primary"]).ping.remote(),
+                                timeout=30)
+                        break
+                    except Exception:
+                        if time.time() > deadline:
+                            raise
+            return {i: self.configs[i] for i in range(width)}
+
+        def remove_shards(self, indexes: list[int]) -> list[str]:
+            """Stop the replica sets of shards a reshard emptied, each replica deleting its own
+            directory, and forget their configurations. Returns the replicas stopped."""
+            stopped = []
+            with self.lock:
+                for i in indexes:
+                    cfg = self.configs.get(i)
+                    if cfg is None:
+                        continue
+                    for node in cfg["members"]:
+                        name = self.names.replica(i, node)
+                        try:
+                            h = ray.get_actor(name, namespace=NAMESPACE)
+                        except ValueError:
+                            continue
+                        try:
+                            ray.get(h.destroy.remote(), timeout=30)
+                        except Exception as exc:  # a dead node keeps its (empty) copy
+                            log.warning("shard %d@%s: not deleted: %r", i, node, exc)
+                        ray.kill(h, no_restart=True)
+                        self.handles.pop(name, None)
+                        self.pending.pop(name, None)
+                        self.unreachable.pop(name, None)
+                        stopped.append(name)
+                    self.system.delete(f"cfg:{i}")
+                    self.configs.pop(i, None)
+            return stopped
 
         def ping(self) -> dict:
             return {"status": "ok", "store": self.layout["store_id"]}
@@ -349,6 +427,20 @@ def controller_class():
             return n
 
     return ClusterController
+
+
+def _current_layout(data: Path, given: dict) -> dict:
+    from dataclasses import asdict
+
+    from memoray.layout import read_layout
+
+    try:
+        have = read_layout(data)
+    except Exception:
+        return given
+    if have is None or have.store_id != given.get("store_id"):
+        return given
+    return asdict(have)
 
 
 def _shard_options(settings) -> dict:

@@ -4,6 +4,10 @@ On one machine the layout file is the truth: `LayoutSource` re-reads DATA_DIR/me
 it changed (a stat every refresh), and reaches a shard the reshard job added by its actor name.
 Writes never depend on this being fresh: a shard refuses a new record it does not own under its
 own placement (pushed by the reshard job before any client sees it), and the client re-reads.
+
+In cluster mode the layout is on the head's disk, which a Serve replica on another node cannot
+stat: `ControllerSource` asks the store's controller (which writes the layout file on the head
+and keeps it in memory, actors/controller.py) and reaches a shard by its replica set.
 """
 
 from __future__ import annotations
@@ -45,3 +49,41 @@ class LayoutSource:
 
         handle: Any = ray.get_actor(ActorNames(self.store_id).shard(index), namespace=NAMESPACE)
         return ShardClient(handle)
+
+
+class ControllerSource:
+    """The placement as the store's controller holds it. Never blocks the caller's event loop:
+    each read takes the answer of the previous ask, if it has come, and asks again, so a
+    ShardSet (REFRESH_S) sees a new placement within about two refreshes."""
+
+    def __init__(self, store_id: str):
+        self.store_id = store_id
+        self._pending: Any = None
+        self._last: Placement | None = None
+
+    def __reduce__(self):
+        return (type(self), (self.store_id,))
+
+    def read(self) -> Placement | None:
+        import ray
+
+        try:
+            if self._pending is not None:
+                ready, _ = ray.wait([self._pending], timeout=0)
+                if not ready:
+                    return self._last
+                got = ray.get(self._pending)
+                if got:
+                    self._last = Placement.from_dict(got)
+            self._pending = None
+            controller = ray.get_actor(ActorNames(self.store_id).controller,
+                                       namespace=NAMESPACE)
+            self._pending = controller.placement.remote()
+        except Exception:  # the controller is restarting: keep the last placement, ask later
+            self._pending = None
+        return self._last
+
+    def client(self, index: int) -> ShardClient:
+        from memoray.actors.replication import ReplicatedShard
+
+        return ReplicatedShard(index, self.store_id)

@@ -32,7 +32,10 @@ from memoray.errors import ErrorCode, MemorayError
 FORMAT_VERSION = 2
 RLOG_KEEP = 200_000        # entries kept for catch-up; a replica further behind gets a full copy
 TRIM_EVERY = 5_000
-WRITE_OPS = ("put", "merge", "update_record", "delete", "purge")
+WRITE_OPS = ("put", "merge", "update_record", "delete", "purge",
+             # a reshard's steps (actors/resharding.py) go through the log like any write, so
+             # every replica holds the placement and the moved copies before the source drops them
+             "set_placement", "import_moved", "drop_moved")
 
 
 class Fenced(Exception):
@@ -179,6 +182,13 @@ class ReplicaCore:
                 # Replayed after the record's delete: nothing to update, but the entry is logged.
                 return None  # apply() logs the entry on its own
             return core.update_record(payload)
+        if op == "set_placement":
+            return core.set_placement(payload)
+        if op == "import_moved":
+            records, vectors, wordings = payload
+            return core.import_moved(records, vectors, wordings)
+        if op == "drop_moved":
+            return core.drop_moved(payload)
         return core.purge(payload) if op == "purge" else core.delete(payload)
 
     def _trim(self) -> None:
@@ -257,6 +267,10 @@ class ReplicaCore:
 
 
 def _pack_payload(op: str, payload: Any) -> Any:
+    if op == "import_moved":
+        records, vectors, wordings = payload
+        packed = _pack_payload("put", (records, vectors))
+        return [*packed, {k: _pack_rows(v) for k, v in wordings.items()}]
     if op == "merge":
         record, vector = payload
         return [record, np.ascontiguousarray(vector, dtype=np.float32).tobytes()]
@@ -267,7 +281,20 @@ def _pack_payload(op: str, payload: Any) -> Any:
     return payload
 
 
+def _pack_rows(rows: Any) -> list:
+    arr = np.ascontiguousarray(rows, dtype=np.float32)
+    return [arr.tobytes(), list(arr.shape)]
+
+
+def _unpack_rows(packed: list) -> np.ndarray:
+    raw, shape = packed
+    return np.frombuffer(raw, np.float32).reshape(shape).copy()
+
+
 def _unpack_payload(op: str, packed: Any) -> Any:
+    if op == "import_moved":
+        records, vectors = _unpack_payload("put", packed[:3])
+        return records, vectors, {k: _unpack_rows(v) for k, v in packed[3].items()}
     if op == "merge":
         record, raw = packed
         return record, np.frombuffer(raw, np.float32).copy()

@@ -45,7 +45,9 @@ CALL_TIMEOUT_S = 30.0         # one client call to a primary
 CATCHUP_BATCH = 256
 READ_METHODS = ("get", "document", "select", "search", "stats", "planner_stats", "health",
                 "snapshot", "scan", "backup", "expired", "start_rebuild", "finish_rebuild",
-                "reseal", "pid", "best_match", "outbox_read", "outbox_ack")
+                "reseal", "pid", "best_match", "outbox_read", "outbox_ack",
+                # resharding (actors/resharding.py): the mover reads the primary
+                "placement", "export_moving", "export_ids", "idem_lookup", "spawn_options")
 
 
 class NotPrimary(Exception):
@@ -299,7 +301,12 @@ def replica_actor_class():
                     self.rc.copy_page(records, vectors)
                 after = records[-1]["id"]
                 n += len(records)
+            # The placement lives beside the LMDB environment, not in it: a copy takes it too
+            # (a backup rebuilt mid-reshard and then promoted must still fence and export).
+            placement = ray.get(primary.read.remote("placement", ()), timeout=CALL_TIMEOUT_S)
             with self.rc.lock:
+                if placement is not None:
+                    self.rc.core.set_placement(placement)
                 self.rc.finish_copy(seq, ep, cfg["epoch"])
             log.info("shard %d@%s took a full copy (%d records, seq %d)", self.shard, self.node,
                      n, seq)
@@ -311,6 +318,16 @@ def replica_actor_class():
         def close(self) -> bool:
             with self.rc.lock:
                 self.rc.close()
+            return True
+
+        def destroy(self) -> bool:
+            """Close and delete this replica's directory (a shard a reshard emptied and the
+            controller removed: every node deletes its own copy)."""
+            import shutil
+
+            with self.rc.lock:
+                self.rc.close()
+                shutil.rmtree(self.rc.path, ignore_errors=True)
             return True
 
     return ShardReplica
@@ -378,7 +395,7 @@ class ReplicatedShard(ShardClient):
                 h = self._handle(cfg["primary"])
                 if method in WRITE_OPS:
                     ref = traced(h.write, f"ShardReplica.{method}").remote(
-                        method, args if method in ("put", "merge") else args[0])
+                        method, args if method in ("put", "merge", "import_moved") else args[0])
                 else:
                     ref = traced(h.read, f"ShardReplica.{method}").remote(method, args)
                 left = max(0.5, deadline - time.monotonic())
@@ -404,6 +421,12 @@ class ReplicatedShard(ShardClient):
 
 
 def replicated_shards(store_id: str, shards: int, placement: Any = None) -> ShardSet:
-    """`placement`: the layout's routing (memoray.routing.Placement); resharding a replicated
-    store is not supported yet, so it stays fixed."""
-    return ShardSet([ReplicatedShard(i, store_id) for i in range(shards)], placement)
+    """`placement`: the layout's routing (memoray.routing.Placement), which decides the width
+    (a reshard may have changed it since `--shards`); the set keeps re-reading it from the
+    controller (actors/placement.py ControllerSource), so a reshard reaches it without a
+    restart."""
+    from memoray.actors.placement import ControllerSource
+
+    width = placement.width if placement is not None else shards
+    return ShardSet([ReplicatedShard(i, store_id) for i in range(width)], placement,
+                    ControllerSource(store_id))

@@ -210,11 +210,17 @@ async def reshard(clients: list[ShardClient], data_dir: Path, shards: int, *,
                   say: Callable[[str], None] = print, batch: int = 256,
                   add_shards: Callable[[int], list[ShardClient]] | None = None,
                   remove_shards: Callable[[list[int]], None] | None = None,
-                  grace_s: float = GRACE_S) -> dict[str, Any]:
+                  grace_s: float = GRACE_S,
+                  record: Callable[[Placement], Any] | None = None) -> dict[str, Any]:
     """Take the store at `data_dir` to `shards` shards, online; resumable (rerun after a crash
     with the same count). `clients`: the store's shards now (the layout's width);
     `add_shards(n)` starts shards len(clients)..n-1 and returns their clients;
-    `remove_shards(indexes)` stops emptied ones after the cut-over."""
+    `remove_shards(indexes)` stops emptied ones after the cut-over; `record(placement)` writes
+    a step to the layout (default: the file in `data_dir`; in cluster mode the controller, which
+    owns the file on the head and serves it to every replica)."""
+    if record is None:
+        def record(p: Placement) -> Any:
+            return write_placement(Path(data_dir), p)
     t0 = time.time()
     layout = read_layout(Path(data_dir))
     if layout is None or layout.placement is None:
@@ -240,7 +246,7 @@ async def reshard(clients: list[ShardClient], data_dir: Path, shards: int, *,
     if max(epochs, default=-1) < final.epoch:
         await push(clients, moving)
         if not placement.moving:
-            write_placement(Path(data_dir), moving)
+            record(moving)
             say(f"reshard: epoch {moving.epoch}: new records now go to their "
                 f"{moving.target.shards}-shard owners; waiting {grace_s:.0f}s for every "
                 f"replica to read it")
@@ -254,7 +260,7 @@ async def reshard(clients: list[ShardClient], data_dir: Path, shards: int, *,
                                f"try, or their idempotency key names another record); nothing "
                                f"cut over: rerun the job")
     await push(clients, final)
-    write_placement(Path(data_dir), final)
+    record(final)
     say(f"reshard: epoch {final.epoch}: cut over to {shards} shards")
     MoveState.clear(Path(data_dir))
     gone = list(range(shards, len(clients)))

@@ -483,8 +483,9 @@ class ShardCore:
                 if current[i] is not None and fingerprint(current[i]) == fp]
         dropped: list[str] = []
         if same:
-            self.storage.txn_extra = lambda txn: [txn.put(i.encode(), b"", db=moved)
-                                                  for i in same]
+            prior = self.storage.txn_extra  # a replica's log entry commits with it too
+            self.storage.txn_extra = lambda txn: [prior and prior(txn)] + [
+                txn.put(i.encode(), b"", db=moved) for i in same]
             self.storage.outbox_enabled = False  # the record lives on: no memory.deleted event
             try:
                 dropped = self.delete(same)

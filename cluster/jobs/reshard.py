@@ -54,11 +54,11 @@ async def run(ray, data: Path, shards: int, batch: int) -> dict:
         raise SystemExit(f"{data}: no store here (no memoray.json)")
     names = ActorNames(layout.store_id)
     try:
-        ray.get_actor(names.controller, namespace=NAMESPACE)
-        raise SystemExit("this store runs in cluster mode (replicated shards): resharding it "
-                         "is not supported yet; see docs/operations.md")
+        controller = ray.get_actor(names.controller, namespace=NAMESPACE)
     except ValueError:
-        pass
+        controller = None
+    if controller is not None:
+        return await run_cluster(ray, controller, data, layout, shards, batch)
     try:
         clients = [ShardClient(ray.get_actor(names.shard(i), namespace=NAMESPACE))
                    for i in range(layout.routing.width)]
@@ -94,6 +94,57 @@ async def run(ray, data: Path, shards: int, batch: int) -> dict:
 
     return await reshard(clients, data, shards, say=say, batch=batch, add_shards=add_shards,
                          remove_shards=remove_shards)
+
+
+async def run_cluster(ray, controller, data: Path, layout, shards: int, batch: int) -> dict:
+    """A replicated store (cluster mode): new shards get replica sets from the controller,
+    every step goes through each shard's primary and its replicated log (so every replica,
+    and a backup promoted mid-reshard, holds the placement and the moved copies before a source
+    drops its own), and the layout is recorded by the controller, which owns it on the head and
+    serves it to every Serve replica. Run on the head (where `ray job submit` runs it): the
+    mover's cursor lives beside the layout there."""
+    from memoray.actors.names import NAMESPACE, ActorNames
+    from memoray.actors.replication import ReplicatedShard
+    from memoray.actors.resharding import reshard
+
+    store = layout.store_id
+    names = ActorNames(store)
+    served = ray.get(controller.placement.remote(), timeout=60)
+    if served != layout.placement:
+        raise SystemExit(f"{data}: this layout is not the one the store's controller serves: "
+                         f"run the job on the head node with the store's --data-dir")
+    configs = ray.get(controller.configs_all.remote(), timeout=60)
+    width = layout.routing.width
+    clients = [ReplicatedShard(i, store, timeout_s=120) for i in range(width)]
+    extra = sorted(i for i in configs if i >= width)  # started by a run that stopped early
+    clients += [ReplicatedShard(i, store, timeout_s=120) for i in extra]
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    def add_shards(new_width: int) -> list:
+        have = len(clients)
+        ray.get(controller.add_shards.remote(new_width), timeout=900)
+        return [ReplicatedShard(i, store, timeout_s=120) for i in range(have, new_width)]
+
+    def remove_shards(indexes: list[int]) -> None:
+        def outbox(i: int) -> int:
+            cfg = ray.get(controller.config.remote(i), timeout=60)
+            primary = ray.get_actor(names.replica(i, cfg["primary"]), namespace=NAMESPACE)
+            return ray.get(primary.read.remote("spawn_options", ()), timeout=60)["outbox"]
+
+        deadline = time.time() + 60  # its webhook events reach the dispatcher first
+        for i in indexes:
+            while time.time() < deadline and _has_webhooks(ray, names) and outbox(i):
+                time.sleep(0.5)
+        stopped = ray.get(controller.remove_shards.remote(indexes), timeout=300)
+        say(f"reshard: stopped replicas {stopped}")
+
+    def record(placement) -> None:
+        ray.get(controller.set_placement.remote(placement.to_dict()), timeout=60)
+
+    return await reshard(clients, data, shards, say=say, batch=batch, add_shards=add_shards,
+                         remove_shards=remove_shards, record=record)
 
 
 def _has_webhooks(ray, names) -> bool:
