@@ -52,33 +52,46 @@ class LayoutSource:
 
 
 class ControllerSource:
-    """The placement as the store's controller holds it. Never blocks the caller's event loop:
-    each read takes the answer of the previous ask, if it has come, and asks again, so a
-    ShardSet (REFRESH_S) sees a new placement within about two refreshes."""
+    """The placement as the store's controller holds it. A ShardSet in use reads every
+    REFRESH_S: each read takes the answer to the previous ask and asks again, never blocking the
+    caller's event loop. A read after a quiet spell (the last answer older than STALE_S) waits
+    for a fresh answer first, so a replica idle through a reshard never routes (or reads from a
+    removed shard) on the placement it last saw."""
+
+    STALE_S = 1.0
+    WAIT_S = 5.0
 
     def __init__(self, store_id: str):
         self.store_id = store_id
         self._pending: Any = None
+        self._asked = 0.0
+        self._fresh = 0.0       # when the placement in _last was asked for
         self._last: Placement | None = None
 
     def __reduce__(self):
         return (type(self), (self.store_id,))
 
+    def _take(self, got: Any) -> None:
+        if got:
+            self._last = Placement.from_dict(got)
+        self._fresh, self._pending = self._asked, None
+
     def read(self) -> Placement | None:
+        import time
+
         import ray
 
         try:
             if self._pending is not None:
                 ready, _ = ray.wait([self._pending], timeout=0)
-                if not ready:
-                    return self._last
-                got = ray.get(self._pending)
-                if got:
-                    self._last = Placement.from_dict(got)
-            self._pending = None
-            controller = ray.get_actor(ActorNames(self.store_id).controller,
-                                       namespace=NAMESPACE)
-            self._pending = controller.placement.remote()
+                if ready:
+                    self._take(ray.get(self._pending))
+            if self._pending is None:
+                controller = ray.get_actor(ActorNames(self.store_id).controller,
+                                           namespace=NAMESPACE)
+                self._pending, self._asked = controller.placement.remote(), time.monotonic()
+            if time.monotonic() - self._fresh > self.STALE_S:
+                self._take(ray.get(self._pending, timeout=self.WAIT_S))
         except Exception:  # the controller is restarting: keep the last placement, ask later
             self._pending = None
         return self._last

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from memoray.cluster.jobs.common import connect
 
+CLUSTER_GRACE_S = 5.0
+
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -143,8 +145,10 @@ async def run_cluster(ray, controller, data: Path, layout, shards: int, batch: i
     def record(placement) -> None:
         ray.get(controller.set_placement.remote(placement.to_dict()), timeout=60)
 
+    # Serve replicas on other nodes read the placement from the controller (ControllerSource):
+    # a longer grace than on one machine before relying on every one of them having it.
     return await reshard(clients, data, shards, say=say, batch=batch, add_shards=add_shards,
-                         remove_shards=remove_shards, record=record)
+                         remove_shards=remove_shards, record=record, grace_s=CLUSTER_GRACE_S)
 
 
 def _has_webhooks(ray, names) -> bool:

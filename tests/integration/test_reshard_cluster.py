@@ -223,3 +223,44 @@ def test_grow_2_to_3_replicated_under_load(cluster, server):
     assert pos[f"2@{members[0]}"][1] > len(load.acked) // 6, pos
     print(f"cluster reshard 2->3 under load: {len(load.acked)} acknowledged, "
           f"{load.retrieves} retrieves, report {report}")
+
+
+def test_node_killed_mid_reshard_then_rerun_and_shrink(cluster, server):
+    """w1 (a replica of most shards, the primary of some, one of the new shard's two) is
+    SIGKILLed while the 3 -> 4 mover runs. The job either rides through (failover, the in-sync
+    set shrinks) or stops; rerun after the node returns, it completes with every acknowledged
+    record found and every replica in sync. Then 4 -> 3 stops the emptied shard's replicas."""
+    load = Load(server.mcp_url, server.token, "k")
+    asyncio.run(load.seed(200))
+    rc, out, err, killed = asyncio.run(during(cluster, load, 4, kill_node_after_moved=40))
+    assert killed, err[-3000:]
+    cluster.add_worker("w1", NODES["w1"])
+    if rc != 0:  # stopped by the node loss: rerun, it continues from its cursor
+        rerun = subprocess.run(job_cmd(cluster, 4), cwd=ROOT, env=cluster._env(),
+                               capture_output=True, text=True, timeout=900)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        out = rerun.stdout
+    report = last_json(out)
+    assert report["shards"] == 4 and report.get("left", 0) == 0, report
+    status = wait_in_sync(cluster)
+    assert sorted(status["configs"]) == ["0", "1", "2", "3"], status
+    stats = asyncio.run(load.check_all())
+    assert stats["total"] >= len(load.acked), stats
+    pos = replica_positions(cluster, status["configs"])
+    for s, cfg in status["configs"].items():
+        assert len({pos[f"{s}@{n}"][1] for n in cfg["members"]}) == 1, pos
+
+    # Shrink: shard 3 is emptied onto the others, then its replicas are stopped and deleted.
+    gone = status["configs"]["3"]["members"]
+    shrink = subprocess.run(job_cmd(cluster, 3), cwd=ROOT, env=cluster._env(),
+                            capture_output=True, text=True, timeout=900)
+    assert shrink.returncode == 0, shrink.stderr[-3000:]
+    assert last_json(shrink.stdout)["shards"] == 3
+    status = controller_status(cluster, cluster.data_path / "a")
+    assert sorted(status["configs"]) == ["0", "1", "2"], status
+    if "head" in gone:  # the head's copy is on this machine's view of the data path
+        assert not (cluster.data_path / "a" / "shards" / "003").exists()
+    stats = asyncio.run(load.check_all())
+    assert stats["total"] >= len(load.acked), stats
+    print(f"node killed mid-reshard: {len(load.acked)} acknowledged, job rc {rc}, "
+          f"{len(load.errors)} load errors while w1 was down")
