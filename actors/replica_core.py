@@ -249,6 +249,19 @@ class ReplicaCore:
             finally:
                 st.outbox_enabled = True
 
+    def moved_marks(self) -> list[str]:
+        """Ids this shard dropped after a reshard moved them (ShardCore.drop_moved), which a
+        rerun's drop must hear as moved, not deleted: a full copy takes them too."""
+        moved = self.core._moved_db()
+        with self.core.storage.env.begin() as txn:
+            return [bytes(k).decode() for k in txn.cursor(db=moved).iternext(values=False)]
+
+    def copy_moved(self, ids: list[str]) -> None:
+        if ids:
+            moved = self.core._moved_db()
+            self.core.storage._write(lambda txn: [txn.put(i.encode(), b"", db=moved)
+                                                  for i in ids])
+
     def finish_copy(self, seq: int, epoch: int, my_epoch: int) -> None:
         st = self.core.storage
         set_meta(st, "rlog_base", [seq, epoch])

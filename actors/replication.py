@@ -304,12 +304,18 @@ def replica_actor_class():
             # The placement lives beside the LMDB environment, not in it: a copy takes it too
             # (a backup rebuilt mid-reshard and then promoted must still fence and export).
             placement = ray.get(primary.read.remote("placement", ()), timeout=CALL_TIMEOUT_S)
+            marks = ray.get(primary.moved_marks.remote(), timeout=CALL_TIMEOUT_S)
             with self.rc.lock:
                 if placement is not None:
                     self.rc.core.set_placement(placement)
+                self.rc.copy_moved(marks)
                 self.rc.finish_copy(seq, ep, cfg["epoch"])
             log.info("shard %d@%s took a full copy (%d records, seq %d)", self.shard, self.node,
                      n, seq)
+
+        def moved_marks(self) -> list[str]:
+            with self.rc.lock:
+                return self.rc.moved_marks()
 
         def position(self) -> dict:
             with self.rc.lock:

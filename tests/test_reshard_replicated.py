@@ -93,3 +93,22 @@ def test_grow_2_to_3_through_the_log_leaves_every_backup_complete(tmp_path, monk
         # the moved copies carry their vectors into the backup's index
         assert backup.index.count == len(got)
     assert sorted(seen) == [r["id"] for r in recs]
+
+
+def test_a_full_copy_takes_the_moved_marks(tmp_path, monkeypatch):
+    """A replica rebuilt by a full copy mid-reshard, then promoted, must answer a rerun's drop
+    of an already-dropped record as moved (not as deleted, which would delete the copy)."""
+    monkeypatch.setattr(shard_client, "REFRESH_S", 0.0)
+    pair = Pair(0, tmp_path)
+    recs, vecs = records(4)
+    pair.write("put", (recs, vecs))
+    fps = pair.primary.core.export_ids(["m00001"])["fingerprints"]
+    assert pair.write("drop_moved", fps)["dropped"] == ["m00001"]
+    fresh = ReplicaCore(0, tmp_path / "copy", DIM, durable=False, map_size=64 << 20)
+    fresh.begin_copy()
+    got, mat = pair.primary.dump_page(None, 100)
+    fresh.copy_page(got, mat)
+    fresh.copy_moved(pair.primary.moved_marks())
+    fresh.finish_copy(pair.primary.seq, pair.primary.last_epoch, 1)
+    again = fresh.core.drop_moved(fps)
+    assert again == {"dropped": ["m00001"], "changed": [], "gone": []}
