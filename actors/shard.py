@@ -58,6 +58,9 @@ class ShardCore:
         self.rebuilds = 0
         self.started_at = time.time()
         self.recovery: dict[str, Any] = {}
+        # Write-path stage totals, [seconds, calls] per stage (stats()["stages"]): the replica
+        # sees one `commit` around a put; these say what the shard did inside it.
+        self.stage_totals: dict[str, list[float]] = {}
         self._recover()
         self.reader = ShardSearch(shard_id, self.index, self.lexical, self.postings,
                                   self.storage.get_by_labels)
@@ -130,7 +133,9 @@ class ShardCore:
         """Commit, then index. Returns (id, created) per record."""
         if len(records) != len(vectors):
             raise ValueError("records and vectors differ in length")
+        t0 = time.perf_counter()
         results = self.storage.put_many(records, vectors)  # durable from here on
+        t1 = time.perf_counter()
         new_labels, new_vecs = [], []
         for (_mid, label, created), record, vec in zip(results, records, vectors):
             if label < 0:
@@ -140,13 +145,23 @@ class ShardCore:
             self._index_record(label, record)
             new_labels.append(label)
             new_vecs.append(vec)
+        t2 = time.perf_counter()
         if new_labels:
             self._swap_if_rebuilt()
             self.index.add(np.asarray(new_labels, np.int64), np.vstack(new_vecs))
             if self._rebuild is not None:
                 self._rebuild.record("put", new_labels)
+        t3 = time.perf_counter()
         self._maybe_snapshot()
+        self._stage("commit", t1 - t0)  # the LMDB transaction, its fsync included
+        self._stage("index_postings_lexical", t2 - t1)
+        self._stage("index_vector", t3 - t2)
         return [(mid, label >= 0) for mid, label, _ in results]
+
+    def _stage(self, name: str, seconds: float) -> None:
+        tot = self.stage_totals.setdefault(name, [0.0, 0])
+        tot[0] += seconds
+        tot[1] += 1
 
     def merge(self, record: Record, vector: np.ndarray) -> bool:
         """Replace a record (and its vector) only if it still exists: a merge racing a delete
@@ -323,6 +338,8 @@ class ShardCore:
             "rebuilds": self.rebuilds,
             "rebuilding": self._rebuild is not None,
             "expiring": len(self.expiry),
+            "stages": {k: {"seconds": round(v[0], 6), "calls": int(v[1])}
+                       for k, v in self.stage_totals.items()},
         }
 
     def planner_stats(self, known_seq: int) -> dict | None:

@@ -76,6 +76,22 @@ class SearchResult(TypedDict):
     candidates: int | None  # filter candidates enumerated (exact), None when not enumerated
     pool: int
     seconds: float
+    stages: dict[str, float]  # seconds per stage: filter, vector, lexical, neighbours, score, fetch
+
+
+class _Stages:
+    """Seconds per stage of one shard search, summed over the stage's (interleaved) parts."""
+
+    __slots__ = ("seconds", "_t")
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + (now - self._t)
+        self._t = now
 
 
 class _Lexical:
@@ -141,18 +157,22 @@ class ShardSearch:
         want_vec = req.mode != "lexical" and req.vector is not None
         want_lex = req.mode != "vector" and bool(req.query)
         lex = _Lexical(self.lexical, req.query)
+        st = _Stages()
 
         if req.strategy != EXACT and not isinstance(node, flt.All):
             factor = req.oversample if req.strategy == ANN else req.oversample * 2
             kprime = min(int(math.ceil(pool_k * factor)), MAX_OVERSAMPLE_K)
             # One BM25 pass at the widest k' the loop can reach; widening re-filters it.
             ll_all = lex.top(MAX_OVERSAMPLE_K) if want_lex else np.empty(0, np.int64)
+            st.lap("lexical")
             while True:
                 vl = self.index.ann(req.vector, kprime, ef=req.ef)[0] if want_vec else (
                     np.empty(0, np.int64))
                 ll = ll_all[:kprime]
+                st.lap("vector")
                 vec_labels = self._post_filter(node, vl)[:pool_k]
                 lex_labels = self._post_filter(node, ll)[:pool_k]
+                st.lap("filter")
                 enough = (len(vec_labels) >= k or len(vl) < kprime) and (
                     len(lex_labels) >= k or len(ll) < kprime)
                 if enough:
@@ -164,25 +184,32 @@ class ShardSearch:
         elif req.strategy != EXACT:
             vec_labels = self.index.ann(req.vector, pool_k, ef=req.ef)[0] if want_vec else (
                 vec_labels)
+            st.lap("vector")
             lex_labels = lex.top(pool_k) if want_lex else lex_labels
+            st.lap("lexical")
 
         if used.startswith(EXACT):
             cand = None if isinstance(node, flt.All) else flt.evaluate(node, self.postings)
+            st.lap("filter")
             if want_vec:
                 vec_labels = self.index.exact(req.vector, cand, pool_k)[0]
+                st.lap("vector")
             if want_lex:
                 lex_labels = lex.top(pool_k, candidates=cand)
+                st.lap("lexical")
 
         pool = np.union1d(vec_labels, lex_labels).astype(np.int64)
         nb = None
         if req.neighbor_weight > 0 and len(pool):
             pool, nb, rows = self._neighbours(req, pool, node, cand)
+            st.lap("neighbours")
         else:
             rows = None
-        hits = self._score(req, pool, max(k, req.pool), lex if want_lex else None, nb, rows)
+        hits = self._score(req, pool, max(k, req.pool), lex if want_lex else None, nb, rows,
+                           st)
         return {"shard": self.shard_id, "hits": hits, "strategy": used,
                 "candidates": None if cand is None else int(len(cand)), "pool": int(len(pool)),
-                "seconds": time.perf_counter() - t0}
+                "seconds": time.perf_counter() - t0, "stages": st.seconds}
 
     def _post_filter(self, node: Any, labels: np.ndarray) -> np.ndarray:
         if isinstance(node, flt.All):
@@ -248,16 +275,19 @@ class ShardSearch:
 
     def _score(self, req: SearchRequest, pool: np.ndarray, k: int,
                lex: _Lexical | None, nb: np.ndarray | None = None,
-               rows: list[dict] | None = None) -> list[Hit]:
+               rows: list[dict] | None = None, st: _Stages | None = None) -> list[Hit]:
         if len(pool) == 0:
             return []
+        st = st or _Stages()
         if req.vector is not None and req.mode != "lexical":
             vec = np.clip(self.index.similarity(req.vector, pool), 0.0, 1.0)
         else:
             vec = np.zeros(len(pool), np.float32)
+        st.lap("score")
         if lex is not None:
             lexs = lexical_normalize(lex.of(pool), self.lexical.query_scale(req.query)).astype(
                 np.float32)
+            st.lap("lexical")
         else:
             lexs = np.zeros(len(pool), np.float32)
         if req.mode == "vector":
@@ -292,10 +322,13 @@ class ShardSearch:
         order = np.argsort(-score, kind="stable")[: k]
         order = order[score[order] >= 0]
         top = pool[order]
+        st.lap("score")
         records = (self.fetch(top.tolist()) if req.include_content
                    else [rows[i] for i in order])
-        return [Hit(float(score[i]), float(vec[i]), float(lexs[i]), rec)
+        hits = [Hit(float(score[i]), float(vec[i]), float(lexs[i]), rec)
                 for i, rec in zip(order, records) if rec is not None]
+        st.lap("fetch")
+        return hits
 
 
 def _rrf(vec: np.ndarray, lexs: np.ndarray, k: float) -> np.ndarray:

@@ -91,7 +91,8 @@ class Admin(UseCase):
                               "indexed": s["indexed"], "deletedInGraph": s["deleted_in_graph"],
                               "seq": s["seq"], "snapshotSeq": s["snapshot_seq"],
                               "diskBytes": s["disk_bytes"], "indexBytes": s["index_bytes"],
-                              "lexical": s["lexical"], "recovery": s["recovery"]}
+                              "lexical": s["lexical"], "recovery": s["recovery"],
+                              "stages": s.get("stages", {})}
                              for s in shards]
             out["storageBytes"] = sum(s["disk_bytes"] for s in shards)
             out["indexBytes"] = sum(s["index_bytes"] for s in shards)

@@ -26,7 +26,7 @@ from memoray.prepare import (
 )
 from memoray.records import Record
 from memoray.serve.observability import span
-from memoray.serve.request import Caller, UseCase
+from memoray.serve.request import Caller, StageClock, UseCase
 from memoray.timeutil import now as utc_now
 from memoray.timeutil import parse_iso
 
@@ -54,30 +54,26 @@ class Capture(UseCase):
         idempotency keys stores nothing twice). When every item failed, raises that error.
         `vectors`: the embeddings of the items' (unchunked) contents when the caller has them
         (upsert)."""
+        clock = self.clock("capture")
         # validate: the items are pydantic models already (the tool layer parsed them)
         if not items:
             raise invalid("items: must hold at least one item")
+        clock.lap("validation")
         # authorize
         items = await self.authorize_items(caller, items, action)
+        clock.lap("auth")
         # rate-limit
         if not charged:
             await self.rate_limit(caller, _one_workspace(items), cost=len(items),
                                   session=items[0].session_id)
+            clock.lap("rate_limit")
         # work: redact and chunk, embed, commit on each record's shard
         now = utc_now()
         with span("memoray.prepare", items=len(items)):
             prepared = await self._prepare(items, now)
         records = [r for p in prepared for r in p.records]
-        if vectors is None or len(vectors) != len(records):
-            with span("memoray.embed", texts=len(records)):
-                vectors = await self.embed([r["content"] for r in records])
-        by_shard: dict[int, list[int]] = {}
-        for i, rec in enumerate(records):
-            by_shard.setdefault(self.backend.shards.index_of(rec["id"]), []).append(i)
-        with span("memoray.commit", shards=len(by_shard)):
-            outs = await asyncio.gather(*[
-                self.backend.shards[s].put([records[i] for i in idx], vectors[idx])
-                for s, idx in by_shard.items()], return_exceptions=True)
+        clock.lap("prepare")
+        outs, by_shard = await self._embed_and_commit(records, vectors, clock)
         # Each shard commits its share atomically; an item (a document's chunks share a shard)
         # is stored whole or not at all, and a failed shard fails only its own items.
         stored: dict[int, tuple[str, bool]] = {}
@@ -90,6 +86,7 @@ class Capture(UseCase):
                     stored[i] = out[n]
         if failed and not stored:
             raise next(iter(failed.values()))
+        clock.skip()
         results, pos = [], 0
         for p in prepared:
             ids, created = [], False
@@ -118,11 +115,31 @@ class Capture(UseCase):
                                          KNOWN_EVENT_TYPES else "other").inc()
             for kind, n in res["redactions"].items():
                 self.metrics.redactions.labels(kind=kind).inc(n)
+        clock.lap("serialization")
         # audit: one entry per stored item, one fsync for the batch
         await self.audited_many(caller, action, [(item.workspace_id, res["ids"])
                                                  for item, res in zip(items, results)
                                                  if "error" not in res])
+        clock.lap("audit")
         return results
+
+    async def _embed_and_commit(self, records: list[Record], vectors: np.ndarray | None,
+                                clock: StageClock) -> tuple[list[Any], dict[int, list[int]]]:
+        """Embed the records and commit each shard's share (one transaction per shard).
+        Returns each shard's put result (or exception) and the record indexes it got."""
+        if vectors is None or len(vectors) != len(records):
+            with span("memoray.embed", texts=len(records)):
+                vectors = await self.embed([r["content"] for r in records])
+        clock.lap("embed")
+        by_shard: dict[int, list[int]] = {}
+        for i, rec in enumerate(records):
+            by_shard.setdefault(self.backend.shards.index_of(rec["id"]), []).append(i)
+        with span("memoray.commit", shards=len(by_shard)):
+            outs = await asyncio.gather(*[
+                self.backend.shards[s].put([records[i] for i in idx], vectors[idx])
+                for s, idx in by_shard.items()], return_exceptions=True)
+        clock.lap("commit")
+        return list(outs), by_shard
 
     async def _stored_document(self, first_chunk_id: str) -> tuple[str | None, list[str]]:
         """The parent id and chunk ids of the document a retry's first chunk resolved to."""

@@ -17,6 +17,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 _tracer = trace.get_tracer("memoray")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Stages take from tens of microseconds (a filter parse) to seconds (a large batch's embedding).
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                 0.5, 1, 2.5, 10)
 
 
 @contextlib.contextmanager
@@ -52,6 +55,10 @@ class Metrics:
         self.query_latency = Histogram("memoray_query_latency_seconds",
                                        "Retrieve latency inside the replica", ["strategy"],
                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.stage_latency = Histogram(
+            "memoray_stage_seconds", "Time per stage of a capture or retrieve (path, stage); "
+            "shard_* stages are measured inside the shard and returned with its results",
+            ["path", "stage"], buckets=STAGE_BUCKETS, registry=r)
         self.errors = Counter("memoray_errors_total", "Tool errors by code", ["code"], registry=r)
         self.rate_limited = Counter("memoray_rate_limited_total", "Requests over a rate limit",
                                     ["kind"], registry=r)
