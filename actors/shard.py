@@ -36,9 +36,10 @@ ACTOR_OPTIONS = {"max_restarts": -1, "max_task_retries": 3, "num_cpus": 0}
 class ShardCore:
     def __init__(self, shard_id: int, path: Path | str, dim: int, *, map_size: int = 8 << 30,
                  durable: bool = True, snapshot_every: int = 5000, keyring: Any = None,
-                 encryption: str | None = None):
+                 encryption: str | None = None, background_inserts: bool = True):
         """`encryption`: the keyring as text (what crosses Ray to a shard actor); `keyring`: an
-        already parsed Keyring (in-process callers)."""
+        already parsed Keyring (in-process callers). `background_inserts`: graph inserts after
+        the acknowledgement (see VectorIndex)."""
         if encryption and keyring is None:
             from memoray.crypto import Keyring
 
@@ -47,6 +48,7 @@ class ShardCore:
         self.path = Path(path)
         self.dim = dim
         self.snapshot_every = snapshot_every
+        self.background_inserts = background_inserts
         self.storage = ShardStorage(self.path, map_size=map_size, durable=durable,
                                     keyring=keyring)
         self.index = VectorIndex(dim, self.path)
@@ -148,7 +150,10 @@ class ShardCore:
         t2 = time.perf_counter()
         if new_labels:
             self._swap_if_rebuilt()
-            self.index.add(np.asarray(new_labels, np.int64), np.vstack(new_vecs))
+            # Into the graph off the acknowledgement path: the LMDB log holds the write, and
+            # searches score vectors not yet in the graph exactly (actors/vector_index.py).
+            self.index.add(np.asarray(new_labels, np.int64), np.vstack(new_vecs),
+                           background=self.background_inserts)
             if self._rebuild is not None:
                 self._rebuild.record("put", new_labels)
         t3 = time.perf_counter()
@@ -256,7 +261,10 @@ class ShardCore:
         if not state.done:
             return False
         self._rebuild = None
-        if not state.swap_into(self.index):
+        self.index.flush()
+        with self.index.lock:
+            swapped = state.swap_into(self.index)
+        if not swapped:
             return False
         self.rebuilds += 1
         self.snapshot()
@@ -328,6 +336,7 @@ class ShardCore:
             "records": len(self.postings),
             "indexed": self.index.count,
             "deleted_in_graph": self.index.deleted_in_graph,
+            "graph_pending": self.index.pending,
             "seq": self.storage.seq,
             "snapshot_seq": self.index.covered_seq,
             "disk_bytes": self.storage.disk_bytes(),
