@@ -33,6 +33,21 @@ from memoray.timeutil import parse_iso
 # Batches with more content than this are redacted and chunked in a worker thread, so the
 # event loop keeps serving other requests; smaller ones are cheaper inline than a thread hop.
 OFF_LOOP_CHARS = 16_384
+# Records per pipeline group of a capture batch: group g+1 embeds while group g commits.
+PIPELINE_RECORDS = 32
+
+
+def _groups(prepared: list[Prepared], size: int) -> list[list[int]]:
+    """Record indexes cut into groups of about `size`, never inside an item (a document's
+    chunks stay in one group, so they commit in one transaction on their shard)."""
+    groups: list[list[int]] = [[]]
+    pos = 0
+    for p in prepared:
+        if len(groups[-1]) >= size:
+            groups.append([])
+        groups[-1].extend(range(pos, pos + len(p.records)))
+        pos += len(p.records)
+    return [g for g in groups if g]
 
 
 def _one_workspace(items: list[CaptureItem]) -> str | None:
@@ -73,17 +88,7 @@ class Capture(UseCase):
             prepared = await self._prepare(items, now)
         records = [r for p in prepared for r in p.records]
         clock.lap("prepare")
-        outs, by_shard = await self._embed_and_commit(records, vectors, clock)
-        # Each shard commits its share atomically; an item (a document's chunks share a shard)
-        # is stored whole or not at all, and a failed shard fails only its own items.
-        stored: dict[int, tuple[str, bool]] = {}
-        failed: dict[int, BaseException] = {}
-        for (_shard, idx), out in zip(by_shard.items(), outs):
-            for n, i in enumerate(idx):
-                if isinstance(out, BaseException):
-                    failed[i] = out
-                else:
-                    stored[i] = out[n]
+        stored, failed = await self._embed_and_commit(prepared, records, vectors, clock)
         if failed and not stored:
             raise next(iter(failed.values()))
         clock.skip()
@@ -123,23 +128,78 @@ class Capture(UseCase):
         clock.lap("audit")
         return results
 
-    async def _embed_and_commit(self, records: list[Record], vectors: np.ndarray | None,
-                                clock: StageClock) -> tuple[list[Any], dict[int, list[int]]]:
-        """Embed the records and commit each shard's share (one transaction per shard).
-        Returns each shard's put result (or exception) and the record indexes it got."""
-        if vectors is None or len(vectors) != len(records):
-            with span("memoray.embed", texts=len(records)):
-                vectors = await self.embed([r["content"] for r in records])
-        clock.lap("embed")
-        by_shard: dict[int, list[int]] = {}
-        for i, rec in enumerate(records):
-            by_shard.setdefault(self.backend.shards.index_of(rec["id"]), []).append(i)
-        with span("memoray.commit", shards=len(by_shard)):
-            outs = await asyncio.gather(*[
-                self.backend.shards[s].put([records[i] for i in idx], vectors[idx])
-                for s, idx in by_shard.items()], return_exceptions=True)
-        clock.lap("commit")
-        return list(outs), by_shard
+    async def _embed_and_commit(self, prepared: list[Prepared], records: list[Record],
+                                vectors: np.ndarray | None, clock: StageClock
+                                ) -> tuple[dict[int, tuple[str, bool]], dict[int, BaseException]]:
+        """Embed the records and commit them, pipelined: the batch is cut into groups at item
+        boundaries, and group g+1 is embedded while group g commits (one transaction per shard
+        per group), so the embedder never waits for an fsync. Returns (id, created) per stored
+        record index, and the error per failed one: a failed shard or embedding fails only its
+        own items (an item, a document's chunks included, is stored whole or not at all)."""
+        stored: dict[int, tuple[str, bool]] = {}
+        failed: dict[int, BaseException] = {}
+        given = vectors is not None and len(vectors) == len(records)
+        groups = [list(range(len(records)))] if given else _groups(prepared, PIPELINE_RECORDS)
+        waited = {"embed": 0.0, "commit": 0.0}
+
+        async def embed(group: list[int]) -> np.ndarray:
+            if given:
+                return vectors[group]
+            with span("memoray.embed", texts=len(group)):
+                return await self.embed([records[i]["content"] for i in group])
+
+        async def commit(group: list[int], vecs: np.ndarray) -> None:
+            by_shard: dict[int, list[int]] = {}
+            for n, i in enumerate(group):
+                by_shard.setdefault(self.backend.shards.index_of(records[i]["id"]), []).append(n)
+            with span("memoray.commit", shards=len(by_shard)):
+                outs = await asyncio.gather(*[
+                    self.backend.shards[s].put([records[group[n]] for n in idx], vecs[idx])
+                    for s, idx in by_shard.items()], return_exceptions=True)
+            for idx, out in zip(by_shard.values(), outs):
+                for pos, n in enumerate(idx):
+                    if isinstance(out, BaseException):
+                        failed[group[n]] = out
+                    else:
+                        stored[group[n]] = out[pos]
+
+        async def timed(kind: str, aw: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return await aw
+            finally:
+                waited[kind] += time.perf_counter() - t
+
+        next_vecs = asyncio.ensure_future(embed(groups[0]))
+        committing: asyncio.Future | None = None
+        try:
+            for g, group in enumerate(groups):
+                try:
+                    vecs = await timed("embed", next_vecs)
+                except MemorayError as exc:
+                    vecs = exc
+                except Exception as exc:
+                    vecs = MemorayError(ErrorCode.EMBEDDING_FAILED, f"embedding failed: {exc}")
+                if g + 1 < len(groups):
+                    next_vecs = asyncio.ensure_future(embed(groups[g + 1]))
+                if committing is not None:
+                    await timed("commit", committing)
+                    committing = None
+                if isinstance(vecs, BaseException):
+                    failed.update((i, vecs) for i in group)
+                else:
+                    committing = asyncio.ensure_future(commit(group, vecs))
+            if committing is not None:
+                await timed("commit", committing)
+        finally:
+            for fut in (next_vecs, committing):
+                if fut is not None and not fut.done():
+                    fut.cancel()
+        # Time the request spent waiting on each (the rest of the other's time was hidden).
+        clock.observe("embed", waited["embed"])
+        clock.observe("commit", waited["commit"])
+        clock.skip()
+        return stored, failed
 
     async def _stored_document(self, first_chunk_id: str) -> tuple[str | None, list[str]]:
         """The parent id and chunk ids of the document a retry's first chunk resolved to."""
