@@ -80,29 +80,38 @@ class ShardCore:
         arr = np.asarray(labels, dtype=np.int64)
         mat = np.vstack(vectors) if vectors else np.empty((0, self.dim), np.float32)
         replayed = 0
+        # Nothing is served until recovery ends, so graph inserts may use every core.
+        threads = max(1, os.cpu_count() or 1)
         if snapshot_seq is None or snapshot_seq > self.storage.seq:
             # No snapshot, a corrupt one, or one from another store: rebuild from LMDB.
             self.index = VectorIndex(self.dim, self.path)
-            self.index.add(arr, mat)
+            self.index.add(arr, mat, to_graph=False)
+            if len(arr):
+                self.index.graph.add_items(mat, arr, num_threads=threads)
             mode = "rebuild"
         else:
             self.index.add(arr, mat, to_graph=False)
             in_graph = self.index.graph_labels()
             live = set(labels)
+            # The log after the snapshot, folded to its net effect (labels are never reused),
+            # then applied in one batch: re-put vectors go in, deleted ones are marked.
+            puts: set[int] = set()
+            dels: set[int] = set()
             for _seq, op, label in self.storage.iter_log(snapshot_seq):
                 replayed += 1
-                if op == OP_PUT and label in live:
-                    vec = self.index.matrix[label][None, :]
-                    self.index.graph.add_items(vec, np.array([label]), num_threads=1)
-                    in_graph.add(label)
-                elif op == OP_DEL and label in in_graph:
-                    try:
-                        self.index.graph.mark_deleted(label)
-                    except RuntimeError:
-                        pass
-            missing = np.array(sorted(live - in_graph), dtype=np.int64)
-            if len(missing):  # belt and braces: anything live the graph lacks goes in
-                self.index.graph.add_items(self.index.matrix[missing], missing, num_threads=1)
+                if op == OP_PUT:
+                    puts.add(label)
+                elif op == OP_DEL:
+                    dels.add(label)
+            for label in sorted(dels & in_graph - live):
+                try:
+                    self.index.graph.mark_deleted(label)
+                except RuntimeError:
+                    pass
+            # re-put labels (a new vector) and anything live the graph lacks
+            redo = np.array(sorted((puts & live) | (live - in_graph)), dtype=np.int64)
+            if len(redo):
+                self.index.graph.add_items(self.index.matrix[redo], redo, num_threads=threads)
             mode = "snapshot+replay"
         self.recovery = {"mode": mode, "records": len(labels), "replayed": replayed,
                          "seconds": round(time.perf_counter() - t0, 3)}
@@ -374,6 +383,7 @@ class ShardCore:
         try:
             self.snapshot()
         finally:
+            self.index.stop_worker()
             self.storage.close()
 
 

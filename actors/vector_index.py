@@ -18,8 +18,10 @@ import hashlib
 import json
 import logging
 import os
+import atexit
 import queue
 import threading
+import weakref
 from pathlib import Path
 
 import hnswlib
@@ -32,6 +34,18 @@ EF_CONSTRUCTION = 200
 EF_SEARCH = 64
 INSERT_CHUNK = 16  # vectors per locked graph insert: bounds how long a search can wait
 MAX_PENDING = 8192  # writes wait for the worker beyond this many vectors not yet in the graph
+
+
+# Indexes with a running insert worker. At exit each worker finishes its queue and stops, so
+# no thread is inside hnswlib (GIL released) when the interpreter finalizes: a daemon thread
+# taking the GIL back then is ended with pthread_exit, which aborts the process from C++.
+_WORKERS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_workers() -> None:
+    for index in list(_WORKERS):
+        index.stop_worker()
 
 
 def _sha256(path: Path) -> str:
@@ -129,12 +143,26 @@ class VectorIndex:
             self._worker = threading.Thread(target=self._insert_loop, name="hnsw-insert",
                                             daemon=True)
             self._worker.start()
+            _WORKERS.add(self)
         return self._queue
+
+    def stop_worker(self, timeout: float = 60.0) -> None:
+        """Insert what is queued, then end the worker thread (it restarts on the next add)."""
+        worker, q = self._worker, self._queue
+        if worker is None or q is None or not worker.is_alive():
+            return
+        q.put(None)
+        worker.join(timeout)
+        self._worker = None
 
     def _insert_loop(self) -> None:
         q = self._queue
         while True:
-            labels, vecs = q.get()
+            job = q.get()
+            if job is None:
+                q.task_done()
+                return
+            labels, vecs = job
             try:
                 with self.lock:
                     self.graph.add_items(vecs, labels, num_threads=1)
