@@ -12,7 +12,8 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: install browser run test test-unit test-integration test-cluster bench bench-core \
         bench-hooks bench-locomo bench-locomo-dev bench-coding bench-planner bench-dedup \
-        bench-security bench-audit bench-replication bench-agent reindex backup lint clean
+        bench-security bench-audit bench-replication bench-agent bench-scale bench-peer \
+        bench-hnsw reindex backup lint clean
 
 install: $(STAMP)
 
@@ -88,6 +89,34 @@ bench-dedup: install
 bench-agent: install
 	$(BIN)/python -m benchmarks.bench_agent
 	$(BIN)/python -m benchmarks.bench_agent --shared
+
+# Scale (issue 14): 10K, 100K and 1M memories through /mcp with the hash embedder, then 100K
+# with MiniLM: load rate, RAM per memory per actor, disk, latency, recall, recovery. Heavy: the
+# 1M run loads for a long while and wants several GiB free.
+bench-scale: install
+	$(BIN)/python -m benchmarks.bench_scale --sizes 10000 100000 1000000
+	$(BIN)/python -m benchmarks.bench_scale --sizes 100000 --embedder minilm
+
+# HNSW build parameters (M, ef_construction) against insert cost and recall@10.
+bench-hnsw: install
+	$(BIN)/python -m benchmarks.bench_hnsw
+
+# The peer side by side (issue 14): mcp-memory-service, pinned, in its own venv. Its sqlite-vec
+# backend needs a Python whose sqlite3 loads extensions (Debian's does; pyenv builds often do
+# not). The venv sees memoray's site-packages through a .pth line, so torch and
+# sentence-transformers are the same build (no second torch download, no CUDA wheels).
+PEER_VERSION := 12.4.0
+PEER_PY ?= /usr/bin/python3.11
+PEER_VENV := benchmarks/.peer/venv
+$(PEER_VENV)/.installed-$(PEER_VERSION): | install
+	$(PEER_PY) -m venv $(PEER_VENV)
+	$(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
+	  > $(PEER_VENV)/lib/python3.11/site-packages/memoray_shared.pth
+	$(PEER_VENV)/bin/pip install mcp-memory-service==$(PEER_VERSION)
+	touch $@
+
+bench-peer: install $(PEER_VENV)/.installed-$(PEER_VERSION)
+	$(BIN)/python -m benchmarks.bench_peer
 
 bench-security: install
 	$(BIN)/python -m benchmarks.bench_security
