@@ -172,15 +172,18 @@ class Retrieve(UseCase):
         # work
         text_query = query or " ".join(x for x in ("recent decisions changes problems", branch)
                                        if x)
-        records, _ = await self.run_search(text_query, limit, scoped, recency_weight=0.3)
+        # The searches are independent: run at once, their query embeddings share one model
+        # call (the micro-batcher) and their fan-outs overlap. Merged in the same order.
+        searches = [self.run_search(text_query, limit, scoped, recency_weight=0.3)]
         if scoped_recent is not None:  # this branch's recent changes, even if the query missed
-            more, _ = await self.run_search(f"changes on {branch}", min(limit, 20),
-                                            scoped_recent, recency_weight=0.8)
-            seen = {r["id"] for r in records}
-            records += [r for r in more if r["id"] not in seen]
+            searches.append(self.run_search(f"changes on {branch}", min(limit, 20),
+                                            scoped_recent, recency_weight=0.8))
         if lasting is not None:
-            more, _ = await self.run_search(text_query, min(limit, 40), lasting,
-                                            recency_weight=0.8)
+            searches.append(self.run_search(text_query, min(limit, 40), lasting,
+                                            recency_weight=0.8))
+        found = await asyncio.gather(*searches)
+        records = list(found[0][0])
+        for more, _ in found[1:]:
             seen = {r["id"] for r in records}
             records += [r for r in more if r["id"] not in seen]
         block = build_context(records, budget=budget, query=query,
