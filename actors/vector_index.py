@@ -14,11 +14,11 @@ being searched, resized or saved while the worker mutates it.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import os
-import atexit
 import queue
 import threading
 import weakref

@@ -170,12 +170,12 @@ def run(n: int = 10000, n_queries: int = 200, embedder: str = "minilm",
         ["ping via /mcp p50 / p95 (ms)",
          f"{mcp['ping']['p50_ms']:.1f} / {mcp['ping']['p95_ms']:.1f}"],
     ]))
-    print("\nwhere a capture-memories call (batch of %d) spends its time:" % BATCH)
+    print(f"\nwhere a capture-memories call (batch of {BATCH}) spends its time:")
     print(stages.table(mcp["capture_stages"], mcp["capture_ms_per_request"]))
     print("\nwhere a retrieve-memories call spends its time:")
     print(stages.table(mcp["retrieve_stages"], mcp["retrieve"]["mean_ms"]))
-    print("\nping: replica %s ms of a %.3f ms round trip" % (
-        mcp["ping_stages"].get("tool (replica)", {}).get("ms_per_call"), mcp["ping"]["mean_ms"]))
+    ping_replica = mcp["ping_stages"].get("tool (replica)", {}).get("ms_per_call")
+    print(f"\nping: replica {ping_replica} ms of a {mcp['ping']['mean_ms']:.3f} ms round trip")
     print(f"saved {path} and core.png")
     return res
 

@@ -40,7 +40,8 @@ LOCOMO = Path("/work/shared/data/locomo10.json")
 BATCH = 100
 SINGLE = 300  # memoray capture-memory calls (one memory each), for the like-for-like rate
 N_QUERIES = 200
-_HASH = re.compile(r"hash: ([0-9a-f]{16,64})", re.IGNORECASE)  # store: "(hash: H)", search: "Hash: H"
+# the peer's store answers "... (hash: H)", its search lists "Hash: H" per memory
+_HASH = re.compile(r"hash: ([0-9a-f]{16,64})", re.IGNORECASE)
 
 
 def _free_port() -> int:

@@ -27,8 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import (CachedEmbedder, LazyEmbedder, Progress, fmt_table,
-                               latency_summary, log, result_path, save_json)
+from benchmarks.common import (
+    CachedEmbedder,
+    LazyEmbedder,
+    Progress,
+    fmt_table,
+    latency_summary,
+    log,
+    result_path,
+    save_json,
+)
 from benchmarks.corpus import corpus, queries
 
 BATCH = 1000

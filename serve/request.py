@@ -22,7 +22,6 @@ from memoray.records import Record
 from memoray.serve.observability import Metrics
 from memoray.settings import Settings
 
-
 # memoray_stage_seconds{path, stage}: a closed set of labels. Replica-side stages are timed by a
 # StageClock in the use case; shard_* stages are measured inside the shard (put: ShardCore's
 # stage totals in its stats; search: the `stages` each shard returns with its hits).
