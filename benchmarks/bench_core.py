@@ -147,7 +147,7 @@ def run(n: int = 10000, n_queries: int = 200, embedder: str = "minilm",
     with tempfile.TemporaryDirectory() as tmp:
         log(f"starting a server ({embedder}, {shards} shards) ...")
         server = ServerProcess(Path(tmp) / "data", embedder=embedder, shards=shards, env={
-            "MEMORAY_RATE_LIMIT_ENABLED": "false"}).start()  # measure throughput, not limits
+            "MEMORAY_RATE_LIMIT_ENABLED": "false"}).start(timeout=900)  # throughput, not limits
         try:
             mcp = asyncio.run(_through_mcp(server.mcp_url, n, n_queries, texts))
         finally:
