@@ -121,6 +121,7 @@ class Admin(UseCase):
             *[probe(f"shard-{i}", self.backend.shards[i].health())
               for i in range(len(self.backend.shards))],
             probe("embedder", self._embedder_health()),
+            *([probe("webhooks", self.webhooks.health())] if self.webhooks is not None else []),
         )
         return {"status": overall, "uptimeSeconds": round(time.time() - self.started, 1),
                 "components": components}

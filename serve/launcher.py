@@ -69,6 +69,9 @@ def _direct_ingress(settings: Settings) -> int:
 def serve_forever(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from memoray.logs import configure
+
+    configure(settings.log_format, settings.log_level)  # memoray's own lines: JSON or text
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -118,7 +121,11 @@ def serve_forever(settings: Settings) -> int:
                        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1",
                                                  "TRANSFORMERS_OFFLINE": "1",
                                                  "RAY_USAGE_STATS_ENABLED": "0",
-                                                 **_ingress_env()}})
+                                                 "MEMORAY_LOG_FORMAT": settings.log_format,
+                                                 "MEMORAY_LOG_LEVEL": settings.log_level,
+                                                 **_ingress_env()},
+                                    # every actor process logs as memoray.logs says
+                                    "worker_process_setup_hook": "memoray.logs.configure"})
     steps.say(f"loading {settings.shards} shards and the {settings.embedder} embedding model")
     try:
         if settings.cluster_mode:
