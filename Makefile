@@ -12,8 +12,8 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: install browser run test test-unit test-integration test-cluster bench bench-core \
         bench-hooks bench-locomo bench-locomo-dev bench-coding bench-planner bench-dedup \
-        bench-security bench-audit bench-replication bench-agent bench-scale bench-peer \
-        bench-hnsw reindex backup lint clean
+        bench-security bench-audit bench-replication bench-agent bench-reshard bench-scale \
+        bench-peer bench-hnsw reindex backup reshard lint clean
 
 install: $(STAMP)
 
@@ -127,6 +127,9 @@ bench-audit: install
 bench-replication: install
 	$(BIN)/python -m benchmarks.bench_replication
 
+bench-reshard: install
+	$(BIN)/python -m benchmarks.bench_reshard
+
 # Batch jobs against the running server (`make run` in another terminal): its dashboard (the
 # job API) is read from DATA_DIR/run.json, since it is not always on 8265.
 DATA_DIR ?= $(HOME)/.memoray
@@ -140,6 +143,13 @@ backup: install
 	@dash=$(DASHBOARD) && echo "job API at $$dash" && \
 	RAY_AUTH_MODE=token $(BIN)/ray job submit --address $$dash --working-dir . \
 	  -- python -m memoray.cluster.jobs.backup --data-dir $(DATA_DIR) --dest $(DEST)
+
+# `make reshard SHARDS=3`: change the running store's shard count online (resumable: rerun it).
+reshard: install
+	@test -n "$(SHARDS)" || { echo "usage: make reshard SHARDS=N [DATA_DIR=...]"; exit 2; }
+	@dash=$(DASHBOARD) && echo "job API at $$dash" && \
+	RAY_AUTH_MODE=token $(BIN)/ray job submit --address $$dash --working-dir . \
+	  -- python -m memoray.cluster.jobs.reshard --data-dir $(DATA_DIR) --shards $(SHARDS)
 
 lint: install
 	$(BIN)/ruff check memoray actors serve cluster benchmarks tests

@@ -118,6 +118,12 @@ class Retrieve(UseCase):
             for stage, seconds in (p.get("stages") or {}).items():
                 clock.observe(f"shard_{stage}", seconds)
         hits = [h for p in parts for h in p["hits"]]
+        if len(parts) > 1:  # a record being moved by a reshard is briefly on two shards
+            best: dict[str, Any] = {}
+            for h in hits:
+                if h.record["id"] not in best or h.score > best[h.record["id"]].score:
+                    best[h.record["id"]] = h
+            hits = list(best.values())
         if self.settings.session_weight > 0:
             session_aggregate(hits, self.settings.session_weight)
         hits = sorted(hits, key=lambda h: -h.score)[:limit]

@@ -55,12 +55,15 @@ def store_shards(ray, data_dir: str):
     server wrote to DATA_DIR/run.json."""
     from memoray.actors.names import NAMESPACE, ActorNames
     from memoray.actors.shard_client import ShardSet
+    from memoray.layout import read_layout
 
     run = _run_info(data_dir)
     names = ActorNames(run["store_id"])
+    layout = read_layout(Path(data_dir).expanduser())  # a reshard may have changed the count
+    count = layout.routing.width if layout is not None else int(run["shards"])
     try:
         return ShardSet.of([ray.get_actor(names.shard(i), namespace=NAMESPACE)
-                            for i in range(int(run["shards"]))])
+                            for i in range(count)])
     except ValueError:
         raise SystemExit("no memoray shards for this store in the Ray cluster: is `memoray "
                          "serve` running there?") from None
