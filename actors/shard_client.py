@@ -13,6 +13,7 @@ import numpy as np
 from memoray.actors.client import ActorClient
 from memoray.actors.shard import ACTOR_OPTIONS, ShardCore
 from memoray.actors.shard_search import SearchRequest, SearchResult
+from memoray.actors.snapshot_export import SnapshotChunk
 from memoray.ids import shard_for
 from memoray.records import Record
 
@@ -88,6 +89,9 @@ class ShardClient(ActorClient[ShardCore]):
 
     async def backup(self, dest: str) -> dict:
         return await self._call(ShardCore.backup, dest)
+
+    async def export_snapshot(self, token: str, offset: int, size: int) -> SnapshotChunk:
+        return await self._call(ShardCore.export_snapshot, token, offset, size)
 
     async def start_rebuild(self) -> bool:
         return await self._call(ShardCore.start_rebuild)

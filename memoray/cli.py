@@ -204,6 +204,31 @@ def _import(args: argparse.Namespace) -> int:
     return 0 if not summary.failed else 1
 
 
+def _restore(args: argparse.Namespace) -> int:
+    import json
+
+    from memoray.backup import restore_backup, verify_backup
+
+    if args.verify_only:
+        manifest = verify_backup(args.backup)
+        print(f"backup {args.backup} is intact: {manifest.get('records', '?')} records in "
+              f"{manifest['layout']['shards']} shards, {len(manifest['files'])} files, taken "
+              f"{manifest.get('created', '?')}")
+        return 0
+    data_dir = args.data_dir or load_settings().resolved_data_dir()
+    report = restore_backup(args.backup, data_dir, force=args.force,
+                            keep_store_id=args.keep_store_id)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"restored {report['records']} records in {report['shards']} shards (backup of "
+          f"{report['created']}) into {report['restored']}; start it with `memoray serve "
+          f"--data-dir {report['restored']} --shards {report['shards']}`")
+    if report["replaced_kept_at"]:
+        print(f"the previous contents are kept at {report['replaced_kept_at']}")
+    return 0
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from memoray.doctor import run_doctor
 
@@ -285,6 +310,21 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--quiet", action="store_true", help="no progress bar (default: shown)")
     _add_client_flags(im)
     im.set_defaults(func=_import)
+
+    rs = sub.add_parser("restore", help="restore a backup (from the backup job) into a data "
+                        "dir; checksums are verified first and a failure changes nothing")
+    rs.add_argument("backup", type=Path, help="the backup directory (holds manifest.json)")
+    rs.add_argument("--data-dir", type=Path, help="where to restore (default: the configured "
+                    "data dir, ~/.memoray); must be new or empty")
+    rs.add_argument("--force", action="store_true", help="replace a non-empty data dir (its "
+                    "contents are moved aside, not deleted; refused while a server runs on it)")
+    rs.add_argument("--keep-store-id", action="store_true", help="keep the backed-up store's "
+                    "id (default: a new id, so the restored store never shares Ray actors with "
+                    "the original)")
+    rs.add_argument("--verify-only", action="store_true",
+                    help="check the backup's checksums and stop (default: restore)")
+    rs.add_argument("--json", action="store_true", help="print JSON (default: a summary)")
+    rs.set_defaults(func=_restore)
 
     dr = sub.add_parser("doctor", help="check ports, data dir, server, hooks and versions")
     dr.add_argument("--project", type=Path, default=None,

@@ -25,11 +25,39 @@ def connect(address: str | None, data_dir: str | None = None):
     return ray
 
 
-def _run_info(data_dir: str) -> dict:
-    path = Path(data_dir).expanduser() / "run.json"
-    if not path.exists():
-        raise SystemExit(f"{path} not found: is `memoray serve --data-dir {data_dir}` running?")
-    return json.loads(path.read_text())
+def run_info(data_dir: str) -> dict:
+    """What a job needs to find a store: its id and shard count (DATA_DIR/run.json, written by
+    `memoray serve`; under `serve deploy` there is none, and the layout file says the same),
+    the data dir itself and, when the server recorded it, its tokens file."""
+    data = Path(data_dir).expanduser().resolve()
+    path = data / "run.json"
+    if path.exists():
+        info = json.loads(path.read_text())
+    else:
+        layout = data / "memoray.json"
+        if not layout.exists():
+            raise SystemExit(f"{path} not found: is `memoray serve --data-dir {data_dir}` "
+                             "running?")
+        have = json.loads(layout.read_text())
+        info = {"store_id": have["store_id"], "shards": have["shards"]}
+    return {**info, "data_dir": str(data)}
+
+
+def _actors(ray, names: list[str]) -> list | None:
+    from memoray.actors.names import NAMESPACE
+
+    try:
+        return [ray.get_actor(n, namespace=NAMESPACE) for n in names]
+    except ValueError:
+        return None
+
+
+def store_controller(ray, data_dir: str):
+    """The store's controller (cluster mode), or None on a single-machine store."""
+    from memoray.actors.names import ActorNames
+
+    found = _actors(ray, [ActorNames(run_info(data_dir)["store_id"]).controller])
+    return found[0] if found else None
 
 
 def store_embedders(ray, data_dir: str):
@@ -37,8 +65,7 @@ def store_embedders(ray, data_dir: str):
     from memoray.actors.embedding_worker import EmbedderPool
     from memoray.actors.names import NAMESPACE, ActorNames
 
-    run = _run_info(data_dir)
-    names = ActorNames(run["store_id"])
+    names = ActorNames(run_info(data_dir)["store_id"])
     handles = []
     while True:
         try:
@@ -51,19 +78,23 @@ def store_embedders(ray, data_dir: str):
 
 
 def store_shards(ray, data_dir: str):
-    """The running store's shards (a ShardSet), found by the store id and shard count the
-    server wrote to DATA_DIR/run.json."""
-    from memoray.actors.names import NAMESPACE, ActorNames
+    """The running store's shards (a ShardSet), found by the store id and shard count: the
+    single-machine shard actors, or, in cluster mode (the store has a controller), clients that
+    reach each shard's current primary wherever it runs."""
+    from memoray.actors.names import ActorNames
     from memoray.actors.shard_client import ShardSet
 
-    run = _run_info(data_dir)
+    run = run_info(data_dir)
     names = ActorNames(run["store_id"])
-    try:
-        return ShardSet.of([ray.get_actor(names.shard(i), namespace=NAMESPACE)
-                            for i in range(int(run["shards"]))])
-    except ValueError:
+    if store_controller(ray, data_dir) is not None:
+        from memoray.actors.replication import replicated_shards
+
+        return replicated_shards(run["store_id"], int(run["shards"]))
+    handles = _actors(ray, [names.shard(i) for i in range(int(run["shards"]))])
+    if handles is None:
         raise SystemExit("no memoray shards for this store in the Ray cluster: is `memoray "
-                         "serve` running there?") from None
+                         "serve` running there?")
+    return ShardSet.of(handles)
 
 
 class Progress:
