@@ -120,18 +120,27 @@ def _add_client_flags(p: argparse.ArgumentParser) -> None:
 def _status(args: argparse.Namespace) -> int:
     import json
 
+    from memoray.client import ClientError
+
     with _client(args) as api:
         code, health = api.healthz()
         info = api.get("/api/info")
         stats = api.get("/api/stats")
+        try:  # each shard's replicas (node, role, lag): details need an admin token
+            detail = api.get("/api/health")
+        except ClientError:
+            detail = {}
     if args.json:
-        print(json.dumps({"url": api.url, "health": health, "info": info, "stats": stats},
-                         indent=2))
+        print(json.dumps({"url": api.url, "health": health, "info": info, "stats": stats,
+                          "detail": detail}, indent=2))
         return 0 if health.get("status") == "ok" else 1
     print(f"memoray {info['version']} at {api.url}: {health.get('status')} "
           f"(up {health.get('uptimeSeconds', 0):.0f}s)")
+    detailed = detail.get("components", {})
     for name, comp in sorted(health.get("components", {}).items()):
         print(f"  {name:<12} {comp.get('status')}")
+        for r in detailed.get(name, {}).get("replicas", []):
+            print("    " + replica_line(r))
     print(f"memories     {stats.get('total', 0)} in {len(stats.get('workspaces', {}))} "
           f"workspace(s), {info['shards']} shards, {info['embedder']} embedder")
     for ws, n in sorted(stats.get("workspaces", {}).items(), key=lambda kv: -kv[1])[:10]:
@@ -146,6 +155,14 @@ def _status(args: argparse.Namespace) -> int:
         print(f"data         {info['dataDir']}")
     print(f"viewer       {api.url}/")
     return 0 if health.get("status") == "ok" else 1
+
+
+def replica_line(r: dict) -> str:
+    """One shard replica for `memoray status`: node, role, in sync, lag."""
+    lag = "lag ?" if r.get("lag") is None else f"lag {r['lag']}"
+    sync = "in sync" if r.get("inSync") else "NOT in sync"
+    state = f", {r['state']}" if r.get("state") not in (None, "primary", "backup") else ""
+    return f"{r.get('role', '?'):<8} on {r.get('node', '?'):<12} {sync}, {lag}{state}"
 
 
 def _search(args: argparse.Namespace) -> int:

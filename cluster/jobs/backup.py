@@ -24,6 +24,7 @@ import secrets
 import time
 from typing import Any
 
+from memoray.actors.cluster_start import on_head
 from memoray.actors.shard_client import ShardClient
 from memoray.backup import BackupWriter, Manifest, state_files
 from memoray.cluster.jobs.common import connect, run_info, store_controller, store_shards
@@ -57,8 +58,6 @@ async def stream_shard(i: int, shard: ShardClient, writer: BackupWriter, chunk: 
 def head_state(ray: Any, data_dir: str, tokens_file: str | None) -> dict[str, bytes]:
     """The store's own files, read on the head node (in cluster mode the controller keeps the
     layout, tokens and audit log there; on one machine it is the only node)."""
-    from memoray.actors.cluster_start import on_head
-
     task = ray.remote(num_cpus=0)(state_files).options(scheduling_strategy=on_head())
     return ray.get(task.remote(data_dir, tokens_file), timeout=600)
 

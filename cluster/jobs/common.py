@@ -8,14 +8,22 @@ import sys
 import time
 from pathlib import Path
 
+# Imported before ray.init, never lazily: a job's code lives in its runtime env's working dir.
+from memoray.actors.embedding_worker import EmbedderPool
+from memoray.actors.names import NAMESPACE, ActorNames
+from memoray.actors.replication import replicated_shards
+from memoray.actors.shard_client import ShardSet
+
 
 def connect(address: str | None, data_dir: str | None = None):
-    """Join the cluster that serves `data_dir` (its run.json names the GCS address), else
-    `address`, else the job's own cluster (RAY_ADDRESS, set by `ray job submit`)."""
+    """Join `address`; else, inside `ray job submit` (RAY_ADDRESS set), the job's own cluster,
+    keeping the job's runtime environment (its working dir); else the cluster that serves
+    `data_dir` (its run.json names the GCS address)."""
     import ray
 
     run_file = Path(data_dir).expanduser() / "run.json" if data_dir else None
-    if address is None and run_file is not None and run_file.exists():
+    if (address is None and not os.environ.get("RAY_ADDRESS") and run_file is not None
+            and run_file.exists()):
         address = json.loads(run_file.read_text()).get("ray_address")
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -44,8 +52,6 @@ def run_info(data_dir: str) -> dict:
 
 
 def _actors(ray, names: list[str]) -> list | None:
-    from memoray.actors.names import NAMESPACE
-
     try:
         return [ray.get_actor(n, namespace=NAMESPACE) for n in names]
     except ValueError:
@@ -54,17 +60,12 @@ def _actors(ray, names: list[str]) -> list | None:
 
 def store_controller(ray, data_dir: str):
     """The store's controller (cluster mode), or None on a single-machine store."""
-    from memoray.actors.names import ActorNames
-
     found = _actors(ray, [ActorNames(run_info(data_dir)["store_id"]).controller])
     return found[0] if found else None
 
 
 def store_embedders(ray, data_dir: str):
     """The running store's embedding workers (an EmbedderPool)."""
-    from memoray.actors.embedding_worker import EmbedderPool
-    from memoray.actors.names import NAMESPACE, ActorNames
-
     names = ActorNames(run_info(data_dir)["store_id"])
     handles = []
     while True:
@@ -81,14 +82,9 @@ def store_shards(ray, data_dir: str):
     """The running store's shards (a ShardSet), found by the store id and shard count: the
     single-machine shard actors, or, in cluster mode (the store has a controller), clients that
     reach each shard's current primary wherever it runs."""
-    from memoray.actors.names import ActorNames
-    from memoray.actors.shard_client import ShardSet
-
     run = run_info(data_dir)
     names = ActorNames(run["store_id"])
     if store_controller(ray, data_dir) is not None:
-        from memoray.actors.replication import replicated_shards
-
         return replicated_shards(run["store_id"], int(run["shards"]))
     handles = _actors(ray, [names.shard(i) for i in range(int(run["shards"]))])
     if handles is None:

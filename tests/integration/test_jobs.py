@@ -70,7 +70,7 @@ def test_reindex_and_backup_jobs(server, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     manifest = json.loads((dest / "manifest.json").read_text())
     assert manifest["records"] == 120
-    assert all((dest / "shards" / f"{i:03d}" / "lmdb" / "data.mdb").exists() for i in range(2))
+    assert all((dest / "shards" / f"{i:03d}" / "data.mdb").exists() for i in range(2))
     again = submit(server, "memoray.cluster.jobs.backup", "--data-dir", str(server.data_dir),
                    "--dest", str(dest))
     assert again.returncode != 0 and "not empty" in again.stdout + again.stderr
