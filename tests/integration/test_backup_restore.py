@@ -9,9 +9,7 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 import uuid
-from pathlib import Path
 
 import httpx2
 import pytest
