@@ -42,7 +42,7 @@ def test_token_bucket_holds_its_rate():
 
 def test_throttle_halves_on_a_slow_probe_and_climbs_on_fast_ones():
     t = Throttle(max_rate=1000, start_rate=100)
-    t.calibrate([0.010, 0.011, 0.009])   # baseline 10 ms: limit 1.5 x 10 + 5 = 20 ms
+    t.calibrate([0.010, 0.011, 0.009])   # baseline 10 ms: limit 1.5 x 10 + 10 = 25 ms
     assert t.rate == 100
     assert t.observe(0.050, achieved=80) == 40      # halved from what was achieved
     assert t.backoffs == 1

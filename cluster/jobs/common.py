@@ -51,11 +51,16 @@ def run_info(data_dir: str) -> dict:
     return {**info, "data_dir": str(data)}
 
 
-def _actors(ray, names: list[str]) -> list | None:
-    try:
-        return [ray.get_actor(n, namespace=NAMESPACE) for n in names]
-    except ValueError:
-        return None
+def _actors(ray, names: list[str], tries: int = 1) -> list | None:
+    """The named actors, or None when one is not there (after `tries` lookups a second apart:
+    a lookup on a busy GCS can fail for an actor that exists)."""
+    for attempt in range(tries):
+        try:
+            return [ray.get_actor(n, namespace=NAMESPACE) for n in names]
+        except ValueError:
+            if attempt < tries - 1:
+                time.sleep(1.0)
+    return None
 
 
 def store_controller(ray, data_dir: str):
@@ -86,7 +91,7 @@ def store_shards(ray, data_dir: str):
     names = ActorNames(run["store_id"])
     if store_controller(ray, data_dir) is not None:
         return replicated_shards(run["store_id"], int(run["shards"]))
-    handles = _actors(ray, [names.shard(i) for i in range(int(run["shards"]))])
+    handles = _actors(ray, [names.shard(i) for i in range(int(run["shards"]))], tries=20)
     if handles is None:
         raise SystemExit("no memoray shards for this store in the Ray cluster: is `memoray "
                          "serve` running there?")

@@ -54,7 +54,7 @@ class Throttle:
     max_rate: float
     min_rate: float = 5.0
     target: float = 1.5          # keep the probe under target x its baseline
-    slack_s: float = 0.005       # timer noise: never react to a few milliseconds
+    slack_s: float = 0.010       # timer noise: never react to a few milliseconds
     adaptive: bool = True
     start_rate: float = 50.0
     baseline_s: float | None = None
