@@ -11,8 +11,17 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from memoray.logs import current_request_id, task_name
+
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def traced(method: Any, qualname: str) -> Any:
+    """An actor method that carries this request's id (memoray.logs) as its Ray task name, so
+    the actor's log lines name the request; the method itself when there is no request."""
+    name = task_name(qualname, current_request_id())
+    return method if name is None else method.options(name=name)
 
 
 def is_actor_handle(target: Any) -> bool:
@@ -28,7 +37,8 @@ class ActorClient(Generic[T]):
 
     async def _call(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         if self.remote:
-            return await getattr(self.target, fn.__name__).remote(*args, **kwargs)
+            return await traced(getattr(self.target, fn.__name__), fn.__qualname__).remote(
+                *args, **kwargs)
         out = fn(self.target, *args, **kwargs)
         if inspect.isawaitable(out):
             out = await out

@@ -58,6 +58,7 @@ def start_store(settings: Settings, layout: dict, timeout: float = 600) -> dict[
     from memoray.actors.planner import planner_actor_class
     from memoray.actors.rate_limiter import create as create_limiter
     from memoray.actors.replication import replicated_shards
+    from memoray.actors.webhook_dispatcher import dispatcher_actor_class, dispatcher_options
     from memoray.redaction import Redactor
 
     names = ActorNames(layout["store_id"])
@@ -78,10 +79,15 @@ def start_store(settings: Settings, layout: dict, timeout: float = 600) -> dict[
         shards, policies=settings.retention_policies,
         archive_dir=settings.resolved_data_dir() / "archive", redactor=Redactor(pii="redact"),
         interval_s=settings.expiry_interval_s)
+    # Subscriptions and delivery queues are cluster-wide state: on the head, like the tokens.
+    webhooks = dispatcher_actor_class().options(
+        name=names.webhooks, scheduling_strategy=on_head(), **detached).remote(
+        shards, str(settings.resolved_data_dir() / "webhooks"), **dispatcher_options(settings))
     ray.get([e.health.remote() for e in embedders]
-            + [planner.health.remote(), expiry.health.remote()], timeout=timeout)
+            + [planner.health.remote(), expiry.health.remote(), webhooks.health.remote()],
+            timeout=timeout)
     return {"controller": controller, "embedders": embedders, "planner": planner,
-            "limiter": limiter, "expiry": expiry, "shards": shards}
+            "limiter": limiter, "expiry": expiry, "shards": shards, "webhooks": webhooks}
 
 
 def stop_store(settings: Settings, store_id: str) -> int:
@@ -96,7 +102,7 @@ def stop_store(settings: Settings, store_id: str) -> int:
         n += ray.get(controller.stop_replicas.remote(), timeout=120)
     except ValueError:
         pass
-    others = [names.planner, names.limiter, names.expiry, names.controller,
+    others = [names.planner, names.limiter, names.expiry, names.webhooks, names.controller,
               *[names.embedder(i) for i in range(settings.embedding_workers)]]
     for name in others:
         try:

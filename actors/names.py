@@ -37,6 +37,10 @@ class ActorNames:
     def expiry(self) -> str:
         return f"{self.prefix}-expiry"
 
+    @property
+    def webhooks(self) -> str:
+        return f"{self.prefix}-webhooks"
+
     # Cluster mode (actors/replication.py, actors/controller.py).
     @property
     def controller(self) -> str:

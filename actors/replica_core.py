@@ -179,7 +179,7 @@ class ReplicaCore:
                 # Replayed after the record's delete: nothing to update, but the entry is logged.
                 return None  # apply() logs the entry on its own
             return core.update_record(payload)
-        return core.delete(payload)  # delete and purge
+        return core.purge(payload) if op == "purge" else core.delete(payload)
 
     def _trim(self) -> None:
         upto = self.seq - RLOG_KEEP
@@ -231,8 +231,13 @@ class ReplicaCore:
         set_meta(self.core.storage, "copying", 1)
 
     def copy_page(self, records: list[dict], vectors: np.ndarray) -> None:
-        if records:
-            self.core.put(records, vectors)
+        if records:  # a copy announces nothing: the source announced these records already
+            st = self.core.storage
+            st.outbox_enabled = False
+            try:
+                self.core.put(records, vectors)
+            finally:
+                st.outbox_enabled = True
 
     def finish_copy(self, seq: int, epoch: int, my_epoch: int) -> None:
         st = self.core.storage

@@ -32,6 +32,7 @@ import threading
 import time
 from typing import Any
 
+from memoray.actors.client import traced
 from memoray.actors.names import NAMESPACE, ActorNames
 from memoray.actors.replica_core import WRITE_OPS, Fenced, NeedsResync, ReplicaCore
 from memoray.actors.shard_client import ShardClient, ShardSet
@@ -44,7 +45,7 @@ CALL_TIMEOUT_S = 30.0         # one client call to a primary
 CATCHUP_BATCH = 256
 READ_METHODS = ("get", "document", "select", "search", "stats", "planner_stats", "health",
                 "snapshot", "scan", "backup", "expired", "start_rebuild", "finish_rebuild",
-                "reseal", "pid", "best_match", "export_snapshot")
+                "reseal", "pid", "best_match", "export_snapshot", "outbox_read", "outbox_ack")
 
 
 class NotPrimary(Exception):
@@ -376,10 +377,10 @@ class ReplicatedShard(ShardClient):
             try:
                 h = self._handle(cfg["primary"])
                 if method in WRITE_OPS:
-                    ref = h.write.remote(method, args if method in ("put", "merge")
-                                         else args[0])
+                    ref = traced(h.write, f"ShardReplica.{method}").remote(
+                        method, args if method in ("put", "merge") else args[0])
                 else:
-                    ref = h.read.remote(method, args)
+                    ref = traced(h.read, f"ShardReplica.{method}").remote(method, args)
                 left = max(0.5, deadline - time.monotonic())
                 return await asyncio.wait_for(asyncio.wrap_future(ref.future()), left)
             except Exception as exc:

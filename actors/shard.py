@@ -26,12 +26,16 @@ from memoray.actors.shard_storage import OP_DEL, OP_PUT, ShardStorage
 from memoray.actors.snapshot_export import SnapshotChunk, export_chunk
 from memoray.actors.vector_index import VectorIndex
 from memoray.lexical import LexicalIndex
+from memoray.logs import Timer
 from memoray.postings import Postings
 from memoray.records import Record, slim
 
 log = logging.getLogger(__name__)
 
 ACTOR_OPTIONS = {"max_restarts": -1, "max_task_retries": 3, "num_cpus": 0}
+# Webhook events nobody acknowledged for this long are dropped at the next snapshot (a backup
+# replica's copies; the dispatcher drains the primary's within seconds).
+OUTBOX_KEEP_S = 7 * 86400
 
 
 class ShardCore:
@@ -131,6 +135,7 @@ class ShardCore:
         """Commit, then index. Returns (id, created) per record."""
         if len(records) != len(vectors):
             raise ValueError("records and vectors differ in length")
+        timer = Timer()
         results = self.storage.put_many(records, vectors)  # durable from here on
         new_labels, new_vecs = [], []
         for (_mid, label, created), record, vec in zip(results, records, vectors):
@@ -147,6 +152,8 @@ class ShardCore:
             if self._rebuild is not None:
                 self._rebuild.record("put", new_labels)
         self._maybe_snapshot()
+        log.info("shard write", extra={"op": "put", "shard": self.shard_id,
+                                       "records": len(new_labels), "duration_ms": timer.ms()})
         return [(mid, label >= 0) for mid, label, _ in results]
 
     def merge(self, record: Record, vector: np.ndarray) -> bool:
@@ -187,15 +194,24 @@ class ShardCore:
         return (record, best[1]) if record is not None else None
 
     def update_record(self, record: Record) -> None:
-        """Rewrite a record body in place (merge, re-encryption); the vector stays."""
+        """Rewrite a record body in place (sharing, anonymizing); the vector stays. Its webhook
+        event (memory.shared when the visibility changed, else memory.updated) commits with it."""
+        timer = Timer()
         label = self.storage.label_of(record["id"])
         self.storage.replace_record(record)
         if label is not None:
             self._unindex(label)
             self._index_record(label, record)
+        log.info("shard write", extra={"op": "update", "shard": self.shard_id, "records": 1,
+                                       "duration_ms": timer.ms()})
 
     def delete(self, ids: list[str]) -> list[str]:
-        gone = self.storage.delete_many(ids)
+        """Hard delete; announced as memory.deleted."""
+        return self._delete(ids, "memory.deleted")
+
+    def _delete(self, ids: list[str], kind: str) -> list[str]:
+        timer = Timer()
+        gone = self.storage.delete_many(ids, kind)
         labels = [label for _, label in gone]
         for label in labels:
             self._unindex(label)
@@ -205,6 +221,9 @@ class ShardCore:
             self._rebuild.record("del", labels)
         self._maybe_snapshot()
         self._maybe_start_rebuild()
+        log.info("shard write", extra={"op": "delete" if kind == "memory.deleted" else "purge",
+                                       "shard": self.shard_id, "records": len(gone),
+                                       "duration_ms": timer.ms()})
         return [mid for mid, _ in gone]
 
     # -- expiry -----------------------------------------------------------------------------
@@ -218,8 +237,16 @@ class ShardCore:
         return out
 
     def purge(self, ids: list[str]) -> list[str]:
-        """Hard delete (expiry, retention): LMDB, vector index, lexical index, postings."""
-        return self.delete(ids)
+        """Hard delete (expiry, retention): LMDB, vector index, lexical index, postings;
+        announced as memory.expired."""
+        return self._delete(ids, "memory.expired")
+
+    # -- webhook outbox (drained by actors/webhook_dispatcher.py) ---------------------------
+    def outbox_read(self, limit: int = 256) -> list[tuple[int, dict]]:
+        return self.storage.outbox_read(limit)
+
+    def outbox_ack(self, upto: int) -> int:
+        return self.storage.outbox_ack(upto)
 
     # -- background graph rebuild -----------------------------------------------------------
     def _maybe_start_rebuild(self) -> None:
@@ -260,6 +287,7 @@ class ShardCore:
         seq = self.storage.seq
         self.index.save_snapshot(seq)
         trimmed = self.storage.trim_log(seq)
+        self.storage.outbox_trim(time.time() - OUTBOX_KEEP_S)
         return {"seq": seq, "trimmed": trimmed, "seconds": round(time.perf_counter() - t0, 3)}
 
     # -- reads ------------------------------------------------------------------------------

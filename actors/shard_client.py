@@ -50,6 +50,12 @@ class ShardClient(ActorClient[ShardCore]):
     async def purge(self, ids: list[str]) -> list[str]:
         return await self._call(ShardCore.purge, ids)
 
+    async def outbox_read(self, limit: int = 256) -> list[tuple[int, dict]]:
+        return await self._call(ShardCore.outbox_read, limit)
+
+    async def outbox_ack(self, upto: int) -> int:
+        return await self._call(ShardCore.outbox_ack, upto)
+
     async def get(self, ids: list[str]) -> list[Record | None]:
         return await self._call(ShardCore.get, ids)
 

@@ -2,8 +2,10 @@
 
 Databases: records (id -> msgpack record, sealed when encryption is on), vectors (label ->
 float32 bytes), labels (label -> id), ids (id -> label), log (seq -> op, for index replay),
-idem (workspace\\x00key -> id), meta. Every public write is one transaction; it returns only
-after LMDB commits (fsync'ed when durable), which is the moment a write may be acknowledged.
+idem (workspace\\x00key -> id), meta, outbox (n -> webhook event, sealed like records: written
+in the same transaction as the change it announces, read and acknowledged by the webhook
+dispatcher). Every public write is one transaction; it returns only after LMDB commits (fsync'ed
+when durable), which is the moment a write may be acknowledged.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 from memoray.crypto import Keyring, check_marker, keyring_sealer, store_marker
 from memoray.errors import ErrorCode, MemorayError
+from memoray.webhooks import events as wh
 
 _U64 = struct.Struct(">Q")
 OP_PUT = 1
@@ -79,6 +82,9 @@ class ShardStorage:
         self.meta = self.env.open_db(b"meta")
         # label -> the vectors of wordings a memory absorbed in upsert merges (float32 rows)
         self.wordings = self.env.open_db(b"wordings")
+        # Webhook events, committed with the change (actors/webhook_dispatcher.py drains them).
+        self.outbox = self.env.open_db(b"outbox")
+        self.outbox_enabled = True  # off while a replica takes a full copy (no new events)
         with self.env.begin(write=False) as txn:
             self._seq = self._meta_int(txn, b"seq")
             self._next_label = self._meta_int(txn, b"next_label")
@@ -136,6 +142,7 @@ class ShardStorage:
         def tx(txn: lmdb.Transaction) -> list[tuple[str, int, bool]]:
             seq, next_label = self._seq, self._next_label
             out: list[tuple[str, int, bool]] = []
+            events: list[wh.Event] = []
             replayed_docs: set[str] = set()
             for record, vec in zip(records, vectors):
                 if record.get("parent_id") in replayed_docs:
@@ -168,8 +175,12 @@ class ShardStorage:
                 seq += 1
                 txn.put(u64(seq), msgpack.packb((OP_PUT, label)), db=self.log)
                 out.append((record["id"], label, created))
+                if wh.is_document_head(record):
+                    events.append(wh.from_record(
+                        "memory.captured" if created else "memory.updated", record))
             txn.put(b"seq", u64(seq), db=self.meta)
             txn.put(b"next_label", u64(next_label), db=self.meta)
+            self._outbox_put(txn, events)
             return out, seq, next_label
 
         out, seq, next_label = self._write(tx)
@@ -183,7 +194,13 @@ class ShardStorage:
         def tx(txn: lmdb.Transaction) -> None:
             if txn.get(mid, db=self.ids) is None:
                 raise MemorayError(ErrorCode.NOT_FOUND, f"memory {record['id']} not found")
+            old = txn.get(mid, db=self.records)
             txn.put(mid, self.encode(record), db=self.records)
+            if self.outbox_enabled and wh.is_document_head(record):
+                before = self.decode(mid, old).get("visibility") if old is not None else None
+                kind = ("memory.shared" if before != record.get("visibility")
+                        else "memory.updated")
+                self._outbox_put(txn, [wh.from_record(kind, record)])
 
         self._write(tx)
 
@@ -207,12 +224,15 @@ class ShardStorage:
                     out[label] = np.frombuffer(raw, dtype=np.float32).reshape(-1, dim)
         return out
 
-    def delete_many(self, ids: list[str]) -> list[tuple[str, int]]:
-        """Hard delete: the record, its vector, its id maps and its idempotency key go."""
+    def delete_many(self, ids: list[str], kind: str = "memory.deleted"
+                    ) -> list[tuple[str, int]]:
+        """Hard delete: the record, its vector, its id maps and its idempotency key go.
+        `kind`: the webhook event it announces (memory.deleted, or memory.expired)."""
 
         def tx(txn: lmdb.Transaction) -> tuple[list[tuple[str, int]], int]:
             seq = self._seq
             gone: list[tuple[str, int]] = []
+            events: list[wh.Event] = []
             for memory_id in ids:
                 mid = memory_id.encode()
                 raw_label = txn.get(mid, db=self.ids)
@@ -224,6 +244,8 @@ class ShardStorage:
                     key = record.get("idempotency_key")
                     if key:
                         txn.delete(f"{record['workspace_id']}\x00{key}".encode(), db=self.idem)
+                    if wh.is_document_head(record):
+                        events.append(wh.from_record(kind, record))
                 label = from_u64(raw_label)
                 txn.delete(mid, db=self.records)
                 txn.delete(mid, db=self.ids)
@@ -234,11 +256,71 @@ class ShardStorage:
                 txn.put(u64(seq), msgpack.packb((OP_DEL, label)), db=self.log)
                 gone.append((memory_id, label))
             txn.put(b"seq", u64(seq), db=self.meta)
+            self._outbox_put(txn, events)
             return gone, seq
 
         gone, seq = self._write(tx)
         self._seq = seq
         return gone
+
+    # -- webhook outbox ---------------------------------------------------------------------
+    def _outbox_put(self, txn: lmdb.Transaction, events: list[wh.Event]) -> None:
+        """Append events inside the caller's write transaction (so they commit with it)."""
+        if not events or not self.outbox_enabled:
+            return
+        n = self._meta_int(txn, b"outbox_seq")
+        for ev in events:
+            n += 1
+            blob = self.sealer.seal(msgpack.packb(ev, use_bin_type=True), b"outbox:" + u64(n))
+            txn.put(u64(n), blob, db=self.outbox)
+        txn.put(b"outbox_seq", u64(n), db=self.meta)
+
+    def outbox_read(self, limit: int = 256) -> list[tuple[int, wh.Event]]:
+        """The oldest unacknowledged events, in commit order."""
+        out: list[tuple[int, wh.Event]] = []
+        with self.env.begin() as txn:
+            for k, v in txn.cursor(db=self.outbox):
+                n = from_u64(k)
+                out.append((n, msgpack.unpackb(self.sealer.open(bytes(v), b"outbox:" + k),
+                                               raw=False)))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def outbox_ack(self, upto: int) -> int:
+        """Drop events up to `upto` (the dispatcher has them durably). Its own transaction, not
+        through _write, so it never takes a replicated op's one-shot hook."""
+        n = 0
+        try:
+            with self.env.begin(write=True) as txn:
+                cur = txn.cursor(db=self.outbox)
+                while cur.first() and from_u64(cur.key()) <= upto:
+                    cur.delete()
+                    n += 1
+        except (lmdb.Error, OSError) as exc:
+            raise _storage_error(exc, self.path) from exc
+        return n
+
+    def outbox_trim(self, older_than: float) -> int:
+        """Drop events committed before `older_than` (Unix seconds) that nobody acknowledged:
+        a backup replica's copy (the dispatcher drains the primary's), or a store whose
+        dispatcher never ran."""
+        n = 0
+        with self.env.begin(write=True) as txn:
+            cur = txn.cursor(db=self.outbox)
+            while cur.first():
+                k = bytes(cur.key())
+                ev = msgpack.unpackb(self.sealer.open(bytes(cur.value()), b"outbox:" + k),
+                                     raw=False)
+                if ev.get("at", 0) >= older_than:
+                    break
+                cur.delete()
+                n += 1
+        return n
+
+    def outbox_size(self) -> int:
+        with self.env.begin() as txn:
+            return txn.stat(self.outbox)["entries"]
 
     def reseal_all(self, batch: int = 500) -> int:
         """Online key rotation: re-encrypt every record not sealed with the current key, a batch
@@ -269,6 +351,14 @@ class ShardStorage:
                 self._write(tx)
                 done += len(stale)
             after = chunk[-1][0]
+        def outbox_tx(txn: lmdb.Transaction) -> None:  # the few pending webhook events too
+            for k, v in list(txn.cursor(db=self.outbox)):
+                aad = b"outbox:" + bytes(k)
+                if self.sealer.rotation_needed(bytes(v)):
+                    txn.put(bytes(k), self.sealer.seal(self.sealer.open(bytes(v), aad), aad),
+                            db=self.outbox)
+
+        self._write(outbox_tx)
         marker = store_marker(self.keyring)
         self._write(lambda txn: txn.put(b"encryption_marker", marker, db=self.meta))
         return done

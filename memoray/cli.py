@@ -80,6 +80,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    "default: 1)")
     p.add_argument("--dashboard-port", type=_port, help="Ray dashboard / job API port "
                    "(default: 8265 when free, else a free port)")
+    p.add_argument("--log-format", choices=["auto", "json", "text"],
+                   help="log lines: json (one object per line), text, or auto: text on a "
+                   "terminal, JSON otherwise (default: auto; MEMORAY_LOG_FORMAT)")
     p.add_argument("--insecure", action="store_true", default=None,
                    help="allow a non-loopback bind without tokens (default: off; not for "
                    "shared networks)")
@@ -252,6 +255,101 @@ def _doctor(args: argparse.Namespace) -> int:
     return run_doctor(url=args.url, token=args.token, project=args.project)
 
 
+# -- webhooks ------------------------------------------------------------------------------------
+
+def _webhook(args: argparse.Namespace) -> int:
+    import json
+
+    from memoray.webhooks.admin_client import call_tool
+
+    cmd = args.webhook_cmd
+    with _client(args) as api:
+        if cmd == "create":
+            events = [e.strip() for e in args.events.split(",")] if args.events else None
+            out = call_tool(api, "create-webhook", {
+                "url": args.target_url, "workspaceId": args.workspace, "events": events,
+                "includeContent": args.include_content, "description": args.description})
+            if args.json:
+                print(json.dumps(out, indent=2))
+                return 0
+            print(f"created {out['id']} for {out['workspaceId']}: {', '.join(out['events'])}"
+                  f"{' (with redacted content)' if out['includeContent'] else ''}")
+            print("signing secret (shown once; verify deliveries with it):", file=sys.stderr)
+            print(out["secret"])
+            return 0
+        if cmd == "list":
+            out = call_tool(api, "list-webhooks", {"workspaceId": args.workspace})
+            if args.json:
+                print(json.dumps(out, indent=2))
+                return 0
+            if not out["subscriptions"]:
+                print("no webhook subscriptions", file=sys.stderr)
+            for s in out["subscriptions"]:
+                print(f"{s['id']}  {s['workspaceId']}  {s['url']}  events={','.join(s['events'])}"
+                      f"  pending={s.get('pending', 0)} dead={s.get('dead', 0)}"
+                      + (f"  last error: {s['lastError']}" if s.get("lastError") else ""))
+            return 0
+        if cmd == "test":
+            out = call_tool(api, "test-webhook", {"id": args.id})
+            print(json.dumps(out, indent=2) if args.json else
+                  (f"delivered: HTTP {out['status']} in {out['durationMs']} ms" if out["delivered"]
+                   else f"not delivered: {out['error']}"))
+            return 0 if out["delivered"] else 1
+        if cmd == "delete":
+            out = call_tool(api, "delete-webhook", {"id": args.id})
+            print(f"deleted {args.id}" if out["deleted"] else f"{args.id}: already gone")
+            return 0
+        if cmd == "dead-letters":
+            out = call_tool(api, "list-dead-letters", {"id": args.id, "limit": args.limit})
+            if args.json:
+                print(json.dumps(out, indent=2))
+                return 0
+            for d in out["deadLetters"]:
+                print(f"{d['deliveryId']}  {d['type']}  {d.get('memoryId') or '-'}  "
+                      f"attempts={d['attempts']}  {d.get('lastError')}")
+            print(f"{out['count']} dead letter(s)", file=sys.stderr)
+            return 0
+        out = call_tool(api, "replay-dead-letters", {"id": args.id,
+                                                     "deliveryIds": args.delivery or None})
+        print(f"queued {out['replayed']} dead letter(s) again")
+        return 0
+
+
+def _add_webhook(sub: argparse._SubParsersAction) -> None:
+    w = sub.add_parser("webhook", help="manage webhook subscriptions (admin)",
+                       description="Webhook subscriptions of a workspace: events signed the "
+                       "Standard Webhooks way (docs/webhooks.md).")
+    w_sub = w.add_subparsers(dest="webhook_cmd", required=True, parser_class=Parser)
+    c = w_sub.add_parser("create", help="subscribe a URL; prints the signing secret once")
+    c.add_argument("--url", dest="target_url", required=True, help="the receiver (https://...)")
+    c.add_argument("--workspace", help="the workspace (default: the token's only one)")
+    c.add_argument("--events", help="comma-separated (default: all): memory.captured, "
+                   "memory.updated, memory.deleted, memory.expired, memory.shared")
+    c.add_argument("--include-content", action="store_true",
+                   help="send redacted content with captured/updated/shared (default: ids only)")
+    c.add_argument("--description", help="a note for operators")
+    ls = w_sub.add_parser("list", help="subscriptions, pending and dead-letter counts")
+    ls.add_argument("--workspace", help="only this workspace (default: all you administer)")
+    t = w_sub.add_parser("test", help="send one signed test delivery now")
+    t.add_argument("id")
+    d = w_sub.add_parser("delete", help="delete a subscription and its queue")
+    d.add_argument("id")
+    dl = w_sub.add_parser("dead-letters", help="deliveries that failed every attempt")
+    dl.add_argument("id")
+    dl.add_argument("--limit", type=_positive, default=100, help="rows (default: 100)")
+    r = w_sub.add_parser("replay", help="queue dead letters again")
+    r.add_argument("id")
+    r.add_argument("--delivery", action="append", help="only this delivery id (repeatable; "
+                   "default: all)")
+    for p in (c, ls, t, d, dl, r):
+        p.add_argument("--json", action="store_true", help="print JSON")
+        # --url names the receiver on `create`; the server is then MEMORAY_URL or --server
+        p.add_argument("--server", dest="url", help="the server (default: MEMORAY_URL, else "
+                       f"{DEFAULT_URL})")
+        p.add_argument("--token", help="bearer token (default: MEMORAY_TOKEN)")
+        p.set_defaults(func=_webhook)
+
+
 # -- hooks, tokens, audit (owned elsewhere; wiring only) -----------------------------------------
 
 def _hook(args: argparse.Namespace) -> int:
@@ -342,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="check the backup's checksums and stop (default: restore)")
     rs.add_argument("--json", action="store_true", help="print JSON (default: a summary)")
     rs.set_defaults(func=_restore)
+
+    _add_webhook(sub)
 
     dr = sub.add_parser("doctor", help="check ports, data dir, server, hooks and versions")
     dr.add_argument("--project", type=Path, default=None,

@@ -183,7 +183,27 @@ class Settings(BaseSettings):
         default_factory=list, description="`{afterDays, action: delete|archive|anonymize, "
         "eventTypes, tiers, workspaces}` list")
 
+    # Webhooks (docs/webhooks.md).
+    webhook_allow_loopback: bool = Field(False, description="webhook targets may be loopback "
+                                         "addresses (and plain http to them): tests, a receiver "
+                                         "on this machine")
+    webhook_allow_http: bool = Field(False, description="webhook targets may use plain http")
+    webhook_allow_private: bool = Field(False, description="webhook targets may be private, "
+                                        "link-local or unique-local addresses")
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100, description="delivery attempts "
+                                      "before a delivery goes to the dead-letter list")
+    webhook_retry_base_s: float = Field(default=5.0, gt=0, description="first retry delay; "
+                                        "doubles per attempt, with jitter")
+    webhook_retry_max_s: float = Field(default=3600.0, gt=0, description="longest retry delay")
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=120, description="one delivery "
+                                     "attempt's time limit")
+    webhook_concurrency: int = Field(default=4, ge=1, le=64, description="deliveries in flight "
+                                     "per subscription")
+
     log_level: str = Field("INFO", description="server log level")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="`json` (one object per line), `text`, or `auto`: text on a "
+        "terminal, JSON otherwise")
     access_log: bool = Field(False, description="log every HTTP request (Ray Serve access "
                              "lines)")
 

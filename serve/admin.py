@@ -128,6 +128,7 @@ class Admin(UseCase):
             *[probe(f"shard-{i}", self.backend.shards[i].health(), shard=i)
               for i in range(len(self.backend.shards))],
             probe("embedder", self._embedder_health()),
+            *([probe("webhooks", self.webhooks.health())] if self.webhooks is not None else []),
         )
         for name, comp in components.items():
             self.metrics.up.labels(component=name).set(1 if comp.get("status") == "ok" else 0)

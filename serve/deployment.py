@@ -43,7 +43,7 @@ async def make_runtime(settings: Settings, metrics: Metrics, store_id: str):
         topo = lookup(settings, store_id)
     limiter = LeaseClient(topo.limiter, limits_from_settings(settings))
     rt = Runtime(settings, topo.backend, metrics=metrics, planner_client=topo.planner,
-                 limiter=limiter, expiry=topo.expiry, **extra)
+                 limiter=limiter, expiry=topo.expiry, webhooks=topo.webhooks, **extra)
     rt.start_background()
     await rt.refresh_planner_now()
     return rt
@@ -55,6 +55,9 @@ async def make_runtime(settings: Settings, metrics: Metrics, store_id: str):
 class MemorayServer:
     def __init__(self, settings_json: str, store_id: str):
         self.settings = Settings.model_validate_json(settings_json)
+        from memoray.logs import configure
+
+        configure(self.settings.log_format, self.settings.log_level)
         self.store_id = store_id
         self.metrics = Metrics()
         self._runtime = None

@@ -42,6 +42,9 @@ def _use_agent_port(port: int) -> None:
 def serve_forever(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from memoray.logs import configure
+
+    configure(settings.log_format, settings.log_level)  # memoray's own lines: JSON or text
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -89,7 +92,11 @@ def serve_forever(settings: Settings) -> int:
                        logging_level=logging.WARNING, log_to_driver=False,
                        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1",
                                                  "TRANSFORMERS_OFFLINE": "1",
-                                                 "RAY_USAGE_STATS_ENABLED": "0"}})
+                                                 "RAY_USAGE_STATS_ENABLED": "0",
+                                                 "MEMORAY_LOG_FORMAT": settings.log_format,
+                                                 "MEMORAY_LOG_LEVEL": settings.log_level},
+                                    # every actor process logs as memoray.logs says
+                                    "worker_process_setup_hook": "memoray.logs.configure"})
     steps.say(f"loading {settings.shards} shards and the {settings.embedder} embedding model")
     try:
         if settings.cluster_mode:

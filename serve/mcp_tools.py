@@ -22,6 +22,7 @@ from pydantic import Field, ValidationError, WithJsonSchema
 
 from memoray.auth import authenticate
 from memoray.errors import ErrorCode, MemorayError, invalid
+from memoray.logs import request_var
 from memoray.models import EVENT_TYPES, MAX_BATCH, MAX_LIMIT, CaptureItem
 from memoray.serve.observability import span
 
@@ -104,6 +105,11 @@ class MemorayMCP(MCPServer):
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None):
         t0 = time.perf_counter()
         outcome = "ok"
+        # The request's identity for every log line of it, here and (through the typed actor
+        # clients) in the shards: caller_for adds the principal once authenticated.
+        request = {"request_id": uuid.uuid4().hex[:16], "tool": name, "principal": None,
+                   "workspace": _named_workspace(arguments)}
+        reset = request_var.set(request)
         try:
             tool = self._tool_manager.get_tool(name)
             if tool is None:
@@ -113,7 +119,7 @@ class MemorayMCP(MCPServer):
             if extra:
                 raise invalid(f"unknown argument(s): {', '.join(extra)} "
                               f"(allowed: {', '.join(sorted(allowed))})")
-            with span("memoray.tool", tool=name):
+            with span("memoray.tool", tool=name, request_id=request["request_id"]):
                 return compact(await super().call_tool(name, arguments, context))
         except MemorayError as err:
             outcome = err.code.value
@@ -137,6 +143,13 @@ class MemorayMCP(MCPServer):
                 m.tool_latency.labels(tool=label).observe(time.perf_counter() - t0)
                 if outcome != "ok":
                     m.errors.labels(code=outcome).inc()
+            # One line per call: who, where, what, how it ended, how long. Never arguments.
+            log.info("tool call", extra={
+                "request_id": request["request_id"], "principal": request["principal"],
+                "workspace": request["workspace"],
+                "tool": name if self._tool_manager.get_tool(name) is not None else "other",
+                "outcome": outcome, "duration_ms": round((time.perf_counter() - t0) * 1000, 2)})
+            request_var.reset(reset)
 
 
 def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) -> MemorayMCP:
@@ -171,7 +184,10 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
                                   detail=err.message)
             raise
         session = headers.get("x-memoray-session") or headers.get("mcp-session-id")
-        return rt.service, Caller(principal=principal, request_id=uuid.uuid4().hex[:16],
+        request = request_var.get() or {"request_id": uuid.uuid4().hex[:16]}
+        request["principal"] = principal.name
+        request["workspace"] = request.get("workspace") or header_workspace(headers)
+        return rt.service, Caller(principal=principal, request_id=request["request_id"],
                                   agent_id=agent_id, tool=tool, session=session,
                                   agent_bound=principal.token_id is not None,
                                   workspace=header_workspace(headers))
@@ -348,6 +364,64 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
         svc, caller = await caller_for(ctx, "rotate-encryption")
         return await svc.rotate_encryption(caller)
 
+    @mcp.tool(name="create-webhook", description=(
+        "Admin: subscribe a URL to this workspace's memory events (memory.captured, "
+        "memory.updated, memory.deleted, memory.expired, memory.shared). Returns the "
+        "subscription with its signing secret, shown only this once. https only; content is "
+        "sent (redacted) only with includeContent."))
+    async def create_webhook(
+        url: Annotated[str, Field(description="The receiver: https://...")], ctx: Context,
+        workspaceId: Annotated[str | None, Field(description="The workspace whose events are "
+                                                 "sent; default: this server entry's "
+                                                 "project.")] = None,
+        events: Annotated[list[str] | None, Field(description="Event types; default: all.")]
+        = None,
+        includeContent: Annotated[bool, Field(description="Send the memory's (redacted) "
+                                              "content with captured/updated/shared "
+                                              "events.")] = False,
+        description: Annotated[str | None, Field(description="A note for operators.",
+                                                 max_length=200)] = None,
+    ) -> dict[str, Any]:
+        svc, caller = await caller_for(ctx, "create-webhook")
+        spec = {"workspaceId": workspaceId or default_workspace(caller), "url": url,
+                "includeContent": includeContent, "description": description}
+        if events is not None:
+            spec["events"] = events
+        return await svc.create_webhook(caller, spec)
+
+    @mcp.tool(name="list-webhooks", description=(
+        "Admin: webhook subscriptions (never their secrets), with pending and dead-letter "
+        "counts."))
+    async def list_webhooks(ctx: Context, workspaceId: str | None = None) -> dict[str, Any]:
+        svc, caller = await caller_for(ctx, "list-webhooks")
+        return await svc.list_webhooks(caller, workspaceId)
+
+    @mcp.tool(name="test-webhook", description=(
+        "Admin: send one signed webhook.test delivery to a subscription now and report the "
+        "receiver's answer."))
+    async def test_webhook(id: str, ctx: Context) -> dict[str, Any]:
+        svc, caller = await caller_for(ctx, "test-webhook")
+        return await svc.test_webhook(caller, id)
+
+    @mcp.tool(name="delete-webhook", description=(
+        "Admin: delete a subscription with its pending deliveries and dead letters."))
+    async def delete_webhook(id: str, ctx: Context) -> dict[str, Any]:
+        svc, caller = await caller_for(ctx, "delete-webhook")
+        return await svc.delete_webhook(caller, id)
+
+    @mcp.tool(name="list-dead-letters", description=(
+        "Admin: a subscription's deliveries that failed every attempt, with the last error."))
+    async def list_dead_letters(id: str, ctx: Context, limit: int = 100) -> dict[str, Any]:
+        svc, caller = await caller_for(ctx, "list-dead-letters")
+        return await svc.dead_letters(caller, id, limit)
+
+    @mcp.tool(name="replay-dead-letters", description=(
+        "Admin: queue a subscription's dead letters again (all, or those deliveryIds)."))
+    async def replay_dead_letters(id: str, ctx: Context,
+                                  deliveryIds: list[str] | None = None) -> dict[str, Any]:
+        svc, caller = await caller_for(ctx, "replay-dead-letters")
+        return await svc.replay_dead_letters(caller, id, deliveryIds)
+
     @mcp.tool(name="get-memory", description=(
         "One memory by id, in full (expands a line of a build-context index)."))
     async def get_memory(id: Annotated[str, Field(description="The memory's id.")],
@@ -402,6 +476,21 @@ FILTERS_HELP = (
     "workspaceId, sessionId, agentId, gitBranch, tier, timestamp and metadata.<path>; "
     "startTime/endTime as shorthand. Example: {\"eventType\": {\"$in\": [\"decision\", "
     "\"lesson\"]}, \"gitBranch\": \"main\"}. Default workspace: this server entry's project.")
+
+
+def _named_workspace(arguments: Any) -> str | None:
+    """The workspace a call names (its workspaceId, or its items' one workspace), for logs."""
+    if not isinstance(arguments, dict):
+        return None
+    ws = arguments.get("workspaceId")
+    if isinstance(ws, str):
+        return ws[:256]
+    items = arguments.get("items")
+    if isinstance(items, list):
+        named = {i.get("workspaceId") for i in items if isinstance(i, dict)}
+        if len(named) == 1 and isinstance(next(iter(named)), str):
+            return next(iter(named))[:256]
+    return None
 
 
 def header_workspace(headers: Any) -> str | None:

@@ -41,9 +41,9 @@ class Caller:
 class UseCase:
     def __init__(self, settings: Settings, backend: Backend, *, planner: QueryPlanner | None = None,
                  redactor: Any = None, audit: Any = None, limiter: Any = None,
-                 metrics: Metrics | None = None, expiry: Any = None):
+                 metrics: Metrics | None = None, expiry: Any = None, webhooks: Any = None):
         """`audit`: a memoray.audit.GroupCommit (or None); `limiter`: a LeaseClient (or None);
-        `expiry`: an ExpiryClient (or None)."""
+        `expiry`: an ExpiryClient (or None); `webhooks`: a WebhookClient (or None)."""
         self.settings = settings
         self.backend = backend
         self.planner = planner or QueryPlanner()
@@ -52,6 +52,7 @@ class UseCase:
         self.limiter = limiter
         self.metrics = metrics or Metrics()
         self.expiry = expiry
+        self.webhooks = webhooks
         self.started = time.time()
 
     # -- authorize --------------------------------------------------------------------------

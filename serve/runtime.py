@@ -21,7 +21,7 @@ HEALTH_EVERY_S = 10.0
 class Runtime:
     def __init__(self, settings: Settings, backend: Backend, *, metrics: Metrics | None = None,
                  planner_client: Any = None, limiter: Any = None, expiry: Any = None,
-                 tokens: Any = None, audit: Any = None):
+                 tokens: Any = None, audit: Any = None, webhooks: Any = None):
         """`tokens`, `audit`: cluster mode passes the cluster-wide token store and audit log
         (serve/cluster_state.py) instead of files on this node's disk."""
         from memoray.audit import AuditLog, GroupCommit
@@ -41,7 +41,7 @@ class Runtime:
         self.planner_client = planner_client
         self.service = MemoryService(settings, backend, planner=self.planner,
                                      redactor=self.redactor, audit=self.audit, limiter=limiter,
-                                     metrics=self.metrics, expiry=expiry)
+                                     metrics=self.metrics, expiry=expiry, webhooks=webhooks)
         self._planner_task: asyncio.Task | None = None
         self._health_task: asyncio.Task | None = None
 

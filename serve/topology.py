@@ -15,6 +15,11 @@ from memoray.actors.planner import PlannerClient, planner_actor_class
 from memoray.actors.rate_limiter import LimiterClient
 from memoray.actors.rate_limiter import create as create_limiter
 from memoray.actors.shard_client import ShardSet, shard_actor_class
+from memoray.actors.webhook_dispatcher import (
+    WebhookClient,
+    dispatcher_actor_class,
+    dispatcher_options,
+)
 from memoray.crypto import key_text_from_settings
 from memoray.embedding import DIM
 from memoray.layout import Layout, open_layout
@@ -30,6 +35,7 @@ class Topology:
     planner: PlannerClient
     limiter: LimiterClient
     expiry: ExpiryClient
+    webhooks: WebhookClient | None = None
 
     @property
     def shards(self) -> ShardSet:
@@ -75,6 +81,9 @@ def start_actors(settings: Settings, layout: Layout, progress: Any = None) -> To
         shards, policies=settings.retention_policies,
         archive_dir=settings.resolved_data_dir() / "archive", redactor=Redactor(pii="redact"),
         interval_s=settings.expiry_interval_s)
+    webhooks = dispatcher_actor_class().options(
+        name=names.webhooks, namespace=NAMESPACE, get_if_exists=True, **detached).remote(
+        shards, str(data / "webhooks"), **dispatcher_options(settings))
     # Wait for recovery: a shard answers health only once its LMDB is replayed.
     if progress is not None:
         from memoray.serve.startup import wait_for_actors
@@ -84,8 +93,9 @@ def start_actors(settings: Settings, layout: Layout, progress: Any = None) -> To
         ray.get([s.health.remote() for s in shard_handles]
                 + [e.health.remote() for e in embed_handles]
                 + [planner.health.remote(), expiry.health.remote()], timeout=600)
+    ray.get(webhooks.health.remote(), timeout=120)
     return Topology(names, Backend.remote(shard_handles, embed_handles), PlannerClient(planner),
-                    LimiterClient(limiter), ExpiryClient(expiry))
+                    LimiterClient(limiter), ExpiryClient(expiry), WebhookClient(webhooks))
 
 
 def lookup(settings: Settings, store_id: str) -> Topology:
@@ -100,7 +110,8 @@ def lookup(settings: Settings, store_id: str) -> Topology:
     backend = Backend.remote([get(names.shard(i)) for i in range(settings.shards)],
                              [get(names.embedder(i)) for i in range(settings.embedding_workers)])
     return Topology(names, backend, PlannerClient(get(names.planner)),
-                    LimiterClient(get(names.limiter)), ExpiryClient(get(names.expiry)))
+                    LimiterClient(get(names.limiter)), ExpiryClient(get(names.expiry)),
+                    WebhookClient(get(names.webhooks)))
 
 
 # -- cluster mode (--address, --replication, serve deploy): replicated shards ------------------
@@ -114,7 +125,8 @@ def start_cluster(settings: Settings) -> tuple[dict, Topology]:
     started = start_store(settings, layout)
     return layout, _cluster_topology(layout["store_id"], started["shards"],
                                      started["embedders"], started["planner"],
-                                     started["limiter"], started["expiry"])
+                                     started["limiter"], started["expiry"],
+                                     started["webhooks"])
 
 
 def lookup_cluster(settings: Settings, store_id: str) -> Topology:
@@ -130,12 +142,14 @@ def lookup_cluster(settings: Settings, store_id: str) -> Topology:
 
     return _cluster_topology(store_id, replicated_shards(store_id, settings.shards),
                              [get(names.embedder(i)) for i in range(settings.embedding_workers)],
-                             get(names.planner), get(names.limiter), get(names.expiry))
+                             get(names.planner), get(names.limiter), get(names.expiry),
+                             get(names.webhooks))
 
 
 def _cluster_topology(store_id: str, shards: ShardSet, embedders: list, planner: Any,
-                      limiter: Any, expiry: Any) -> Topology:
+                      limiter: Any, expiry: Any, webhooks: Any) -> Topology:
     from memoray.actors.embedding_worker import EmbedderPool
 
     return Topology(ActorNames(store_id), Backend(shards, EmbedderPool.of(embedders)),
-                    PlannerClient(planner), LimiterClient(limiter), ExpiryClient(expiry))
+                    PlannerClient(planner), LimiterClient(limiter), ExpiryClient(expiry),
+                    WebhookClient(webhooks))
