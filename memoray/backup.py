@@ -4,6 +4,7 @@
     DEST/memoray.json             the layout file
     DEST/shards/NNN/data.mdb      each shard's LMDB snapshot (LMDB's compacted hot copy)
     DEST/tokens.json              the token store (hashes only, as on the server)
+    DEST/webhooks/data.mdb        webhook subscriptions and queued deliveries, when any
     DEST/audit/audit.log[.N]      the audit log, rotated files included
     DEST/archive/...              retention archives, when there are any
 
@@ -32,6 +33,7 @@ FORMAT = "memoray-backup"
 VERSION = 1
 MANIFEST = "manifest.json"
 LAYOUT_FILE = "memoray.json"
+WEBHOOKS_FILE = "webhooks/data.mdb"    # restored to DATA_DIR/webhooks/lmdb/data.mdb
 _BLOCK = 1 << 20
 
 
@@ -104,12 +106,31 @@ def state_files(data_dir: str | Path, tokens_file: str | Path | None = None
         finally:
             fcntl.flock(lock_fd, fcntl.LOCK_UN)
             os.close(lock_fd)
+    hooks = data / "webhooks" / "lmdb"
+    if (hooks / "data.mdb").exists():
+        out[WEBHOOKS_FILE] = _lmdb_snapshot(hooks)
     archive = data / "archive"
     if archive.is_dir():
         for f in sorted(archive.rglob("*")):
             if f.is_file():
                 out[f"archive/{f.relative_to(archive).as_posix()}"] = f.read_bytes()
     return out
+
+
+def _lmdb_snapshot(path: Path) -> bytes:
+    """LMDB's consistent compacted copy of an environment another process owns and writes (the
+    webhook dispatcher's): LMDB's locking makes a reader in a second process safe."""
+    import tempfile
+
+    import lmdb
+
+    env = lmdb.open(str(path), readonly=True, lock=True, max_dbs=16, subdir=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="memoray-backup-") as tmp:
+            env.copy(tmp, compact=True)
+            return (Path(tmp) / "data.mdb").read_bytes()
+    finally:
+        env.close()
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -321,6 +342,8 @@ def restore_backup(backup: str | Path, data_dir: str | Path, *, force: bool = Fa
             if rel.startswith("shards/"):
                 _, num, _ = rel.split("/")
                 dest = stage / "shards" / num / "lmdb" / "data.mdb"
+            elif rel == WEBHOOKS_FILE:
+                dest = stage / "webhooks" / "lmdb" / "data.mdb"
             else:
                 dest = stage / rel
             dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -15,12 +15,14 @@ import pytest
 
 from memoray import backup as bk
 from memoray.actors.shard import ShardCore
+from memoray.actors.webhook_store import WebhookStore
 from memoray.actors.shard_client import ShardSet
 from memoray.audit import AuditLog
 from memoray.auth import TokenStore
 from memoray.cluster.jobs.backup import stream_shard
 from memoray.embedding import HashEmbedder
 from memoray.layout import open_layout
+from memoray.webhooks.models import Subscription
 from tests.test_shard import rec
 
 EMB = HashEmbedder()
@@ -39,6 +41,10 @@ def make_store(data: Path, n: int = 40) -> tuple[list[ShardCore], list[dict]]:
     log = AuditLog(data / "audit" / "audit.log")
     log.append_many([log.entry("ci", "capture", workspace="ws", ids=[r["id"]])
                      for r in records])
+    hooks = WebhookStore(data / "webhooks")
+    hooks.put_sub(Subscription(id="sub_1", workspace_id="ws", url="https://example.com/h",
+                               events=["memory.created"], created_at=1.0), "whsec_test")
+    hooks.close()
     (data / "archive").mkdir()
     (data / "archive" / "2026-11.jsonl").write_text('{"id": "x"}\n')
     return cores, records
@@ -74,6 +80,7 @@ def test_backup_streams_every_shard_and_restore_is_identical(store, tmp_path):
     assert manifest["records"] == len(records)
     paths = {f["path"] for f in manifest["files"]}
     assert {"memoray.json", "tokens.json", "audit/audit.log", "archive/2026-11.jsonl",
+            "webhooks/data.mdb",
             "shards/000/data.mdb", "shards/001/data.mdb"} <= paths
     # the shard's temporary copies are gone once streamed
     assert not any(list((data / "shards" / f"{i:03d}" / "exports").glob("*/data.mdb"))
@@ -92,6 +99,9 @@ def test_backup_streams_every_shard_and_restore_is_identical(store, tmp_path):
         (data / "audit" / "audit.log").read_bytes()
     assert json.loads((target / "memoray.json").read_text())["shards"] == 2
     assert TokenStore(target / "tokens.json").enabled
+    hooks = WebhookStore(target / "webhooks")
+    assert list(hooks.subs()) == ["sub_1"] and hooks.secret(hooks.subs()["sub_1"]) == "whsec_test"
+    hooks.close()
 
 
 def test_keep_store_id_on_request(store, tmp_path):

@@ -122,7 +122,10 @@ def test_one_prometheus_sees_every_node_and_health_shows_each_replica(tmp_path):
     """Two Ray nodes with private disks, R=2, a Serve replica on each node: one Prometheus
     (file_sd from Ray) gets memoray metrics from both nodes, the replication panels have data,
     and health-check / `memoray status` list every shard replica with its node, role and lag."""
-    cluster = LocalCluster(tmp_path / "c", num_cpus=1)
+    # Serve's proxy prefers replicas on its own node; spread requests so each node's replica
+    # serves some (and so has metrics of its own to export).
+    cluster = LocalCluster(tmp_path / "c", num_cpus=1,
+                           env={"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"})
     srv = prom = None
     try:
         cluster.start_head(NODES["head"], dashboard=True)
