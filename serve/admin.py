@@ -130,8 +130,9 @@ class Admin(UseCase):
             probe("embedder", self._embedder_health()),
             *([probe("webhooks", self.webhooks.health())] if self.webhooks is not None else []),
         )
-        for name, comp in components.items():
-            self.metrics.up.labels(component=name).set(1 if comp.get("status") == "ok" else 0)
+        for name, comp in components.items():  # degraded still answers (its own alert)
+            self.metrics.up.labels(component=name).set(
+                1 if comp.get("status") in ("ok", "degraded") else 0)
         return {"status": overall, "uptimeSeconds": round(time.time() - self.started, 1),
                 "components": components}
 
