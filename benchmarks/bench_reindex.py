@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="memoray-bench-reindex-"))
     for workers in [int(w) for w in args.workers.split(",")]:
         port = free_port()
+        (root / f"w{workers}").mkdir(parents=True)
         srv = ServerProcess(root / f"w{workers}" / "data", embedder=args.embedder, env={
             "MEMORAY_DASHBOARD": "true", "MEMORAY_DASHBOARD_PORT": str(port),
             "MEMORAY_EMBEDDING_WORKERS": str(workers)})
