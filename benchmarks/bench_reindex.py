@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         srv = ServerProcess(root / f"w{workers}" / "data", embedder=args.embedder, env={
             "MEMORAY_DASHBOARD": "true", "MEMORAY_DASHBOARD_PORT": str(port),
             "MEMORAY_EMBEDDING_WORKERS": str(workers)})
-        dashboard = f"http://127.0.0.1:{port}"
         srv.start(timeout=300)
+        dashboard = srv.run_info()["dashboard_url"]  # Ray moves it if the port was taken
         try:
             log(f"{workers} worker(s): seeding {args.records} memories")
             asyncio.run(seed(srv.mcp_url, args.records))

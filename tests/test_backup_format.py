@@ -15,8 +15,8 @@ import pytest
 
 from memoray import backup as bk
 from memoray.actors.shard import ShardCore
-from memoray.actors.webhook_store import WebhookStore
 from memoray.actors.shard_client import ShardSet
+from memoray.actors.webhook_store import WebhookStore
 from memoray.audit import AuditLog
 from memoray.auth import TokenStore
 from memoray.cluster.jobs.backup import stream_shard

@@ -30,6 +30,13 @@ def connect(address: str | None, data_dir: str | None = None):
     # No address: inside `ray job submit` this joins the job's own cluster. ("auto" would pick
     # whichever cluster on the machine it finds first.) Plain drivers pass --address.
     ray.init(address=address, namespace="memoray", logging_level="ERROR", log_to_driver=False)
+    recorded = (json.loads(run_file.read_text()).get("ray_address")
+                if run_file is not None and run_file.exists() else None)
+    here = ray.get_runtime_context().gcs_address
+    if recorded and here != recorded:  # e.g. `ray job submit` to another server's dashboard
+        raise SystemExit(f"this job runs on the Ray cluster at {here}, but the store in "
+                         f"{data_dir} is served by the one at {recorded}: submit it to that "
+                         "cluster's dashboard (its URL is in run.json)")
     return ray
 
 
@@ -57,9 +64,12 @@ def _actors(ray, names: list[str], tries: int = 1) -> list | None:
     for attempt in range(tries):
         try:
             return [ray.get_actor(n, namespace=NAMESPACE) for n in names]
-        except ValueError:
-            if attempt < tries - 1:
-                time.sleep(1.0)
+        except ValueError as exc:
+            if attempt == tries - 1:
+                if tries > 1:
+                    print(f"lookup failed: {exc}", file=sys.stderr, flush=True)
+                return None
+            time.sleep(1.0)
     return None
 
 

@@ -73,9 +73,9 @@ def source(tmp_path_factory):
     srv = ServerProcess(data, embedder="hash", env={
         "MEMORAY_DASHBOARD": "true", "MEMORAY_DASHBOARD_PORT": str(port),
         "MEMORAY_RATE_LIMIT_ENABLED": "false"})
-    srv.dashboard = f"http://127.0.0.1:{port}"
     srv.token = token
     srv.start()
+    srv.dashboard = srv.run_info()["dashboard_url"]  # where Ray really put it (see test_jobs)
     yield srv
     srv.stop()
 

@@ -21,8 +21,11 @@ def server(tmp_path_factory):
     srv = ServerProcess(tmp_path_factory.mktemp("jobs") / "data", embedder="hash",
                         env={"MEMORAY_DASHBOARD": "true", "MEMORAY_DASHBOARD_PORT": str(port),
                              "MEMORAY_EMBEDDING_WORKERS": "2"})
-    srv.dashboard = f"http://127.0.0.1:{port}"
-    yield srv.start()
+    srv.start()
+    # The URL the server recorded: Ray moves the dashboard when the asked-for port was taken
+    # meanwhile (by another Ray on this machine), and a job sent there would run on that one.
+    srv.dashboard = srv.run_info()["dashboard_url"]
+    yield srv
     srv.stop()
 
 
