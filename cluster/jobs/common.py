@@ -36,7 +36,8 @@ def connect(address: str | None, data_dir: str | None = None):
     if recorded and here != recorded:  # e.g. `ray job submit` to another server's dashboard
         raise SystemExit(f"this job runs on the Ray cluster at {here}, but the store in "
                          f"{data_dir} is served by the one at {recorded}: submit it to that "
-                         "cluster's dashboard (its URL is in run.json)")
+                         "cluster's dashboard (its URL is in run.json), or, if that server has "
+                         "stopped, remove the stale run.json")
     return ray
 
 
