@@ -38,8 +38,12 @@ def submit(server, *args: str) -> subprocess.CompletedProcess:
             [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address",
              server.dashboard, "--working-dir", str(ROOT), "--", "python", "-m", *args],
             capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
-        # The dashboard answers before its job agent is up, and says to try again later.
-        if "No available agent" not in res.stderr + res.stdout or time.time() > deadline:
+        # Retried: the dashboard answers before its job agent is up; and on a machine shared
+        # with other Ray clusters a job can land on another cluster's agent, where it refuses
+        # to run (cluster/jobs/common.py connect) before touching anything.
+        out = res.stdout + res.stderr
+        if ("No available agent" not in out and "this job runs on the Ray cluster at" not in out
+                or time.time() > deadline):
             return res
         time.sleep(2)
 
