@@ -42,11 +42,11 @@ def test_token_bucket_holds_its_rate():
 
 def test_throttle_halves_on_a_slow_probe_and_climbs_on_fast_ones():
     t = Throttle(max_rate=1000, start_rate=100)
-    t.calibrate([0.010, 0.011, 0.009])   # baseline 10 ms: limit 1.5 x 10 + 10 = 25 ms
+    t.calibrate([0.010, 0.011, 0.009])   # baseline 10 ms: limit 2 x 10 + 10 = 30 ms
     assert t.rate == 100
     assert t.observe(0.050, achieved=80) == 40      # halved from what was achieved
     assert t.backoffs == 1
-    assert t.observe(0.030, achieved=40) == 20
+    assert t.observe(0.040, achieved=40) == 20
     rates = [t.observe(0.012, achieved=t.rate) for _ in range(10)]
     assert rates == sorted(rates) and rates[-1] > 20   # climbs again while probes are fast
     assert t.observe(0.012, achieved=1) <= max(2 * 1, t.min_rate, t.start_rate)

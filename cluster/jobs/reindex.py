@@ -13,9 +13,9 @@ read. Then each shard builds a fresh graph in the background and swaps it in.
 
 Pacing (cluster/jobs/throttle.py): a token bucket holds the job to a rate in records/s, at most
 --max-rate; unless --no-adaptive, the rate follows a probe (a query embedding on every worker and
-a call on every shard, timed each --probe-every seconds) kept under --target x its value before
-the job started. Progress (records, rate, probe) goes to stderr; the report, as JSON, to stdout.
-Idempotent: rerun it after a failure.
+a call on every shard; the median of three, each --probe-every seconds) kept under --target x
+its value before the job started. Progress (records, rate, probe) goes to stderr; the report,
+as JSON, to stdout. Idempotent: rerun it after a failure.
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ UNLIMITED = 1e6
 @dataclass
 class Options:
     page: int = 256
-    embed_batch: int = 32
+    embed_batch: int = 16
     depth: int = 2
     max_rate: float | None = None
     min_rate: float = 5.0
     adaptive: bool = True
-    target: float = 1.5
+    target: float = 2.0
     probe_every: float = 1.0
     rebuild_only: bool = False
     quiet: bool = False
@@ -117,8 +117,13 @@ async def reindex(shards: ShardSet, embedders: EmbedderPool, opts: Options,
         async def pace() -> None:
             last_t, last_n = time.monotonic(), 0
             while True:
-                await asyncio.sleep(opts.probe_every)
-                p = await timed(probe)
+                # The median of three probes spread over the interval: one unlucky sample
+                # (a GC pause, a neighbour's burst) must not halve the rate.
+                samples = []
+                for _ in range(3):
+                    await asyncio.sleep(opts.probe_every / 3)
+                    samples.append(await timed(probe))
+                p = statistics.median(samples)
                 now = time.monotonic()
                 achieved = (counts.reembedded + counts.skipped - last_n) / max(now - last_t, 1e-6)
                 last_t, last_n = now, counts.reembedded + counts.skipped
@@ -159,7 +164,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
     ap.add_argument("--data-dir", default="~/.memoray",
                     help="the store's data dir (its run.json names the store) [~/.memoray]")
     ap.add_argument("--page", type=int, default=256, help="records read per shard call [256]")
-    ap.add_argument("--embed-batch", type=int, default=32, help="texts per embedding call [32]")
+    ap.add_argument("--embed-batch", type=int, default=16, help="texts per embedding call [16]")
     ap.add_argument("--batch", type=int, dest="embed_batch", help=argparse.SUPPRESS)  # old name
     ap.add_argument("--depth", type=int, default=2,
                     help="embedding calls in flight per embedding worker [2]")
@@ -169,8 +174,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
                     help="the adaptive pacing never goes below this many records/s [5]")
     ap.add_argument("--no-adaptive", action="store_true",
                     help="no probe-driven pacing: run at --max-rate (or flat out)")
-    ap.add_argument("--target", type=float, default=1.5,
-                    help="keep the probe latency under this multiple of its baseline [1.5]")
+    ap.add_argument("--target", type=float, default=2.0,
+                    help="keep the probe latency under this multiple of its baseline [2]")
     ap.add_argument("--probe-every", type=float, default=1.0, help="seconds between probes [1]")
     ap.add_argument("--rebuild-only", action="store_true", help="skip re-embedding")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")

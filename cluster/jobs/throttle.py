@@ -3,8 +3,8 @@
 `TokenBucket` caps the job's rate (records/s). `Throttle` moves that rate with what live
 requests would feel: it times a probe (a query embedding on every embedding worker and a call
 on every shard: what a retrieve waits for) against the same probe timed before the job started.
-Above `target` times the baseline the rate is halved; below it grows by a step
-(additive increase, multiplicative decrease, as TCP's congestion control). The probe sees the
+Above `target` times the baseline the rate is halved; below it grows by 20% (a multiplicative
+decrease on congestion, as in TCP's congestion control). The probe sees the
 queues the job builds, so the job backs off before retrieves do, whatever the hardware.
 """
 
@@ -48,12 +48,12 @@ class Throttle:
 
     A probe over `target` x baseline (+ `slack_s`) halves the rate, taken from what the job
     actually achieved (so a nominal rate far above the real one still backs off at once); a
-    good probe raises it by 10%, never beyond twice the achieved rate (so the nominal rate
+    good probe raises it by 20%, never beyond twice the achieved rate (so the nominal rate
     cannot drift away from reality while the job is bound elsewhere)."""
 
     max_rate: float
     min_rate: float = 5.0
-    target: float = 1.5          # keep the probe under target x its baseline
+    target: float = 2.0          # keep the probe under target x its baseline
     slack_s: float = 0.010       # timer noise: never react to a few milliseconds
     adaptive: bool = True
     start_rate: float = 50.0
@@ -83,7 +83,7 @@ class Throttle:
                 self.rate = max(self.min_rate, min(self.rate, achieved) / 2)
                 self.backoffs += 1
             else:
-                self.rate = min(self.max_rate, self.rate * 1.1 + 1,
+                self.rate = min(self.max_rate, self.rate * 1.2 + 1,
                                 max(2 * achieved, self.min_rate, self.start_rate))
         self.history.append((now if now is not None else time.monotonic(), probe_s, self.rate))
         return self.rate
