@@ -55,6 +55,13 @@ async def retrieves_for(url: str, seconds: float) -> list[float]:
     return out
 
 
+# Transient on a machine shared with other Ray clusters under heavy load: the job agent not up
+# yet, a job landing on another cluster's agent (it refuses to run there), the job's driver
+# timing out on the GCS.
+RETRY_ON = ("No available agent", "this job runs on the Ray cluster at",
+            "Failed to connect to Ray cluster")
+
+
 def submit(dashboard: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_AUTH_MODE": "token",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -64,11 +71,8 @@ def submit(dashboard: str, *args: str) -> subprocess.CompletedProcess:
                               "--address", dashboard, "--working-dir", str(ROOT), "--",
                               "python", "-m", *args],
                              capture_output=True, text=True, env=env, timeout=3600, cwd=ROOT)
-        # Retried: the dashboard answers before its job agent is up; and on a machine shared
-        # with other Ray clusters a job can land on another cluster's agent, where it refuses
-        # to run (cluster/jobs/common.py connect) before touching anything.
         out = res.stdout + res.stderr
-        if ("No available agent" not in out and "this job runs on the Ray cluster at" not in out
+        if (not any(m in out for m in RETRY_ON) or res.returncode == 0
                 or time.time() > deadline):
             return res
         time.sleep(2)
