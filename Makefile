@@ -12,8 +12,8 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: install browser run test test-unit test-integration test-cluster bench bench-core \
         bench-hooks bench-locomo bench-locomo-dev bench-coding bench-planner bench-dedup \
-        bench-security bench-audit bench-replication bench-agent bench-reindex prometheus \
-        reindex backup restore lint clean
+        bench-security bench-audit bench-replication bench-agent bench-reindex bench-reshard \
+        prometheus reindex backup restore reshard lint clean
 
 install: $(STAMP)
 
@@ -111,6 +111,9 @@ bench-replication: install
 bench-reindex: install
 	$(BIN)/python -m benchmarks.bench_reindex
 
+bench-reshard: install
+	$(BIN)/python -m benchmarks.bench_reshard
+
 # Batch jobs against the running server (`make run` in another terminal): its dashboard (the
 # job API) is read from DATA_DIR/run.json, since it is not always on 8265.
 DATA_DIR ?= $(HOME)/.memoray
@@ -128,6 +131,13 @@ backup: install
 # `make restore BACKUP=/backups/2026-11-21 DATA_DIR=/new/dir` (with the server stopped).
 restore: install
 	$(BIN)/memoray restore $(BACKUP) --data-dir $(DATA_DIR)
+
+# `make reshard SHARDS=3`: change the running store's shard count online (resumable: rerun it).
+reshard: install
+	@test -n "$(SHARDS)" || { echo "usage: make reshard SHARDS=N [DATA_DIR=...]"; exit 2; }
+	@dash=$(DASHBOARD) && echo "job API at $$dash" && \
+	RAY_AUTH_MODE=token $(BIN)/ray job submit --address $$dash --working-dir . \
+	  -- python -m memoray.cluster.jobs.reshard --data-dir $(DATA_DIR) --shards $(SHARDS)
 
 lint: install
 	$(BIN)/ruff check memoray actors serve cluster benchmarks tests

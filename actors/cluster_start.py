@@ -67,7 +67,11 @@ def start_store(settings: Settings, layout: dict, timeout: float = 600) -> dict[
         name=names.controller, scheduling_strategy=on_head(), **detached).remote(
         settings.model_dump_json(), layout)
     ray.get(controller.start.remote(), timeout=timeout)
-    shards = replicated_shards(layout["store_id"], settings.shards)
+    from memoray.routing import Placement
+
+    shards = replicated_shards(layout["store_id"], settings.shards,
+                               Placement.from_dict(layout["placement"])
+                               if layout.get("placement") else None)
     embedders = [embedder_actor_class().options(
         name=names.embedder(i), num_gpus=settings.embedding_gpus, num_cpus=0, **detached)
         .remote(settings.embedder) for i in range(settings.embedding_workers)]

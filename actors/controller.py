@@ -159,6 +159,10 @@ def controller_class():
             return cfg
 
         # -- configuration ---------------------------------------------------------------------
+        def placement(self) -> dict | None:
+            """The store's routing (memoray.routing.Placement as a dict) from its layout."""
+            return self.layout.get("placement")
+
         def ping(self) -> dict:
             return {"status": "ok", "store": self.layout["store_id"]}
 

@@ -72,6 +72,7 @@ class ExpiryWorker:
         by_type: Counter = Counter()
         errors: list[str] = []
         expired_total = 0
+        self.shards.refresh()  # a reshard may have added or removed shards
         for shard in range(len(self.shards)):
             try:
                 rows = await self.shards[shard].expired(now)

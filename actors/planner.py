@@ -232,6 +232,12 @@ class PlannerService:
     async def refresh(self) -> int:
         import asyncio
 
+        if self.shards.refresh():  # a reshard added or removed shards: forget removed ones
+            for gone in [i for i in self.planner.shard_stats if i >= len(self.shards)]:
+                del self.planner.shard_stats[gone]
+                self.seqs.pop(gone, None)
+                self.planner.version += 1
+                self.planner.cache.clear()
         results = await asyncio.gather(*[c.planner_stats(self.seqs.get(i, -1))
                                          for i, c in enumerate(self.shards.clients)])
         for i, res in enumerate(results):

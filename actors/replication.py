@@ -403,5 +403,7 @@ class ReplicatedShard(ShardClient):
                            f"({type(last).__name__ if last else 'timeout'})")
 
 
-def replicated_shards(store_id: str, shards: int) -> ShardSet:
-    return ShardSet([ReplicatedShard(i, store_id) for i in range(shards)])
+def replicated_shards(store_id: str, shards: int, placement: Any = None) -> ShardSet:
+    """`placement`: the layout's routing (memoray.routing.Placement); resharding a replicated
+    store is not supported yet, so it stays fixed."""
+    return ShardSet([ReplicatedShard(i, store_id) for i in range(shards)], placement)

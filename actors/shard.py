@@ -9,6 +9,8 @@ graph rebuild in actors/graph_rebuild.py; callers reach a shard through actors/s
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -16,19 +18,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import numpy as np
 from sortedcontainers import SortedList
 
 from memoray import filters as flt
 from memoray.actors.graph_rebuild import GraphRebuild, worth_rebuilding
 from memoray.actors.shard_search import SearchRequest, SearchResult, ShardSearch
-from memoray.actors.shard_storage import OP_DEL, OP_PUT, ShardStorage
+from memoray.actors.shard_storage import OP_DEL, OP_PUT, ShardStorage, u64
 from memoray.actors.snapshot_export import SnapshotChunk, export_chunk
 from memoray.actors.vector_index import VectorIndex
+from memoray.errors import ErrorCode, MemorayError
 from memoray.lexical import LexicalIndex
 from memoray.logs import Timer
 from memoray.postings import Postings
 from memoray.records import Record, slim
+from memoray.routing import WRONG_SHARD, Placement, home_keys
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,9 @@ class ShardCore:
         self.rebuilds = 0
         self.started_at = time.time()
         self.recovery: dict[str, Any] = {}
+        self._spawn = {"dim": dim, "map_size": map_size, "durable": durable,
+                       "snapshot_every": snapshot_every, "encryption": encryption}
+        self._placement = load_placement(self.path)  # None: never resharded, nothing to fence
         self._recover()
         self.reader = ShardSearch(shard_id, self.index, self.lexical, self.postings,
                                   self.storage.get_by_labels)
@@ -135,6 +143,8 @@ class ShardCore:
         """Commit, then index. Returns (id, created) per record."""
         if len(records) != len(vectors):
             raise ValueError("records and vectors differ in length")
+        if self._placement is not None:
+            self._fence(records)
         timer = Timer()
         results = self.storage.put_many(records, vectors)  # durable from here on
         new_labels, new_vecs = [], []
@@ -384,4 +394,144 @@ class ShardCore:
         finally:
             self.storage.close()
 
+    # -- resharding (cluster/jobs/reshard.py; routing in memoray/routing.py) ----------------
+    def _fence(self, records: list[Record]) -> None:
+        """Refuse a new record this shard does not own under its placement (the client routed
+        with an older one and retries after re-reading it); existing records update in place."""
+        owner = self._placement.writes.owner
+        for rec, home in zip(records, home_keys(records)):
+            if owner(home) != self.shard_id and self.storage.label_of(rec["id"]) is None:
+                raise MemorayError(ErrorCode.UNAVAILABLE,
+                                   f"{WRONG_SHARD}: epoch {self._placement.epoch} routes this "
+                                   f"record to shard {owner(home)}, not {self.shard_id}")
 
+    def placement(self) -> dict | None:
+        return self._placement.to_dict() if self._placement else None
+
+    def set_placement(self, placement: dict) -> dict:
+        """Adopt a newer placement (the reshard job pushes each step to every shard before any
+        client may use it), kept durably beside the LMDB environment."""
+        new = Placement.from_dict(placement)
+        if self._placement is None or new.epoch >= self._placement.epoch:
+            save_placement(self.path, new)
+            if not new.moving:  # cut over: the moved-out marks of the reshard are done with
+                moved = self._moved_db()  # (opening a database is a transaction of its own)
+                self.storage._write(lambda txn: txn.drop(moved, delete=False))
+            self._placement = new
+        return self._placement.to_dict()
+
+    def idem_lookup(self, keys: list[str]) -> list[str | None]:
+        """The ids stored under idempotency keys (workspace\x00key): a capture retried while a
+        reshard runs asks the key's old owner before writing to its new one."""
+        with self.storage.env.begin() as txn:
+            raw = [txn.get(k.encode(), db=self.storage.idem) for k in keys]
+        return [r.decode() if r is not None else None for r in raw]
+
+    def _export(self, records: list[Record]) -> dict:
+        labels = [self.storage.label_of(r["id"]) for r in records]
+        keep = [(r, lb) for r, lb in zip(records, labels) if lb is not None]
+        words = self.storage.wordings_of([lb for _, lb in keep], self.dim)
+        return {"records": [r for r, _ in keep],
+                "vectors": (self.index.matrix[[lb for _, lb in keep]].copy() if keep
+                            else np.empty((0, self.dim), np.float32)),
+                "wordings": {r["id"]: words[lb] for r, lb in keep if lb in words},
+                "fingerprints": {r["id"]: fingerprint(r) for r, _ in keep}}
+
+    def export_moving(self, after: str | None, limit: int = 256) -> dict:
+        """The next page (in id order after `after`) of records whose owner under the target
+        placement is another shard, whole documents together, with vectors, absorbed wordings
+        and fingerprints (for drop_moved); `next` is the scan cursor, None at the end."""
+        if self._placement is None or not self._placement.moving:
+            raise MemorayError(ErrorCode.INVALID_INPUT, "no reshard in progress on this shard")
+        page = self.storage.scan(after, limit)
+        docs = {r["parent_id"] for r in page if r.get("parent_id")}
+        whole = [r for r in page if not r.get("parent_id")]
+        for parent in sorted(docs):
+            whole.extend(self.document(parent))
+        owner = self._placement.writes.owner
+        moving = [r for r, home in zip(whole, home_keys(whole)) if owner(home) != self.shard_id]
+        out = self._export(moving)
+        out["next"] = page[-1]["id"] if len(page) == limit else None
+        out["scanned"] = len(page)
+        return out
+
+    def export_ids(self, ids: list[str]) -> dict:
+        return self._export([r for r in self.get(ids) if r is not None])
+
+    def import_moved(self, records: list[Record], vectors: np.ndarray,
+                     wordings: dict[str, np.ndarray]) -> list[tuple[str, bool]]:
+        """Store records moved here under their own ids, with the wordings they absorbed. A move
+        is not a change: no webhook event is written for it."""
+        self.storage.outbox_enabled = False
+        try:
+            out = self.put(records, vectors)
+        finally:
+            self.storage.outbox_enabled = True
+        for mid, rows in wordings.items():
+            label = self.storage.label_of(mid)
+            if label is not None:
+                blob = np.ascontiguousarray(rows, dtype=np.float32).tobytes()
+                self.storage._write(lambda txn, lb=label, b=blob: txn.put(
+                    u64(lb), b, db=self.storage.wordings))
+        return out
+
+    def drop_moved(self, fingerprints: dict[str, str]) -> dict:
+        """Delete the source copies of moved records, each only if unchanged since it was
+        exported (one step: the shard runs one call at a time), marking them moved in the same
+        transaction. `changed` ones are exported again; `gone` ones were deleted meanwhile (not
+        moved: a mover that crashed after dropping asks again and hears `dropped`), so the
+        mover deletes its copy too."""
+        moved = self._moved_db()
+        with self.storage.env.begin() as txn:
+            before = {i for i in fingerprints if txn.get(i.encode(), db=moved) is not None}
+        current = dict(zip(fingerprints, self.get(list(fingerprints))))
+        same = [i for i, fp in fingerprints.items()
+                if current[i] is not None and fingerprint(current[i]) == fp]
+        dropped: list[str] = []
+        if same:
+            self.storage.txn_extra = lambda txn: [txn.put(i.encode(), b"", db=moved)
+                                                  for i in same]
+            self.storage.outbox_enabled = False  # the record lives on: no memory.deleted event
+            try:
+                dropped = self.delete(same)
+            finally:
+                self.storage.outbox_enabled = True
+        return {"dropped": dropped + sorted(i for i in before if current[i] is None),
+                "changed": [i for i, r in current.items() if r is not None and i not in same],
+                "gone": [i for i, r in current.items() if r is None and i not in before]}
+
+    def _moved_db(self) -> Any:
+        if getattr(self, "_moved", None) is None:
+            self._moved = self.storage.env.open_db(b"moved")
+        return self._moved
+
+    def spawn_options(self) -> dict:
+        """What a new shard of this store is started with (the reshard job adds shards)."""
+        return {**self._spawn, "outbox": self.storage.outbox_size()}
+
+
+def fingerprint(record: Record) -> str:
+    return hashlib.blake2b(msgpack.packb(record, use_bin_type=True), digest_size=16).hexdigest()
+
+
+PLACEMENT_FILE = "placement.json"
+
+
+def load_placement(path: Path) -> Placement | None:
+    f = Path(path) / PLACEMENT_FILE
+    return Placement.from_dict(json.loads(f.read_text())) if f.exists() else None
+
+
+def save_placement(path: Path, placement: Placement) -> None:
+    f = Path(path) / PLACEMENT_FILE
+    tmp = f.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(placement.to_dict()))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, f)
+    fd = os.open(f.parent, os.O_RDONLY)  # the rename durable too
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -59,6 +60,11 @@ class SearchRequest:
     time_span: tuple[float, float] | None = None  # what a date in the query names (temporal)
     temporal_weight: float = 0.0  # share of the score that date proximity may take away
     temporal_scale_s: float = 14 * 86400.0  # proximity halves every ~0.7 of this outside
+    prf_docs: int = 0  # lexical pseudo-relevance feedback: terms from the top BM25 docs, 0: off
+    prf_terms: int = 10  # ...how many expansion terms
+    prf_weight: float = 0.5  # ...their share of the lexical score
+    vector_prf: float = 0.0  # Rocchio: the query vector moves towards the top hits' centroid
+    vector_prf_docs: int = 3  # ...of this many first-pass hits
 
 
 @dataclass
@@ -173,16 +179,47 @@ class ShardSearch:
             if want_lex:
                 lex_labels = lex.top(pool_k, candidates=cand)
 
+        exp = None
+        if req.prf_docs > 0 and want_lex and len(lex_labels):
+            terms = self._expansion_terms(req, lex_labels)
+            if terms:
+                exp = _Lexical(self.lexical, terms)
+                if cand is not None or isinstance(node, flt.All):
+                    exp_labels = exp.top(pool_k, candidates=cand)
+                else:  # ANN strategies under a filter: post-filter a wider list
+                    exp_labels = self._post_filter(node, exp.top(
+                        min(pool_k * 4, MAX_OVERSAMPLE_K)))[:pool_k]
+                lex_labels = np.union1d(lex_labels, exp_labels)
         pool = np.union1d(vec_labels, lex_labels).astype(np.int64)
         nb = None
         if req.neighbor_weight > 0 and len(pool):
             pool, nb, rows = self._neighbours(req, pool, node, cand)
         else:
             rows = None
-        hits = self._score(req, pool, max(k, req.pool), lex if want_lex else None, nb, rows)
+        hits = self._score(req, pool, max(k, req.pool), lex if want_lex else None, nb, rows,
+                           exp)
         return {"shard": self.shard_id, "hits": hits, "strategy": used,
                 "candidates": None if cand is None else int(len(cand)), "pool": int(len(pool)),
                 "seconds": time.perf_counter() - t0}
+
+    def _expansion_terms(self, req: SearchRequest, ranked: np.ndarray) -> list[str]:
+        """Pseudo-relevance feedback (RM3-style, no model): the terms that weigh most in the
+        top `prf_docs` BM25 hits (term frequency share in each document, times idf), the
+        query's own terms and terms of a single document left out. A question and the turn
+        that answers it rarely share their words; the question's best lexical matches often
+        share the answer's topic words ("adoption" -> "agency", "kids")."""
+        records = self.fetch([int(x) for x in ranked[: req.prf_docs]])
+        analyzer, index = self.lexical.analyzer, self.lexical
+        own = set(index.terms(req.query))
+        weights: Counter[str] = Counter()
+        for rec in records:
+            tokens = analyzer.tokenize((rec or {}).get("content", ""))
+            for term, tf in Counter(tokens).items():
+                if term not in own:
+                    weights[term] += tf / len(tokens)
+        scored = sorted((-w * index.idf(df), term) for term, w in weights.items()
+                        if (df := index.df(term)) >= 2)
+        return [term for _, term in scored[: max(0, req.prf_terms)]]
 
     def _post_filter(self, node: Any, labels: np.ndarray) -> np.ndarray:
         if isinstance(node, flt.All):
@@ -248,26 +285,31 @@ class ShardSearch:
 
     def _score(self, req: SearchRequest, pool: np.ndarray, k: int,
                lex: _Lexical | None, nb: np.ndarray | None = None,
-               rows: list[dict] | None = None) -> list[Hit]:
+               rows: list[dict] | None = None, exp: _Lexical | None = None) -> list[Hit]:
         if len(pool) == 0:
             return []
-        if req.vector is not None and req.mode != "lexical":
+        want_vec = req.vector is not None and req.mode != "lexical"
+        if want_vec:
             vec = np.clip(self.index.similarity(req.vector, pool), 0.0, 1.0)
         else:
             vec = np.zeros(len(pool), np.float32)
         if lex is not None:
             lexs = lexical_normalize(lex.of(pool), self.lexical.query_scale(req.query)).astype(
                 np.float32)
+            if exp is not None:  # the expansion terms take `prf_weight` of the lexical score
+                more = lexical_normalize(exp.of(pool), self.lexical.query_scale(exp.query))
+                lexs = ((lexs + req.prf_weight * more) / (1.0 + req.prf_weight)).astype(
+                    np.float32)
         else:
             lexs = np.zeros(len(pool), np.float32)
-        if req.mode == "vector":
-            score = vec
-        elif req.mode == "lexical":
-            score = lexs
-        elif req.fusion == "rrf":
-            score = _rrf(vec, lexs, req.rrf_k)
-        else:
-            score = req.alpha * vec + (1.0 - req.alpha) * lexs
+        score = _fuse(req, vec, lexs)
+        if want_vec and req.vector_prf > 0 and req.vector_prf_docs > 0:
+            # Rocchio feedback: move the query towards the first pass's best hits, re-score
+            top = np.argsort(-score, kind="stable")[: req.vector_prf_docs]
+            moved = req.vector + req.vector_prf * self.index.matrix[pool[top]].mean(axis=0)
+            moved = (moved / max(float(np.linalg.norm(moved)), 1e-9)).astype(np.float32)
+            vec = np.clip(self.index.similarity(moved, pool), 0.0, 1.0)
+            score = _fuse(req, vec, lexs)
         now = req.now or time.time()
         if rows is None:
             rows = [self.postings.row(int(lb)) for lb in pool]
@@ -296,6 +338,16 @@ class ShardSearch:
                    else [rows[i] for i in order])
         return [Hit(float(score[i]), float(vec[i]), float(lexs[i]), rec)
                 for i, rec in zip(order, records) if rec is not None]
+
+
+def _fuse(req: SearchRequest, vec: np.ndarray, lexs: np.ndarray) -> np.ndarray:
+    if req.mode == "vector":
+        return vec
+    if req.mode == "lexical":
+        return lexs
+    if req.fusion == "rrf":
+        return _rrf(vec, lexs, req.rrf_k)
+    return req.alpha * vec + (1.0 - req.alpha) * lexs
 
 
 def _rrf(vec: np.ndarray, lexs: np.ndarray, k: float) -> np.ndarray:

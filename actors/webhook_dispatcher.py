@@ -119,6 +119,7 @@ class WebhookDispatcher:
         last_prune = 0.0
         while not self._stopping:
             moved = 0
+            self.shards.refresh()  # a reshard may have added or removed shards
             for i in range(len(self.shards)):
                 try:
                     moved += await self._drain(i)
@@ -225,7 +226,7 @@ class WebhookDispatcher:
         mid = event.get("memory_id")
         if not mid:
             return None
-        rec = (await self.shards.for_id(mid).get([mid]))[0]
+        rec = await self.shards.get_one(mid)  # after a reshard, maybe not on its id's owner
         if rec is None:
             return None
         return self.redactor.redact(rec.get("content", "")).text

@@ -17,6 +17,7 @@ def main() -> None:
         bench_dedup,
         bench_hooks_server,
         bench_planner,
+        bench_reshard,
         bench_security,
         coding_memories,
         locomo,
@@ -38,6 +39,8 @@ def main() -> None:
             ["--out", "coding_memories_quick"] if quick else [])),
         ("audit group commit (issue 9)", lambda: bench_audit.main(
             ["--batches", "5"] if quick else [])),
+        ("online reshard (issue 11)", lambda: bench_reshard.main(
+            ["--records", "500", "--samples", "20"] if quick else [])),
     ]
     for name, fn in steps:
         t0 = time.time()

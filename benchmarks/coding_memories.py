@@ -164,7 +164,7 @@ async def run(embedder_kind: str, variants: dict[str, dict[str, Any]]) -> dict[s
         refresh_planner(planner, cores)
         results = {}
         for name, overrides in variants.items():
-            apply(service, overrides)
+            apply(service, overrides, cores)
             results[name] = await evaluate(service, caller, queries, key_of)
             results[name]["overrides"] = overrides
             log(f"{name}: recall@5 {results[name]['recall@5']}, violations "
@@ -186,7 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     variants = {"baseline (features off)": FEATURES_OFF, "default": {},
                 "rrf": {**FEATURES_OFF, "retrieval_fusion": "rrf"},
                 "neighbor 0.5": {**FEATURES_OFF, "neighbor_weight": 0.5},
-                "session 0.25": {**FEATURES_OFF, "session_weight": 0.25}}
+                "session 0.25": {**FEATURES_OFF, "session_weight": 0.25},
+                "stemmer snowball": {**FEATURES_OFF, "lexical_stemmer": "snowball"},
+                "date terms": {**FEATURES_OFF, "lexical_dates": True},
+                "temporal 0.15": {**FEATURES_OFF, "temporal_weight": 0.15},
+                "neighbor 0.25 x2": {**FEATURES_OFF, "neighbor_weight": 0.25,
+                                     "neighbor_turns": 2},
+                "prf 3 docs": {**FEATURES_OFF, "prf_docs": 3},
+                "vector prf 0.3": {**FEATURES_OFF, "vector_prf": 0.3}}
     out = asyncio.run(run(args.embedder, variants))
     import os
 

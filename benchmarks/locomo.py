@@ -354,35 +354,59 @@ async def seed_query_cache(batcher: Any, convs: list[Conversation], cold_n: int 
     return {"questions": len(questions), "cold_query_embedding": latency_summary(cold)}
 
 
+# The behaviour before issue 15's features: score fusion, no neighbour/session/temporal/PRF,
+# the light hand-written stemmer, no date terms.
 FEATURES_OFF: dict[str, Any] = {"retrieval_fusion": "score", "neighbor_weight": 0.0,
-                                "session_weight": 0.0, "temporal_weight": 0.0}
+                                "session_weight": 0.0, "temporal_weight": 0.0, "prf_docs": 0,
+                                "vector_prf": 0.0, "lexical_stemmer": "light",
+                                "lexical_dates": False}
+NEW_DEFAULT: dict[str, Any] = {"session_weight": 0.5, "neighbor_weight": 0.25,
+                               "lexical_stemmer": "snowball", "temporal_weight": 0.15}
 # Each feature alone against the baseline (features off), then combinations; the dev half
 # decides, the held-out half confirms.
 VARIANTS: dict[str, dict[str, Any]] = {
     "rrf": {"retrieval_fusion": "rrf"},
     "neighbor 0.25": {"neighbor_weight": 0.25},
     "neighbor 0.5": {"neighbor_weight": 0.5},
-    "neighbor 1.0": {"neighbor_weight": 1.0},
-    "neighbor 0.5 x2": {"neighbor_weight": 0.5, "neighbor_turns": 2},
-    "session 0.25": {"session_weight": 0.25},
+    "neighbor 0.25 x2": {"neighbor_weight": 0.25, "neighbor_turns": 2},
     "session 0.5": {"session_weight": 0.5},
     "session 1.0": {"session_weight": 1.0},
-    "session 0.5 + neighbor 0.25": {"session_weight": 0.5, "neighbor_weight": 0.25},
-    "session 1.0 + neighbor 0.25": {"session_weight": 1.0, "neighbor_weight": 0.25},
-    "session 0.5 + temporal 0.3": {"session_weight": 0.5, "temporal_weight": 0.3},
+    "temporal 0.15": {"temporal_weight": 0.15},
     "temporal 0.3": {"temporal_weight": 0.3},
-    "temporal 0.6": {"temporal_weight": 0.6},
-    "neighbor 0.5 + session 0.25": {"neighbor_weight": 0.5, "session_weight": 0.25},
-    "neighbor 0.5 + session 0.25 + temporal 0.3": {"neighbor_weight": 0.5,
-                                                   "session_weight": 0.25,
-                                                   "temporal_weight": 0.3},
+    "stemmer snowball": {"lexical_stemmer": "snowball"},
+    "stemmer none": {"lexical_stemmer": "none"},
+    "date terms": {"lexical_dates": True},
+    "prf 3 docs 10 terms 0.5": {"prf_docs": 3},
+    "prf 3 docs 5 terms 0.1": {"prf_docs": 3, "prf_terms": 5, "prf_weight": 0.1},
+    "vector prf 0.3": {"vector_prf": 0.3},
+    "vector prf 0.1 (5 docs)": {"vector_prf": 0.1, "vector_prf_docs": 5},
+    "session 0.5 + neighbor 0.25 (previous default)": {"session_weight": 0.5,
+                                                       "neighbor_weight": 0.25},
+    "previous default + snowball": {"session_weight": 0.5, "neighbor_weight": 0.25,
+                                    "lexical_stemmer": "snowball"},
+    "previous default + x2": {"session_weight": 0.5, "neighbor_weight": 0.25,
+                              "neighbor_turns": 2},
+    "previous default + temporal 0.15": {"session_weight": 0.5, "neighbor_weight": 0.25,
+                                         "temporal_weight": 0.15},
+    "previous default + rrf": {"session_weight": 0.5, "neighbor_weight": 0.25,
+                               "retrieval_fusion": "rrf"},
+    "previous default + snowball + x2 + temporal 0.15": {
+        "session_weight": 0.5, "neighbor_weight": 0.25, "lexical_stemmer": "snowball",
+        "neighbor_turns": 2, "temporal_weight": 0.15},
+    # on top of the new default (previous default + snowball + temporal 0.15)
+    "new default + date terms": {**NEW_DEFAULT, "lexical_dates": True},
+    "new default + prf 3 docs 10 terms 0.5": {**NEW_DEFAULT, "prf_docs": 3},
+    "new default + prf 3 docs 5 terms 0.25": {**NEW_DEFAULT, "prf_docs": 3, "prf_terms": 5,
+                                              "prf_weight": 0.25},
+    "new default + x2": {**NEW_DEFAULT, "neighbor_turns": 2},
 }
 METRICS = ("recall@1", "recall@5", "recall@10", "hit@5", "hit@10", "all@5", "all@10",
            "session_recall@10", "mrr")
 
 
 async def latency_ab(service: Any, caller: Any, convs: list[Conversation],
-                     variants: dict[str, dict[str, Any]], splits: tuple[str, ...]) -> dict:
+                     variants: dict[str, dict[str, Any]], splits: tuple[str, ...],
+                     cores: list | None = None) -> dict:
     """Each question asked once per variant, the variants interleaved question by question,
     so a busy machine's load swings hit every variant alike: the fair way to read the cost
     of a feature here."""
@@ -390,6 +414,11 @@ async def latency_ab(service: Any, caller: Any, convs: list[Conversation],
     qs = [(conv, q) for i, conv in enumerate(convs) if split_of(i) in splits
           for q in conv.questions if q.evidence]
     prog = Progress("latency A/B", len(qs) * len(variants), "q")
+    # The analyzer stays the default's: switching it rebuilds the lexical indexes (not a
+    # per-query cost), and a stemmer costs the same per query whichever it is.
+    variants = {n: {k: v for k, v in o.items() if k not in ANALYZER_KEYS}
+                for n, o in variants.items()}
+    apply(service, {}, cores)
     for conv, q in qs:
         for name, overrides in variants.items():
             apply(service, overrides)
@@ -398,24 +427,113 @@ async def latency_ab(service: Any, caller: Any, convs: list[Conversation],
             lat[name].append(time.perf_counter() - t0)
             prog.update()
     prog.close()
-    apply(service, {})
+    apply(service, {}, cores)
     return {n: latency_summary(v) for n, v in lat.items()}
 
 
+async def mcp_latency(convs: list[Conversation], variants: dict[str, dict[str, str]],
+                      n_conversations: int, fmt: str) -> dict[str, Any]:
+    """Retrieve through the whole stack: a real server (Ray Serve, 2 shard actors, MiniLM
+    embedding every query cold: the questions are distinct), the real MCP client over HTTP.
+    Each variant is one server started with its settings as MEMORAY_* variables; the first
+    `n_conversations` held-out conversations are captured through capture-memories and every
+    question asked through retrieve-memories. hit@5 is reported too, as a check that the
+    server ran the settings the in-process figures describe."""
+    from tests.server_process import ServerProcess
+
+    chosen = [c for i, c in enumerate(convs) if split_of(i) == "heldout"][:n_conversations]
+    out: dict[str, Any] = {"conversations": [c.sample_id for c in chosen]}
+    for name, env in variants.items():
+        with tempfile.TemporaryDirectory(prefix="memoray-locomo-mcp-") as tmp:
+            log(f"/mcp latency, {name}: starting a server ...")
+            server = ServerProcess(Path(tmp) / "data", embedder="minilm", shards=2, env={
+                "MEMORAY_RATE_LIMIT_ENABLED": "false", **env}).start()
+            try:
+                out[name] = await _ask_through_mcp(server.mcp_url, chosen, fmt)
+            finally:
+                server.stop()
+        out[name]["env"] = env
+    return out
+
+
+async def _ask_through_mcp(url: str, convs: list[Conversation], fmt: str) -> dict[str, Any]:
+    from tests.server_process import mcp_client
+
+    lat: list[float] = []
+    hits: list[float] = []
+    async with mcp_client(url) as c:
+        for conv in convs:
+            items = []
+            for i, t in enumerate(conv.turns):
+                prev = conv.turns[i - 1] if i and conv.turns[i - 1].session == t.session else None
+                items.append({"content": turn_text(t, fmt, prev), "eventType": "conversation",
+                              "tier": "project", "workspaceId": workspace(conv),
+                              "sessionId": f"{conv.sample_id}-s{t.session}",
+                              "timestamp": t.timestamp, "metadata": {"diaId": t.dia_id}})
+            prog = Progress(f"capture via /mcp ({conv.sample_id})", len(items), "turns")
+            for i in range(0, len(items), 100):
+                await c.call("capture-memories", items=items[i:i + 100])
+                prog.update(len(items[i:i + 100]))
+            prog.close()
+            await c.call("retrieve-memories", query="warm up", limit=10,
+                         filters={"workspaceId": workspace(conv)})
+            qs = [q for q in conv.questions if q.evidence]
+            prog = Progress(f"retrieve via /mcp ({conv.sample_id})", len(qs), "q")
+            for q in qs:
+                t0 = time.perf_counter()
+                res = await c.call("retrieve-memories", query=q.question, limit=K,
+                                   filters={"workspaceId": workspace(conv)})
+                lat.append(time.perf_counter() - t0)
+                got = [(m.get("metadata") or {}).get("diaId") for m in res["memories"]]
+                hits.append(score_question(q.evidence, got)["hit@5"])
+                prog.update()
+            prog.close()
+    return {"questions": len(lat), "latency": latency_summary(lat),
+            "hit@5": round(mean(hits), 4)}
+
+
 def defaults_of_settings() -> dict[str, Any]:
+    """The retrieval settings' defaults, plus the lexical analyzer's (`lexical_stemmer`,
+    `lexical_dates`: memoray.analysis defaults, not Settings fields: the shard builds its
+    index with them at start)."""
+    from memoray import analysis
     from memoray.settings import Settings
 
     cfg = Settings()
     keys = ("retrieval_fusion", "rrf_k", "neighbor_weight", "neighbor_turns",
             "neighbor_window_s", "session_weight", "session_pool", "temporal_weight",
-            "temporal_scale_days", "hybrid_alpha")
-    return {k: getattr(cfg, k) for k in keys}
+            "temporal_scale_days", "hybrid_alpha", "prf_docs", "prf_terms", "prf_weight",
+            "vector_prf", "vector_prf_docs")
+    return {**{k: getattr(cfg, k) for k in keys},
+            "lexical_stemmer": analysis.DEFAULT_STEMMER, "lexical_dates": analysis.DEFAULT_DATES}
 
 
-def apply(service: Any, overrides: dict[str, Any]) -> None:
-    base = defaults_of_settings()
-    for key, value in {**base, **overrides}.items():
-        setattr(service.settings, key, value)
+ANALYZER_KEYS = ("lexical_stemmer", "lexical_dates")
+
+
+def apply(service: Any, overrides: dict[str, Any], cores: list | None = None) -> None:
+    """Settings = defaults + overrides. An analyzer change rebuilds every shard's lexical index
+    from its LMDB records (what a shard start does), so variants share one store."""
+    merged = {**defaults_of_settings(), **overrides}
+    for key, value in merged.items():
+        if key not in ANALYZER_KEYS:
+            setattr(service.settings, key, value)
+    if cores:
+        from memoray.analysis import Analyzer
+
+        analyzer = Analyzer(merged["lexical_stemmer"], merged["lexical_dates"])
+        for core in cores:
+            if core.lexical.analyzer != analyzer:
+                reindex_lexical(core, analyzer)
+
+
+def reindex_lexical(core: Any, analyzer: Any) -> None:
+    from memoray.lexical import LexicalIndex
+
+    index = LexicalIndex(core.lexical.k1, core.lexical.b, analyzer=analyzer)
+    for label, record, _vec in core.storage.iter_all():
+        index.add(label, record.get("content", ""))
+    core.lexical = core.reader.lexical = index
 
 
 def overall_rows(results: dict[str, Any], splits: tuple[str, ...]) -> list[list[Any]]:
@@ -553,7 +671,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         out["query_embedding"] = await seed_query_cache(batcher, active, args.cold_embedding)
         embedder.save()
         results: dict[str, Any] = {}
-        apply(service, FEATURES_OFF)
+        apply(service, FEATURES_OFF, cores)
         modes = () if args.no_modes else ("vector", "lexical")
         for mode in modes:
             results[f"baseline {mode}"] = await run_queries(service, caller, convs, mode,
@@ -562,8 +680,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                                                        label="ask (baseline hybrid)",
                                                        splits=splits)
         results["baseline hybrid"]["overrides"] = FEATURES_OFF
-        apply(service, {})
-        if all(getattr(service.settings, k) == v for k, v in FEATURES_OFF.items()):
+        apply(service, {}, cores)
+        if all(defaults_of_settings()[k] == v for k, v in FEATURES_OFF.items()):
             results["default"] = results["baseline hybrid"]  # the same settings: not re-run
         else:
             results["default"] = await run_queries(service, caller, convs, "hybrid",
@@ -573,11 +691,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         chosen = args.variants.split(";") if args.variants else list(VARIANTS)
         variants = {} if args.no_sweep else {n: VARIANTS[n] for n in chosen}
         for name, overrides in variants.items():
-            apply(service, {**FEATURES_OFF, **overrides})
+            apply(service, {**FEATURES_OFF, **overrides}, cores)
             results[name] = await run_queries(service, caller, convs, "hybrid", label=name,
                                               splits=splits)
             results[name]["overrides"] = {**FEATURES_OFF, **overrides}
-        apply(service, {})
+        apply(service, {}, cores)
         out["results"] = results
         if args.latency_ab:
             base = defaults_of_settings()
@@ -585,8 +703,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "features off": FEATURES_OFF,
                 "neighbor only": {**FEATURES_OFF, "neighbor_weight": base["neighbor_weight"]},
                 "session only": {**FEATURES_OFF, "session_weight": base["session_weight"]},
-                "defaults": {}}, splits)
+                "temporal only": {**FEATURES_OFF, "temporal_weight": base["temporal_weight"]},
+                "defaults": {}}, splits, cores)
         out["planner"] = planner.accuracy()
+        if args.mcp_conversations:
+            off_env = {f"MEMORAY_{k.upper()}": str(v) for k, v in FEATURES_OFF.items()
+                       if k not in ANALYZER_KEYS}
+            out["mcp"] = await mcp_latency(convs, {"defaults": {}, "features off": off_env},
+                                     args.mcp_conversations, args.text_format)
         for core in cores:
             core.storage.close()
     out["embedding_cache"] = {"hits": embedder.hits, "misses": embedder.misses}
@@ -617,6 +741,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the vector-only and lexical-only baselines")
     ap.add_argument("--cold-embedding", type=int, default=20,
                     help="queries embedded cold one at a time to time the model (0: skip)")
+    ap.add_argument("--mcp-conversations", type=int, default=0,
+                    help="also time retrieve through /mcp on a real server (defaults and "
+                         "features off), over this many held-out conversations (0: skip)")
     ap.add_argument("--data", default=None)
     ap.add_argument("--out", default="locomo", help="result file stem under benchmarks/results")
     ap.add_argument("--plot-only", action="store_true",
@@ -652,6 +779,12 @@ def main(argv: list[str] | None = None) -> int:
         print(fmt_table(["settings", "p50 ms", "p95 ms", "mean ms"],
                         [[n, v["p50_ms"], v["p95_ms"], v["mean_ms"]]
                          for n, v in out["latency_ab"].items()]))
+    if out.get("mcp"):
+        print("\nretrieve through /mcp (real server, 2 shards, MiniLM embedding each query "
+              f"cold), conversations {out['mcp']['conversations']}:")
+        print(fmt_table(["settings", "questions", "p50 ms", "p95 ms", "hit@5"],
+                        [[n, v["questions"], v["latency"]["p50_ms"], v["latency"]["p95_ms"],
+                          v["hit@5"]] for n, v in out["mcp"].items() if n != "conversations"]))
     qe = out["query_embedding"].get("cold_query_embedding")
     if qe and qe.get("n"):
         print(f"\none query embedded cold ({out['embedder']}): p50 {qe['p50_ms']:.1f} ms, "

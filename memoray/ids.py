@@ -5,10 +5,11 @@ Sortable ids let LMDB keep records in capture order and let shards route by a st
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
+
+from memoray.routing import Routing, key_hash
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _DECODE = {c: i for i, c in enumerate(_ALPHABET)}
@@ -41,16 +42,20 @@ def is_valid_id(value: str) -> bool:
 
 
 
-def shard_for(memory_id: str, shards: int) -> int:
-    """Stable across processes and restarts (unlike hash()), so a record always has one home."""
-    digest = hashlib.blake2b(memory_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % shards
+def shard_for(memory_id: str, shards: int | Routing) -> int:
+    """Stable across processes and restarts (unlike hash()), so a record always has one home.
+    `shards`: a Routing (memoray.routing), or a count for the modulo routing of stores written
+    before layout version 3."""
+    if isinstance(shards, int):
+        return key_hash(memory_id) % shards
+    return shards.owner(memory_id)
 
 
-def new_id_on_shard(shard: int, shards: int) -> str:
+def new_id_on_shard(shard: int, shards: int | Routing) -> str:
     """A fresh id whose home (shard_for) is `shard`: lets related records (a document's chunks,
     an idempotency key's record) live on one shard, so their checks commit in one transaction."""
-    if shards <= 1:
+    count = shards if isinstance(shards, int) else shards.shards
+    if count <= 1:
         return new_id()
     while True:
         candidate = new_id()

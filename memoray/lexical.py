@@ -18,114 +18,23 @@ Not thread-safe: the owning shard actor serialises calls.
 from __future__ import annotations
 
 import math
-import re
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
+from memoray.analysis import DEFAULT_ANALYZER, MAX_TOKENS, Analyzer, tokenize
+
+__all__ = ["B", "K1", "MAX_TOKENS", "LexicalIndex", "normalize", "tokenize"]
+
 K1 = 1.2
 B = 0.4  # memories are short; 0.4 beat 0.75 on LoCoMo (hybrid recall@5 .618 -> .632)
-MAX_TOKENS = 5_000  # per document (and per query): huge contents must not dominate memory/time
-_MAX_CHARS = 64 * MAX_TOKENS  # scan bound for huge contents; ample for MAX_TOKENS tokens
-_CHUNK_CACHE_MAX = 200_000  # memoised chunk expansions (bounded; cleared when full)
 _CACHE_MIN_DF = 32  # cache numpy postings only where dict -> array conversion costs something
 # A (candidate, term) dict lookup costs about as much as numpy scoring this many postings;
 # measured crossover at 100k docs: ~2.5k candidates for a 5-term query with 120k postings.
 _DIRECT_LOOKUP_COST = 8
-
-_CHUNK_RE = re.compile(r"\w+(?:-\w+)*")
-_SEP_RE = re.compile(r"[_-]+")
-# camelCase / PascalCase / ACRONYMWord parts; digits stay attached (utf8, HTTP2Server -> http2).
-_CAMEL_RE = re.compile(r"[A-Z]+[0-9]*(?=[A-Z][a-z])|[A-Z]?[a-z0-9]+|[A-Z0-9]+")
-_STOPWORD_TEXT = """
-    a an and are as at be been but by can could did do does for from had has have he her his
-    how i if in into is it its just me my no not of on or our she so than that the their them
-    then there these they this those to too up us was we were what when where which while who
-    why will with would you your
-"""
-_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-_VOWELS = frozenset("aeiouy")
-_chunk_cache: dict[str, tuple[str, ...]] = {}
-
-
-def _stem(word: str) -> str:
-    """Light suffix stripper (plurals, -ing, -ed, final -e) so "cached embeddings" meets
-    "embedding cache"; conservative lengths keep "string", "embed", "status" intact."""
-    n = len(word)
-    if n < 4 or not (word.isascii() and word.isalpha()):  # English suffixes only
-        return word
-    if word.endswith("ies") and n > 4:
-        word = word[:-3] + "y"
-    elif word.endswith(("sses", "xes", "zes", "ches", "shes")):
-        word = word[:-2]
-    elif word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        word = word[:-1]
-    n = len(word)
-    stripped = ""
-    if n >= 7 and word.endswith("ing"):
-        stripped = word[:-3]
-    elif n >= 6 and word.endswith("ed") and not word.endswith("eed"):
-        stripped = word[:-2]
-    if stripped and not _VOWELS.isdisjoint(stripped):
-        word = stripped
-        if word[-1] == word[-2] and word[-1] not in "lsz":  # running -> runn -> run
-            word = word[:-1]
-    if len(word) >= 5 and word.endswith("e") and not word.endswith("ee"):
-        word = word[:-1]  # cache/cached/caching/caches all -> cach
-    return word
-
-
-def _parts(chunk: str) -> list[str]:
-    """Identifier parts of a snake/kebab/camel chunk, lowercased."""
-    parts: list[str] = []
-    for piece in _SEP_RE.split(chunk):
-        if not piece:
-            continue
-        if piece.isascii():
-            parts.extend(p.lower() for p in _CAMEL_RE.findall(piece))
-        else:  # the camel regex is ASCII-only; keep non-ASCII words whole
-            parts.append(piece.lower())
-    return parts
-
-
-def _chunk_tokens(chunk: str) -> tuple[str, ...]:
-    low = chunk.lower()
-    if (
-        "_" not in chunk
-        and "-" not in chunk
-        and (chunk == low or chunk[1:] == low[1:] or chunk.isupper())
-    ):  # plain word (lower, Capitalised or ACRONYM)
-        return () if len(low) < 2 or low in _STOPWORDS else (sys.intern(_stem(low)),)
-    parts = _parts(chunk)
-    tokens = [low.strip("_-")] if len(parts) > 1 else []  # literal identifier, unstemmed
-    tokens += (_stem(p) for p in parts if len(p) > 1 and p not in _STOPWORDS)
-    return tuple(map(sys.intern, tokens))
-
-
-def tokenize(text: str) -> list[str]:
-    """Code-aware terms: an identifier yields itself plus its parts, so `getUserToken` matches
-    exactly (rare whole token, high idf) and also matches prose about "user token".
-
-    Chunks repeat heavily (Zipf), so their expansions are memoised; that and `findall` keep
-    a 100k-document rebuild to a few seconds.
-    """
-    if len(text) > _MAX_CHARS:
-        text = text[:_MAX_CHARS]
-    out: list[str] = []
-    cache = _chunk_cache
-    for chunk in _CHUNK_RE.findall(text):
-        tokens = cache.get(chunk)
-        if tokens is None:
-            tokens = _chunk_tokens(chunk)
-            if len(cache) >= _CHUNK_CACHE_MAX:
-                cache.clear()
-            cache[chunk] = tokens
-        out += tokens
-    if len(out) > MAX_TOKENS:
-        del out[MAX_TOKENS:]
-    return out
 
 
 def normalize(scores: np.ndarray, scale: float) -> np.ndarray:
@@ -152,9 +61,10 @@ class LexicalIndex:
     they derive from posting sizes and a running length total.
     """
 
-    def __init__(self, k1: float = K1, b: float = B) -> None:
+    def __init__(self, k1: float = K1, b: float = B, analyzer: Analyzer | None = None) -> None:
         self.k1 = float(k1)
         self.b = float(b)
+        self.analyzer = analyzer or DEFAULT_ANALYZER  # text -> terms (memoray.analysis)
         self._postings: dict[str, dict[int, int]] = {}  # term -> {slot: tf}
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # term -> (slots, tfs)
         self._slot_of: dict[int, int] = {}  # label -> slot
@@ -165,7 +75,7 @@ class LexicalIndex:
         self._total_len = 0
 
     @classmethod
-    def from_documents(cls, docs: Iterable[tuple[int, str]], **kwargs: float) -> LexicalIndex:
+    def from_documents(cls, docs: Iterable[tuple[int, str]], **kwargs: Any) -> LexicalIndex:
         """Rebuild from (label, text) pairs, e.g. an LMDB scan on shard start."""
         index = cls(**kwargs)
         for label, text in docs:
@@ -195,7 +105,7 @@ class LexicalIndex:
         label = int(label)
         if label in self._slot_of:
             self.remove(label)
-        tokens = tokenize(text)
+        tokens = self.analyzer.tokenize(text)
         counts = Counter(tokens)
         slot = self._free.pop() if self._free else self._new_slot()
         self._slot_of[label] = slot
@@ -232,15 +142,21 @@ class LexicalIndex:
         self._free.append(slot)
         return True
 
-    def query_scale(self, query: str) -> float:
+    def terms(self, query: str | Sequence[str]) -> list[str]:
+        """A query's distinct terms: text goes through the analyzer; a sequence is taken as
+        terms already analysed (query expansion passes terms it picked from documents)."""
+        return list(dict.fromkeys(self.analyzer.tokenize(query) if isinstance(query, str)
+                                  else query))
+
+    def query_scale(self, query: str | Sequence[str]) -> float:
         """Sum of idf over the query's distinct terms (unknown terms at df=0): the score of an
         average-length document holding each term once; the reference for `normalize`."""
         if not self._slot_of:
             return 0.0
-        return sum(self.idf(self.df(t)) for t in dict.fromkeys(tokenize(query)))
+        return sum(self.idf(self.df(t)) for t in self.terms(query))
 
     def search(
-        self, query: str, k: int, candidates: np.ndarray | None = None
+        self, query: str | Sequence[str], k: int, candidates: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (labels, raw BM25 scores), score descending then label ascending, score > 0.
 
@@ -253,7 +169,7 @@ class LexicalIndex:
             return _empty()
         present = [
             (term, plist)
-            for term in dict.fromkeys(tokenize(query))
+            for term in self.terms(query)
             if (plist := self._postings.get(term))
         ]
         if not present:

@@ -15,6 +15,7 @@ from memoray.errors import invalid
 from memoray.ids import new_id, new_id_on_shard, shard_for
 from memoray.models import CaptureItem
 from memoray.records import Record
+from memoray.routing import Routing
 from memoray.timeutil import parse_iso
 
 CHUNK_THRESHOLD_CHARS = 8000
@@ -59,7 +60,7 @@ def redact_value(redactor: Any, value: dict) -> tuple[dict, Counter]:
     return out, Counter(counts)
 
 
-def prepare_item(item: CaptureItem, now: float, *, shards: int, redactor: Any,
+def prepare_item(item: CaptureItem, now: float, *, shards: int | Routing, redactor: Any,
                  ttl_overrides: Any = None) -> Prepared:
     content, red = redact_text(redactor, item.content)
     metadata, mred = redact_value(redactor, item.metadata)

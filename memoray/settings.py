@@ -168,11 +168,21 @@ class Settings(BaseSettings):
                                   "hit of its session a hit also gets (0: off)")
     session_pool: int = Field(default=30, ge=1, le=1000, description="hits per shard the "
                               "replica re-ranks when session aggregation is on")
-    temporal_weight: float = Field(default=0.0, ge=0.0, le=1.0, description="share of the "
-                                   "score a date named in the query may take from records far "
-                                   "from it (0: off)")
+    temporal_weight: float = Field(default=0.15, ge=0.0, le=1.0, description="share of the "
+                                   "score a date or event named in the query ('in May', 'before "
+                                   "the migration') may take from records far from it (0: off)")
     temporal_scale_days: float = Field(default=14.0, gt=0, description="how fast date "
                                        "proximity decays outside the named span")
+    prf_docs: int = Field(default=0, ge=0, le=50, description="lexical query expansion by "
+                          "pseudo-relevance feedback: terms taken from this many top BM25 "
+                          "hits (0: off)")
+    prf_terms: int = Field(default=10, ge=1, le=100, description="expansion terms added")
+    prf_weight: float = Field(default=0.5, ge=0.0, le=4.0, description="weight of the "
+                              "expansion terms against the query's own in the lexical score")
+    vector_prf: float = Field(default=0.0, ge=0.0, le=4.0, description="Rocchio feedback: how "
+                              "far the query vector moves towards its first hits (0: off)")
+    vector_prf_docs: int = Field(default=3, ge=1, le=50, description="first-pass hits whose "
+                                 "centroid the query vector moves towards")
 
     # Lifecycle.
     expiry_interval_s: float = Field(default=60.0, gt=0, description="how often the expiry "

@@ -3,7 +3,10 @@
 "in May 2023", "on 13 October, 2023", "October 13, 2023", "2023-05-08", "in 2022", "last week",
 "yesterday", "3 days ago", "last month", "last year", "this week": each becomes [start, end)
 in epoch seconds (UTC); a month without a year or a weekday is not resolved (too ambiguous).
-Relative expressions count back from `now`.
+Relative expressions count back from `now`. An event the query orders itself against ("before
+the migration", "since the outage") is an Anchor: the replica looks the event up and splits the
+timeline at its time (anchored_span). `date_terms` gives the lexical analyzer index terms for
+absolute dates.
 
 Library trade-off: dateparser's search_dates finds more phrasings but costs milliseconds per
 query and guesses (it reads "may" the verb as a month); parsedatetime likewise. A retrieve runs
@@ -14,8 +17,10 @@ no guessing, cost microseconds.
 from __future__ import annotations
 
 import calendar
+import math
 import re
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 MONTHS = {m.lower(): i for i, m in enumerate(calendar.month_name) if m}
 MONTHS.update({m.lower(): i for i, m in enumerate(calendar.month_abbr) if m})
@@ -51,6 +56,35 @@ def _day_span(year: int, month: int, day: int) -> tuple[float, float] | None:
     except ValueError:
         return None
     return start, start + DAY
+
+
+def date_terms(text: str) -> list[str]:
+    """Index terms for the absolute dates `text` names: `@YYYY-MM-DD` for a day (plus its
+    `@YYYY-MM`), `@YYYY-MM` for a month with its year; in order of appearance, each once.
+    Differently written dates meet ("8 May, 2023" = "May 8, 2023" = "2023-05-08"), and a query
+    naming a month meets every record naming a day in it. Impossible dates yield nothing."""
+    if not any(c.isdigit() for c in text):
+        return []
+    found: list[tuple[int, str]] = []
+    for rx, order in ((_ISO, "ymd"), (_DMY, "dmy"), (_MDY, "mdy")):
+        for m in rx.finditer(text):
+            y, mo, d = _ymd(m, order)
+            if _day_span(y, mo, d) is not None:
+                found += [(m.start(), f"@{y:04d}-{mo:02d}-{d:02d}"),
+                          (m.start(), f"@{y:04d}-{mo:02d}")]
+    for m in _MY.finditer(text):
+        mo = _month_num(m[1])
+        found.append((m.start(), f"@{int(m[2]):04d}-{mo:02d}"))
+    found.sort(key=lambda x: x[0])
+    return list(dict.fromkeys(term for _, term in found))
+
+
+def _ymd(m: re.Match, order: str) -> tuple[int, int, int]:
+    if order == "ymd":
+        return int(m[1]), int(m[2]), int(m[3])
+    if order == "dmy":
+        return int(m[3]), _month_num(m[2]), int(m[1])
+    return int(m[3]), _month_num(m[1]), int(m[2])
 
 
 def query_time_span(query: str, now: float) -> tuple[float, float] | None:
@@ -92,6 +126,39 @@ def query_time_span(query: str, now: float) -> tuple[float, float] | None:
             back = 2 * days if phrase.startswith("last") else days
             return now - back * DAY, now
     return None
+
+
+_ANCHOR = re.compile(r"\b(before|after|since|prior to|following)\s+(.+?)\s*(?:[?!.;,]|$)", re.I)
+_LEAD = re.compile(r"^(?:the|a|an|our|my|we|i|you|they|he|she|it)\s+", re.I)
+
+
+class Anchor(NamedTuple):
+    """"before the migration": records before the time of the event the query names."""
+
+    relation: str  # "before" | "after"
+    text: str  # the event, to look up ("the migration")
+
+
+def query_anchor(query: str) -> Anchor | None:
+    """An event a query orders itself against ("before the migration", "after we upgraded
+    numpy", "since the outage"), None when there is none or when it is a date (a date names
+    its own span, see query_time_span). The event's time is found by looking it up."""
+    m = _ANCHOR.search(query)
+    if not m:
+        return None
+    text = m[2].strip()
+    if not text or query_time_span(text, 0.0) is not None or any(c.isdigit() for c in text):
+        return None
+    core = _LEAD.sub("", text)
+    if len(core) < 3:
+        return None
+    relation = "before" if m[1].lower() in ("before", "prior to") else "after"
+    return Anchor(relation, text)
+
+
+def anchored_span(anchor: Anchor, at: float) -> tuple[float, float]:
+    """The span on the asked side of the event found at `at` (the event itself included)."""
+    return (-math.inf, at) if anchor.relation == "before" else (at, math.inf)
 
 
 def proximity(ts, span: tuple[float, float], scale_s: float):

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from memoray import filters as flt
 from memoray.errors import MemorayError, invalid
-from memoray.ids import is_valid_id, shard_for
+from memoray.ids import is_valid_id
 from memoray.models import (
     MAX_BATCH,
     MAX_CONTENT_BYTES,
@@ -235,7 +235,7 @@ class ImportRecord(BaseModel):
 assert set(Record.__annotations__) - {"score"} <= set(ImportRecord.model_fields)
 
 
-def parse_import(raw: list[Any], shards: int) -> list[dict]:
+def parse_import(raw: list[Any]) -> list[dict]:
     """Validate a batch of exported records; the first bad one fails the batch (nothing is
     stored), named by its position."""
     if not isinstance(raw, list) or not raw:
@@ -253,47 +253,46 @@ def parse_import(raw: list[Any], shards: int) -> list[dict]:
             loc = ".".join(str(p) for p in e["loc"])
             raise invalid(f"records[{i}].{loc}: {e['msg'].removeprefix('Value error, ')}") from None
         data = rec.model_dump(exclude_unset=True)
-        if rec.parent_id and shard_for(rec.id, shards) != shard_for(rec.parent_id, shards):
-            raise invalid(f"records[{i}]: a document chunk must live on its parent's shard; "
-                          f"import into a store with the export's shard count")
         out.append(data)
     return out
 
-
 async def import_records(service: Any, caller: Any, raw: list[Any]) -> dict:
     """Store exported records under their own ids and timestamps. A record already stored
-    exactly so is left alone; one stored differently is overwritten; the rest are created.
-    Re-importing a file is therefore a no-op."""
+    exactly so is left alone; one stored differently is overwritten where it is; the rest are
+    created on their home's shard (memoray/routing.py: a document's chunks stay together, with
+    any shard count). Re-importing a file is therefore a no-op."""
     shards = service.backend.shards
-    n = len(shards)
-    records = parse_import(raw, n)
+    records = parse_import(raw)
     workspaces = sorted({r["workspace_id"] for r in records})
     for ws in workspaces:
         await service.authorize(caller, "write", "import", ws)
     await service.rate_limit(caller, workspaces[0] if len(workspaces) == 1 else None,
                              cost=len(records))
-    by_shard: dict[int, list[int]] = {}
-    for i, rec in enumerate(records):
-        by_shard.setdefault(shard_for(rec["id"], n), []).append(i)
-    existing: dict[int, dict | None] = {}
-    stored = await asyncio.gather(*[shards[s].get([records[i]["id"] for i in idx])
-                                    for s, idx in by_shard.items()])
-    for (_s, idx), got in zip(by_shard.items(), stored):
-        existing.update(zip(idx, got))
+    found = await shards.get_many([r["id"] for r in records])
+    existing: dict[int, dict | None] = {i: hit[1] if hit else None for i, hit in enumerate(found)}
     todo = [i for i, rec in enumerate(records) if existing[i] != rec]
     stored_ok: dict[int, bool] = {}
     if todo:
         vectors = await service.embed([records[i]["content"] for i in todo])
         pos = {i: j for j, i in enumerate(todo)}
+        fresh = [i for i in todo if existing[i] is None]
         groups: dict[int, list[int]] = {}
         for i in todo:
-            groups.setdefault(shard_for(records[i]["id"], n), []).append(i)
+            if existing[i] is not None:  # overwritten on the shard that holds it
+                groups.setdefault(found[i][0], []).append(i)
         outs = await asyncio.gather(*[
             shards[s].put([records[i] for i in idx], vectors[[pos[i] for i in idx]])
             for s, idx in groups.items()])
         for idx, out in zip(groups.values(), outs):
             # False: its idempotency key already names another stored memory; nothing written
             stored_ok.update((i, bool(ok)) for i, (_mid, ok) in zip(idx, out))
+        if fresh:
+            routed = await shards.put_routed([records[i] for i in fresh],
+                                             vectors[[pos[i] for i in fresh]])
+            for i, out in zip(fresh, routed):
+                if isinstance(out, BaseException):
+                    raise out
+                stored_ok[i] = bool(out[1])
     written = [i for i in todo if stored_ok[i]]
     created = sum(1 for i in written if existing[i] is None)
     await service.audited_many(caller, "import", [

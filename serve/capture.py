@@ -71,23 +71,17 @@ class Capture(UseCase):
         if vectors is None or len(vectors) != len(records):
             with span("memoray.embed", texts=len(records)):
                 vectors = await self.embed([r["content"] for r in records])
-        by_shard: dict[int, list[int]] = {}
-        for i, rec in enumerate(records):
-            by_shard.setdefault(self.backend.shards.index_of(rec["id"]), []).append(i)
-        with span("memoray.commit", shards=len(by_shard)):
-            outs = await asyncio.gather(*[
-                self.backend.shards[s].put([records[i] for i in idx], vectors[idx])
-                for s, idx in by_shard.items()], return_exceptions=True)
+        with span("memoray.commit", records=len(records)):
+            outs = await self.backend.shards.put_routed(records, vectors)
         # Each shard commits its share atomically; an item (a document's chunks share a shard)
         # is stored whole or not at all, and a failed shard fails only its own items.
         stored: dict[int, tuple[str, bool]] = {}
         failed: dict[int, BaseException] = {}
-        for (_shard, idx), out in zip(by_shard.items(), outs):
-            for n, i in enumerate(idx):
-                if isinstance(out, BaseException):
-                    failed[i] = out
-                else:
-                    stored[i] = out[n]
+        for i, out in enumerate(outs):
+            if isinstance(out, BaseException):
+                failed[i] = out
+            else:
+                stored[i] = out
         if failed and not stored:
             raise next(iter(failed.values()))
         results, pos = [], 0
@@ -126,15 +120,17 @@ class Capture(UseCase):
 
     async def _stored_document(self, first_chunk_id: str) -> tuple[str | None, list[str]]:
         """The parent id and chunk ids of the document a retry's first chunk resolved to."""
-        shard = self.backend.shards.for_id(first_chunk_id)
-        rec = (await shard.get([first_chunk_id]))[0]
+        shards = self.backend.shards
+        rec = await shards.get_one(first_chunk_id)
         if rec is None or not rec.get("parent_id"):
             return None, [first_chunk_id]
-        return rec["parent_id"], [r["id"] for r in await shard.document(rec["parent_id"])]
+        return rec["parent_id"], [r["id"] for r in await shards.document(rec["parent_id"])]
 
     async def _prepare(self, items: list[CaptureItem], now: float) -> list[Prepared]:
+        routing = self.backend.shards.routing  # read on the loop: a reshard may change it
+
         def run() -> list[Prepared]:
-            return [prepare_item(item, now, shards=len(self.backend.shards),
+            return [prepare_item(item, now, shards=routing,
                                  redactor=self.redactor,
                                  ttl_overrides=self.settings.ttl_overrides) for item in items]
 
@@ -206,8 +202,8 @@ class Capture(UseCase):
 
     async def _merge(self, old: Record, similarity: float, item: CaptureItem, content: str,
                      vector: np.ndarray, caller: Caller) -> dict:
-        shard = self.backend.shards.for_id(old["id"])
-        full = (await shard.get([old["id"]]))[0]
+        shards = self.backend.shards
+        full = await shards.get_one(old["id"])
         if full is None:  # deleted since the search: a delete wins, the item is stored anew
             return await self._create(item, caller, vector, similarity)
         meta, _ = redact_value(self.redactor, item.metadata)
@@ -227,7 +223,7 @@ class Capture(UseCase):
                   "previous_content": full.get("content"),
                   "session_id": item.session_id or full.get("session_id"),
                   "git_commit": item.git_commit or full.get("git_commit"), **retention}
-        if not await shard.merge(record, vector):  # deleted in between: the delete wins
+        if not await shards.merge(record, vector):  # deleted in between: the delete wins
             return await self._create(item, caller, vector, similarity)
         await self.audited(caller, "upsert-merge", workspace=item.workspace_id, ids=[old["id"]])
         return {"action": "merged", "id": old["id"], "mergedInputId": input_id,

@@ -130,7 +130,8 @@ def serve_forever(settings: Settings) -> int:
     run_file = settings.resolved_data_dir() / "run.json"
     run_file.write_text(json.dumps({"pid": os.getpid(), "url": url,
                                     "ray_address": ray.get_runtime_context().gcs_address,
-                                    "store_id": store_id, "shards": settings.shards,
+                                    "store_id": store_id,
+                                    "shards": len(topology.shards),
                                     "tokens_file": str(settings.resolved_tokens_file()),
                                     "dashboard_url": f"http://{dash}" if dash else None}))
     session = (getattr(context, "address_info", None) or {}).get("session_dir")
@@ -154,6 +155,7 @@ def serve_forever(settings: Settings) -> int:
 
             print(f"memoray: stopped {stop_store(settings, store_id)} actors", flush=True)
         else:
+            topology.shards.refresh(force=True)  # the shards a reshard added or removed
             ray.get([s.target.snapshot.remote() for s in topology.shards.clients],
                     timeout=120)
     finally:

@@ -20,7 +20,7 @@ def check_id(memory_id: str) -> None:
 
 class Records(UseCase):
     async def _visible_record(self, caller: Caller, memory_id: str, action: str) -> Record:
-        rec = (await self.backend.shards.for_id(memory_id).get([memory_id]))[0]
+        rec = await self.backend.shards.get_one(memory_id)
         if rec is None or not self.can_see(caller, rec):
             if rec is not None:  # exists where the caller can't see: the same answer
                 await self.audited(caller, action, ids=[memory_id], outcome="denied",
@@ -42,11 +42,11 @@ class Records(UseCase):
         await self.rate_limit(caller, None)
         rec = await self._visible_record(caller, memory_id, "delete")
         await self.authorize(caller, "write", "delete", rec["workspace_id"])
-        shard = self.backend.shards.for_id(memory_id)
+        shards = self.backend.shards
         ids = [memory_id]
         if rec.get("parent_id"):
-            ids = [r["id"] for r in await shard.document(rec["parent_id"])]
-        gone = await shard.delete(ids)
+            ids = [r["id"] for r in await shards.document(rec["parent_id"])]
+        gone = await shards.delete(ids)
         self.metrics.deletes.inc(len(gone))
         await self.audited(caller, "delete", workspace=rec["workspace_id"], ids=gone)
         return {"id": memory_id, "deleted": memory_id in gone,
@@ -59,9 +59,9 @@ class Records(UseCase):
         check_id(memory_id)
         await self.authorize(caller, "read", "get-document")
         await self.rate_limit(caller, None)
-        shard = self.backend.shards.for_id(memory_id)  # chunks live on their parent's shard
+        shards = self.backend.shards  # chunks share a shard (their document's home)
         parent = memory_id
-        doc = await shard.document(parent)
+        doc = await shards.document(parent)
         if not doc:
             rec = await self._visible_record(caller, memory_id, "get-document")
             if not rec.get("parent_id"):
@@ -69,7 +69,7 @@ class Records(UseCase):
                         "expectedChunks": 1, "complete": True, "missing": [],
                         "workspaceId": rec["workspace_id"]}
             parent = rec["parent_id"]
-            doc = await shard.document(parent)
+            doc = await shards.document(parent)
         doc = [r for r in doc if self.can_see(caller, r)]
         if not doc:  # another workspace's document answers like a missing id
             await self.audited(caller, "get-document", ids=[memory_id], outcome="denied",
@@ -102,7 +102,7 @@ class Records(UseCase):
         if visibility == "private" and not owner:
             raise invalid("visibility: a memory without an agentId cannot be private")
         rec = {**rec, "visibility": visibility, "updated_at": utc_now()}
-        await self.backend.shards.for_id(memory_id).update_record(rec)
+        await self.backend.shards.update_record(rec)
         await self.audited(caller, "share", workspace=rec["workspace_id"], ids=[memory_id],
                            detail=visibility)
         return {"id": memory_id, "visibility": visibility}

@@ -17,7 +17,7 @@ from memoray.models import MAX_LIMIT, MAX_QUERY_CHARS, RetrievedMemory, check_te
 from memoray.records import Record
 from memoray.serve.observability import span
 from memoray.serve.request import Caller, UseCase
-from memoray.temporal import query_time_span
+from memoray.temporal import Anchor, anchored_span, query_anchor, query_time_span
 from memoray.timeutil import to_iso
 
 # What an index (build-context style "index") always looks for, besides the query's best hits.
@@ -83,8 +83,11 @@ class Retrieve(UseCase):
             with span("memoray.embed_query"):
                 vector = (await self.embed([query], query=True))[0]
         now = time.time()
-        when = (query_time_span(query, now) if self.settings.temporal_weight > 0 and query
-                else None)
+        when = None
+        if self.settings.temporal_weight > 0 and query:
+            when = query_time_span(query, now)
+            if when is None and (anchor := query_anchor(query)) is not None:
+                when = await self._anchor_span(anchor, node, chosen, plan.oversample, now)
         req = SearchRequest(vector=vector, query=query, k=limit, filter=node, strategy=chosen,
                             oversample=plan.oversample, mode=mode,
                             alpha=self.settings.hybrid_alpha, now=now, time_span=when,
@@ -98,6 +101,12 @@ class Retrieve(UseCase):
                 raise MemorayError(ErrorCode.QUERY_TIMEOUT,
                                    f"query exceeded {self.settings.query_timeout_s}s") from None
         hits = [h for p in parts for h in p["hits"]]
+        if len(parts) > 1:  # a record being moved by a reshard is briefly on two shards
+            best: dict[str, Any] = {}
+            for h in hits:
+                if h.record["id"] not in best or h.score > best[h.record["id"]].score:
+                    best[h.record["id"]] = h
+            hits = list(best.values())
         if self.settings.session_weight > 0:
             session_aggregate(hits, self.settings.session_weight)
         hits = sorted(hits, key=lambda h: -h.score)[:limit]
@@ -114,6 +123,21 @@ class Retrieve(UseCase):
         info = {"plan": plan.to_dict(), "strategy": chosen, "seconds": elapsed,
                 "shards": [{k: v for k, v in p.items() if k != "hits"} for p in parts]}
         return out, info
+
+    async def _anchor_span(self, anchor: Anchor, node: Any, strategy: str, oversample: float,
+                           now: float) -> tuple[float, float] | None:
+        """"before the migration": look the event up (its best lexical match in the caller's
+        scope: no embedding, one fan-out) and take its time; None when nothing matches."""
+        req = SearchRequest(vector=None, query=anchor.text, k=1, filter=node, strategy=strategy,
+                            oversample=oversample, mode="lexical", now=now,
+                            include_content=False)
+        parts = await asyncio.wait_for(self.backend.shards.each(lambda c: c.search(req)),
+                                       self.settings.query_timeout_s)
+        hits = [h for p in parts for h in p["hits"]]
+        if not hits:
+            return None
+        best = max(hits, key=lambda h: h.score)
+        return anchored_span(anchor, float(best.record["timestamp"]))
 
     async def build_context(self, caller: Caller, *, query: str | None, limit: int,
                             filters: dict | None, budget: int, workspace_id: str | None,
@@ -202,6 +226,9 @@ def feature_fields(settings: Any) -> dict[str, Any]:
             "neighbor_window_s": settings.neighbor_window_s,
             "temporal_weight": settings.temporal_weight,
             "temporal_scale_s": settings.temporal_scale_days * 86400.0,
+            "prf_docs": settings.prf_docs, "prf_terms": settings.prf_terms,
+            "prf_weight": settings.prf_weight, "vector_prf": settings.vector_prf,
+            "vector_prf_docs": settings.vector_prf_docs,
             "pool": settings.session_pool if settings.session_weight > 0 else 0}
 
 

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from memoray.actors.backend import Backend
-from memoray.actors.embedding_worker import embedder_actor_class
+from memoray.actors.embedding_worker import EmbedderPool, embedder_actor_class
 from memoray.actors.expiry import ExpiryClient, expiry_actor_class
 from memoray.actors.names import NAMESPACE, ActorNames
+from memoray.actors.placement import LayoutSource
 from memoray.actors.planner import PlannerClient, planner_actor_class
 from memoray.actors.rate_limiter import LimiterClient
 from memoray.actors.rate_limiter import create as create_limiter
@@ -23,6 +24,7 @@ from memoray.actors.webhook_dispatcher import (
 from memoray.crypto import key_text_from_settings
 from memoray.embedding import DIM
 from memoray.layout import Layout, open_layout
+from memoray.routing import Placement
 from memoray.settings import Settings
 
 
@@ -60,19 +62,20 @@ def start_actors(settings: Settings, layout: Layout, progress: Any = None) -> To
     key = key_text_from_settings(settings)
     detached = {"lifetime": "detached"} if settings.address else {}
     shard_cls = shard_actor_class()
+    placement = layout.routing  # every shard holding records (both sets mid-reshard)
     shard_handles = [
         shard_cls.options(name=names.shard(i), namespace=NAMESPACE, get_if_exists=True,
                           **detached)
         .remote(i, str(data / "shards" / f"{i:03d}"), DIM, map_size=settings.map_size_bytes,
                 durable=settings.durable, snapshot_every=settings.snapshot_every,
                 encryption=key[0] if key else None)
-        for i in range(settings.shards)]
+        for i in range(placement.width)]
     embed_cls = embedder_actor_class()
     embed_handles = [
         embed_cls.options(name=names.embedder(i), namespace=NAMESPACE, get_if_exists=True,
                           num_gpus=settings.embedding_gpus, num_cpus=0).remote(settings.embedder)
         for i in range(settings.embedding_workers)]
-    shards = ShardSet.of(shard_handles)
+    shards = ShardSet.of(shard_handles, placement, LayoutSource(str(data), layout.store_id))
     planner = planner_actor_class().options(
         name=names.planner, namespace=NAMESPACE, get_if_exists=True).remote(shards)
     limiter = create_limiter(settings, name=names.limiter, namespace=NAMESPACE)
@@ -94,8 +97,9 @@ def start_actors(settings: Settings, layout: Layout, progress: Any = None) -> To
                 + [e.health.remote() for e in embed_handles]
                 + [planner.health.remote(), expiry.health.remote()], timeout=600)
     ray.get(webhooks.health.remote(), timeout=120)
-    return Topology(names, Backend.remote(shard_handles, embed_handles), PlannerClient(planner),
-                    LimiterClient(limiter), ExpiryClient(expiry), WebhookClient(webhooks))
+    return Topology(names, Backend(shards, EmbedderPool.of(embed_handles)),
+                    PlannerClient(planner), LimiterClient(limiter), ExpiryClient(expiry),
+                    WebhookClient(webhooks))
 
 
 def lookup(settings: Settings, store_id: str) -> Topology:
@@ -107,8 +111,14 @@ def lookup(settings: Settings, store_id: str) -> Topology:
     def get(name: str) -> Any:
         return ray.get_actor(name, namespace=NAMESPACE)
 
-    backend = Backend.remote([get(names.shard(i)) for i in range(settings.shards)],
-                             [get(names.embedder(i)) for i in range(settings.embedding_workers)])
+    # The layout, not --shards, says how many shards hold records (a reshard may have run), and
+    # the ShardSet keeps re-reading it, so a reshard reaches this replica without a restart.
+    source = LayoutSource(str(settings.resolved_data_dir()), store_id)
+    placement = source.read() or Placement.legacy(settings.shards)
+    shards = ShardSet.of([get(names.shard(i)) for i in range(placement.width)], placement,
+                         source)
+    backend = Backend(shards, EmbedderPool.of(
+        [get(names.embedder(i)) for i in range(settings.embedding_workers)]))
     return Topology(names, backend, PlannerClient(get(names.planner)),
                     LimiterClient(get(names.limiter)), ExpiryClient(get(names.expiry)),
                     WebhookClient(get(names.webhooks)))
@@ -140,7 +150,10 @@ def lookup_cluster(settings: Settings, store_id: str) -> Topology:
     def get(name: str) -> Any:
         return ray.get_actor(name, namespace=NAMESPACE)
 
-    return _cluster_topology(store_id, replicated_shards(store_id, settings.shards),
+    placement = ray.get(get(names.controller).placement.remote(), timeout=30)
+    shards = replicated_shards(store_id, settings.shards,
+                               Placement.from_dict(placement) if placement else None)
+    return _cluster_topology(store_id, shards,
                              [get(names.embedder(i)) for i in range(settings.embedding_workers)],
                              get(names.planner), get(names.limiter), get(names.expiry),
                              get(names.webhooks))

@@ -128,7 +128,8 @@ def register_viewer(app: FastAPI, get_runtime: Callable[[], Awaitable[Any]]) -> 
 
             rt, caller = await caller_for(request, "health-check")
             s = rt.settings
-            out = {"version": version(), "shards": s.shards, "embedder": s.embedder,
+            out = {"version": version(), "shards": len(rt.service.backend.shards),
+                   "embedder": s.embedder,
                    "authRequired": rt.tokens.enabled, "principal": caller.principal.name}
             if caller.principal.can("admin"):
                 out["dataDir"] = str(s.resolved_data_dir())

@@ -1,6 +1,6 @@
 """The coding-memories set (benchmarks/coding_memories.py) with every retrieval feature on:
 no query's results may break its filters (workspace, branch, event type, time), whatever
-neighbour expansion and session aggregation pull in. Hash embedder: deterministic and fast;
+neighbour expansion, session aggregation and query expansion (PRF) pull in. Hash embedder: deterministic and fast;
 the recall figures with MiniLM come from `make bench-coding`."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def test_no_filter_violations_with_every_feature_on(tmp_path):
                 key_of[res[0]["ids"][0]] = m["key"]
         for name, value in {"retrieval_fusion": "rrf", "neighbor_weight": 1.0,
                             "neighbor_turns": 2, "session_weight": 0.5,
-                            "temporal_weight": 0.5}.items():
+                            "temporal_weight": 0.5, "prf_docs": 3, "vector_prf": 0.3}.items():
             setattr(service.settings, name, value)
         return await evaluate(service, caller(), queries, key_of)
 

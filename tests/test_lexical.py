@@ -117,12 +117,22 @@ def test_tokenize_identifiers_keep_whole_and_parts() -> None:
     assert tokenize("utf8 sha256 x86_64") == ["utf8", "sha256", "x86_64", "x86", "64"]
 
 
-def test_tokenize_drops_stopwords_short_tokens_and_stems_lightly() -> None:
+def test_tokenize_drops_stopwords_short_tokens_and_stems() -> None:
+    from memoray.analysis import Analyzer
+
     assert tokenize("The a I of x") == []
     assert tokenize("Cached embeddings were failing") == ["cach", "embed", "fail"]
     assert tokenize("cache caches caching") == ["cach"] * 3
-    # words whose naive stems would collide are left alone
-    assert tokenize("string status embed redis") == ["string", "status", "embed", "redis"]
+    light = Analyzer("light").tokenize
+    assert light("Cached embeddings were failing") == ["cach", "embed", "fail"]
+    assert light("cache caches caching") == ["cach"] * 3
+    # the light stripper leaves words whose naive stems would collide alone
+    assert light("string status embed redis") == ["string", "status", "embed", "redis"]
+    # Snowball (the default) folds more ("adoption" meets "adopted"), with Porter2's own
+    # misses: it reads "embed" as emb+ed, so the bare word no longer meets "embedding"
+    assert tokenize("adoption adopted adopting") == ["adopt"] * 3
+    assert tokenize("embedded embedding") == ["embed", "embed"]
+    assert tokenize("embed") == ["emb"]
 
 
 def test_tokenize_caps_tokens_per_document() -> None:
@@ -396,3 +406,53 @@ def test_scale_100k_docs_build_and_query(capsys: pytest.CaptureFixture[str]) -> 
             f"terms={stats['terms']} postings={stats['postings']} "
             f"~{stats['approx_bytes'] / 2**20:.0f} MiB"
         )
+
+
+# -- analysis (memoray/analysis.py) ----------------------------------------------------------
+
+
+def test_snowball_stemmer_folds_what_the_light_one_misses() -> None:
+    from memoray.analysis import Analyzer
+
+    snow, light = Analyzer("snowball"), Analyzer("light")
+    # -ion/-ies/irregular suffixes: Porter2 folds them, the light stripper does not
+    assert snow.tokenize("adoption adopted") == ["adopt", "adopt"]
+    assert light.tokenize("adoption adopted") == ["adoption", "adopt"]
+    assert snow.tokenize("potteries pottery") == ["potteri", "potteri"]
+    # code-aware splitting is the analyzer's, whatever the stemmer
+    assert snow.tokenize("getUserTokens") == ["getusertokens", "get", "user", "token"]
+    assert Analyzer("none").tokenize("Cached embeddings") == ["cached", "embeddings"]
+
+
+def test_analyzer_rejects_an_unknown_stemmer() -> None:
+    from memoray.analysis import Analyzer
+
+    with pytest.raises(ValueError, match="stemmer"):
+        Analyzer("porter3")
+
+
+def test_date_terms_make_differently_written_dates_meet() -> None:
+    from memoray.analysis import Analyzer
+
+    docs = {1: "(1:56 pm on 8 May, 2023) we adopted the cat", 2: "adopted on 2023-05-08",
+            3: "(2:00 pm on 3 June, 2023) we adopted a dog"}
+    with_dates = LexicalIndex.from_documents(docs.items(), analyzer=Analyzer("light", True))
+    plain = LexicalIndex.from_documents(docs.items(), analyzer=Analyzer("light", False))
+    labels, _ = with_dates.search("what happened on May 8, 2023", 3)
+    assert set(labels[:2].tolist()) == {1, 2}
+    labels, _ = with_dates.search("in May 2023", 3)  # the month meets both May days
+    assert set(labels[:2].tolist()) == {1, 2}
+    # without date terms, "2023-05-08" meets "May 8, 2023" through the year alone
+    labels, scores = plain.search("what happened on May 8, 2023", 3)
+    year_labels, year_scores = plain.search(["2023"], 3)
+    assert dict(zip(labels.tolist(), scores))[2] == dict(zip(year_labels.tolist(),
+                                                             year_scores))[2]
+
+
+def test_search_takes_analysed_terms() -> None:
+    index = build(CORPUS)
+    by_text = index.search("embedding cache", 5)
+    by_terms = index.search(index.terms("embedding cache"), 5)
+    assert by_text[0].tolist() == by_terms[0].tolist()
+    assert np.allclose(by_text[1], by_terms[1])
+    assert index.query_scale(["embed", "cach"]) == index.query_scale("embedding cache")

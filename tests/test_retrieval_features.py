@@ -173,3 +173,75 @@ def test_temporal_weight_prefers_records_of_the_named_month(tmp_path):
     on, _ = search(svc, "which app update did we release in May 2025", limit=2,
                    temporal_weight=0.5)
     assert on[0] == ids[0]
+
+
+# -- query expansion (pseudo-relevance feedback) ----------------------------------------------
+
+PRF_ROWS = [("zeppelin deploy failed on the old runner image", "s1", "ws", ts(1)),
+            ("zeppelin deploy: pinned the older runner image", "s2", "ws", ts(2)),
+            ("older runner image pinned, green again", "s3", "ws", ts(3)),
+            ("lunch was a sandwich with soup", "s4", "ws", ts(4)),
+            ("the meeting moved to thursday afternoon", "s5", "ws", ts(5))]
+
+
+def lexical_search(svc, query, limit=5, **settings):
+    for key, value in {**OFF, **settings}.items():
+        setattr(svc.settings, key, value)
+    records, _ = run(svc.search(caller(), query, limit, None, mode="lexical"))
+    return [r["id"] for r in records]
+
+
+def test_lexical_prf_finds_a_record_sharing_no_query_word(tmp_path):
+    svc = make_service(tmp_path, shards=1)
+    ids = capture(svc, PRF_ROWS)
+    assert ids[2] not in lexical_search(svc, "zeppelin deploy")  # no word in common
+    found = lexical_search(svc, "zeppelin deploy", prf_docs=2, prf_terms=5, prf_weight=0.5)
+    assert ids[2] in found and set(found) & set(ids[3:]) == set()
+    assert found.index(ids[2]) > max(found.index(ids[0]), found.index(ids[1]))
+
+
+def test_lexical_prf_respects_the_filter(tmp_path):
+    svc = make_service(tmp_path, shards=1)
+    rows = [(c, s, "ws" if i < 2 else "other", t) for i, (c, s, _, t) in enumerate(PRF_ROWS)]
+    ids = capture(svc, rows)
+    for key, value in {**OFF, "prf_docs": 2, "prf_terms": 5}.items():
+        setattr(svc.settings, key, value)
+    for strategy in ("exact", "ann", "ann_adaptive"):
+        records, _ = run(svc.search(caller(), "zeppelin deploy", 5, {"workspaceId": "ws"},
+                                    mode="lexical", strategy=strategy))
+        assert {r["id"] for r in records} == set(ids[:2]), strategy
+
+
+def test_expansion_terms_skip_query_terms_and_single_document_terms(tmp_path):
+    svc = make_service(tmp_path, shards=1)
+    capture(svc, PRF_ROWS)
+    from memoray.actors.shard_search import SearchRequest
+
+    core = svc.cores[0]
+    ranked = core.lexical.search("zeppelin deploy", 2)[0]
+    terms = core.reader._expansion_terms(
+        SearchRequest(vector=None, query="zeppelin deploy", k=5, prf_docs=2, prf_terms=10),
+        ranked)
+    stems = core.lexical.analyzer.tokenize
+    assert not set(stems("zeppelin deploy")) & set(terms)
+    assert set(stems("runner image")) <= set(terms)
+    assert not set(stems("failed")) & set(terms)  # in one document only: expands nothing
+
+
+def test_vector_prf_moves_the_query_towards_its_first_hits(tmp_path):
+    from memoray.actors.shard_search import SearchRequest
+    from memoray.embedding import HashEmbedder
+
+    svc = make_service(tmp_path, shards=1)  # make_service embeds with HashEmbedder
+    ids = capture(svc, PRF_ROWS)
+    vec = HashEmbedder().embed(["zeppelin deploy"])[0]
+
+    def scores(**kw):
+        res = svc.cores[0].reader.run(SearchRequest(vector=vec, query="zeppelin deploy", k=5,
+                                                    mode="vector", **kw))
+        return {h.record["id"]: h.vector_score for h in res["hits"]}
+
+    plain, moved = scores(), scores(vector_prf=1.0, vector_prf_docs=2)
+    # the third record shares only the first hits' other words: Rocchio lifts it
+    assert moved.get(ids[2], 0.0) > plain.get(ids[2], 0.0) + 0.05
+    assert moved.get(ids[3], 0.0) <= plain.get(ids[3], 0.0) + 1e-6

@@ -13,6 +13,7 @@ from memoray.actors.embedding_worker import EmbedderPool
 from memoray.actors.names import NAMESPACE, ActorNames
 from memoray.actors.replication import replicated_shards
 from memoray.actors.shard_client import ShardSet
+from memoray.layout import read_layout
 
 
 def connect(address: str | None, data_dir: str | None = None):
@@ -95,14 +96,17 @@ def store_embedders(ray, data_dir: str):
 
 
 def store_shards(ray, data_dir: str):
-    """The running store's shards (a ShardSet), found by the store id and shard count: the
-    single-machine shard actors, or, in cluster mode (the store has a controller), clients that
-    reach each shard's current primary wherever it runs."""
+    """The running store's shards (a ShardSet), found by the store id and shard count (the
+    layout's: a reshard may have changed it): the single-machine shard actors, or, in cluster
+    mode (the store has a controller), clients that reach each shard's current primary wherever
+    it runs."""
     run = run_info(data_dir)
     names = ActorNames(run["store_id"])
+    layout = read_layout(Path(run["data_dir"]))
+    count = layout.routing.width if layout is not None else int(run["shards"])
     if store_controller(ray, data_dir) is not None:
-        return replicated_shards(run["store_id"], int(run["shards"]))
-    handles = _actors(ray, [names.shard(i) for i in range(int(run["shards"]))], tries=20)
+        return replicated_shards(run["store_id"], count)
+    handles = _actors(ray, [names.shard(i) for i in range(count)], tries=20)
     if handles is None:
         raise SystemExit("no memoray shards for this store in the Ray cluster: is `memoray "
                          "serve` running there?")
