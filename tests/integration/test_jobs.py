@@ -46,10 +46,21 @@ def submit(server, *args: str) -> subprocess.CompletedProcess:
              server.dashboard, "--working-dir", str(ROOT), "--", "python", "-m", *args],
             capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
         out = res.stdout + res.stderr
-        if (not any(m in out for m in RETRY_ON) or res.returncode == 0
-                or time.time() > deadline):
+        if not any(m in out for m in RETRY_ON) or res.returncode == 0:
             return res
+        if time.time() > deadline:
+            break
         time.sleep(2)
+    if "this job runs on the Ray cluster at" not in out:
+        return res
+    # The job API kept handing the job to another Ray cluster on this shared machine (its agent
+    # port was taken by another Ray after the server chose it); the job refused to run there.
+    # Run the same entrypoint as a plain driver on the server's own cluster instead.
+    print("ray job submit kept landing on another Ray cluster; running as a plain driver",
+          flush=True)
+    return subprocess.run([sys.executable, "-m", args[0], "--address",
+                           server.run_info()["ray_address"], *args[1:]],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
 
 
 def last_json(out: str) -> dict:
