@@ -26,6 +26,7 @@ from memoray import filters as flt
 from memoray.actors.graph_rebuild import GraphRebuild, worth_rebuilding
 from memoray.actors.shard_search import SearchRequest, SearchResult, ShardSearch
 from memoray.actors.shard_storage import OP_DEL, OP_PUT, ShardStorage, u64
+from memoray.actors.snapshot_export import SnapshotChunk, export_chunk
 from memoray.actors.vector_index import VectorIndex
 from memoray.errors import ErrorCode, MemorayError
 from memoray.lexical import LexicalIndex
@@ -356,6 +357,11 @@ class ShardCore:
         size = self.storage.backup(Path(dest) / "lmdb")
         return {"shard": self.shard_id, "bytes": size, "records": len(self.postings),
                 "seq": self.storage.seq, "seconds": round(time.perf_counter() - t0, 3)}
+
+    def export_snapshot(self, token: str, offset: int, size: int) -> SnapshotChunk:
+        """A chunk of a consistent LMDB copy, streamed to a backup job wherever it runs
+        (actors/snapshot_export.py)."""
+        return export_chunk(self.storage, self.path, token, offset, size)
 
     def labels_matching(self, node: Any) -> np.ndarray:
         return flt.evaluate(node, self.postings)

@@ -161,6 +161,7 @@ def serve_forever(settings: Settings) -> int:
                                     "ray_address": ray.get_runtime_context().gcs_address,
                                     "store_id": store_id,
                                     "shards": len(topology.shards),
+                                    "tokens_file": str(settings.resolved_tokens_file()),
                                     "dashboard_url": f"http://{dash}" if dash else None}))
     session = (getattr(context, "address_info", None) or {}).get("session_dir")
     if session:
