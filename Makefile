@@ -12,8 +12,8 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: install browser run test test-unit test-integration test-cluster bench bench-core \
         bench-hooks bench-locomo bench-locomo-dev bench-coding bench-planner bench-dedup \
-        bench-security bench-audit bench-replication bench-agent bench-reshard reindex backup \
-        reshard lint clean
+        bench-security bench-audit bench-replication bench-agent bench-reindex bench-reshard \
+        bench-scale bench-peer bench-hnsw prometheus reindex backup restore reshard lint clean
 
 install: $(STAMP)
 
@@ -37,18 +37,26 @@ browser:
 	    chromium chromium-driver; \
 	fi
 
+# Prometheus and promtool for the monitoring tests (Debian's prometheus package), when missing.
+prometheus:
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	  $(SUDO) apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends \
+	    prometheus; \
+	fi
+
 # `make run ARGS="--port 8100 --data-dir /tmp/m"` passes flags to `memoray serve`.
 ARGS ?=
 run: install
 	$(BIN)/memoray serve $(ARGS)
 
-test: install browser
+test: install browser prometheus
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not integration" tests
 
-test-integration: install browser
+test-integration: install browser prometheus
 	$(BIN)/python -m pytest -q -m integration tests
 
 # The multi-node tests alone (also part of `make test`): a 3-node Ray cluster on this machine,
@@ -90,6 +98,34 @@ bench-agent: install
 	$(BIN)/python -m benchmarks.bench_agent
 	$(BIN)/python -m benchmarks.bench_agent --shared
 
+# Scale (issue 14): 10K, 100K and 1M memories through /mcp with the hash embedder, then 100K
+# with MiniLM: load rate, RAM per memory per actor, disk, latency, recall, recovery. Heavy: the
+# 1M run loads for a long while and wants several GiB free.
+bench-scale: install
+	$(BIN)/python -m benchmarks.bench_scale --sizes 10000 100000 1000000
+	$(BIN)/python -m benchmarks.bench_scale --sizes 100000 --embedder minilm
+
+# HNSW build parameters (M, ef_construction) against insert cost and recall@10.
+bench-hnsw: install
+	$(BIN)/python -m benchmarks.bench_hnsw
+
+# The peer side by side (issue 14): mcp-memory-service, pinned, in its own venv. Its sqlite-vec
+# backend needs a Python whose sqlite3 loads extensions (Debian's does; pyenv builds often do
+# not). The venv sees memoray's site-packages through a .pth line, so torch and
+# sentence-transformers are the same build (no second torch download, no CUDA wheels).
+PEER_VERSION := 12.4.0
+PEER_PY ?= /usr/bin/python3.11
+PEER_VENV := benchmarks/.peer/venv
+$(PEER_VENV)/.installed-$(PEER_VERSION): | install
+	$(PEER_PY) -m venv $(PEER_VENV)
+	$(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
+	  > $(PEER_VENV)/lib/python3.11/site-packages/memoray_shared.pth
+	$(PEER_VENV)/bin/pip install mcp-memory-service==$(PEER_VERSION)
+	touch $@
+
+bench-peer: install $(PEER_VENV)/.installed-$(PEER_VERSION)
+	$(BIN)/python -m benchmarks.bench_peer
+
 bench-security: install
 	$(BIN)/python -m benchmarks.bench_security
 
@@ -98,6 +134,10 @@ bench-audit: install
 
 bench-replication: install
 	$(BIN)/python -m benchmarks.bench_replication
+
+# Reindex rate with 1 and 2 embedding workers, retrieve p95 during each against normal.
+bench-reindex: install
+	$(BIN)/python -m benchmarks.bench_reindex
 
 bench-reshard: install
 	$(BIN)/python -m benchmarks.bench_reshard
@@ -115,6 +155,10 @@ backup: install
 	@dash=$(DASHBOARD) && echo "job API at $$dash" && \
 	RAY_AUTH_MODE=token $(BIN)/ray job submit --address $$dash --working-dir . \
 	  -- python -m memoray.cluster.jobs.backup --data-dir $(DATA_DIR) --dest $(DEST)
+
+# `make restore BACKUP=/backups/2026-11-21 DATA_DIR=/new/dir` (with the server stopped).
+restore: install
+	$(BIN)/memoray restore $(BACKUP) --data-dir $(DATA_DIR)
 
 # `make reshard SHARDS=3`: change the running store's shard count online (resumable: rerun it).
 reshard: install

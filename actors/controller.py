@@ -64,6 +64,13 @@ class SystemStore:
             txn.delete(key.encode())
 
 
+# The controller's Ray metrics (gauges, one series per shard replica).
+REPLICA_GAUGES = {
+    "memoray_replica_lag_entries": "Log entries a shard replica is behind its primary",
+    "memoray_replica_in_sync": "1 when a shard replica is in the in-sync set",
+}
+
+
 def place(shards: int, replication: int, nodes: list[str]) -> list[list[str]]:
     """R distinct nodes per shard, spread round-robin so primaries spread too."""
     if len(nodes) < replication:
@@ -104,6 +111,8 @@ def controller_class():
             self.handles: dict[str, Any] = {}
             self.pending: dict[str, Any] = {}     # an outstanding probe per replica
             self.unreachable: dict[str, float] = {}
+            self.positions: dict[str, tuple[dict, float]] = {}  # last probe answer, its time
+            self._gauges: tuple[Any, Any] | None = None
             self.replaced = 0
             self._stop = threading.Event()
             self._monitor: threading.Thread | None = None
@@ -314,8 +323,53 @@ def controller_class():
             while not self._stop.wait(1.0):
                 try:
                     self._watch_once()
+                    self._export_replicas()
                 except Exception as exc:
                     log.warning("watch: %r", exc)
+
+        def replicas(self) -> dict[int, list[dict]]:
+            """Every shard replica: its node, role (primary or replica), whether it is in the
+            in-sync set, its state as it reported it, and its lag: log entries behind the
+            primary, as of the last probes (each replica is probed every second)."""
+            now = time.time()
+            with self.lock:
+                configs = dict(self.configs)
+            out: dict[int, list[dict]] = {}
+            for shard, cfg in sorted(configs.items()):
+                head = self.positions.get(self.names.replica(shard, cfg["primary"]))
+                rows = []
+                for node in cfg["members"]:
+                    name = self.names.replica(shard, node)
+                    seen = self.positions.get(name)
+                    down = self.unreachable.get(name)
+                    lag = (max(0, head[0]["seq"] - seen[0]["seq"])
+                           if seen and head and not down else None)
+                    rows.append({"node": node,
+                                 "role": "primary" if node == cfg["primary"] else "replica",
+                                 "inSync": node in cfg["isr"],
+                                 "state": "unreachable" if down else (
+                                     seen[0]["role"] if seen else "unknown"),
+                                 "seq": seen[0]["seq"] if seen else None, "lag": lag,
+                                 "epoch": cfg["epoch"],
+                                 "lastSeenS": round(now - seen[1], 1) if seen else None})
+                out[shard] = rows
+            return out
+
+        def _export_replicas(self) -> None:
+            """Replication lag and in-sync state as Ray metrics (exported by the head's metrics
+            agent, so one Prometheus sees them with every other memoray metric)."""
+            if self._gauges is None:
+                from ray.util.metrics import Gauge
+
+                self._gauges = tuple(Gauge(name, doc, tag_keys=("shard", "node", "role"))
+                                     for name, doc in REPLICA_GAUGES.items())
+            lag, in_sync = self._gauges
+            for shard, rows in self.replicas().items():
+                for r in rows:
+                    tags = {"shard": str(shard), "node": r["node"], "role": r["role"]}
+                    in_sync.set(1 if r["inSync"] else 0, tags=tags)
+                    if r["lag"] is not None:
+                        lag.set(r["lag"], tags=tags)
 
         def _watch_once(self) -> None:
             now = time.time()
@@ -339,6 +393,7 @@ def controller_class():
                             self.unreachable.setdefault(name, now)
                             continue
                         self.unreachable.pop(name, None)
+                        self.positions[name] = (info, now)
                         if info["role"] == "recovering" or (node not in cfg["isr"]
                                                             and info["role"] != "primary"):
                             self._replica(shard, node).sync.remote()

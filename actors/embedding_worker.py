@@ -84,7 +84,15 @@ class MicroBatcher:
         while True:
             items = [await self.queue.get()]
             size = len(items[0][0])
-            deadline = loop.time() + self.max_wait_s
+            # Take what arrived with it (one pass of the event loop lets requests that came in
+            # together enqueue), then wait only while a batch is forming: a lone request
+            # (a retrieve's query) goes to the model at once instead of waiting max_wait_s.
+            await asyncio.sleep(0)
+            while size < self.max_batch and not self.queue.empty():
+                item = self.queue.get_nowait()
+                items.append(item)
+                size += len(item[0])
+            deadline = loop.time() + (self.max_wait_s if len(items) > 1 else 0.0)
             while size < self.max_batch:
                 timeout = deadline - loop.time()
                 if timeout <= 0:

@@ -26,6 +26,7 @@ from memoray import filters as flt
 from memoray.actors.graph_rebuild import GraphRebuild, worth_rebuilding
 from memoray.actors.shard_search import SearchRequest, SearchResult, ShardSearch
 from memoray.actors.shard_storage import OP_DEL, OP_PUT, ShardStorage, u64
+from memoray.actors.snapshot_export import SnapshotChunk, export_chunk
 from memoray.actors.vector_index import VectorIndex
 from memoray.errors import ErrorCode, MemorayError
 from memoray.lexical import LexicalIndex
@@ -45,9 +46,10 @@ OUTBOX_KEEP_S = 7 * 86400
 class ShardCore:
     def __init__(self, shard_id: int, path: Path | str, dim: int, *, map_size: int = 8 << 30,
                  durable: bool = True, snapshot_every: int = 5000, keyring: Any = None,
-                 encryption: str | None = None):
+                 encryption: str | None = None, background_inserts: bool = True):
         """`encryption`: the keyring as text (what crosses Ray to a shard actor); `keyring`: an
-        already parsed Keyring (in-process callers)."""
+        already parsed Keyring (in-process callers). `background_inserts`: graph inserts after
+        the acknowledgement (see VectorIndex)."""
         if encryption and keyring is None:
             from memoray.crypto import Keyring
 
@@ -56,6 +58,7 @@ class ShardCore:
         self.path = Path(path)
         self.dim = dim
         self.snapshot_every = snapshot_every
+        self.background_inserts = background_inserts
         self.storage = ShardStorage(self.path, map_size=map_size, durable=durable,
                                     keyring=keyring)
         self.index = VectorIndex(dim, self.path)
@@ -70,6 +73,9 @@ class ShardCore:
         self._spawn = {"dim": dim, "map_size": map_size, "durable": durable,
                        "snapshot_every": snapshot_every, "encryption": encryption}
         self._placement = load_placement(self.path)  # None: never resharded, nothing to fence
+        # Write-path stage totals, [seconds, calls] per stage (stats()["stages"]): the replica
+        # sees one `commit` around a put; these say what the shard did inside it.
+        self.stage_totals: dict[str, list[float]] = {}
         self._recover()
         self.reader = ShardSearch(shard_id, self.index, self.lexical, self.postings,
                                   self.storage.get_by_labels)
@@ -83,36 +89,52 @@ class ShardCore:
             labels.append(label)
             vectors.append(vec)
             self._index_record(label, record)
+        t_scan = time.perf_counter()
         snapshot_seq = self.index.load_snapshot()
+        t_snap = time.perf_counter()
         arr = np.asarray(labels, dtype=np.int64)
         mat = np.vstack(vectors) if vectors else np.empty((0, self.dim), np.float32)
         replayed = 0
+        # Nothing is served until recovery ends, so graph inserts may use every core.
+        threads = max(1, os.cpu_count() or 1)
         if snapshot_seq is None or snapshot_seq > self.storage.seq:
             # No snapshot, a corrupt one, or one from another store: rebuild from LMDB.
             self.index = VectorIndex(self.dim, self.path)
-            self.index.add(arr, mat)
+            self.index.add(arr, mat, to_graph=False)
+            if len(arr):
+                self.index.graph.add_items(mat, arr, num_threads=threads)
             mode = "rebuild"
         else:
             self.index.add(arr, mat, to_graph=False)
             in_graph = self.index.graph_labels()
             live = set(labels)
+            # The log after the snapshot, folded to its net effect (labels are never reused),
+            # then applied in one batch: re-put vectors go in, deleted ones are marked.
+            puts: set[int] = set()
+            dels: set[int] = set()
             for _seq, op, label in self.storage.iter_log(snapshot_seq):
                 replayed += 1
-                if op == OP_PUT and label in live:
-                    vec = self.index.matrix[label][None, :]
-                    self.index.graph.add_items(vec, np.array([label]), num_threads=1)
-                    in_graph.add(label)
-                elif op == OP_DEL and label in in_graph:
-                    try:
-                        self.index.graph.mark_deleted(label)
-                    except RuntimeError:
-                        pass
-            missing = np.array(sorted(live - in_graph), dtype=np.int64)
-            if len(missing):  # belt and braces: anything live the graph lacks goes in
-                self.index.graph.add_items(self.index.matrix[missing], missing, num_threads=1)
+                if op == OP_PUT:
+                    puts.add(label)
+                elif op == OP_DEL:
+                    dels.add(label)
+            for label in sorted(dels & in_graph - live):
+                try:
+                    self.index.graph.mark_deleted(label)
+                except RuntimeError:
+                    pass
+            # re-put labels (a new vector) and anything live the graph lacks
+            redo = np.array(sorted((puts & live) | (live - in_graph)), dtype=np.int64)
+            if len(redo):
+                self.index.graph.add_items(self.index.matrix[redo], redo, num_threads=threads)
             mode = "snapshot+replay"
+        t_end = time.perf_counter()
+        # where recovery's time went: reading and indexing the records, loading the graph
+        # snapshot, bringing the graph up to date (rebuild or replay)
         self.recovery = {"mode": mode, "records": len(labels), "replayed": replayed,
-                         "seconds": round(time.perf_counter() - t0, 3)}
+                         "seconds": round(t_end - t0, 3), "scan_s": round(t_scan - t0, 3),
+                         "snapshot_s": round(t_snap - t_scan, 3),
+                         "graph_s": round(t_end - t_snap, 3)}
         log.info("shard %d recovered: %s", self.shard_id, self.recovery)
 
     def _index_record(self, label: int, record: Record) -> None:
@@ -144,8 +166,10 @@ class ShardCore:
             raise ValueError("records and vectors differ in length")
         if self._placement is not None:
             self._fence(records)
+        t0 = time.perf_counter()
         timer = Timer()
         results = self.storage.put_many(records, vectors)  # durable from here on
+        t1 = time.perf_counter()
         new_labels, new_vecs = [], []
         for (_mid, label, created), record, vec in zip(results, records, vectors):
             if label < 0:
@@ -155,15 +179,28 @@ class ShardCore:
             self._index_record(label, record)
             new_labels.append(label)
             new_vecs.append(vec)
+        t2 = time.perf_counter()
         if new_labels:
             self._swap_if_rebuilt()
-            self.index.add(np.asarray(new_labels, np.int64), np.vstack(new_vecs))
+            # Into the graph off the acknowledgement path: the LMDB log holds the write, and
+            # searches score vectors not yet in the graph exactly (actors/vector_index.py).
+            self.index.add(np.asarray(new_labels, np.int64), np.vstack(new_vecs),
+                           background=self.background_inserts)
             if self._rebuild is not None:
                 self._rebuild.record("put", new_labels)
+        t3 = time.perf_counter()
         self._maybe_snapshot()
+        self._stage("commit", t1 - t0)  # the LMDB transaction, its fsync included
+        self._stage("index_postings_lexical", t2 - t1)
+        self._stage("index_vector", t3 - t2)
         log.info("shard write", extra={"op": "put", "shard": self.shard_id,
                                        "records": len(new_labels), "duration_ms": timer.ms()})
         return [(mid, label >= 0) for mid, label, _ in results]
+
+    def _stage(self, name: str, seconds: float) -> None:
+        tot = self.stage_totals.setdefault(name, [0.0, 0])
+        tot[0] += seconds
+        tot[1] += 1
 
     def merge(self, record: Record, vector: np.ndarray) -> bool:
         """Replace a record (and its vector) only if it still exists: a merge racing a delete
@@ -278,7 +315,10 @@ class ShardCore:
         if not state.done:
             return False
         self._rebuild = None
-        if not state.swap_into(self.index):
+        self.index.flush()
+        with self.index.lock:
+            swapped = state.swap_into(self.index)
+        if not swapped:
             return False
         self.rebuilds += 1
         self.snapshot()
@@ -318,6 +358,11 @@ class ShardCore:
         return {"shard": self.shard_id, "bytes": size, "records": len(self.postings),
                 "seq": self.storage.seq, "seconds": round(time.perf_counter() - t0, 3)}
 
+    def export_snapshot(self, token: str, offset: int, size: int) -> SnapshotChunk:
+        """A chunk of a consistent LMDB copy, streamed to a backup job wherever it runs
+        (actors/snapshot_export.py)."""
+        return export_chunk(self.storage, self.path, token, offset, size)
+
     def labels_matching(self, node: Any) -> np.ndarray:
         return flt.evaluate(node, self.postings)
 
@@ -351,6 +396,7 @@ class ShardCore:
             "records": len(self.postings),
             "indexed": self.index.count,
             "deleted_in_graph": self.index.deleted_in_graph,
+            "graph_pending": self.index.pending,
             "seq": self.storage.seq,
             "snapshot_seq": self.index.covered_seq,
             "disk_bytes": self.storage.disk_bytes(),
@@ -361,6 +407,8 @@ class ShardCore:
             "rebuilds": self.rebuilds,
             "rebuilding": self._rebuild is not None,
             "expiring": len(self.expiry),
+            "stages": {k: {"seconds": round(v[0], 6), "calls": int(v[1])}
+                       for k, v in self.stage_totals.items()},
         }
 
     def planner_stats(self, known_seq: int) -> dict | None:
@@ -386,6 +434,7 @@ class ShardCore:
         try:
             self.snapshot()
         finally:
+            self.index.stop_worker()
             self.storage.close()
 
     # -- resharding (cluster/jobs/reshard.py; routing in memoray/routing.py) ----------------

@@ -15,6 +15,7 @@ import numpy as np
 from memoray.actors.client import ActorClient
 from memoray.actors.shard import ACTOR_OPTIONS, ShardCore
 from memoray.actors.shard_search import SearchRequest, SearchResult
+from memoray.actors.snapshot_export import SnapshotChunk
 from memoray.records import Record
 from memoray.routing import WRONG_SHARD, Placement, Routing, home_key, home_keys
 
@@ -96,6 +97,9 @@ class ShardClient(ActorClient[ShardCore]):
 
     async def backup(self, dest: str) -> dict:
         return await self._call(ShardCore.backup, dest)
+
+    async def export_snapshot(self, token: str, offset: int, size: int) -> SnapshotChunk:
+        return await self._call(ShardCore.export_snapshot, token, offset, size)
 
     async def start_rebuild(self) -> bool:
         return await self._call(ShardCore.start_rebuild)

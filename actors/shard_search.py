@@ -82,6 +82,22 @@ class SearchResult(TypedDict):
     candidates: int | None  # filter candidates enumerated (exact), None when not enumerated
     pool: int
     seconds: float
+    stages: dict[str, float]  # seconds per stage: filter, vector, lexical, neighbours, score, fetch
+
+
+class _Stages:
+    """Seconds per stage of one shard search, summed over the stage's (interleaved) parts."""
+
+    __slots__ = ("seconds", "_t")
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + (now - self._t)
+        self._t = now
 
 
 class _Lexical:
@@ -147,18 +163,22 @@ class ShardSearch:
         want_vec = req.mode != "lexical" and req.vector is not None
         want_lex = req.mode != "vector" and bool(req.query)
         lex = _Lexical(self.lexical, req.query)
+        st = _Stages()
 
         if req.strategy != EXACT and not isinstance(node, flt.All):
             factor = req.oversample if req.strategy == ANN else req.oversample * 2
             kprime = min(int(math.ceil(pool_k * factor)), MAX_OVERSAMPLE_K)
             # One BM25 pass at the widest k' the loop can reach; widening re-filters it.
             ll_all = lex.top(MAX_OVERSAMPLE_K) if want_lex else np.empty(0, np.int64)
+            st.lap("lexical")
             while True:
                 vl = self.index.ann(req.vector, kprime, ef=req.ef)[0] if want_vec else (
                     np.empty(0, np.int64))
                 ll = ll_all[:kprime]
+                st.lap("vector")
                 vec_labels = self._post_filter(node, vl)[:pool_k]
                 lex_labels = self._post_filter(node, ll)[:pool_k]
+                st.lap("filter")
                 enough = (len(vec_labels) >= k or len(vl) < kprime) and (
                     len(lex_labels) >= k or len(ll) < kprime)
                 if enough:
@@ -170,14 +190,19 @@ class ShardSearch:
         elif req.strategy != EXACT:
             vec_labels = self.index.ann(req.vector, pool_k, ef=req.ef)[0] if want_vec else (
                 vec_labels)
+            st.lap("vector")
             lex_labels = lex.top(pool_k) if want_lex else lex_labels
+            st.lap("lexical")
 
         if used.startswith(EXACT):
             cand = None if isinstance(node, flt.All) else flt.evaluate(node, self.postings)
+            st.lap("filter")
             if want_vec:
                 vec_labels = self.index.exact(req.vector, cand, pool_k)[0]
+                st.lap("vector")
             if want_lex:
                 lex_labels = lex.top(pool_k, candidates=cand)
+                st.lap("lexical")
 
         exp = None
         if req.prf_docs > 0 and want_lex and len(lex_labels):
@@ -190,17 +215,19 @@ class ShardSearch:
                     exp_labels = self._post_filter(node, exp.top(
                         min(pool_k * 4, MAX_OVERSAMPLE_K)))[:pool_k]
                 lex_labels = np.union1d(lex_labels, exp_labels)
+            st.lap("lexical")  # pseudo-relevance feedback is lexical work
         pool = np.union1d(vec_labels, lex_labels).astype(np.int64)
         nb = None
         if req.neighbor_weight > 0 and len(pool):
             pool, nb, rows = self._neighbours(req, pool, node, cand)
+            st.lap("neighbours")
         else:
             rows = None
         hits = self._score(req, pool, max(k, req.pool), lex if want_lex else None, nb, rows,
-                           exp)
+                           exp, st)
         return {"shard": self.shard_id, "hits": hits, "strategy": used,
                 "candidates": None if cand is None else int(len(cand)), "pool": int(len(pool)),
-                "seconds": time.perf_counter() - t0}
+                "seconds": time.perf_counter() - t0, "stages": st.seconds}
 
     def _expansion_terms(self, req: SearchRequest, ranked: np.ndarray) -> list[str]:
         """Pseudo-relevance feedback (RM3-style, no model): the terms that weigh most in the
@@ -285,14 +312,17 @@ class ShardSearch:
 
     def _score(self, req: SearchRequest, pool: np.ndarray, k: int,
                lex: _Lexical | None, nb: np.ndarray | None = None,
-               rows: list[dict] | None = None, exp: _Lexical | None = None) -> list[Hit]:
+               rows: list[dict] | None = None, exp: _Lexical | None = None,
+               st: _Stages | None = None) -> list[Hit]:
         if len(pool) == 0:
             return []
+        st = st or _Stages()
         want_vec = req.vector is not None and req.mode != "lexical"
         if want_vec:
             vec = np.clip(self.index.similarity(req.vector, pool), 0.0, 1.0)
         else:
             vec = np.zeros(len(pool), np.float32)
+        st.lap("score")
         if lex is not None:
             lexs = lexical_normalize(lex.of(pool), self.lexical.query_scale(req.query)).astype(
                 np.float32)
@@ -300,6 +330,7 @@ class ShardSearch:
                 more = lexical_normalize(exp.of(pool), self.lexical.query_scale(exp.query))
                 lexs = ((lexs + req.prf_weight * more) / (1.0 + req.prf_weight)).astype(
                     np.float32)
+            st.lap("lexical")
         else:
             lexs = np.zeros(len(pool), np.float32)
         score = _fuse(req, vec, lexs)
@@ -334,10 +365,13 @@ class ShardSearch:
         order = np.argsort(-score, kind="stable")[: k]
         order = order[score[order] >= 0]
         top = pool[order]
+        st.lap("score")
         records = (self.fetch(top.tolist()) if req.include_content
                    else [rows[i] for i in order])
-        return [Hit(float(score[i]), float(vec[i]), float(lexs[i]), rec)
+        hits = [Hit(float(score[i]), float(vec[i]), float(lexs[i]), rec)
                 for i, rec in zip(order, records) if rec is not None]
+        st.lap("fetch")
+        return hits
 
 
 def _fuse(req: SearchRequest, vec: np.ndarray, lexs: np.ndarray) -> np.ndarray:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks import stages
 from benchmarks.common import Progress, fmt_table, latency_summary, log, save_json
 from benchmarks.corpus import corpus, queries
 
@@ -29,7 +31,10 @@ async def _through_mcp(url: str, n: int, n_queries: int, texts: list[dict]) -> d
     from tests.server_process import mcp_client
 
     out: dict = {}
+    base = url.rsplit("/mcp", 1)[0]
     async with mcp_client(url) as c:
+        await c.call("ping")
+        s0 = await stages.snapshot(c, base)
         prog = Progress("capture via /mcp", n, "memories")
         t0 = time.perf_counter()
         for i in range(0, n, BATCH):
@@ -40,11 +45,17 @@ async def _through_mcp(url: str, n: int, n_queries: int, texts: list[dict]) -> d
         elapsed = prog.close()
         out["capture_per_s"] = round(n / elapsed, 1)
         out["capture_seconds"] = round(time.perf_counter() - t0, 2)
+        s1 = await stages.snapshot(c, base)
+        requests = (n + BATCH - 1) // BATCH
+        out["capture_stages"] = stages.breakdown(s0, s1, "capture", requests,
+                                                 tool="capture-memories")
+        out["capture_ms_per_request"] = round(1000 * elapsed / requests, 3)
 
         qs = queries(n_queries)
         for q in qs[:10]:  # warm-up (first calls compile, connect, fill caches)
             await c.call("retrieve-memories", query=q + " warm", limit=10)
         lat, ping = [], []
+        s2 = await stages.snapshot(c, base)
         prog = Progress("retrieve via /mcp", n_queries, "queries")
         for q in qs:
             t = time.perf_counter()
@@ -56,8 +67,12 @@ async def _through_mcp(url: str, n: int, n_queries: int, texts: list[dict]) -> d
             ping.append(time.perf_counter() - t)
             prog.update()
         prog.close()
+        s3 = await stages.snapshot(c, base)
         out["retrieve"] = latency_summary(lat)
         out["ping"] = latency_summary(ping)
+        out["retrieve_stages"] = stages.breakdown(s2, s3, "retrieve", len(qs),
+                                                  tool="retrieve-memories")
+        out["ping_stages"] = stages.breakdown(s2, s3, "none", len(qs), tool="ping")
     return out
 
 
@@ -128,10 +143,11 @@ def run(n: int = 10000, n_queries: int = 200, embedder: str = "minilm",
     from tests.server_process import ServerProcess
 
     texts = corpus(n)
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         log(f"starting a server ({embedder}, {shards} shards) ...")
         server = ServerProcess(Path(tmp) / "data", embedder=embedder, shards=shards, env={
-            "MEMORAY_RATE_LIMIT_ENABLED": "false"}).start()  # measure throughput, not limits
+            "MEMORAY_RATE_LIMIT_ENABLED": "false"}).start(timeout=900)  # throughput, not limits
         try:
             mcp = asyncio.run(_through_mcp(server.mcp_url, n, n_queries, texts))
         finally:
@@ -139,7 +155,7 @@ def run(n: int = 10000, n_queries: int = 200, embedder: str = "minilm",
     log("in-process baselines ...")
     base = _in_process([t["content"] for t in texts], n_queries, embedder, n)
     res = {"n": n, "queries": n_queries, "embedder": embedder, "shards": shards,
-           "batch": BATCH, "mcp": mcp, "in_process": base}
+           "batch": BATCH, "mcp": mcp, "in_process": base, "loadavg_at_start": load_start}
     path = save_json("core.json", res)
     from benchmarks.common import result_path
 
@@ -154,6 +170,12 @@ def run(n: int = 10000, n_queries: int = 200, embedder: str = "minilm",
         ["ping via /mcp p50 / p95 (ms)",
          f"{mcp['ping']['p50_ms']:.1f} / {mcp['ping']['p95_ms']:.1f}"],
     ]))
+    print(f"\nwhere a capture-memories call (batch of {BATCH}) spends its time:")
+    print(stages.table(mcp["capture_stages"], mcp["capture_ms_per_request"]))
+    print("\nwhere a retrieve-memories call spends its time:")
+    print(stages.table(mcp["retrieve_stages"], mcp["retrieve"]["mean_ms"]))
+    ping_replica = mcp["ping_stages"].get("tool (replica)", {}).get("ms_per_call")
+    print(f"\nping: replica {ping_replica} ms of a {mcp['ping']['mean_ms']:.3f} ms round trip")
     print(f"saved {path} and core.png")
     return res
 

@@ -123,18 +123,27 @@ def _add_client_flags(p: argparse.ArgumentParser) -> None:
 def _status(args: argparse.Namespace) -> int:
     import json
 
+    from memoray.client import ClientError
+
     with _client(args) as api:
         code, health = api.healthz()
         info = api.get("/api/info")
         stats = api.get("/api/stats")
+        try:  # each shard's replicas (node, role, lag): details need an admin token
+            detail = api.get("/api/health")
+        except ClientError:
+            detail = {}
     if args.json:
-        print(json.dumps({"url": api.url, "health": health, "info": info, "stats": stats},
-                         indent=2))
+        print(json.dumps({"url": api.url, "health": health, "info": info, "stats": stats,
+                          "detail": detail}, indent=2))
         return 0 if health.get("status") == "ok" else 1
     print(f"memoray {info['version']} at {api.url}: {health.get('status')} "
           f"(up {health.get('uptimeSeconds', 0):.0f}s)")
+    detailed = detail.get("components", {})
     for name, comp in sorted(health.get("components", {}).items()):
         print(f"  {name:<12} {comp.get('status')}")
+        for r in detailed.get(name, {}).get("replicas", []):
+            print("    " + replica_line(r))
     print(f"memories     {stats.get('total', 0)} in {len(stats.get('workspaces', {}))} "
           f"workspace(s), {info['shards']} shards, {info['embedder']} embedder")
     for ws, n in sorted(stats.get("workspaces", {}).items(), key=lambda kv: -kv[1])[:10]:
@@ -149,6 +158,14 @@ def _status(args: argparse.Namespace) -> int:
         print(f"data         {info['dataDir']}")
     print(f"viewer       {api.url}/")
     return 0 if health.get("status") == "ok" else 1
+
+
+def replica_line(r: dict) -> str:
+    """One shard replica for `memoray status`: node, role, in sync, lag."""
+    lag = "lag ?" if r.get("lag") is None else f"lag {r['lag']}"
+    sync = "in sync" if r.get("inSync") else "NOT in sync"
+    state = f", {r['state']}" if r.get("state") not in (None, "primary", "backup") else ""
+    return f"{r.get('role', '?'):<8} on {r.get('node', '?'):<12} {sync}, {lag}{state}"
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -205,6 +222,31 @@ def _import(args: argparse.Namespace) -> int:
         summary = import_file(api, args.file, batch=args.batch, progress=not args.quiet)
     print(summary.line(), file=sys.stderr)
     return 0 if not summary.failed else 1
+
+
+def _restore(args: argparse.Namespace) -> int:
+    import json
+
+    from memoray.backup import restore_backup, verify_backup
+
+    if args.verify_only:
+        manifest = verify_backup(args.backup)
+        print(f"backup {args.backup} is intact: {manifest.get('records', '?')} records in "
+              f"{manifest['layout']['shards']} shards, {len(manifest['files'])} files, taken "
+              f"{manifest.get('created', '?')}")
+        return 0
+    data_dir = args.data_dir or load_settings().resolved_data_dir()
+    report = restore_backup(args.backup, data_dir, force=args.force,
+                            keep_store_id=args.keep_store_id)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"restored {report['records']} records in {report['shards']} shards (backup of "
+          f"{report['created']}) into {report['restored']}; start it with `memoray serve "
+          f"--data-dir {report['restored']} --shards {report['shards']}`")
+    if report["replaced_kept_at"]:
+        print(f"the previous contents are kept at {report['replaced_kept_at']}")
+    return 0
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -383,6 +425,21 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--quiet", action="store_true", help="no progress bar (default: shown)")
     _add_client_flags(im)
     im.set_defaults(func=_import)
+
+    rs = sub.add_parser("restore", help="restore a backup (from the backup job) into a data "
+                        "dir; checksums are verified first and a failure changes nothing")
+    rs.add_argument("backup", type=Path, help="the backup directory (holds manifest.json)")
+    rs.add_argument("--data-dir", type=Path, help="where to restore (default: the configured "
+                    "data dir, ~/.memoray); must be new or empty")
+    rs.add_argument("--force", action="store_true", help="replace a non-empty data dir (its "
+                    "contents are moved aside, not deleted; refused while a server runs on it)")
+    rs.add_argument("--keep-store-id", action="store_true", help="keep the backed-up store's "
+                    "id (default: a new id, so the restored store never shares Ray actors with "
+                    "the original)")
+    rs.add_argument("--verify-only", action="store_true",
+                    help="check the backup's checksums and stop (default: restore)")
+    rs.add_argument("--json", action="store_true", help="print JSON (default: a summary)")
+    rs.set_defaults(func=_restore)
 
     _add_webhook(sub)
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 import sys
+from array import array
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -26,6 +28,12 @@ from typing import Any
 import numpy as np
 
 from memoray.analysis import DEFAULT_ANALYZER, MAX_TOKENS, Analyzer, tokenize
+
+# A posting is one int64: slot << 16 | tf (tf <= MAX_TOKENS < 2**16). A term's postings are that
+# int alone when it has one (most terms of a store are rare), else an array('q') sorted by slot
+# (slots only grow, so adding appends): 8 bytes a posting, against ~50 in a {slot: tf} dict.
+_SHIFT = 16
+_TF_MASK = (1 << _SHIFT) - 1
 
 __all__ = ["B", "K1", "MAX_TOKENS", "LexicalIndex", "normalize", "tokenize"]
 
@@ -65,13 +73,14 @@ class LexicalIndex:
         self.k1 = float(k1)
         self.b = float(b)
         self.analyzer = analyzer or DEFAULT_ANALYZER  # text -> terms (memoray.analysis)
-        self._postings: dict[str, dict[int, int]] = {}  # term -> {slot: tf}
+        self._postings: dict[str, int | array] = {}  # term -> packed posting(s), see _SHIFT
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # term -> (slots, tfs)
         self._slot_of: dict[int, int] = {}  # label -> slot
-        self._doc_terms: list[tuple[str, ...] | None] = []  # slot -> distinct terms
+        # slot -> distinct terms (None once removed). Slots are never reused, so each term's
+        # postings stay sorted by slot; a removed slot costs its 24 bytes here until restart.
+        self._doc_terms: list[tuple[str, ...] | None] = []
         self._labels = np.full(0, -1, dtype=np.int64)  # slot -> label
         self._doclen = np.zeros(0, dtype=np.float64)  # slot -> token count
-        self._free: list[int] = []
         self._total_len = 0
 
     @classmethod
@@ -94,7 +103,7 @@ class LexicalIndex:
 
     def df(self, term: str) -> int:
         postings = self._postings.get(term)
-        return len(postings) if postings else 0
+        return 0 if postings is None else _df(postings)
 
     def idf(self, df: int) -> float:
         n = len(self._slot_of)
@@ -107,18 +116,22 @@ class LexicalIndex:
             self.remove(label)
         tokens = self.analyzer.tokenize(text)
         counts = Counter(tokens)
-        slot = self._free.pop() if self._free else self._new_slot()
+        slot = self._new_slot()
         self._slot_of[label] = slot
         self._labels[slot] = label
         self._doclen[slot] = len(tokens)
         self._total_len += len(tokens)
         postings, cache = self._postings, self._cache
+        base = slot << _SHIFT
         for term, tf in counts.items():  # tokens are interned: one string per term, shared
             plist = postings.get(term)
             if plist is None:
-                postings[term] = {slot: tf}
+                postings[term] = base | tf
             else:
-                plist[slot] = tf
+                if isinstance(plist, int):
+                    postings[term] = array("q", (plist, base | tf))
+                else:
+                    plist.append(base | tf)  # the newest slot: still sorted
                 if cache:
                     cache.pop(term, None)
         self._doc_terms[slot] = tuple(counts)
@@ -129,17 +142,20 @@ class LexicalIndex:
         if slot is None:
             return False
         postings, cache = self._postings, self._cache
+        base = slot << _SHIFT
         for term in self._doc_terms[slot] or ():
             plist = postings[term]
-            del plist[slot]
-            if not plist:
+            if isinstance(plist, int):
                 del postings[term]
+            else:
+                del plist[bisect_left(plist, base)]  # this slot's posting (sorted by slot)
+                if len(plist) == 1:
+                    postings[term] = plist[0]
             cache.pop(term, None)
         self._total_len -= int(self._doclen[slot])
         self._doclen[slot] = 0.0
         self._labels[slot] = -1
         self._doc_terms[slot] = None
-        self._free.append(slot)
         return True
 
     def terms(self, query: str | Sequence[str]) -> list[str]:
@@ -181,7 +197,7 @@ class LexicalIndex:
             return _empty()
         if cand.size > 1 and bool(np.any(cand[1:] < cand[:-1])):
             cand = np.sort(cand)
-        scanned = sum(len(plist) for _, plist in present)
+        scanned = sum(_df(plist) for _, plist in present)
         if cand.size * len(present) * _DIRECT_LOOKUP_COST <= scanned:
             return self._search_direct(present, k, cand)
         return self._search_all(present, k, cand)
@@ -197,7 +213,7 @@ class LexicalIndex:
         return {
             "docs": len(self._slot_of),
             "terms": len(self._postings),
-            "postings": sum(len(p) for p in self._postings.values()),
+            "postings": sum(_df(p) for p in self._postings.values()),
             "cached_terms": len(self._cache),
             "approx_bytes": approx,
         }
@@ -216,15 +232,14 @@ class LexicalIndex:
             self._labels, self._doclen = labels, doclen
         return slot
 
-    def _term_arrays(self, term: str, plist: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    def _term_arrays(self, term: str, plist: int | array) -> tuple[np.ndarray, np.ndarray]:
+        """(slots, tfs) of a term, sorted by slot."""
         arrays = self._cache.get(term)
         if arrays is None:
-            n = len(plist)
-            arrays = (
-                np.fromiter(plist.keys(), dtype=np.intp, count=n),
-                np.fromiter(plist.values(), dtype=np.float64, count=n),
-            )
-            if n >= _CACHE_MIN_DF:
+            packed = _packed(plist)
+            arrays = ((packed >> _SHIFT).astype(np.intp),
+                      (packed & _TF_MASK).astype(np.float64))
+            if len(packed) >= _CACHE_MIN_DF:
                 self._cache[term] = arrays
         return arrays
 
@@ -236,13 +251,13 @@ class LexicalIndex:
         return self.idf(df) * (k1 + 1.0) * tfs / (tfs + norm)
 
     def _search_all(
-        self, present: list[tuple[str, dict[int, int]]], k: int, cand: np.ndarray | None
+        self, present: list[tuple[str, int | array]], k: int, cand: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         acc = np.zeros(self._labels.size, dtype=np.float64)
         for term, plist in present:
             slots, tfs = self._term_arrays(term, plist)
             # each slot occurs once per term, so fancy-index += is a correct scatter-add
-            acc[slots] += self._weights(tfs, slots, len(plist))
+            acc[slots] += self._weights(tfs, slots, _df(plist))
         hits = np.flatnonzero(acc > 0.0)
         labels = self._labels[hits]
         if cand is not None:
@@ -255,21 +270,39 @@ class LexicalIndex:
         return _top(labels, acc[hits], k)
 
     def _search_direct(
-        self, present: list[tuple[str, dict[int, int]]], k: int, cand: np.ndarray
+        self, present: list[tuple[str, int | array]], k: int, cand: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         slot_of = self._slot_of
         slot_list = [s for s in map(slot_of.get, cand.tolist()) if s is not None]
         if not slot_list:
             return _empty()
         slots = np.asarray(slot_list, dtype=np.intp)
+        keys = slots.astype(np.int64) << _SHIFT
         acc = np.zeros(slots.size, dtype=np.float64)
         for _term, plist in present:
-            tfs = np.fromiter(map(plist.get, slot_list, [0] * len(slot_list)), np.float64)
+            # each candidate's posting found by binary search in the slot-sorted postings
+            packed = _packed(plist)
+            pos = np.minimum(np.searchsorted(packed, keys), len(packed) - 1)
+            got = packed[pos]
+            tfs = np.where((got >> _SHIFT) == slots, got & _TF_MASK, 0).astype(np.float64)
+            del packed, got  # drop the view: the array may grow again
             hit = tfs > 0.0
             if hit.any():
-                acc[hit] += self._weights(tfs[hit], slots[hit], len(plist))
+                acc[hit] += self._weights(tfs[hit], slots[hit], _df(plist))
         hits = np.flatnonzero(acc > 0.0)
         return _top(self._labels[slots[hits]], acc[hits], k)
+
+
+def _df(plist: int | array) -> int:
+    return 1 if isinstance(plist, int) else len(plist)
+
+
+def _packed(plist: int | array) -> np.ndarray:
+    """A term's packed postings as int64: a view of the array, no copy. While a view lives the
+    array cannot grow, so callers drop it before returning (the shard is single-threaded)."""
+    if isinstance(plist, int):
+        return np.array([plist], dtype=np.int64)
+    return np.frombuffer(plist, dtype=np.int64)
 
 
 def _empty() -> tuple[np.ndarray, np.ndarray]:

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = Field(
         "EveryNode", description="where Serve runs HTTP proxies (HeadOnly when several Ray "
         "nodes share one host's ports)")
+    direct_ingress: bool = Field(default=True, description="one local replica serves HTTP "
+                                 "itself on --port (Ray Serve's direct ingress), skipping the "
+                                 "proxy hop; off, or with several replicas or a cluster, Serve's "
+                                 "proxy fronts the replicas")
     max_replicas_per_node: int | None = Field(default=None, ge=1, description="at most this "
                                               "many app replicas per node")
     embedding_workers: int = Field(default=1, ge=1, le=64, description="embedding actors")

@@ -91,7 +91,8 @@ class Admin(UseCase):
                               "indexed": s["indexed"], "deletedInGraph": s["deleted_in_graph"],
                               "seq": s["seq"], "snapshotSeq": s["snapshot_seq"],
                               "diskBytes": s["disk_bytes"], "indexBytes": s["index_bytes"],
-                              "lexical": s["lexical"], "recovery": s["recovery"]}
+                              "lexical": s["lexical"], "recovery": s["recovery"],
+                              "stages": s.get("stages", {})}
                              for s in shards]
             out["storageBytes"] = sum(s["disk_bytes"] for s in shards)
             out["indexBytes"] = sum(s["index_bytes"] for s in shards)
@@ -104,26 +105,52 @@ class Admin(UseCase):
         return out
 
     async def health(self, detailed: bool = False) -> dict:
+        """Every component's status. In detail, each shard also lists its replicas: node, role
+        (primary or replica), in-sync, and replication lag in log entries. Sets the
+        memoray_component_up and memoray_memories gauges as a side effect."""
         components: dict[str, Any] = {}
         overall = "ok"
+        replicas = await self._replicas() if detailed else {}
 
-        async def probe(name: str, coro: Any) -> None:
+        async def probe(name: str, coro: Any, shard: int | None = None) -> None:
             nonlocal overall
             try:
                 res = await asyncio.wait_for(coro, 5.0)
                 components[name] = res if detailed else {"status": res.get("status", "ok")}
+                if shard is not None and "records" in res:
+                    self.metrics.memories.labels(shard=shard).set(res["records"])
+                if shard is not None and detailed:
+                    components[name]["replicas"] = replicas.get(shard, [])
             except Exception as exc:  # a dead or restarting component degrades health
                 components[name] = {"status": "unavailable", "error": type(exc).__name__}
                 overall = "degraded"
 
         await asyncio.gather(
-            *[probe(f"shard-{i}", self.backend.shards[i].health())
+            *[probe(f"shard-{i}", self.backend.shards[i].health(), shard=i)
               for i in range(len(self.backend.shards))],
             probe("embedder", self._embedder_health()),
             *([probe("webhooks", self.webhooks.health())] if self.webhooks is not None else []),
         )
+        for name, comp in components.items():  # degraded still answers (its own alert)
+            self.metrics.up.labels(component=name).set(
+                1 if comp.get("status") in ("ok", "degraded") else 0)
         return {"status": overall, "uptimeSeconds": round(time.time() - self.started, 1),
                 "components": components}
+
+    async def _replicas(self) -> dict[int, list[dict]]:
+        """Each shard's replicas. A replicated store asks its controller (actors/controller.py:
+        placement, roles and the lag it measures); a single-machine shard is its own primary."""
+        shards = self.backend.shards
+        controller = getattr(shards[0], "controller", None) if len(shards) else None
+        if controller is None:
+            return {i: [{"node": "local", "role": "primary", "inSync": True, "lag": 0}]
+                    for i in range(len(shards))}
+        try:
+            ref = controller().replicas.remote()
+            rows = await asyncio.wait_for(asyncio.wrap_future(ref.future()), 5.0)
+        except Exception:  # the controller restarting: shards still report their own health
+            return {}
+        return {int(k): v for k, v in rows.items()}
 
     async def _embedder_health(self) -> dict:
         workers = await self.backend.embedders.health()

@@ -42,9 +42,7 @@ def build_app_with(get_runtime: Callable[[], Awaitable[Any]], metrics: Metrics,
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         rt = await get_runtime()
-        health = await rt.service.health(detailed=False)
-        for name, comp in health["components"].items():
-            metrics.up.labels(component=name).set(1 if comp.get("status") == "ok" else 0)
+        health = await rt.service.health(detailed=False)  # also sets the health gauges
         return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
     @app.get("/metrics")

@@ -26,13 +26,28 @@ from memoray.prepare import (
 )
 from memoray.records import Record
 from memoray.serve.observability import span
-from memoray.serve.request import Caller, UseCase
+from memoray.serve.request import Caller, StageClock, UseCase
 from memoray.timeutil import now as utc_now
 from memoray.timeutil import parse_iso
 
 # Batches with more content than this are redacted and chunked in a worker thread, so the
 # event loop keeps serving other requests; smaller ones are cheaper inline than a thread hop.
 OFF_LOOP_CHARS = 16_384
+# Records per pipeline group of a capture batch: group g+1 embeds while group g commits.
+PIPELINE_RECORDS = 32
+
+
+def _groups(prepared: list[Prepared], size: int) -> list[list[int]]:
+    """Record indexes cut into groups of about `size`, never inside an item (a document's
+    chunks stay in one group, so they commit in one transaction on their shard)."""
+    groups: list[list[int]] = [[]]
+    pos = 0
+    for p in prepared:
+        if len(groups[-1]) >= size:
+            groups.append([])
+        groups[-1].extend(range(pos, pos + len(p.records)))
+        pos += len(p.records)
+    return [g for g in groups if g]
 
 
 def _one_workspace(items: list[CaptureItem]) -> str | None:
@@ -54,36 +69,29 @@ class Capture(UseCase):
         idempotency keys stores nothing twice). When every item failed, raises that error.
         `vectors`: the embeddings of the items' (unchunked) contents when the caller has them
         (upsert)."""
+        clock = self.clock("capture")
         # validate: the items are pydantic models already (the tool layer parsed them)
         if not items:
             raise invalid("items: must hold at least one item")
+        clock.lap("validation")
         # authorize
         items = await self.authorize_items(caller, items, action)
+        clock.lap("auth")
         # rate-limit
         if not charged:
             await self.rate_limit(caller, _one_workspace(items), cost=len(items),
                                   session=items[0].session_id)
+            clock.lap("rate_limit")
         # work: redact and chunk, embed, commit on each record's shard
         now = utc_now()
         with span("memoray.prepare", items=len(items)):
             prepared = await self._prepare(items, now)
         records = [r for p in prepared for r in p.records]
-        if vectors is None or len(vectors) != len(records):
-            with span("memoray.embed", texts=len(records)):
-                vectors = await self.embed([r["content"] for r in records])
-        with span("memoray.commit", records=len(records)):
-            outs = await self.backend.shards.put_routed(records, vectors)
-        # Each shard commits its share atomically; an item (a document's chunks share a shard)
-        # is stored whole or not at all, and a failed shard fails only its own items.
-        stored: dict[int, tuple[str, bool]] = {}
-        failed: dict[int, BaseException] = {}
-        for i, out in enumerate(outs):
-            if isinstance(out, BaseException):
-                failed[i] = out
-            else:
-                stored[i] = out
+        clock.lap("prepare")
+        stored, failed = await self._embed_and_commit(prepared, records, vectors, clock)
         if failed and not stored:
             raise next(iter(failed.values()))
+        clock.skip()
         results, pos = [], 0
         for p in prepared:
             ids, created = [], False
@@ -112,11 +120,82 @@ class Capture(UseCase):
                                          KNOWN_EVENT_TYPES else "other").inc()
             for kind, n in res["redactions"].items():
                 self.metrics.redactions.labels(kind=kind).inc(n)
+        clock.lap("serialization")
         # audit: one entry per stored item, one fsync for the batch
         await self.audited_many(caller, action, [(item.workspace_id, res["ids"])
                                                  for item, res in zip(items, results)
                                                  if "error" not in res])
+        clock.lap("audit")
         return results
+
+    async def _embed_and_commit(self, prepared: list[Prepared], records: list[Record],
+                                vectors: np.ndarray | None, clock: StageClock
+                                ) -> tuple[dict[int, tuple[str, bool]], dict[int, BaseException]]:
+        """Embed the records and commit them, pipelined: the batch is cut into groups at item
+        boundaries, and group g+1 is embedded while group g commits (one transaction per shard
+        per group), so the embedder never waits for an fsync. Returns (id, created) per stored
+        record index, and the error per failed one: a failed shard or embedding fails only its
+        own items (an item, a document's chunks included, is stored whole or not at all)."""
+        stored: dict[int, tuple[str, bool]] = {}
+        failed: dict[int, BaseException] = {}
+        given = vectors is not None and len(vectors) == len(records)
+        groups = [list(range(len(records)))] if given else _groups(prepared, PIPELINE_RECORDS)
+        waited = {"embed": 0.0, "commit": 0.0}
+
+        async def embed(group: list[int]) -> np.ndarray:
+            if given:
+                return vectors[group]
+            with span("memoray.embed", texts=len(group)):
+                return await self.embed([records[i]["content"] for i in group])
+
+        async def commit(group: list[int], vecs: np.ndarray) -> None:
+            # each record to its home's shard (re-routed during a reshard), one transaction per
+            # shard; per record its (id, created) or the exception its shard raised
+            with span("memoray.commit", records=len(group)):
+                outs = await self.backend.shards.put_routed([records[i] for i in group], vecs)
+            for i, out in zip(group, outs):
+                if isinstance(out, BaseException):
+                    failed[i] = out
+                else:
+                    stored[i] = out
+
+        async def timed(kind: str, aw: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return await aw
+            finally:
+                waited[kind] += time.perf_counter() - t
+
+        next_vecs = asyncio.ensure_future(embed(groups[0]))
+        committing: asyncio.Future | None = None
+        try:
+            for g, group in enumerate(groups):
+                try:
+                    vecs = await timed("embed", next_vecs)
+                except MemorayError as exc:
+                    vecs = exc
+                except Exception as exc:
+                    vecs = MemorayError(ErrorCode.EMBEDDING_FAILED, f"embedding failed: {exc}")
+                if g + 1 < len(groups):
+                    next_vecs = asyncio.ensure_future(embed(groups[g + 1]))
+                if committing is not None:
+                    await timed("commit", committing)
+                    committing = None
+                if isinstance(vecs, BaseException):
+                    failed.update((i, vecs) for i in group)
+                else:
+                    committing = asyncio.ensure_future(commit(group, vecs))
+            if committing is not None:
+                await timed("commit", committing)
+        finally:
+            for fut in (next_vecs, committing):
+                if fut is not None and not fut.done():
+                    fut.cancel()
+        # Time the request spent waiting on each (the rest of the other's time was hidden).
+        clock.observe("embed", waited["embed"])
+        clock.observe("commit", waited["commit"])
+        clock.skip()
+        return stored, failed
 
     async def _stored_document(self, first_chunk_id: str) -> tuple[str | None, list[str]]:
         """The parent id and chunk ids of the document a retry's first chunk resolved to."""

@@ -39,6 +39,33 @@ def _use_agent_port(port: int) -> None:
     parameter.RayParams.__init__ = patched
 
 
+_INGRESS_VARS = ("RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
+                 "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT")
+
+
+def _ingress_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in _INGRESS_VARS if k in os.environ}
+
+
+def _direct_ingress(settings: Settings) -> int:
+    """The port Serve's own proxy listens on. With one replica on a Ray this process starts, the
+    replica itself serves HTTP on --port (Ray Serve's direct ingress: no proxy actor hop, no
+    call back to the proxy for the request body; measured in benchmarks/bench_core.py), and the
+    proxy, which Serve still starts on the head, gets a free port nobody uses. Otherwise (several
+    replicas to balance, a cluster, or MEMORAY_DIRECT_INGRESS=false) the proxy is the front
+    door."""
+    from memoray.serve import startup
+
+    if not (settings.direct_ingress and settings.replicas == 1 and not settings.address
+            and not settings.cluster_mode and settings.port):
+        return settings.port
+    os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+    # The replica takes the first port of this range: exactly --port.
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(settings.port)
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(settings.port + 1)
+    return startup.free_port()
+
+
 def serve_forever(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -64,6 +91,7 @@ def serve_forever(settings: Settings) -> int:
         print(f"memoray: {err.message}", file=sys.stderr)
         return 2
 
+    serve_port = _direct_ingress(settings)  # before Ray starts: its processes read the env
     import ray
     from ray import serve
 
@@ -94,7 +122,8 @@ def serve_forever(settings: Settings) -> int:
                                                  "TRANSFORMERS_OFFLINE": "1",
                                                  "RAY_USAGE_STATS_ENABLED": "0",
                                                  "MEMORAY_LOG_FORMAT": settings.log_format,
-                                                 "MEMORAY_LOG_LEVEL": settings.log_level},
+                                                 "MEMORAY_LOG_LEVEL": settings.log_level,
+                                                 **_ingress_env()},
                                     # every actor process logs as memoray.logs says
                                     "worker_process_setup_hook": "memoray.logs.configure"})
     steps.say(f"loading {settings.shards} shards and the {settings.embedder} embedding model")
@@ -121,7 +150,7 @@ def serve_forever(settings: Settings) -> int:
     steps.say(f"deploying the server ({settings.replicas} replica"
               f"{'s' if settings.replicas > 1 else ''})")
     logs = {"log_level": "WARNING", "enable_access_log": settings.access_log}
-    serve.start(http_options={"host": settings.host, "port": settings.port},
+    serve.start(http_options={"host": settings.host, "port": serve_port},
                 proxy_location=settings.proxy_location, logging_config=logs)
     serve.run(make_app(settings, store_id), name="memoray", route_prefix="/",
               blocking=False, logging_config=logs)
@@ -132,6 +161,7 @@ def serve_forever(settings: Settings) -> int:
                                     "ray_address": ray.get_runtime_context().gcs_address,
                                     "store_id": store_id,
                                     "shards": len(topology.shards),
+                                    "tokens_file": str(settings.resolved_tokens_file()),
                                     "dashboard_url": f"http://{dash}" if dash else None}))
     session = (getattr(context, "address_info", None) or {}).get("session_dir")
     if session:

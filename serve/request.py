@@ -22,6 +22,41 @@ from memoray.records import Record
 from memoray.serve.observability import Metrics
 from memoray.settings import Settings
 
+# memoray_stage_seconds{path, stage}: a closed set of labels. Replica-side stages are timed by a
+# StageClock in the use case; shard_* stages are measured inside the shard (put: ShardCore's
+# stage totals in its stats; search: the `stages` each shard returns with its hits).
+CAPTURE_STAGES = ("validation", "auth", "rate_limit", "prepare", "embed", "commit", "audit",
+                  "serialization")
+RETRIEVE_STAGES = ("validation", "auth", "rate_limit", "plan", "embed_query", "fanout",
+                   "shard_search", "shard_filter", "shard_vector", "shard_lexical",
+                   "shard_neighbours", "shard_score", "shard_fetch", "merge", "serialization")
+
+
+class StageClock:
+    """Times the consecutive stages of one request: `lap(stage)` charges the time since the
+    previous lap (or the start) to that stage. Observing is a few microseconds per stage."""
+
+    __slots__ = ("_hist", "_path", "_t")
+
+    def __init__(self, metrics: Metrics, path: str):
+        self._hist = metrics.stage_latency
+        self._path = path
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> float:
+        now = time.perf_counter()
+        seconds = now - self._t
+        self._t = now
+        self._hist.labels(path=self._path, stage=stage).observe(seconds)
+        return seconds
+
+    def skip(self) -> None:
+        """Start the next stage now (time since the last lap belongs to no stage)."""
+        self._t = time.perf_counter()
+
+    def observe(self, stage: str, seconds: float) -> None:
+        self._hist.labels(path=self._path, stage=stage).observe(seconds)
+
 
 @dataclass
 class Caller:
@@ -54,6 +89,10 @@ class UseCase:
         self.expiry = expiry
         self.webhooks = webhooks
         self.started = time.time()
+
+    def clock(self, path: str) -> StageClock:
+        """A StageClock for one capture or retrieve (memoray_stage_seconds)."""
+        return StageClock(self.metrics, path)
 
     # -- authorize --------------------------------------------------------------------------
     async def authorize(self, caller: Caller, scope: str, action: str,

@@ -16,7 +16,7 @@ from memoray.errors import ErrorCode, MemorayError, invalid
 from memoray.models import MAX_LIMIT, MAX_QUERY_CHARS, RetrievedMemory, check_text
 from memoray.records import Record
 from memoray.serve.observability import span
-from memoray.serve.request import Caller, UseCase
+from memoray.serve.request import Caller, StageClock, UseCase
 from memoray.temporal import Anchor, anchored_span, query_anchor, query_time_span
 from memoray.timeutil import to_iso
 
@@ -50,38 +50,50 @@ class Retrieve(UseCase):
     async def search(self, caller: Caller, query: str, limit: int, filters: dict | None, *,
                      mode: str = "hybrid", recency_weight: float = 0.0,
                      strategy: str | None = None, include_content: bool = True,
-                     action: str = "retrieve") -> tuple[list[Record], dict]:
+                     action: str = "retrieve", clock: StageClock | None = None
+                     ) -> tuple[list[Record], dict]:
         """Records (with 0-1 scores) and what the planner and shards did."""
+        clock = clock or self.clock("retrieve")
         # validate (the filter is parsed once, here)
         check_limit(limit)
         node = flt.parse_filter(filters)
+        clock.lap("validation")
         # authorize
         await self.authorize(caller, "read", action)
         scoped = await self.scoped_filter(caller, node, action)
+        clock.lap("auth")
         # rate-limit
         await self.rate_limit(caller, one_workspace(node))
+        clock.lap("rate_limit")
         # work
         return await self.run_search(query, limit, scoped, mode=mode,
                                      recency_weight=recency_weight, strategy=strategy,
-                                     include_content=include_content)
+                                     include_content=include_content, clock=clock)
 
     async def retrieve(self, caller: Caller, query: str, limit: int = 10,
                        filters: dict | None = None, **kw: Any) -> list[RetrievedMemory]:
+        clock = self.clock("retrieve")
         check_query(query)
-        records, _ = await self.search(caller, query, limit, filters, **kw)
-        return [to_retrieved(r) for r in records]
+        records, _ = await self.search(caller, query, limit, filters, clock=clock, **kw)
+        out = [to_retrieved(r) for r in records]
+        clock.lap("serialization")
+        return out
 
     async def run_search(self, query: str, limit: int, node: Any, *, mode: str = "hybrid",
                          recency_weight: float = 0.0, strategy: str | None = None,
-                         include_content: bool = True) -> tuple[list[Record], dict]:
+                         include_content: bool = True, clock: StageClock | None = None
+                         ) -> tuple[list[Record], dict]:
         """Plan, embed the query, fan out to every shard, merge. `node` is already scoped."""
+        clock = clock or self.clock("retrieve")
         t0 = time.perf_counter()
         plan = self.planner.plan(node, limit)
         chosen = strategy or plan.strategy
+        clock.lap("plan")
         vector = None
         if mode != "lexical":
             with span("memoray.embed_query"):
                 vector = (await self.embed([query], query=True))[0]
+            clock.lap("embed_query")
         now = time.time()
         when = None
         if self.settings.temporal_weight > 0 and query:
@@ -100,6 +112,11 @@ class Retrieve(UseCase):
             except TimeoutError:
                 raise MemorayError(ErrorCode.QUERY_TIMEOUT,
                                    f"query exceeded {self.settings.query_timeout_s}s") from None
+        clock.lap("fanout")
+        for p in parts:  # measured inside each shard, returned with its hits
+            clock.observe("shard_search", p["seconds"])
+            for stage, seconds in (p.get("stages") or {}).items():
+                clock.observe(f"shard_{stage}", seconds)
         hits = [h for p in parts for h in p["hits"]]
         if len(parts) > 1:  # a record being moved by a reshard is briefly on two shards
             best: dict[str, Any] = {}
@@ -122,6 +139,7 @@ class Retrieve(UseCase):
             out.append(rec)  # type: ignore[arg-type]
         info = {"plan": plan.to_dict(), "strategy": chosen, "seconds": elapsed,
                 "shards": [{k: v for k, v in p.items() if k != "hits"} for p in parts]}
+        clock.lap("merge")
         return out, info
 
     async def _anchor_span(self, anchor: Anchor, node: Any, strategy: str, oversample: float,
@@ -178,15 +196,18 @@ class Retrieve(UseCase):
         # work
         text_query = query or " ".join(x for x in ("recent decisions changes problems", branch)
                                        if x)
-        records, _ = await self.run_search(text_query, limit, scoped, recency_weight=0.3)
+        # The searches are independent: run at once, their query embeddings share one model
+        # call (the micro-batcher) and their fan-outs overlap. Merged in the same order.
+        searches = [self.run_search(text_query, limit, scoped, recency_weight=0.3)]
         if scoped_recent is not None:  # this branch's recent changes, even if the query missed
-            more, _ = await self.run_search(f"changes on {branch}", min(limit, 20),
-                                            scoped_recent, recency_weight=0.8)
-            seen = {r["id"] for r in records}
-            records += [r for r in more if r["id"] not in seen]
+            searches.append(self.run_search(f"changes on {branch}", min(limit, 20),
+                                            scoped_recent, recency_weight=0.8))
         if lasting is not None:
-            more, _ = await self.run_search(text_query, min(limit, 40), lasting,
-                                            recency_weight=0.8)
+            searches.append(self.run_search(text_query, min(limit, 40), lasting,
+                                            recency_weight=0.8))
+        found = await asyncio.gather(*searches)
+        records = list(found[0][0])
+        for more, _ in found[1:]:
             seen = {r["id"] for r in records}
             records += [r for r in more if r["id"] not in seen]
         block = build_context(records, budget=budget, query=query,

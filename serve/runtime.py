@@ -15,6 +15,7 @@ from memoray.serve.service import MemoryService
 from memoray.settings import Settings
 
 log = logging.getLogger(__name__)
+HEALTH_EVERY_S = 10.0
 
 
 class Runtime:
@@ -42,11 +43,24 @@ class Runtime:
                                      redactor=self.redactor, audit=self.audit, limiter=limiter,
                                      metrics=self.metrics, expiry=expiry, webhooks=webhooks)
         self._planner_task: asyncio.Task | None = None
+        self._health_task: asyncio.Task | None = None
 
     # -- planner statistics ------------------------------------------------------------------
     def start_background(self) -> None:
         if self.planner_client is not None and self._planner_task is None:
             self._planner_task = asyncio.get_running_loop().create_task(self._sync_planner())
+        if self._health_task is None:
+            self._health_task = asyncio.get_running_loop().create_task(self._health_gauges())
+
+    async def _health_gauges(self) -> None:
+        """Keep memoray_component_up and memoray_memories current for Prometheus, whether or
+        not anyone calls /healthz (the alert on a component down relies on them)."""
+        while True:
+            try:
+                await self.service.health(detailed=False)
+            except Exception as exc:
+                log.debug("health refresh failed: %s", exc)
+            await asyncio.sleep(HEALTH_EVERY_S)
 
     async def _sync_planner(self) -> None:
         """Keep the local planner's statistics fresh from the planner actor (no hop per query)."""

@@ -18,8 +18,10 @@ CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
 def exported_metrics() -> set[str]:
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
                 "gauge": ("",)}
+    from memoray.actors.controller import REPLICA_GAUGES
+
     return {m.name + suffix for m in Metrics().registry.collect()
-            for suffix in suffixes.get(m.type, ("",))}
+            for suffix in suffixes.get(m.type, ("",))} | set(REPLICA_GAUGES)
 
 
 def referenced(text: str) -> set[str]:

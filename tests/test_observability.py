@@ -38,3 +38,33 @@ def test_capture_and_retrieve_emit_spans_and_metrics(tmp_path):
     text = svc.metrics.render().decode()
     assert 'memoray_memory_captures_total{event_type="decision"} 1.0' in text
     assert "memoray_query_latency_seconds_count" in text
+
+
+def test_detailed_health_lists_each_shards_replicas_and_sets_gauges(tmp_path):
+    svc = make_service(tmp_path)
+    asyncio.run(svc.capture([item("a memory for the gauges")], caller()))
+    health = asyncio.run(svc.health(detailed=True))
+    for i in range(2):
+        assert health["components"][f"shard-{i}"]["replicas"] == [
+            {"node": "local", "role": "primary", "inSync": True, "lag": 0}]
+    brief = asyncio.run(svc.health(detailed=False))
+    assert "replicas" not in brief["components"]["shard-0"]
+    text = svc.metrics.render().decode()
+    assert 'memoray_component_up{component="shard-0"} 1.0' in text
+    counts = [float(line.split()[-1]) for line in text.splitlines()
+              if line.startswith("memoray_memories{")]
+    assert sum(counts) == 1.0
+
+
+def test_metric_declarations_keep_prometheus_client_arguments():
+    from prometheus_client import CollectorRegistry
+
+    from memoray.serve.observability import LATENCY_BUCKETS, Histogram
+
+    r = CollectorRegistry()
+    h = Histogram("memoray_test_stage_seconds", "a stage", ["stage"], buckets=LATENCY_BUCKETS,
+                  registry=r)
+    with h.labels(stage="embed").time():
+        pass
+    h.labels(stage="embed").observe(0.2)
+    assert r.get_sample_value("memoray_test_stage_seconds_count", {"stage": "embed"}) == 2

@@ -40,8 +40,9 @@ def test_anchored_span_is_half_open_on_the_asked_side():
 def test_before_the_migration_prefers_records_before_it(tmp_path):
     """Two identical-looking errors, one before and one after the migration: with temporal
     understanding on, "before the migration" ranks the earlier one first, "after" the later;
-    off, the query's order is the store's."""
-    svc = make_service(tmp_path, shards=2)
+    off, the query's order is the store's. One shard: with two, the ids land on shards at random
+    and each shard's own BM25 statistics score the two twins differently, which is noise here."""
+    svc = make_service(tmp_path, shards=1)
 
     def cap(content, day):
         return asyncio.run(svc.capture([item(content, timestamp=f"2026-03-{day:02d}T10:00:00Z",

@@ -1,0 +1,113 @@
+"""Where a request's time goes, read from a running server: the `memoray_stage_seconds`
+histogram on /metrics (replica stages, and the shard search stages each shard returns), the
+shards' write-path stage totals (memory-stats) and the embedding workers' compute time
+(health-check, detailed). Snapshot before and after a phase; the difference is that phase.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from benchmarks.common import fmt_table
+
+STAGE_METRIC = "memoray_stage_seconds"
+# The use case's own consecutive stages (their sum is its wall time); shard_* overlap fanout.
+REPLICA_STAGES = ("validation", "auth", "rate_limit", "prepare", "embed", "commit", "audit",
+                  "serialization", "plan", "embed_query", "fanout", "merge")
+TOOL_METRIC = "memoray_tool_latency_seconds"  # the whole tool call inside the replica
+
+
+def scrape(base_url: str) -> dict[tuple[str, str], tuple[float, float]]:
+    """(path, stage) -> (seconds summed, observations) from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(base_url + "/metrics", timeout=30).text
+    out: dict[tuple[str, str], list[float]] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name not in (STAGE_METRIC, TOOL_METRIC):
+            continue
+        for s in fam.samples:
+            key = ((s.labels.get("path", ""), s.labels.get("stage", "")) if fam.name ==
+                   STAGE_METRIC else ("tool", s.labels.get("tool", "")))
+            cur = out.setdefault(key, [0.0, 0.0])
+            if s.name.endswith("_sum"):
+                cur[0] = s.value
+            elif s.name.endswith("_count"):
+                cur[1] = s.value
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+async def snapshot(client: Any, base_url: str) -> dict[str, Any]:
+    """Everything a breakdown needs, at one moment (`client`: an open mcp_client)."""
+    stats = await client.call("memory-stats")
+    health = await client.call("health-check", detailed=True)
+    workers = (health.get("components", {}).get("embedder", {}) or {}).get("workers", [])
+    shard_stages: dict[str, list[float]] = {}
+    for sh in stats.get("shards", []):
+        for name, v in (sh.get("stages") or {}).items():
+            cur = shard_stages.setdefault(name, [0.0, 0.0])
+            cur[0] += v["seconds"]
+            cur[1] += v["calls"]
+    return {"metrics": scrape(base_url), "shard_stages": shard_stages,
+            "embed_busy_s": sum(w.get("busy_seconds", 0.0) for w in workers),
+            "embed_texts": sum(w.get("texts", 0) for w in workers),
+            "embed_batches": sum(w.get("batches", 0) for w in workers)}
+
+
+def breakdown(before: dict, after: dict, path: str, requests: int,
+              tool: str | None = None) -> dict[str, Any]:
+    """Per stage: ms per request (sum over the phase / requests) and ms per observation.
+    `tool`: also the MCP tool's whole time inside the replica (row "tool (replica)")."""
+    rows: dict[str, dict[str, float]] = {}
+    for (p, stage), (s1, c1) in after["metrics"].items():
+        if p == "tool" and stage == tool:
+            stage = "tool (replica)"
+        elif p != path:
+            continue
+        s0, c0 = before["metrics"].get((p, stage), (0.0, 0.0))
+        if c1 - c0 <= 0:
+            continue
+        rows[stage] = {"ms_per_request": round(1000 * (s1 - s0) / requests, 3),
+                       "ms_per_call": round(1000 * (s1 - s0) / (c1 - c0), 3),
+                       "calls": int(c1 - c0)}
+    if path == "capture":
+        for name, (s1, c1) in after["shard_stages"].items():
+            s0, c0 = before["shard_stages"].get(name, (0.0, 0.0))
+            if c1 - c0 > 0:
+                rows[f"shard_{name}"] = {"ms_per_request": round(1000 * (s1 - s0) / requests, 3),
+                                         "ms_per_call": round(1000 * (s1 - s0) / (c1 - c0), 3),
+                                         "calls": int(c1 - c0)}
+    tool = rows.get("tool (replica)")
+    if tool is not None and path in ("capture", "retrieve"):
+        # Per call (each replica stage is timed once per call): what the tool call spent
+        # outside the use case: argument validation (pydantic), authentication, result
+        # encoding (the MCP layer).
+        own = sum(v["ms_per_call"] for k, v in rows.items() if k in REPLICA_STAGES)
+        rows["mcp layer (derived)"] = {"ms_per_request": "",
+                                       "ms_per_call": round(tool["ms_per_call"] - own, 3),
+                                       "calls": ""}
+    busy = after["embed_busy_s"] - before["embed_busy_s"]
+    batches = after["embed_batches"] - before["embed_batches"]
+    if batches > 0:
+        rows["embed_compute (worker)"] = {
+            "ms_per_request": round(1000 * busy / requests, 3),
+            "ms_per_call": round(1000 * busy / batches, 3), "calls": int(batches),
+            "texts": int(after["embed_texts"] - before["embed_texts"])}
+    return rows
+
+
+def table(rows: dict[str, dict[str, float]], total_ms: float | None = None) -> str:
+    """Stages in request order, with the client's total beside them."""
+    order = ["validation", "auth", "rate_limit", "prepare", "embed", "embed_compute (worker)",
+             "commit", "shard_commit", "shard_index_postings_lexical", "shard_index_vector",
+             "plan", "embed_query", "fanout", "shard_search", "shard_filter", "shard_vector",
+             "shard_lexical", "shard_neighbours", "shard_score", "shard_fetch", "merge",
+             "serialization", "audit", "mcp layer (derived)", "tool (replica)"]
+    names = [n for n in order if n in rows] + sorted(set(rows) - set(order))
+    out = [[n, rows[n]["ms_per_request"], rows[n]["ms_per_call"], rows[n]["calls"]]
+           for n in names]
+    if total_ms is not None:
+        out.append(["client round trip (mean)", round(total_ms, 3), "", ""])
+    return fmt_table(["stage", "ms/request", "ms/call", "calls"], out)
