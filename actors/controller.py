@@ -236,6 +236,7 @@ def controller_class():
                         self.handles.pop(name, None)
                         self.pending.pop(name, None)
                         self.unreachable.pop(name, None)
+                        getattr(self, "positions", {}).pop(name, None)
                         stopped.append(name)
                     self.system.delete(f"cfg:{i}")
                     self.configs.pop(i, None)
