@@ -12,13 +12,21 @@ from benchmarks.common import log
 def main() -> None:
     quick = os.environ.get("MEMORAY_BENCH_QUICK") == "1"
     from benchmarks import (
+        bench_agent,
         bench_audit,
         bench_core,
         bench_dedup,
+        bench_hnsw,
         bench_hooks_server,
+        bench_peer,
         bench_planner,
+        bench_reindex,
+        bench_replication,
         bench_reshard,
+        bench_roundtrip,
+        bench_scale,
         bench_security,
+        bench_shard_memory,
         coding_memories,
         locomo,
     )
@@ -41,6 +49,20 @@ def main() -> None:
             ["--batches", "5"] if quick else [])),
         ("online reshard (issue 11)", lambda: bench_reshard.main(
             ["--records", "500", "--samples", "20"] if quick else [])),
+        ("replication (issue 10)", lambda: bench_replication.main(
+            ["--seconds", "5", "--seed-records", "200"] if quick else [])),
+        ("agent value (issue 12)", lambda: bench_agent.run(embedder="hash" if quick else "minilm")),
+        ("reindex pacing (issue 11)", lambda: bench_reindex.main(
+            ["--records", "200", "--embedder", "hash"] if quick else [])),
+        ("round trip (issue 14)", lambda: bench_roundtrip.run(
+            samples=30 if quick else 200, rounds=1 if quick else 3)),
+        ("hnsw parameters (issue 14)", lambda: bench_hnsw.run(
+            n=2000 if quick else 20000, n_queries=50 if quick else 300)),
+        ("shard memory (issue 14)", lambda: bench_shard_memory.run(n=2000 if quick else 20000)),
+        # 1M hash records need hours on a 2-core machine: `make bench-scale` runs the full sizes.
+        ("scale (issue 14)", lambda: bench_scale.run([2000] if quick else [10000, 100000])),
+        ("the peer side by side (issue 14)", lambda: bench_peer.run(
+            n=300 if quick else 10000, n_conv=1 if quick else 10)),
     ]
     for name, fn in steps:
         t0 = time.time()
