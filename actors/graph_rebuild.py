@@ -32,7 +32,7 @@ class GraphRebuild:
 
     def __init__(self, index: VectorIndex, name: str):
         self.labels = np.flatnonzero(index.live)
-        self.vectors = index.matrix[self.labels].copy()
+        self.vectors = index.vectors(self.labels)
         self.capacity = max(index.capacity, len(self.labels) + 1)
         self.delta: list[tuple[str, int]] = []
         self.graph: Any = None
@@ -68,7 +68,7 @@ class GraphRebuild:
             g.resize_index(index.capacity)
         for op, label in self.delta:
             if op == "put" and index.live[label]:
-                g.add_items(index.matrix[label][None, :], np.array([label]), num_threads=1)
+                g.add_items(index.vectors(np.array([label])), np.array([label]), num_threads=1)
             elif op == "del":
                 try:
                     g.mark_deleted(label)

@@ -61,7 +61,7 @@ class ShardCore:
         self.background_inserts = background_inserts
         self.storage = ShardStorage(self.path, map_size=map_size, durable=durable,
                                     keyring=keyring)
-        self.index = VectorIndex(dim, self.path)
+        self.index = self._new_index()
         self.postings = Postings()
         self.lexical = LexicalIndex()
         self.parents: dict[str, set[int]] = {}
@@ -79,6 +79,10 @@ class ShardCore:
         self._recover()
         self.reader = ShardSearch(shard_id, self.index, self.lexical, self.postings,
                                   self.storage.get_by_labels)
+
+    def _new_index(self) -> VectorIndex:
+        return VectorIndex(self.dim, self.path,
+                           fetch=lambda labels: self.storage.vectors_of(labels, self.dim))
 
     # -- recovery ---------------------------------------------------------------------------
     def _recover(self) -> None:
@@ -99,7 +103,7 @@ class ShardCore:
         threads = max(1, os.cpu_count() or 1)
         if snapshot_seq is None or snapshot_seq > self.storage.seq:
             # No snapshot, a corrupt one, or one from another store: rebuild from LMDB.
-            self.index = VectorIndex(self.dim, self.path)
+            self.index = self._new_index()
             self.index.add(arr, mat, to_graph=False)
             if len(arr):
                 self.index.graph.add_items(mat, arr, num_threads=threads)
@@ -126,7 +130,9 @@ class ShardCore:
             # re-put labels (a new vector) and anything live the graph lacks
             redo = np.array(sorted((puts & live) | (live - in_graph)), dtype=np.int64)
             if len(redo):
-                self.index.graph.add_items(self.index.matrix[redo], redo, num_threads=threads)
+                order = np.argsort(arr)
+                rows = order[np.searchsorted(arr, redo, sorter=order)]
+                self.index.graph.add_items(mat[rows], redo, num_threads=threads)
             mode = "snapshot+replay"
         t_end = time.perf_counter()
         # where recovery's time went: reading and indexing the records, loading the graph
@@ -209,7 +215,7 @@ class ShardCore:
         label = self.storage.label_of(record["id"])
         if label is None:
             return False
-        absorbed = self.index.matrix[label].copy()  # the wording being replaced
+        absorbed = self.index.vectors(np.array([label]))[0]  # the wording being replaced
         self.put([record], vector[None, :])
         self.storage.add_wording(label, absorbed)
         return True
@@ -400,7 +406,7 @@ class ShardCore:
             "seq": self.storage.seq,
             "snapshot_seq": self.index.covered_seq,
             "disk_bytes": self.storage.disk_bytes(),
-            "index_bytes": int(self.index.capacity * self.dim * 4),
+            "index_bytes": self.index.nbytes(),
             "lexical": self.lexical.stats(),
             "postings": st,
             "recovery": self.recovery,
@@ -475,7 +481,7 @@ class ShardCore:
         keep = [(r, lb) for r, lb in zip(records, labels) if lb is not None]
         words = self.storage.wordings_of([lb for _, lb in keep], self.dim)
         return {"records": [r for r, _ in keep],
-                "vectors": (self.index.matrix[[lb for _, lb in keep]].copy() if keep
+                "vectors": (self.index.vectors(np.array([lb for _, lb in keep])) if keep
                             else np.empty((0, self.dim), np.float32)),
                 "wordings": {r["id"]: words[lb] for r, lb in keep if lb in words},
                 "fingerprints": {r["id"]: fingerprint(r) for r, _ in keep}}

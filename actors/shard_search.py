@@ -337,7 +337,7 @@ class ShardSearch:
         if want_vec and req.vector_prf > 0 and req.vector_prf_docs > 0:
             # Rocchio feedback: move the query towards the first pass's best hits, re-score
             top = np.argsort(-score, kind="stable")[: req.vector_prf_docs]
-            moved = req.vector + req.vector_prf * self.index.matrix[pool[top]].mean(axis=0)
+            moved = req.vector + req.vector_prf * self.index.vectors(pool[top]).mean(axis=0)
             moved = (moved / max(float(np.linalg.norm(moved)), 1e-9)).astype(np.float32)
             vec = np.clip(self.index.similarity(moved, pool), 0.0, 1.0)
             score = _fuse(req, vec, lexs)

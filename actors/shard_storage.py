@@ -392,6 +392,19 @@ class ShardStorage:
                 out.append(self.decode(mid, blob) if blob is not None else None)
         return out
 
+    def vectors_of(self, labels: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """The stored float32 vectors of labels and which were found (the vector index's exact
+        rescoring reads them here: file-backed pages, not a second copy in the heap)."""
+        out = np.zeros((len(labels), dim), np.float32)
+        found = np.zeros(len(labels), bool)
+        with self.env.begin(buffers=True) as txn:
+            for i, label in enumerate(np.asarray(labels).tolist()):
+                raw = txn.get(u64(label), db=self.vectors)
+                if raw is not None and len(raw) == dim * 4:
+                    out[i] = np.frombuffer(raw, np.float32)
+                    found[i] = True
+        return out, found
+
     def label_of(self, memory_id: str) -> int | None:
         with self.env.begin() as txn:
             raw = txn.get(memory_id.encode(), db=self.ids)

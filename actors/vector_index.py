@@ -1,15 +1,26 @@
-"""The in-memory vector side of a shard: an hnswlib graph plus a dense matrix for exact scans.
+"""The in-memory vector side of a shard: an hnswlib graph plus an int8 matrix for exact scans.
 
-Both are caches of LMDB. The graph is snapshotted to disk with the sequence number it covers
-and a checksum; a missing or corrupt snapshot is rebuilt from LMDB, a stale one is replayed.
+Both are caches of LMDB. The graph holds each vector in float32 (hnswlib needs it); the scan
+matrix holds it again scalar-quantized (int8 with one float32 scale per row: 388 bytes for 384
+dimensions where float32 took 1,536), so a shard keeps one full-precision copy, not two. An
+exact scan scores candidates on the int8 rows, then rescores its best RESCORE*k in float32
+(`vectors()`: the not-yet-inserted buffer, else LMDB through `fetch`, else the graph), so it
+ranks as a float32 scan wherever the int8 error (about 1e-3 of a cosine) does not reach past
+rank RESCORE*k, and every score a caller sees is exact. int8 rather than float16 (768 bytes):
+half the bytes for the same per-scan conversion cost (numpy has no BLAS path for either), and
+rescoring takes away the precision float16 would keep.
+
+The graph is snapshotted to disk with the sequence number it covers and a checksum; a missing
+or corrupt snapshot is rebuilt from LMDB, a stale one is replayed.
 
 Graph inserts can run off the write path (`add(..., background=True)`): the vectors go into the
-matrix at once (exact scans and scoring see them), and one worker thread inserts them into the
-graph (hnswlib releases the GIL while it inserts). Until a vector is in the graph, `ann` scores it
-exactly beside the graph's answer, so a search never misses an acknowledged write. Safe across a
-crash because the LMDB log already holds the write: a snapshot covers only what the graph has
-(it waits for the queue first), and recovery replays the log after it. A lock keeps hnswlib from
-being searched, resized or saved while the worker mutates it.
+int8 matrix at once (exact scans see them) and, in float32, into `_pending` until one worker
+thread has inserted them into the graph (hnswlib releases the GIL while it inserts). `ann`
+scores pending vectors exactly beside the graph's answer, so a search never misses an
+acknowledged write. Safe across a crash because the LMDB log already holds the write: a
+snapshot covers only what the graph has (it waits for the queue first), and recovery replays
+the log after it. A lock keeps hnswlib from being searched, resized or saved while the worker
+mutates it.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import os
 import queue
 import threading
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import hnswlib
@@ -37,6 +49,11 @@ EF_CONSTRUCTION = 100
 EF_SEARCH = 64
 INSERT_CHUNK = 16  # vectors per locked graph insert: bounds how long a search can wait
 MAX_PENDING = 8192  # writes wait for the worker beyond this many vectors not yet in the graph
+RESCORE = 4  # an exact scan rescores its best RESCORE*k int8 candidates in float32
+SCAN_BLOCK = 8192  # int8 rows converted to float32 at a time (bounds a scan's temporary)
+
+# labels -> (float32 vectors, found mask): the exact vectors of live labels (LMDB, in a shard)
+Fetch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 # Indexes with a running insert worker. At exit each worker finishes its queue and stops, so
@@ -59,6 +76,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def quantize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row symmetric int8: codes = round(x / scale), scale = max|x| / 127 (1 for a zero
+    row). No training: rows arrive one at a time and every row gets its own range."""
+    x = np.asarray(vectors, dtype=np.float32)
+    amax = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(len(x), np.float32)
+    scales = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    codes = np.rint(x / scales[:, None]).clip(-127, 127).astype(np.int8)
+    return codes, scales
+
+
 def _fsync_write(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "wb") as f:
@@ -69,20 +96,27 @@ def _fsync_write(path: Path, data: bytes) -> None:
 
 
 class VectorIndex:
-    def __init__(self, dim: int, directory: Path, capacity: int = 1024):
+    def __init__(self, dim: int, directory: Path, capacity: int = 1024,
+                 fetch: Fetch | None = None):
+        """`fetch`: where exact vectors of labels in the graph are read (the shard's LMDB);
+        None reads them back from the graph (slow: tens of microseconds a vector)."""
         self.dim = dim
+        self.fetch = fetch
         self.dir = Path(directory)
         self.index_path = self.dir / "hnsw.bin"
         self.meta_path = self.dir / "hnsw.meta.json"
         self.capacity = max(capacity, 16)
-        self.matrix = np.zeros((self.capacity, dim), dtype=np.float32)
+        self.codes = np.zeros((self.capacity, dim), dtype=np.int8)
+        self.scales = np.zeros(self.capacity, dtype=np.float32)
         self.live = np.zeros(self.capacity, dtype=bool)
         self.graph = self.new_graph(self.capacity)
         self.covered_seq = 0
         self.deleted_in_graph = 0
         self._count = 0  # live labels (kept, not summed over the mask per search)
-        self.lock = threading.Lock()  # held while the graph is mutated, searched or saved
-        self._pending: dict[int, None] = {}  # labels queued for the graph, in order
+        # held while the graph is mutated, searched or saved (re-entrant: a rebuild's swap reads
+        # vectors while holding it)
+        self.lock = threading.RLock()
+        self._pending: dict[int, np.ndarray] = {}  # label -> float32 vector queued for the graph
         self._queue: queue.Queue | None = None
         self._worker: threading.Thread | None = None
         self.worker_error: str | None = None
@@ -102,11 +136,13 @@ class VectorIndex:
         new_cap = self.capacity
         while new_cap <= max_label:
             new_cap *= 2
-        matrix = np.zeros((new_cap, self.dim), dtype=np.float32)
-        matrix[: self.capacity] = self.matrix
+        codes = np.zeros((new_cap, self.dim), dtype=np.int8)
+        codes[: self.capacity] = self.codes
+        scales = np.zeros(new_cap, dtype=np.float32)
+        scales[: self.capacity] = self.scales
         live = np.zeros(new_cap, dtype=bool)
         live[: self.capacity] = self.live
-        self.matrix, self.live = matrix, live
+        self.codes, self.scales, self.live = codes, scales, live
         with self.lock:
             self.graph.resize_index(new_cap)
         self.capacity = new_cap
@@ -120,7 +156,7 @@ class VectorIndex:
             return
         labels = np.asarray(labels, dtype=np.int64)
         self._ensure(int(labels.max()))
-        self.matrix[labels] = vectors
+        self.codes[labels], self.scales[labels] = quantize(vectors)
         self._count += int(np.count_nonzero(~self.live[np.unique(labels)]))
         self.live[labels] = True
         if not to_graph:
@@ -134,8 +170,8 @@ class VectorIndex:
             self.flush()  # back-pressure: the worker is behind
         vecs = np.ascontiguousarray(vectors, dtype=np.float32).copy()
         with self.lock:
-            for label in labels.tolist():
-                self._pending[label] = None
+            for label, row in zip(labels.tolist(), vecs):
+                self._pending[label] = row
         q = self._start_worker()
         for i in range(0, len(labels), INSERT_CHUNK):
             q.put((labels[i:i + INSERT_CHUNK], vecs[i:i + INSERT_CHUNK]))
@@ -206,22 +242,35 @@ class VectorIndex:
     def count(self) -> int:
         return self._count
 
+    def approx(self, query: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Inner products on the int8 rows (error about 1e-3): for ranking candidates only.
+        Converted to float32 a block at a time, so a full scan never holds a float32 copy."""
+        q = np.asarray(query, dtype=np.float32)
+        out = np.empty(len(labels), np.float32)
+        for i in range(0, len(labels), SCAN_BLOCK):
+            part = labels[i:i + SCAN_BLOCK]
+            out[i:i + len(part)] = (self.codes[part].astype(np.float32) @ q) * self.scales[part]
+        return out
+
     def exact(self, query: np.ndarray, candidates: np.ndarray | None, k: int
               ) -> tuple[np.ndarray, np.ndarray]:
-        """Brute-force inner product over candidates (all live labels when None)."""
+        """Brute-force inner product over candidates (all live labels when None): int8 scores
+        pick the best RESCORE*k, float32 rescoring ranks them and gives their scores."""
         if candidates is None:
             candidates = np.flatnonzero(self.live)
         else:
-            candidates = candidates[candidates < self.capacity]
+            candidates = np.asarray(candidates, dtype=np.int64)
+            candidates = candidates[(candidates >= 0) & (candidates < self.capacity)]
             candidates = candidates[self.live[candidates]]
-        if len(candidates) == 0:
+        if len(candidates) == 0 or k <= 0:
             return np.empty(0, np.int64), np.empty(0, np.float32)
-        sims = self.matrix[candidates] @ query
-        if len(candidates) > k:
-            top = np.argpartition(-sims, k - 1)[:k]
-        else:
-            top = np.arange(len(candidates))
-        order = top[np.argsort(-sims[top], kind="stable")]
+        keep = RESCORE * k
+        if len(candidates) > keep:
+            rough = self.approx(query, candidates)
+            candidates = candidates[np.argpartition(-rough, keep - 1)[:keep]]
+        candidates = np.sort(candidates)  # ties in score rank by label, as a float32 scan did
+        sims = self.similarity(query, candidates)
+        order = np.argsort(-sims, kind="stable")[:k]
         return candidates[order].astype(np.int64), sims[order]
 
     def ann(self, query: np.ndarray, k: int, ef: int | None = None
@@ -232,8 +281,7 @@ class VectorIndex:
         if k <= 0:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         with self.lock:
-            pending = (np.fromiter(self._pending, dtype=np.int64, count=len(self._pending))
-                       if self._pending else None)
+            pending = list(self._pending.items()) if self._pending else None
             self.graph.set_ef(max(ef or EF_SEARCH, k))
             try:
                 labels, dists = self.graph.knn_query(query, k=k, num_threads=1)
@@ -242,21 +290,68 @@ class VectorIndex:
         labels, sims = labels[0].astype(np.int64), (1.0 - dists[0]).astype(np.float32)
         if pending is None:
             return labels, sims
-        # Not yet in the graph: scored exactly, merged by similarity (a re-put label may be in
-        # both; its exact score wins).
-        plabels, psims = self.exact(query, pending, k)
+        # Not yet in the graph: scored exactly from their float32 copies, merged by similarity
+        # (a re-put label may be in both; its pending score wins).
+        plabels = np.fromiter((lb for lb, _ in pending), dtype=np.int64, count=len(pending))
+        psims = np.vstack([v for _, v in pending]) @ np.asarray(query, np.float32)
+        if len(plabels) > k:
+            top = np.argpartition(-psims, k - 1)[:k]
+            plabels, psims = plabels[top], psims[top]
         labels = np.concatenate([plabels, labels])
-        sims = np.concatenate([psims, sims])
+        sims = np.concatenate([psims.astype(np.float32), sims])
         labels, first = np.unique(labels, return_index=True)
         sims = sims[first]
         order = np.argsort(-sims, kind="stable")[:k]
         return labels[order], sims[order]
 
     def similarity(self, query: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        return self.matrix[labels] @ query
+        """Exact (float32) inner products of labels with the query."""
+        return self.vectors(labels) @ np.asarray(query, dtype=np.float32)
 
     def vectors(self, labels: np.ndarray) -> np.ndarray:
-        return self.matrix[labels]
+        """The float32 vectors of live labels: the pending buffer, then `fetch` (LMDB), then
+        the graph; a label none of them has (deleted meanwhile) gets its int8 approximation."""
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        out = np.empty((len(labels), self.dim), np.float32)
+        need = np.ones(len(labels), bool)
+        if self._pending:
+            for i, label in enumerate(labels.tolist()):
+                row = self._pending.get(label)
+                if row is not None:
+                    out[i] = row
+                    need[i] = False
+        rest = np.flatnonzero(need)
+        if len(rest):
+            vecs, found = (self.fetch(labels[rest]) if self.fetch is not None
+                           else self._from_graph(labels[rest]))
+            out[rest[found]] = vecs[found]
+            miss = rest[~found]
+            if len(miss):
+                lab = labels[miss]
+                out[miss] = self.codes[lab].astype(np.float32) * self.scales[lab][:, None]
+        return out
+
+    def _from_graph(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = np.zeros((len(labels), self.dim), np.float32)
+        found = np.zeros(len(labels), bool)
+        with self.lock:
+            try:
+                out[:] = np.asarray(self.graph.get_items(labels, return_type="numpy"))
+                found[:] = True
+            except RuntimeError:  # some label is not in the graph: one at a time
+                for i, label in enumerate(labels.tolist()):
+                    try:
+                        out[i] = np.asarray(self.graph.get_items([label], return_type="numpy"))
+                        found[i] = True
+                    except RuntimeError:
+                        pass
+        return out, found
+
+    def nbytes(self) -> int:
+        """Approximate RAM held: the int8 rows and scales, and hnswlib's per-element data."""
+        per_node = self.dim * 4 + (2 * M + 1) * 4 + 8 + 64  # vector, level-0 links, label, maps
+        return int(self.codes.nbytes + self.scales.nbytes + self.live.nbytes
+                   + self.graph.get_current_count() * per_node)
 
     # -- snapshots --------------------------------------------------------------------------
     def save_snapshot(self, seq: int) -> None:
