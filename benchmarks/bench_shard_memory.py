@@ -1,7 +1,8 @@
 """RAM per record of one shard, in process (issue 14): anonymous RSS growth while N records
-(hash-embedded corpus texts, every field a capture sets) are put, divided by N; then the index
-sizes that explain it. The figure the README compares before and after the postings and lexical
-changes.
+(hash-embedded corpus texts, every field a capture sets) are put, divided by N; then where it
+goes: each in-memory index is dropped in turn (vector index, lexical, postings) and the fall in
+anonymous RSS (after malloc_trim) is its share; what is left is Python's and the allocator's.
+The figure the README compares before and after the postings, lexical and int8 changes.
 
 Run: python -m benchmarks.bench_shard_memory [--n 20000]
 """
@@ -9,6 +10,7 @@ Run: python -m benchmarks.bench_shard_memory [--n 20000]
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import os
 import tempfile
@@ -25,6 +27,37 @@ def rss_anon() -> int:
             if line.startswith("RssAnon"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _trim() -> int:
+    """Collect, hand freed heap back to the OS, and return anonymous RSS."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    return rss_anon()
+
+
+def breakdown(core, n: int) -> dict[str, float]:
+    """Bytes per record freed by dropping each in-memory part of the shard, in turn."""
+    from memoray.actors.vector_index import VectorIndex
+    from memoray.lexical import LexicalIndex
+    from memoray.postings import Postings
+
+    out: dict[str, float] = {}
+    before = _trim()
+    core.index.stop_worker()
+    core.index = core.reader.index = VectorIndex(core.dim, core.path / "dropped")
+    after = _trim()
+    out["vector_index"] = round((before - after) / n, 1)
+    core.lexical = core.reader.lexical = LexicalIndex()
+    before, after = after, _trim()
+    out["lexical"] = round((before - after) / n, 1)
+    core.postings = core.reader.postings = Postings()
+    before, after = after, _trim()
+    out["postings"] = round((before - after) / n, 1)
+    return out
 
 
 def _record(i: int, text: dict) -> dict:
@@ -58,12 +91,16 @@ def run(n: int = 20000) -> dict:
         per = (rss_anon() - r0) / n
         res = {"n": n, "rss_anon_bytes_per_record": round(per, 1),
                "load_seconds": round(time.perf_counter() - t0, 1),
-               "lexical": core.lexical.stats(), "loadavg": os.getloadavg()}
-        core.close()
-    path = save_json("shard_memory.json", res)
+               "lexical": core.lexical.stats(), "index_bytes": core.index.nbytes(),
+               "loadavg": os.getloadavg()}
+        parts = breakdown(core, n)
+        parts["rest"] = round((_trim() - r0) / n, 1)
+        res["freed_per_record_by_dropping"] = parts
+        core.storage.close()
+    path = save_json("shard_memory.json" if n == 20000 else f"shard_memory_{n}.json", res)
     print(f"{n} records in one shard: {per:.0f} bytes of anonymous RSS per record "
-          f"(lexical ~{res['lexical']['approx_bytes'] / n:.0f} B); load {res['loadavg'][0]:.1f}; "
-          f"saved {path}")
+          f"(lexical ~{res['lexical']['approx_bytes'] / n:.0f} B); freed per record by dropping "
+          f"each part: {parts}; load {res['loadavg'][0]:.1f}; saved {path}")
     return res
 
 
