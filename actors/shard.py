@@ -88,16 +88,21 @@ class ShardCore:
     def _recover(self) -> None:
         t0 = time.perf_counter()
         labels: list[int] = []
-        vectors: list[np.ndarray] = []
+        # Vectors are copied into one preallocated matrix as they are read (each record's bytes
+        # freed at once): a list of 100K small buffers would leave the heap fragmented, and the
+        # process larger after recovery than after the same records were written.
+        mat = np.empty((self.storage.count(), self.dim), np.float32)
         for label, record, vec in self.storage.iter_all():
+            if len(labels) == len(mat):
+                mat = np.concatenate([mat, np.empty_like(mat[: max(1, len(mat))])])
+            mat[len(labels)] = vec
             labels.append(label)
-            vectors.append(vec)
             self._index_record(label, record)
         t_scan = time.perf_counter()
         snapshot_seq = self.index.load_snapshot()
         t_snap = time.perf_counter()
         arr = np.asarray(labels, dtype=np.int64)
-        mat = np.vstack(vectors) if vectors else np.empty((0, self.dim), np.float32)
+        mat = mat[: len(labels)]
         replayed = 0
         # Nothing is served until recovery ends, so graph inserts may use every core.
         threads = max(1, os.cpu_count() or 1)

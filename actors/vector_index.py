@@ -156,7 +156,9 @@ class VectorIndex:
             return
         labels = np.asarray(labels, dtype=np.int64)
         self._ensure(int(labels.max()))
-        self.codes[labels], self.scales[labels] = quantize(vectors)
+        for i in range(0, len(labels), SCAN_BLOCK):  # bounded temporaries (recovery: all)
+            part = labels[i:i + SCAN_BLOCK]
+            self.codes[part], self.scales[part] = quantize(vectors[i:i + SCAN_BLOCK])
         self._count += int(np.count_nonzero(~self.live[np.unique(labels)]))
         self.live[labels] = True
         if not to_graph:
