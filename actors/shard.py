@@ -9,12 +9,15 @@ graph rebuild in actors/graph_rebuild.py; callers reach a shard through actors/s
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import math
 import os
+import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,8 @@ class ShardCore:
         self.parents: dict[str, set[int]] = {}
         self.expiry: SortedList = SortedList()  # (expires_at, label)
         self._rebuild: GraphRebuild | None = None  # the background graph rebuild in flight
+        self._bg_snapshot: BackgroundSnapshot | None = None  # the graph snapshot in flight
+        self.snapshots = 0
         self.rebuilds = 0
         self.started_at = time.time()
         self.recovery: dict[str, Any] = {}
@@ -339,13 +344,38 @@ class ShardCore:
         return self._swap_if_rebuilt(wait=True)
 
     def _maybe_snapshot(self) -> None:
+        """Every `snapshot_every` writes, snapshot the graph on a thread (the write that crosses
+        the mark does not wait for it), so a kill -9 replays at most about that many writes."""
+        bg = self._bg_snapshot
+        if bg is not None:
+            if bg.thread.is_alive():
+                return
+            self._finish_bg_snapshot()
         if self.storage.seq - self.index.covered_seq >= self.snapshot_every:
-            self.snapshot()
+            self._bg_snapshot = BackgroundSnapshot(self.index, self.storage.seq,
+                                                   name=f"snapshot-{self.shard_id}")
+
+    def _finish_bg_snapshot(self) -> None:
+        """Join the background snapshot; once it is durable, drop the log it covers (here, on
+        the shard's own thread: LMDB writes go through storage._write and its one-shot hook)."""
+        bg, self._bg_snapshot = self._bg_snapshot, None
+        if bg is None:
+            return
+        bg.thread.join()
+        if bg.error is not None:
+            log.error("shard %d: background index snapshot failed: %s", self.shard_id, bg.error)
+            return
+        self.snapshots += 1
+        self.storage.trim_log(bg.seq)
+        self.storage.outbox_trim(time.time() - OUTBOX_KEEP_S)
 
     def snapshot(self) -> dict:
+        """A snapshot now, waited for (close, backups, after a rebuild)."""
+        self._finish_bg_snapshot()
         t0 = time.perf_counter()
         seq = self.storage.seq
         self.index.save_snapshot(seq)
+        self.snapshots += 1
         trimmed = self.storage.trim_log(seq)
         self.storage.outbox_trim(time.time() - OUTBOX_KEEP_S)
         return {"seq": seq, "trimmed": trimmed, "seconds": round(time.perf_counter() - t0, 3)}
@@ -410,6 +440,8 @@ class ShardCore:
             "graph_pending": self.index.pending,
             "seq": self.storage.seq,
             "snapshot_seq": self.index.covered_seq,
+            "snapshots": self.snapshots,
+            "snapshotting": self._bg_snapshot is not None,
             "disk_bytes": self.storage.disk_bytes(),
             "index_bytes": self.index.nbytes(),
             "lexical": self.lexical.stats(),
@@ -563,6 +595,41 @@ class ShardCore:
     def spawn_options(self) -> dict:
         """What a new shard of this store is started with (the reshard job adds shards)."""
         return {**self._spawn, "outbox": self.storage.outbox_size()}
+
+
+# Snapshots in flight: joined at exit, so no thread is inside hnswlib when the interpreter
+# finalizes (see vector_index._stop_workers).
+_SNAPSHOTS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _join_snapshots() -> None:
+    for snap in list(_SNAPSHOTS):
+        snap.thread.join(120)
+
+
+class BackgroundSnapshot:
+    """One graph snapshot covering `seq`, saved on a thread: it waits for the inserts queued
+    before it (a barrier, not the whole queue), then VectorIndex.save_snapshot holds the graph
+    lock only while hnswlib writes the file."""
+
+    def __init__(self, index: VectorIndex, seq: int, name: str):
+        self.seq = seq
+        self.error: str | None = None
+        self.seconds = 0.0
+        barrier = index.barrier()
+        self.thread = threading.Thread(target=self._run, args=(index, barrier), name=name,
+                                       daemon=True)
+        self.thread.start()
+        _SNAPSHOTS.add(self)
+
+    def _run(self, index: VectorIndex, barrier: threading.Event) -> None:
+        t0 = time.perf_counter()
+        try:
+            index.save_snapshot(self.seq, barrier)
+        except Exception as exc:  # the previous snapshot stays; the next mark tries again
+            self.error = repr(exc)
+        self.seconds = time.perf_counter() - t0
 
 
 def fingerprint(record: Record) -> str:

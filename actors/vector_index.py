@@ -95,6 +95,14 @@ def _fsync_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class VectorIndex:
     def __init__(self, dim: int, directory: Path, capacity: int = 1024,
                  fetch: Fetch | None = None):
@@ -105,6 +113,7 @@ class VectorIndex:
         self.dir = Path(directory)
         self.index_path = self.dir / "hnsw.bin"
         self.meta_path = self.dir / "hnsw.meta.json"
+        self.next_meta_path = self.dir / "hnsw.meta.next"  # see save_snapshot
         self.capacity = max(capacity, 16)
         self.codes = np.zeros((self.capacity, dim), dtype=np.int8)
         self.scales = np.zeros(self.capacity, dtype=np.float32)
@@ -203,6 +212,10 @@ class VectorIndex:
             if job is None:
                 q.task_done()
                 return
+            if isinstance(job, threading.Event):  # a barrier: everything before it is done
+                job.set()
+                q.task_done()
+                continue
             labels, vecs = job
             try:
                 with self.lock:
@@ -214,6 +227,16 @@ class VectorIndex:
                 log.error("background graph insert failed: %s", exc)
             finally:
                 q.task_done()
+
+    def barrier(self) -> threading.Event:
+        """An event set once every vector queued before this call is in the graph (later ones
+        need not be: a background snapshot waits on this, not on a queue that keeps filling)."""
+        ev = threading.Event()
+        if self._queue is None:
+            ev.set()
+        else:
+            self._start_worker().put(ev)
+        return ev
 
     def flush(self) -> None:
         """Wait until every queued vector is in the graph."""
@@ -356,27 +379,50 @@ class VectorIndex:
                    + self.graph.get_current_count() * per_node)
 
     # -- snapshots --------------------------------------------------------------------------
-    def save_snapshot(self, seq: int) -> None:
+    def save_snapshot(self, seq: int, barrier: threading.Event | None = None) -> None:
         """Save the graph as covering `seq`: every write up to it must be in the graph, so the
-        queue is drained first."""
+        queue is drained first (or up to `barrier`, taken when `seq` was read). Safe to run on
+        a thread beside writes and searches: the graph is held locked only while hnswlib
+        writes it out. A kill -9 at any step leaves a snapshot that loads: the new graph is
+        written, fsynced and checksummed beside the old one, its meta goes to hnsw.meta.next
+        before it replaces hnsw.bin, and hnsw.meta.json follows; load_snapshot takes whichever
+        meta matches hnsw.bin."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        if barrier is None:
+            self.flush()
+        else:
+            barrier.wait()
         tmp = self.index_path.with_suffix(".bin.tmp")
-        self.flush()
         with self.lock:
             self.graph.save_index(str(tmp))
+            capacity = self.capacity
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        meta = json.dumps({"seq": seq, "sha256": _sha256(tmp), "dim": self.dim,
+                           "capacity": capacity}).encode()
+        _fsync_write(self.next_meta_path, meta)
         os.replace(tmp, self.index_path)
-        meta = {"seq": seq, "sha256": _sha256(self.index_path), "dim": self.dim,
-                "capacity": self.capacity}
-        _fsync_write(self.meta_path, json.dumps(meta).encode())
+        _fsync_write(self.meta_path, meta)
+        _fsync_dir(self.dir)
+        self.next_meta_path.unlink(missing_ok=True)
         self.covered_seq = seq
 
     def load_snapshot(self) -> int | None:
-        """Load the graph snapshot; returns the seq it covers, or None if unusable."""
+        """Load the graph snapshot; returns the seq it covers, or None if unusable. The meta is
+        hnsw.meta.json, or hnsw.meta.next when a snapshot was cut off between replacing the
+        graph and writing its meta (the format is unchanged; .next is only ever extra)."""
         try:
-            meta = json.loads(self.meta_path.read_text())
-            if meta["dim"] != self.dim or _sha256(self.index_path) != meta["sha256"]:
+            digest = _sha256(self.index_path)
+            meta = None
+            for path in (self.meta_path, self.next_meta_path):
+                try:
+                    cand = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue
+                if cand.get("sha256") == digest:
+                    meta = cand
+                    break
+            if meta is None or meta["dim"] != self.dim:
                 log.warning("index snapshot %s is corrupt or stale; rebuilding", self.index_path)
                 return None
             capacity = max(int(meta["capacity"]), self.capacity)
@@ -391,7 +437,6 @@ class VectorIndex:
         self.graph = graph
         self.covered_seq = int(meta["seq"])
         return self.covered_seq
-
 
     def graph_labels(self) -> set[int]:
         return set(self.graph.get_ids_list())
