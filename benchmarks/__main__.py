@@ -27,6 +27,7 @@ def main() -> None:
         bench_scale,
         bench_security,
         bench_shard_memory,
+        bench_shard_recovery,
         coding_memories,
         locomo,
     )
@@ -59,6 +60,8 @@ def main() -> None:
         ("hnsw parameters (issue 14)", lambda: bench_hnsw.run(
             n=2000 if quick else 20000, n_queries=50 if quick else 300)),
         ("shard memory (issue 14)", lambda: bench_shard_memory.run(n=2000 if quick else 20000)),
+        ("shard recovery, clean stop and kill -9 (issue 14)", lambda: bench_shard_recovery.run(
+            n=3000 if quick else 100000, tail=500 if quick else 2500, directory=None)),
         # 1M hash records need hours on a 2-core machine: `make bench-scale` runs the full sizes.
         ("scale (issue 14)", lambda: bench_scale.run([2000] if quick else [10000, 100000])),
         ("the peer side by side (issue 14)", lambda: bench_peer.run(
