@@ -266,12 +266,48 @@ class Postings:
         return out
 
 
+# A slim row is packed as a msgpack array: a bitmask of which ROW_KEYS it has, their values in
+# ROW_KEYS order, then (only if there are any) a map of its other keys. The key names, repeated
+# in every row, were about 200 of a row's ~370 bytes. In memory only (rebuilt from LMDB on start).
+ROW_KEYS = ("id", "content_hash", "event_type", "metadata", "workspace_id", "session_id",
+            "agent_id", "git_branch", "git_commit", "tier", "visibility", "timestamp",
+            "created_at", "updated_at", "expires_at", "parent_id", "chunk_index", "chunk_count",
+            "chunk_overlap", "merge_count", "merged_ids", "previous_content", "idempotency_key")
+_ROW_KEY_SET = frozenset(ROW_KEYS)
+
+
 def _pack(row: dict[str, Any]) -> bytes:
-    return msgpack.packb(row, use_bin_type=True)
+    mask = 0
+    values: list[Any] = [0]
+    for i, k in enumerate(ROW_KEYS):
+        if k in row:
+            mask |= 1 << i
+            values.append(row[k])
+    values[0] = mask
+    if len(values) - 1 < len(row):
+        values.append({k: v for k, v in row.items() if k not in _ROW_KEY_SET})
+    return msgpack.packb(values, use_bin_type=True)
+
+
+_KEYS_OF_MASK: dict[int, tuple[str, ...]] = {}  # a mask's keys (few distinct masks occur)
+
+
+def _keys_of(mask: int) -> tuple[str, ...]:
+    keys = _KEYS_OF_MASK.get(mask)
+    if keys is None:
+        keys = tuple(k for i, k in enumerate(ROW_KEYS) if mask >> i & 1)
+        if len(_KEYS_OF_MASK) < 4096:
+            _KEYS_OF_MASK[mask] = keys
+    return keys
 
 
 def _unpack(blob: bytes) -> dict[str, Any]:
-    return msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    values = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    keys = _keys_of(values[0])
+    row = dict(zip(keys, values[1:]))
+    if len(values) > len(keys) + 1:
+        row.update(values[-1])
+    return row
 
 
 def union_sorted(arrays: list[np.ndarray]) -> np.ndarray:
