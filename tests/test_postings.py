@@ -239,3 +239,30 @@ def test_postings_match_brute_force(ops):
         assert stats["ts_quantiles"][0] == stamps[0] and stats["ts_quantiles"][-1] == stamps[-1]
     else:
         assert stats["ts_quantiles"] == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(
+    st.sampled_from(["id", "content_hash", "metadata", "expires_at", "merged_ids",
+                     "chunk_index", "custom", "other"]),  # not indexed: any value
+    st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=False),
+              st.text(max_size=20), st.lists(st.text(max_size=5), max_size=3),
+              st.dictionaries(st.text(max_size=5), st.integers(-2**40, 2**40), max_size=3))))
+def test_rows_round_trip_whatever_keys_they_have(row):
+    """Rows are packed as a key bitmask plus values (and a map of unknown keys): a missing key
+    stays missing, a None stays None, unknown keys come back."""
+    p = Postings()
+    p.add(3, row)
+    assert p.row(3) == {k: v for k, v in row.items() if k != "content"}
+
+
+def test_a_full_row_packs_to_less_than_half_a_msgpack_map():
+    from memoray.postings import _pack
+
+    row = {"id": "01JD3M8X9Q6W0R2T5Y7U1I3O5P", "content_hash": "ab" * 32, "event_type": "note",
+           "metadata": {"file": "src/a.py"}, "workspace_id": "ws3", "session_id": "s1",
+           "agent_id": None, "git_branch": "main", "git_commit": None, "tier": "episodic",
+           "visibility": "shared", "timestamp": 1.7e9, "created_at": 1.7e9,
+           "updated_at": 1.7e9, "expires_at": None, "parent_id": None, "chunk_index": None,
+           "chunk_count": None, "idempotency_key": None}
+    assert len(_pack(row)) * 2 < len(msgpack.packb(row, use_bin_type=True))
