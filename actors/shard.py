@@ -30,7 +30,7 @@ from memoray.actors.graph_rebuild import GraphRebuild, worth_rebuilding
 from memoray.actors.shard_search import SearchRequest, SearchResult, ShardSearch
 from memoray.actors.shard_storage import OP_DEL, OP_PUT, ShardStorage, u64
 from memoray.actors.snapshot_export import SnapshotChunk, export_chunk
-from memoray.actors.vector_index import VectorIndex
+from memoray.actors.vector_index import MAX_PENDING, VectorIndex
 from memoray.errors import ErrorCode, MemorayError
 from memoray.lexical import LexicalIndex
 from memoray.logs import Timer
@@ -108,8 +108,8 @@ class ShardCore:
         t_snap = time.perf_counter()
         arr = np.asarray(labels, dtype=np.int64)
         mat = mat[: len(labels)]
-        replayed = 0
-        # Nothing is served until recovery ends, so graph inserts may use every core.
+        replayed = background = 0
+        # Nothing is served until recovery ends, so graph inserts done here may use every core.
         threads = max(1, os.cpu_count() or 1)
         if snapshot_seq is None or snapshot_seq > self.storage.seq:
             # No snapshot, a corrupt one, or one from another store: rebuild from LMDB.
@@ -142,7 +142,14 @@ class ShardCore:
             if len(redo):
                 order = np.argsort(arr)
                 rows = order[np.searchsorted(arr, redo, sorter=order)]
-                self.index.graph.add_items(mat[rows], redo, num_threads=threads)
+                if self.background_inserts and len(redo) <= MAX_PENDING:
+                    # The tail after the snapshot (a kill -9 leaves up to snapshot_every
+                    # writes) goes to the insert worker: the shard serves at once, and
+                    # searches score these vectors exactly until they are in the graph.
+                    self.index.add(redo, mat[rows], background=True)
+                    background = len(redo)
+                else:
+                    self.index.graph.add_items(mat[rows], redo, num_threads=threads)
             mode = "snapshot+replay"
         t_end = time.perf_counter()
         # where recovery's time went: reading and indexing the records, loading the graph
@@ -150,7 +157,8 @@ class ShardCore:
         self.recovery = {"mode": mode, "records": len(labels), "replayed": replayed,
                          "seconds": round(t_end - t0, 3), "scan_s": round(t_scan - t0, 3),
                          "snapshot_s": round(t_snap - t_scan, 3),
-                         "graph_s": round(t_end - t_snap, 3)}
+                         "graph_s": round(t_end - t_snap, 3),
+                         "replay_in_background": background}
         log.info("shard %d recovered: %s", self.shard_id, self.recovery)
 
     def _index_record(self, label: int, record: Record) -> None:
