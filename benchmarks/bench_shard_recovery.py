@@ -87,15 +87,17 @@ def phase_open(path: Path, expect: int) -> None:
 
     core, wall = _open(path)
     rec = dict(core.recovery)
+    pending = getattr(core.index, "pending", 0)  # the tail still queued for the graph
+    getattr(core.index, "flush", lambda: None)()
     live = np.flatnonzero(core.index.live)
     in_graph = set(core.index.graph.get_ids_list())
-    missing_graph = sum(1 for lb in live.tolist() if lb not in in_graph
-                        and lb not in core.index._pending)
+    missing_graph = sum(1 for lb in live.tolist() if lb not in in_graph)
     # records are found again by their own vectors (in the top 5: the corpus repeats texts)
     probe = live[np.linspace(0, len(live) - 1, 50).astype(int)]
     found = sum(int(lb in core.index.ann(core.index.vectors(np.array([lb]))[0], 5)[0])
                 for lb in probe.tolist())
     _report({"open_wall_s": round(wall, 2), "recovery": rec, "records": len(core.postings),
+             "pending_after_open": pending,
              "expected": expect, "live_not_in_graph": missing_graph,
              "probes_found": f"{found}/{len(probe)}"})
     core.close()
