@@ -394,15 +394,16 @@ class ShardStorage:
 
     def vectors_of(self, labels: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """The stored float32 vectors of labels and which were found (the vector index's exact
-        rescoring reads them here: file-backed pages, not a second copy in the heap)."""
-        out = np.zeros((len(labels), dim), np.float32)
-        found = np.zeros(len(labels), bool)
-        with self.env.begin(buffers=True) as txn:
-            for i, label in enumerate(np.asarray(labels).tolist()):
-                raw = txn.get(u64(label), db=self.vectors)
-                if raw is not None and len(raw) == dim * 4:
-                    out[i] = np.frombuffer(raw, np.float32)
-                    found[i] = True
+        rescoring reads them here: file-backed pages, not a second copy in the heap). One
+        join and one frombuffer, not a numpy assignment per label."""
+        width = dim * 4
+        keys = [_U64.pack(lb) for lb in np.asarray(labels).tolist()]
+        with self.env.begin() as txn:
+            raws = [txn.get(k, db=self.vectors) for k in keys]
+        found = np.fromiter((r is not None and len(r) == width for r in raws), bool, len(raws))
+        if not found.all():
+            raws = [r if ok else bytes(width) for r, ok in zip(raws, found.tolist())]
+        out = np.frombuffer(b"".join(raws), np.float32).reshape(len(raws), dim)
         return out, found
 
     def label_of(self, memory_id: str) -> int | None:

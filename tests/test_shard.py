@@ -284,7 +284,7 @@ def test_a_shard_killed_with_sigkill_recovers_every_acknowledged_record(tmp_path
     assert again.recovery["mode"] == "snapshot+replay"
     live = set(np.flatnonzero(again.index.live).tolist())
     assert len(live) == 600
-    for flushed in (False, True):  # the replayed tail found before and after the worker's done
+    for _flushed in (False, True):  # the replayed tail found before and after the worker's done
         for b, i in ((0, 0), (5, 17), (11, 49)):
             q = f"killed shard note {b} {i} word{b * 50 + i}"
             hits = search(again, q, k=1, strategy=ANN, mode="vector")["hits"]
