@@ -184,6 +184,7 @@ def serve_forever(settings: Settings) -> int:
         signal.signal(sig, lambda *_: stop.set())
     while not stop.is_set():
         stop.wait(1.0)
+    t_stop = time.time()
     print("memoray: shutting down (snapshotting indexes)", flush=True)
     try:
         serve.shutdown()
@@ -198,4 +199,5 @@ def serve_forever(settings: Settings) -> int:
     finally:
         if not settings.address:
             ray.shutdown()
+    print(f"memoray: stopped in {time.time() - t_stop:.1f}s", flush=True)
     return 0
