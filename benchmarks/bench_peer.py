@@ -224,6 +224,7 @@ async def _ask(api: Any, convs: list, dia_of: dict[str, dict[str, str]], label: 
     qs = [(conv, q) for conv in convs for q in conv.questions
           if q.category != 5 and q.evidence]
     found = 0.0
+    per_conv: dict[str, list[float]] = {}
     lat = []
     prog = Progress(f"{label} LoCoMo questions", len(qs), "questions")
     t0 = time.perf_counter()
@@ -232,12 +233,17 @@ async def _ask(api: Any, convs: list, dia_of: dict[str, dict[str, str]], label: 
         t = time.perf_counter()
         got = [dia_of[ws].get(x, "") for x in await api.search(q.question, 5, ws)]
         lat.append(time.perf_counter() - t)
-        found += sum(1 for e in q.evidence if e in got) / len(q.evidence)
+        r = sum(1 for e in q.evidence if e in got) / len(q.evidence)
+        found += r
+        per_conv.setdefault(conv.sample_id, []).append(r)
         prog.update()
     prog.close()
     return {"conversations": len(convs), "questions": len(qs),
             "stored": sum(len(d) for d in dia_of.values()),
             "recall_at_5": round(found / len(qs), 4) if qs else None,
+            "recall_at_5_by_conversation": {c: {"questions": len(v),
+                                                "recall_at_5": round(sum(v) / len(v), 4)}
+                                            for c, v in per_conv.items()},
             "ask_s": round(time.perf_counter() - t0, 1), "search": latency_summary(lat)}
 
 
@@ -250,6 +256,7 @@ async def _run_memoray(url: str, n: int, convs: list) -> dict:
     out: dict = {"fill": "every memory through MCP (capture-memory, then capture-memories)"}
     async with mcp_client(url) as c:
         api = Memoray(c)
+        await api.search("warm up", 1, "warm-up")  # a fresh server's first call, untimed
         single = texts[:SINGLE]
         _stamp(f"memoray: capture-memory x {len(single)} (one per call)")
         prog = Progress("memoray capture-memory", len(single), "memories")
@@ -331,6 +338,7 @@ async def _peer_store_mcp(url: str, texts: list[str], tag: str, label: str
 
     async with mcp_client(url) as c:
         api = Peer(c)
+        await api.search("warm up", 1, "warm-up")  # a fresh server's first call, untimed
         prog = Progress(label, len(texts), "memories")
         t0 = time.perf_counter()
         hashes = []
