@@ -380,3 +380,36 @@ def test_context_turns_are_validated_and_a_record_without_session_gets_none(tmp_
         assert err.value.code.value == "INVALID_INPUT"
     mems = run(svc.retrieve(caller(), "zeppelin", 1, None, context_turns=1))
     assert mems[0].context == [] and mems[0].context_tokens == 0
+
+
+def test_context_turns_obey_every_filter_of_the_coding_set(tmp_path):
+    """The coding-memories set's 150 filtered queries (workspace, branch, event type, time),
+    each asked with two context turns either side: no context turn may break the filter, each
+    is in its memory's session, and some are found (the set has multi-record sessions)."""
+    from benchmarks.coding_memories import build_set
+    from memoray import filters as flt
+    from memoray.models import CaptureItem
+
+    memories, queries = build_set()
+    svc = make_service(tmp_path, shards=2)
+    for m in memories:
+        run(svc.capture([CaptureItem(content=m["content"], event_type=m["event_type"],
+                                     workspace_id=m["workspace_id"], git_branch=m["git_branch"],
+                                     session_id=m["session_id"], timestamp=m["timestamp"])],
+                        caller()))
+    stored = {}
+    for core in svc.cores:
+        for _label, rec, _vec in core.storage.iter_all():
+            stored[rec["id"]] = rec
+    attached = 0
+    for q in queries:
+        records, _ = run(svc.search(caller(), q["query"], 5, q["filters"], context_turns=2))
+        node = flt.parse_filter(q["filters"])
+        for r in records:
+            for turn in r["context"]:
+                full = stored[turn["id"]]
+                assert flt.matches(node, full), (q["query"], turn["id"])
+                assert full["session_id"] == r["session_id"]
+                assert turn["id"] != r["id"]
+                attached += 1
+    assert attached > 100
