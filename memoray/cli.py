@@ -9,10 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-HOOK_EVENTS = (
-    "SessionStart", "UserPromptSubmit", "PostToolUse", "PostToolUseFailure", "Stop",
-    "SessionEnd", "PreCompact", "PostCompact",
-)
+from memoray.hooks import HOOK_EVENTS
 
 # The defaults help text shows (kept equal to memoray.settings.Settings by a test: importing
 # pydantic here would slow every `memoray hook`).

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 GIT_TIMEOUT_S = float(os.environ.get("MEMORAY_GIT_TIMEOUT") or 0.3)
 TIMEOUTS: list[str] = []  # git subcommands that timed out in this process (facts then degrade)
@@ -23,8 +23,7 @@ _SCP_RE = re.compile(r"^(?:[^@/\s]+@)?([^:/\s]+):(?!//)(.*)$")
 MAX_MERGED_BRANCHES = 25  # the most recently committed; keeps the filter within its limits
 
 
-@dataclass(frozen=True)
-class GitFacts:
+class GitFacts(NamedTuple):
     root: str | None  # repository work-tree root (absolute), None outside a repo
     workspace_id: str
     branch: str | None  # None when HEAD is detached or unknown

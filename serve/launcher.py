@@ -40,7 +40,8 @@ def _use_agent_port(port: int) -> None:
 
 
 _INGRESS_VARS = ("RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
-                 "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT")
+                 "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT",
+                 "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S")
 
 
 def _ingress_env() -> dict[str, str]:
@@ -63,6 +64,13 @@ def _direct_ingress(settings: Settings) -> int:
     # The replica takes the first port of this range: exactly --port.
     os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(settings.port)
     os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(settings.port + 1)
+    # Serve holds a direct-ingress replica open for a minimum draining period on shutdown (30 s
+    # by default) so an external load balancer can deregister it. Here the replica IS the front
+    # door on --port: nothing deregisters it, and a stop (Ctrl-C, SIGTERM) would just sit out
+    # 30 s. Without it the replica still finishes every in-flight request before it exits
+    # (Serve's drain waits for ongoing requests either way). An operator who does put a load
+    # balancer in front sets the variable themselves.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "0")
     return startup.free_port()
 
 
@@ -176,6 +184,7 @@ def serve_forever(settings: Settings) -> int:
         signal.signal(sig, lambda *_: stop.set())
     while not stop.is_set():
         stop.wait(1.0)
+    t_stop = time.time()
     print("memoray: shutting down (snapshotting indexes)", flush=True)
     try:
         serve.shutdown()
@@ -190,4 +199,5 @@ def serve_forever(settings: Settings) -> int:
     finally:
         if not settings.address:
             ray.shutdown()
+    print(f"memoray: stopped in {time.time() - t_stop:.1f}s", flush=True)
     return 0

@@ -155,6 +155,22 @@ def test_hook_path_stays_light():
     assert out.stdout.strip() == "[]", out.stderr
 
 
+def test_the_hook_entry_skips_argparse_and_the_cli(tmp_path):
+    """`memoray hook <Event>` (the console script's entry) imports neither argparse nor
+    memoray.cli, and still runs the hook (an unknown event exits 0 through the CLI)."""
+    code = ("import sys; import memoray.entry as e; sys.argv = ['memoray', 'hook', 'Stop']; "
+            "rc = e.main(); bad = [m for m in ('argparse', 'memoray.cli', 'dataclasses', "
+            "'pydantic', 'numpy') if m in sys.modules]; print(rc, bad)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MEMORAY_URL": "http://127.0.0.1:1",
+           "MEMORAY_SPOOL_DIR": str(tmp_path / "spool")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         input="{}", env=env, cwd=tmp_path)
+    assert out.stdout.strip() == "0 []", (out.stdout, out.stderr)
+    other = subprocess.run([sys.executable, "-m", "memoray.entry", "hook", "NoSuchEvent"],
+                           capture_output=True, text=True, input="{}", env=env, cwd=tmp_path)
+    assert other.returncode == 0, other.stderr
+
+
 def test_client_waits_out_rate_limits_and_explains_refusals(monkeypatch):
     import httpx
 

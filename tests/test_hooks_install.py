@@ -77,7 +77,7 @@ def test_commands_carry_no_posix_env_syntax_and_quote_for_every_shell(
     for event in EVENTS:
         [entry] = ours(settings, event)
         assert entry["command"] == (
-            f'"C:\\Program Files\\Python\\python.exe" -m memoray.cli hook {event}')
+            f'"C:\\Program Files\\Python\\python.exe" -m memoray.entry hook {event}')
         assert "=" not in entry["command"].split()[0]
     assert settings["env"] == {"MEMORAY_URL": "http://10.0.0.5:9000"}
 

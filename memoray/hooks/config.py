@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -44,8 +44,7 @@ def server_spool_dir(base: Path, url: str) -> Path:
     return target
 
 
-@dataclass(frozen=True)
-class HookConfig:
+class HookConfig(NamedTuple):
     url: str  # server base URL; tools live at url + "/mcp"
     token: str | None
     timeout_s: float  # total budget for one network round of a hook

@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 # Tools that only look around: counted per session, never stored.
 NOISE_TOOLS = frozenset({
@@ -39,16 +38,27 @@ SAMPLE_LINES = 6
 SAMPLE_LINE_CHARS = 120
 
 
-@dataclass
 class ToolRecord:
-    """What one PostToolUse contributes: a record to store and/or facts for the summary."""
+    """What one PostToolUse contributes: a record to store and/or facts for the summary.
+    (A plain class: importing dataclasses costs a hook process several ms.)"""
 
-    noise: bool = False
-    content: str | None = None
-    event_type: str = "tool_event"
-    metadata: dict[str, Any] = field(default_factory=dict)
-    file: tuple[str, int, int, bool] | None = None  # (path, added, removed, created)
-    command: tuple[str, bool, str] | None = None  # (command, ok, status)
+    __slots__ = ("noise", "content", "event_type", "metadata", "file", "command")
+
+    def __init__(self, noise: bool = False, content: str | None = None,
+                 event_type: str = "tool_event", metadata: dict[str, Any] | None = None,
+                 file: tuple[str, int, int, bool] | None = None,  # (path, added, removed, new)
+                 command: tuple[str, bool, str] | None = None):  # (command, ok, status)
+        self.noise = noise
+        self.content = content
+        self.event_type = event_type
+        self.metadata = {} if metadata is None else metadata
+        self.file = file
+        self.command = command
+
+    def __repr__(self) -> str:
+        return (f"ToolRecord(noise={self.noise!r}, content={self.content!r}, "
+                f"event_type={self.event_type!r}, metadata={self.metadata!r}, "
+                f"file={self.file!r}, command={self.command!r})")
 
 
 def trim(text: str, limit: int) -> str:
@@ -392,8 +402,7 @@ def same_run(failed: tuple[str, tuple[str, ...]], passed: tuple[str, tuple[str, 
     return any(covers(p, f) or covers(f, p) for p in passed[1] for f in failed[1] or ("",))
 
 
-@dataclass
-class Failure:
+class Failure(NamedTuple):
     """What a PostToolUseFailure contributes."""
 
     content: str | None  # None: a slip or an interrupt, counted only

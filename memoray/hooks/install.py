@@ -47,7 +47,7 @@ EVENTS: dict[str, str | None] = {  # event -> matcher (None: the event takes no 
     "PostCompact": None,
 }
 WORKSPACE_HEADER = "X-Memoray-Workspace"
-_MARKERS = ("memoray hook ", "memoray.cli hook ")
+_MARKERS = ("memoray hook ", "memoray.cli hook ", "memoray.entry hook ")
 
 
 class InstallError(Exception):
@@ -103,7 +103,7 @@ def _quote(path: str) -> str:
 def hook_command(event: str, url: str | None = None) -> str:
     """`memoray hook <Event>`; the absolute interpreter when `memoray` is not on PATH. The URL
     travels in the settings' `env`, never in the command."""
-    base = "memoray" if shutil.which("memoray") else f"{_quote(sys.executable)} -m memoray.cli"
+    base = "memoray" if shutil.which("memoray") else f"{_quote(sys.executable)} -m memoray.entry"
     return f"{base} hook {event}"
 
 

@@ -25,7 +25,6 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +43,17 @@ def log(message: str) -> None:
     print(f"memoray hook: {message}", file=sys.stderr)
 
 
-@dataclass
 class FlushResult:
-    sent: int = 0
-    dropped: int = 0
-    pending: bool = False  # items remain in the spool
-    skipped: str | None = None  # "busy" (another hook flushes) or "backoff"
-    error: CallError | None = None
+    """What one flush did. (A plain class: importing dataclasses costs a hook several ms.)"""
+
+    __slots__ = ("sent", "dropped", "pending", "skipped", "error")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.dropped = 0
+        self.pending = False  # items remain in the spool
+        self.skipped: str | None = None  # "busy" (another hook flushes) or "backoff"
+        self.error: CallError | None = None
 
 
 class Spool:

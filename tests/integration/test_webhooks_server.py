@@ -223,11 +223,13 @@ def test_one_request_id_through_the_replica_and_a_shard(server):
     assert marker not in text and "hunter2" not in text
 
 
-def test_nothing_lost_across_a_kill_9_between_commit_and_delivery(tmp_path):
+def test_nothing_lost_across_a_kill_9_between_commit_and_delivery(server):
+    """The module's server, SIGKILLed and started again on its data dir (the tests above left
+    their records there and deleted their subscriptions)."""
     rx = Receiver().start()
     port = rx.port
     rx.stop()  # the receiver is down: nothing can be delivered before the kill
-    srv = ServerProcess(tmp_path / "data", embedder="hash", env=ENV).start()
+    srv = server
     try:
         async def create_and_capture():
             async with mcp_client(srv.mcp_url) as c:
@@ -251,7 +253,6 @@ def test_nothing_lost_across_a_kill_9_between_commit_and_delivery(tmp_path):
         assert all(len(v) == 1 for v in by_memory.values())
     finally:
         rx.stop()
-        srv.stop()
 
 
 def test_cluster_mode_delivers_from_replicated_shards(tmp_path):

@@ -71,7 +71,7 @@ def test_wheel_ships_the_viewer_and_the_command(installed):
     for asset in ("index.html", "app.js", "app.css", "favicon.svg"):
         assert f"memoray/web/{asset}" in names
     entry = [n for n in names if n.endswith("entry_points.txt")]
-    assert entry and "memoray = memoray.cli:main" in zipfile.ZipFile(
+    assert entry and "memoray = memoray.entry:main" in zipfile.ZipFile(
         installed["wheel"]).read(entry[0]).decode()
 
 

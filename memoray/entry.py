@@ -1,0 +1,26 @@
+"""The `memoray` command's entry point. `memoray hook <Event>` runs on every agent event, and
+Claude Code waits on it, so it goes straight to the hook runner without importing argparse or
+the rest of the CLI (about 10 ms of a hook's ~60 ms of local work); everything else is
+memoray.cli's."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "hook":
+        from memoray.hooks import HOOK_EVENTS
+
+        if argv[1] in HOOK_EVENTS:
+            from memoray.hooks.runner import run_hook
+
+            return int(run_hook(argv[1]) or 0)
+    from memoray.cli import main as cli_main
+
+    return cli_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
