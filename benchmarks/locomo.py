@@ -449,6 +449,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default, session max pool 60": {**NEW_DEFAULT, "session_pool": 60},
     "default, session damped pool 60": {**NEW_DEFAULT, "session_aggregate": "damped",
                                         "session_pool": 60},
+    "default, alpha 0.4": {**NEW_DEFAULT, "hybrid_alpha": 0.4},
+    "default, alpha 0.6": {**NEW_DEFAULT, "hybrid_alpha": 0.6},
 }
 METRICS = ("recall@1", "recall@5", "recall@10", "hit@5", "hit@10", "all@5", "all@10",
            "session_recall@10", "session_rank_recall@10", "mrr")
