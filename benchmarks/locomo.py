@@ -193,7 +193,13 @@ def session_of(dia_id: str) -> str:
     return dia_id.split(":")[0]
 
 
-def score_question(evidence: list[str], retrieved: list[str]) -> dict[str, float]:
+def score_question(evidence: list[str], retrieved: list[str],
+                   sessions: list[str] | None = None,
+                   windows: list[list[str]] | None = None,
+                   tokens: list[tuple[int, int]] | None = None) -> dict[str, float]:
+    """sessions: the ranked session list retrieve reported (info["sessions"], as "D<n>");
+    windows: per result, its diaId and its context turns' (retrieve's contextTurns);
+    tokens: per result, (its own tokens, its context's tokens)."""
     ranks = [retrieved.index(e) + 1 for e in evidence if e in retrieved]
     out: dict[str, float] = {}
     for k in KS:
@@ -205,6 +211,19 @@ def score_question(evidence: list[str], retrieved: list[str]) -> dict[str, float
     want = {session_of(e) for e in evidence}
     got = {session_of(r) for r in retrieved[:K] if r}
     out["session_recall@10"] = len(want & got) / len(want)
+    if sessions is not None:
+        out["session_rank_recall@10"] = len(want & set(sessions[:K])) / len(want)
+        out["session_rank_recall@5"] = len(want & set(sessions[:5])) / len(want)
+    if windows is not None:
+        for k in (1, 5):
+            seen = {d for w in windows[:k] for d in w}
+            found = sum(1 for e in evidence if e in seen)
+            out[f"window_hit@{k}"] = 1.0 if found else 0.0
+            out[f"window_recall@{k}"] = found / len(evidence)
+    if tokens is not None:
+        top = tokens[:5]
+        out["tokens_per_result@5"] = mean([a + b for a, b in top]) if top else 0.0
+        out["context_tokens_per_result@5"] = mean([b for _, b in top]) if top else 0.0
     return out
 
 
@@ -261,8 +280,9 @@ class FrozenClock:
 async def run_queries(service: Any, caller: Any, convs: list[Conversation], mode: str, *,
                       label: str, recency_weight: float = 0.0, clock: bool = True,
                       strategy: str | None = None, splits: tuple[str, ...] = ("dev", "heldout"),
-                      ) -> dict[str, Any]:
+                      context_turns: int = 0) -> dict[str, Any]:
     import memoray.serve.retrieve as service_module  # where run_search reads the clock
+    from memoray.tokens import count_many
 
     rows: list[tuple[str, int, dict[str, float]]] = []
     lat: list[float] = []
@@ -282,11 +302,22 @@ async def run_queries(service: Any, caller: Any, convs: list[Conversation], mode
                 t0 = time.perf_counter()
                 records, info = await service.search(caller, q.question, K, filters, mode=mode,
                                                      recency_weight=recency_weight,
-                                                     strategy=strategy)
+                                                     strategy=strategy,
+                                                     context_turns=context_turns)
                 lat.append(time.perf_counter() - t0)
                 strategies[info["strategy"]] += 1
                 got = [(r.get("metadata") or {}).get("diaId") for r in records]
-                rows.append((split_of(i), q.category, score_question(q.evidence, got)))
+                sessions = ["D" + str(s["sessionId"]).rsplit("-s", 1)[1]
+                            for s in info.get("sessions", [])]
+                windows = tokens = None
+                if context_turns:
+                    windows = [[d, *[(c.get("metadata") or {}).get("diaId")
+                                     for c in r.get("context", [])]]
+                               for d, r in zip(got, records)]
+                    own = count_many([r.get("content", "") for r in records[:5]])
+                    tokens = [(a, r.get("context_tokens", 0)) for a, r in zip(own, records)]
+                rows.append((split_of(i), q.category,
+                             score_question(q.evidence, got, sessions, windows, tokens)))
                 prog.update()
     finally:
         service_module.time = real_time
@@ -399,9 +430,32 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "new default + prf 3 docs 5 terms 0.25": {**NEW_DEFAULT, "prf_docs": 3, "prf_terms": 5,
                                               "prf_weight": 0.25},
     "new default + x2": {**NEW_DEFAULT, "neighbor_turns": 2},
+    # session-level aggregation (issue 15, session 16): how a session scores from its hits
+    "default, session damped": {**NEW_DEFAULT, "session_aggregate": "damped"},
+    "default, session damped 0.7 x5": {**NEW_DEFAULT, "session_aggregate": "damped",
+                                       "session_damping": 0.7, "session_depth": 5},
+    "default, session damped 0.3 x2": {**NEW_DEFAULT, "session_aggregate": "damped",
+                                       "session_damping": 0.3, "session_depth": 2},
+    "default, session rrf": {**NEW_DEFAULT, "session_aggregate": "rrf"},
+    "default, session rrf x5": {**NEW_DEFAULT, "session_aggregate": "rrf",
+                                "session_depth": 5},
+    "default, session damped w1.0": {**NEW_DEFAULT, "session_aggregate": "damped",
+                                     "session_weight": 1.0},
+    "default, session damped w0.25": {**NEW_DEFAULT, "session_aggregate": "damped",
+                                      "session_weight": 0.25},
+    "default, session rrf w1.0": {**NEW_DEFAULT, "session_aggregate": "rrf",
+                                  "session_weight": 1.0},
+    "default, session max w1.0": {**NEW_DEFAULT, "session_weight": 1.0},
+    "default, session max pool 60": {**NEW_DEFAULT, "session_pool": 60},
+    "default, session damped pool 60": {**NEW_DEFAULT, "session_aggregate": "damped",
+                                        "session_pool": 60},
+    "default, alpha 0.4": {**NEW_DEFAULT, "hybrid_alpha": 0.4},
+    "default, alpha 0.6": {**NEW_DEFAULT, "hybrid_alpha": 0.6},
 }
 METRICS = ("recall@1", "recall@5", "recall@10", "hit@5", "hit@10", "all@5", "all@10",
-           "session_recall@10", "mrr")
+           "session_recall@10", "session_rank_recall@10", "mrr")
+WINDOW_METRICS = ("hit@5", "window_hit@1", "window_hit@5", "recall@5", "window_recall@5",
+                  "tokens_per_result@5", "context_tokens_per_result@5")
 
 
 async def latency_ab(service: Any, caller: Any, convs: list[Conversation],
@@ -501,7 +555,8 @@ def defaults_of_settings() -> dict[str, Any]:
 
     cfg = Settings()
     keys = ("retrieval_fusion", "rrf_k", "neighbor_weight", "neighbor_turns",
-            "neighbor_window_s", "session_weight", "session_pool", "temporal_weight",
+            "neighbor_window_s", "session_weight", "session_pool", "session_aggregate",
+            "session_depth", "session_damping", "temporal_weight",
             "temporal_scale_days", "hybrid_alpha", "prf_docs", "prf_terms", "prf_weight",
             "vector_prf", "vector_prf_docs")
     return {**{k: getattr(cfg, k) for k in keys},
@@ -650,6 +705,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "all@k": "1 if every evidence turn is in the top k, averaged over questions",
             "session_recall@10": "fraction of the question's evidence sessions that hold at "
                                  "least one of the top 10 turns, averaged over questions",
+            "session_rank_recall@10": "sessions ranked (retrieve's session ranking: records "
+                                      "sharing a session id scored by session_aggregate over "
+                                      "the merged pool, info['sessions']): fraction of the "
+                                      "question's evidence sessions among the top 10 sessions "
+                                      "(how published systems report session recall@10)",
+            "window_hit@k": "context runs only (retrieve's contextTurns=n): 1 if an evidence "
+                            "turn is among the top k results or the n turns either side of "
+                            "each in its session (a window of up to 2n+1 turns per result; "
+                            "published chunk-level hit@5 counts chunks of ~6 turns); the "
+                            "strict hit@k stays the headline",
+            "tokens_per_result@5": "context runs: mean tokens (memoray.tokens, MiniLM "
+                                   "WordPiece) of one top-5 result with its context turns",
             "mrr": "1/rank of the first evidence turn within the top 10 (0 if none), averaged",
             "overall_1_4": "micro-average over questions of categories 1-4",
             "latency": "MemoryService.search wall time, in-process (no Ray/HTTP), 2 shards "
@@ -697,6 +764,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             results[name]["overrides"] = {**FEATURES_OFF, **overrides}
         apply(service, {}, cores)
         out["results"] = results
+        context: dict[str, Any] = {}
+        for n in [int(x) for x in args.context_turns.split(",") if x.strip()]:
+            context[f"default + context {n} either side"] = {
+                **await run_queries(service, caller, convs, "hybrid", splits=splits,
+                                    label=f"ask (default, contextTurns={n})", context_turns=n),
+                "context_turns": n}
+        if context:
+            out["context"] = context
         if args.latency_ab:
             base = defaults_of_settings()
             out["latency_ab"] = await latency_ab(service, caller, convs, {
@@ -744,6 +819,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mcp-conversations", type=int, default=0,
                     help="also time retrieve through /mcp on a real server (defaults and "
                          "features off), over this many held-out conversations (0: skip)")
+    ap.add_argument("--context-turns", default="",
+                    help="comma list of contextTurns values: also ask every question with the "
+                         "default settings and that many neighbouring turns either side of "
+                         "each result, and report hit@k counted over those windows")
     ap.add_argument("--data", default=None)
     ap.add_argument("--out", default="locomo", help="result file stem under benchmarks/results")
     ap.add_argument("--plot-only", action="store_true",
@@ -759,7 +838,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = asyncio.run(main_async(args))
     headers = ["settings", "split", "n", "R@1", "R@5", "R@10", "hit@5", "hit@10", "all@5",
-               "all@10", "sessR@10", "MRR", "p50ms", "p95ms"]
+               "all@10", "sessR@10", "sessRank@10", "MRR", "p50ms", "p95ms"]
     print(f"\nLoCoMo evidence retrieval, embedder={out['embedder']}, "
           f"text={out['text_format']}, BM25 k1,b={out['bm25_k1_b']}, top {K}, "
           f"{out['questions_asked']} questions ({out['conversations']} conversations, "
@@ -769,11 +848,22 @@ def main(argv: list[str] | None = None) -> int:
     run_splits = tuple(sp for sp in ("dev", "heldout") if sp in out["splits_run"])
     print(fmt_table(headers, overall_rows(out["results"], run_splits)))
     chead = ["category", "n", "R@1", "R@5", "R@10", "hit@5", "hit@10", "all@5", "all@10",
-             "sessR@10", "MRR"]
+             "sessR@10", "sessRank@10", "MRR"]
     for sp in [x for x in ("dev", "heldout", "all") if x in out["results"]["default"]["metrics"]
                and (x != "dev" or len(run_splits) == 1)]:
         print(f"\ndefault settings {out['settings_defaults']}, {sp}:")
         print(fmt_table(chead, category_rows(out["results"]["default"], sp)))
+    if out.get("context"):
+        print("\nneighbouring-turn context (retrieve contextTurns=n; default settings): strict "
+              "hit@5 against hit@k counted over each result's window of up to 2n+1 turns, "
+              "and tokens per top-5 result with its context (latency includes the context "
+              "fetch):")
+        print(fmt_table(["run", "split", "n", *WINDOW_METRICS, "p50ms", "p95ms"],
+                        [[name, sp, res["metrics"][sp]["overall_1_4"]["n"],
+                          *[res["metrics"][sp]["overall_1_4"][m] for m in WINDOW_METRICS],
+                          res["latency"]["p50_ms"], res["latency"]["p95_ms"]]
+                         for name, res in out["context"].items()
+                         for sp in (*run_splits, "all") if sp in res["metrics"]]))
     if out.get("latency_ab"):
         print("\nlatency, variants interleaved per question (in-process, embedding cached):")
         print(fmt_table(["settings", "p50 ms", "p95 ms", "mean ms"],

@@ -153,6 +153,20 @@ class CaptureItem(Wire):
         return v
 
 
+class ContextTurn(Wire):
+    """A record next to a retrieved memory in its session (retrieve's contextTurns): what was
+    said or done just before or after it. offset: its place relative to the memory in the
+    session's (timestamp, id) order: -2, -1 before it, 1, 2 after."""
+
+    id: str
+    content: str
+    offset: int
+    timestamp: str
+    event_type: str
+    metadata: dict[str, Any]
+    tokens: int
+
+
 class RetrievedMemory(Wire):
     id: str
     content: str
@@ -168,6 +182,10 @@ class RetrievedMemory(Wire):
     parent_id: str | None = None
     chunk_index: int | None = None
     chunk_count: int | None = None
+    # With contextTurns > 0: the records around this one in its session, in order, and what
+    # they cost (tokens, memoray.tokens); None when context was not asked for.
+    context: list[ContextTurn] | None = None
+    context_tokens: int | None = None
 
 
 class CaptureResult(Wire):

@@ -175,6 +175,15 @@ class Settings(BaseSettings):
                                   "hit of its session a hit also gets (0: off)")
     session_pool: int = Field(default=30, ge=1, le=1000, description="hits per shard the "
                               "replica re-ranks when session aggregation is on")
+    session_aggregate: Literal["max", "damped", "rrf"] = Field(
+        "max", description="how a session scores from its hits: `max` (its best hit), "
+        "`damped` (its best `session_depth` hits, each worth `session_damping` times the one "
+        "before, averaged with those weights) or `rrf` (reciprocal ranks of its best "
+        "`session_depth` hits, summed)")
+    session_depth: int = Field(default=3, ge=1, le=50, description="hits of a session that "
+                               "count towards its score (`damped`, `rrf`)")
+    session_damping: float = Field(default=0.5, ge=0.0, le=1.0, description="weight of each "
+                                   "further hit against the one before (`damped`)")
     temporal_weight: float = Field(default=0.15, ge=0.0, le=1.0, description="share of the "
                                    "score a date or event named in the query ('in May', 'before "
                                    "the migration') may take from records far from it (0: off)")

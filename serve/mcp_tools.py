@@ -278,13 +278,27 @@ def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) ->
                                              "this agent are included.")] = None,
         recencyWeight: Annotated[float, Field(description="0: relevance only; 1: newest "
                                               "first.", ge=0.0, le=1.0)] = 0.0,
+        contextTurns: Annotated[int, Field(description="Also return, with each memory, this "
+                                           "many records either side of it in its session "
+                                           "(what was said or done around it), each with its "
+                                           "token count.", ge=0, le=10)] = 0,
+        contextTokenBudget: Annotated[int | None, Field(description="The most tokens the "
+                                                        "context turns may take in all (nearest "
+                                                        "turns first); default: no limit.",
+                                                        ge=0, le=100_000)] = None,
     ) -> dict[str, Any]:
         if not 0.0 <= recencyWeight <= 1.0:
             raise invalid("recencyWeight: must be between 0 and 1")
         svc, caller = await caller_for(ctx, "retrieve-memories", agentId)
         mems = await svc.retrieve(caller, query, limit, filters, mode=mode,
-                                  recency_weight=recencyWeight)
-        return {"memories": [m.model_dump(by_alias=True) for m in mems], "count": len(mems)}
+                                  recency_weight=recencyWeight, context_turns=contextTurns,
+                                  context_budget=contextTokenBudget)
+        if not contextTurns:  # the reply is what it was before context existed
+            return {"memories": [m.model_dump(by_alias=True,
+                                              exclude={"context", "context_tokens"})
+                                 for m in mems], "count": len(mems)}
+        return {"memories": [m.model_dump(by_alias=True) for m in mems], "count": len(mems),
+                "contextTokens": sum(m.context_tokens or 0 for m in mems)}
 
     @mcp.tool(name="build-context", description=(
         "A markdown context block of the memories that matter for this workspace, branch and "

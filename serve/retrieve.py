@@ -5,10 +5,9 @@ authorize, rate-limit, work. Reads are not audited (refusals are, in authorize).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from typing import Any
-
-import numpy as np
 
 from memoray import filters as flt
 from memoray.actors.shard_search import SearchRequest
@@ -50,12 +49,16 @@ class Retrieve(UseCase):
     async def search(self, caller: Caller, query: str, limit: int, filters: dict | None, *,
                      mode: str = "hybrid", recency_weight: float = 0.0,
                      strategy: str | None = None, include_content: bool = True,
+                     context_turns: int = 0, context_budget: int | None = None,
                      action: str = "retrieve", clock: StageClock | None = None
                      ) -> tuple[list[Record], dict]:
-        """Records (with 0-1 scores) and what the planner and shards did."""
+        """Records (with 0-1 scores) and what the planner and shards did. context_turns > 0:
+        each record also carries the records around it in its session (`context`, see
+        attach_context), within the same scope."""
         clock = clock or self.clock("retrieve")
         # validate (the filter is parsed once, here)
         check_limit(limit)
+        check_context(context_turns, context_budget)
         node = flt.parse_filter(filters)
         clock.lap("validation")
         # authorize
@@ -66,9 +69,15 @@ class Retrieve(UseCase):
         await self.rate_limit(caller, one_workspace(node))
         clock.lap("rate_limit")
         # work
-        return await self.run_search(query, limit, scoped, mode=mode,
-                                     recency_weight=recency_weight, strategy=strategy,
-                                     include_content=include_content, clock=clock)
+        records, info = await self.run_search(query, limit, scoped, mode=mode,
+                                               recency_weight=recency_weight,
+                                               strategy=strategy,
+                                               include_content=include_content, clock=clock)
+        if context_turns > 0 and records:
+            info["context_tokens"] = await self.attach_context(records, scoped, context_turns,
+                                                               context_budget)
+            clock.lap("context")
+        return records, info
 
     async def retrieve(self, caller: Caller, query: str, limit: int = 10,
                        filters: dict | None = None, **kw: Any) -> list[RetrievedMemory]:
@@ -124,8 +133,9 @@ class Retrieve(UseCase):
                 if h.record["id"] not in best or h.score > best[h.record["id"]].score:
                     best[h.record["id"]] = h
             hits = list(best.values())
-        if self.settings.session_weight > 0:
-            session_aggregate(hits, self.settings.session_weight)
+        cfg = self.settings
+        sessions = session_aggregate(hits, cfg.session_weight, cfg.session_aggregate,
+                                     cfg.session_depth, cfg.session_damping, cfg.rrf_k)
         hits = sorted(hits, key=lambda h: -h.score)[:limit]
         actual = [p["candidates"] for p in parts]
         total = sum(actual) if all(a is not None for a in actual) else None  # type: ignore[arg-type]
@@ -138,9 +148,82 @@ class Retrieve(UseCase):
             rec["score"] = round(min(1.0, max(0.0, h.score)), 6)
             out.append(rec)  # type: ignore[arg-type]
         info = {"plan": plan.to_dict(), "strategy": chosen, "seconds": elapsed,
+                "sessions": [{"sessionId": sid, "score": round(sc, 6)}
+                             for sid, sc in list(sessions.items())[:limit]],
                 "shards": [{k: v for k, v in p.items() if k != "hits"} for p in parts]}
         clock.lap("merge")
         return out, info
+
+    async def attach_context(self, records: list[Record], node: Any, turns: int,
+                             budget: int | None = None) -> int:
+        """Neighbouring-turn context: each record gets `context`, the records up to `turns`
+        either side of it in its session (same session id, ordered by (timestamp, id): capture
+        order), that the scoped filter `node` lets the caller see and that have not expired.
+        Each context turn carries its token count (memoray.tokens); with `budget`, turns are
+        added nearest first, round-robin over the records in rank order, while they fit (the
+        records themselves are not counted). A record without a session gets an empty
+        context. Returns the context's tokens in all.
+
+        Two fan-outs: every shard's slim rows of the hits' sessions (no content), then the
+        chosen neighbours' contents by id. The first reads whole sessions' rows: a session of
+        many thousand records costs that many rows."""
+        from memoray.tokens import count_many
+
+        for r in records:
+            r["context"] = []  # type: ignore[typeddict-unknown-key]
+            r["context_tokens"] = 0  # type: ignore[typeddict-unknown-key]
+        sids = sorted({r["session_id"] for r in records if r.get("session_id")})
+        if not sids:
+            return 0
+        where = flt.and_([node, flt.in_("session_id", list(sids))])
+        parts = await asyncio.wait_for(self.backend.shards.each(lambda c: c.select(where)),
+                                       self.settings.query_timeout_s)
+        now = time.time()
+        order: dict[str, list[tuple[float, str]]] = {}
+        seen: set[str] = set()
+        for row in (row for part in parts for row in part):
+            if row["id"] in seen or (row.get("expires_at") or float("inf")) <= now:
+                continue  # a record being resharded is briefly on two shards
+            seen.add(row["id"])
+            order.setdefault(row["session_id"], []).append(
+                (float(row.get("timestamp") or 0.0), row["id"]))
+        for keys in order.values():
+            keys.sort()
+        # (record index, offset, neighbour id): nearest first, records in rank order
+        wanted: list[tuple[int, int, str]] = []
+        for dist in range(1, turns + 1):
+            for i, r in enumerate(records):
+                keys = order.get(r.get("session_id") or "")
+                at = _bisect(keys, (float(r.get("timestamp") or 0.0), r["id"])) if keys else None
+                if at is None:
+                    continue
+                for off in (-dist, dist):
+                    if 0 <= at + off < len(keys):
+                        wanted.append((i, off, keys[at + off][1]))
+        ids = list(dict.fromkeys(w[2] for w in wanted))
+        fetched = await self.backend.shards.get_many(ids) if ids else []
+        by_id = {i: f[1] for i, f in zip(ids, fetched) if f is not None}
+        tokens = dict(zip(by_id, count_many([by_id[i].get("content", "") for i in by_id])))
+        spent = 0
+        attached: dict[int, list[tuple[int, Record]]] = {}
+        for i, off, nid in wanted:
+            rec = by_id.get(nid)
+            if rec is None:
+                continue
+            if budget is not None and spent + tokens[nid] > budget:
+                continue  # a shorter turn further out may still fit
+            spent += tokens[nid]
+            attached.setdefault(i, []).append((off, rec))
+        for i, items in attached.items():
+            items.sort(key=lambda x: x[0])
+            context = [{"id": rec["id"], "content": rec.get("content", ""), "offset": off,
+                        "timestamp": to_iso(rec["timestamp"]), "event_type": rec["event_type"],
+                        "metadata": rec.get("metadata") or {}, "tokens": tokens[rec["id"]]}
+                       for off, rec in items]
+            records[i]["context"] = context  # type: ignore[typeddict-unknown-key]
+            records[i]["context_tokens"] = sum(  # type: ignore[typeddict-unknown-key]
+                t["tokens"] for t in context)
+        return spent
 
     async def _anchor_span(self, anchor: Anchor, node: Any, strategy: str, oversample: float,
                            now: float) -> tuple[float, float] | None:
@@ -239,6 +322,21 @@ class Retrieve(UseCase):
         return {**out, "plan": plan.to_dict(), "accuracy": self.planner.accuracy()}
 
 
+MAX_CONTEXT_TURNS = 10
+
+
+def check_context(turns: int, budget: int | None) -> None:
+    if not 0 <= turns <= MAX_CONTEXT_TURNS:
+        raise invalid(f"contextTurns: must be between 0 and {MAX_CONTEXT_TURNS}")
+    if budget is not None and not 0 <= budget <= 100_000:
+        raise invalid("contextTokenBudget: must be between 0 and 100000")
+
+
+def _bisect(keys: list[tuple[float, str]], own: tuple[float, str]) -> int | None:
+    at = bisect.bisect_left(keys, own)
+    return at if at < len(keys) and keys[at] == own else None
+
+
 def feature_fields(settings: Any) -> dict[str, Any]:
     """The retrieval-feature settings every shard needs for one request."""
     return {"fusion": settings.retrieval_fusion, "rrf_k": settings.rrf_k,
@@ -253,24 +351,59 @@ def feature_fields(settings: Any) -> dict[str, Any]:
             "pool": settings.session_pool if settings.session_weight > 0 else 0}
 
 
-def session_aggregate(hits: list, weight: float) -> None:
+SESSION_METHODS = ("max", "damped", "rrf")
+
+
+def session_scores(hits: list, method: str = "max", depth: int = 3, damping: float = 0.5,
+                   rrf_k: float = 60.0) -> dict[str, float]:
+    """Each session's score from its hits in the merged pool (records sharing a session id:
+    a conversation's session, a coding session's prompts, commits and errors):
+
+    - max: its best hit's score;
+    - damped: its best `depth` hit scores weighted 1, d, d^2, ... and divided by the sum of
+      those weights (a session with one strong hit scores below one with several: missing
+      hits count 0);
+    - rrf: sum over its best `depth` hits of 1 / (rrf_k + rank in the pool), divided by what
+      the pool's first `depth` ranks would sum to (so 0-1).
+
+    Expired hits (score < 0) count for nothing. Sessions sorted best first (ties: id)."""
+    if method not in SESSION_METHODS:
+        raise ValueError(f"session aggregation: unknown method {method!r}")
+    ranked = sorted((h for h in hits if h.score >= 0), key=lambda h: -h.score)
+    per: dict[str, list[tuple[int, float]]] = {}
+    for rank, h in enumerate(ranked, start=1):
+        sid = h.record.get("session_id")
+        if sid:
+            per.setdefault(sid, []).append((rank, h.score))
+    depth = max(1, depth)
+    weights = [damping ** i for i in range(depth)]
+    norm = sum(weights)
+    rrf_norm = sum(1.0 / (rrf_k + r) for r in range(1, depth + 1))
+    out: dict[str, float] = {}
+    for sid, items in per.items():
+        top = items[:depth]  # already best first
+        if method == "max":
+            out[sid] = top[0][1]
+        elif method == "damped":
+            out[sid] = sum(w * s for w, (_, s) in zip(weights, top)) / norm
+        else:
+            out[sid] = sum(1.0 / (rrf_k + r) for r, _ in top) / rrf_norm
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def session_aggregate(hits: list, weight: float, method: str = "max", depth: int = 3,
+                      damping: float = 0.5, rrf_k: float = 60.0) -> dict[str, float]:
     """Session-level aggregation over every shard's hits (a session's records are spread over
-    shards): each hit also scores by the best hit of its session, so the turns of the session
-    that answers the question rise together. In place; records without a session keep their
-    score. One pass in numpy over the merged pool."""
-    if not hits:
-        return
-    scores = np.asarray([h.score for h in hits], dtype=np.float64)
-    sids = [h.record.get("session_id") for h in hits]
-    codes, inverse = np.unique(np.asarray([s or "" for s in sids], dtype=object),
-                               return_inverse=True)
-    best = np.full(len(codes), -np.inf)
-    np.maximum.at(best, inverse, scores)
-    has = np.asarray([bool(s) for s in sids])
-    boosted = np.where(has & (scores >= 0), (scores + weight * best[inverse]) / (1.0 + weight),
-                       scores)
-    for h, s in zip(hits, boosted.tolist()):
-        h.score = s
+    shards): each hit also scores by its session's score (session_scores), so the turns of
+    the session that answers the question rise together. In place; records without a session
+    keep their score. Returns the session ranking (session id -> score, best first)."""
+    sessions = session_scores(hits, method, depth, damping, rrf_k)
+    if weight > 0:
+        for h in hits:
+            sid = h.record.get("session_id")
+            if sid and h.score >= 0:
+                h.score = (h.score + weight * sessions[sid]) / (1.0 + weight)
+    return sessions
 
 
 def to_retrieved(rec: Record) -> RetrievedMemory:
@@ -281,4 +414,5 @@ def to_retrieved(rec: Record) -> RetrievedMemory:
         workspace_id=rec["workspace_id"], git_branch=rec.get("git_branch"),
         agent_id=rec.get("agent_id"), tier=rec.get("tier"), parent_id=rec.get("parent_id"),
         chunk_index=rec.get("chunk_index"), chunk_count=rec.get("chunk_count"),
+        context=rec.get("context"), context_tokens=rec.get("context_tokens"),
     )

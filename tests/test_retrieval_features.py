@@ -245,3 +245,171 @@ def test_vector_prf_moves_the_query_towards_its_first_hits(tmp_path):
     # the third record shares only the first hits' other words: Rocchio lifts it
     assert moved.get(ids[2], 0.0) > plain.get(ids[2], 0.0) + 0.05
     assert moved.get(ids[3], 0.0) <= plain.get(ids[3], 0.0) + 1e-6
+
+
+# -- session aggregation methods and the session ranking --------------------------------------
+
+class _Hit:
+    def __init__(self, score, sid):
+        self.score, self.record = score, {"session_id": sid}
+
+
+def test_session_scores_max_damped_rrf():
+    from memoray.serve.retrieve import session_scores
+
+    # s-one: one strong hit; s-many: three good ones; s-none: no session
+    hits = [_Hit(0.9, "s-one"), _Hit(0.8, "s-many"), _Hit(0.75, "s-many"),
+            _Hit(0.7, "s-many"), _Hit(0.95, None), _Hit(-1.0, "s-expired")]
+    best = session_scores(hits, "max")
+    assert list(best) == ["s-one", "s-many"] and best["s-one"] == 0.9  # nothing for s-expired
+    damped = session_scores(hits, "damped", depth=3, damping=0.5)
+    assert list(damped) == ["s-many", "s-one"]
+    assert np.isclose(damped["s-one"], 0.9 / 1.75)
+    assert np.isclose(damped["s-many"], (0.8 + 0.5 * 0.75 + 0.25 * 0.7) / 1.75)
+    # depth 1 is max again; damping 0 too
+    assert session_scores(hits, "damped", depth=1) == best
+    assert session_scores(hits, "damped", damping=0.0) == best
+    rrf = session_scores(hits, "rrf", depth=3, rrf_k=60.0)
+    assert list(rrf) == ["s-many", "s-one"]
+    assert all(0.0 < v <= 1.0 for v in rrf.values())
+    try:
+        session_scores(hits, "mean")
+    except ValueError as exc:
+        assert "mean" in str(exc)
+    else:
+        raise AssertionError("an unknown method must be refused")
+
+
+def test_session_ranking_is_reported_and_damped_lifts_the_session_with_more_matches(tmp_path):
+    svc = make_service(tmp_path, shards=1)
+    rows = [("zeppelin deploy failed on the staging runner again today", "s-one", "ws", ts(0)),
+            ("zeppelin deploy broke", "s-many", "ws", ts(10)),
+            ("the deploy of zeppelin is flaky", "s-many", "ws", ts(11)),
+            ("zeppelin runner deploy retried", "s-many", "ws", ts(12)),
+            ("lunch was a sandwich with soup", "s-other", "ws", ts(20))]
+    capture(svc, rows)
+    for key, value in {**OFF, "session_weight": 0.5}.items():
+        setattr(svc.settings, key, value)
+    svc.settings.session_aggregate = "damped"
+    _, info = run(svc.search(caller(), "zeppelin deploy", 5, None))
+    ranked = [s["sessionId"] for s in info["sessions"]]
+    assert ranked == ["s-many", "s-one", "s-other"]  # hash vectors give everything a score
+    assert all(0.0 <= s["score"] <= 1.0 for s in info["sessions"])
+    svc.settings.session_aggregate = "max"
+    _, info = run(svc.search(caller(), "zeppelin deploy failed staging runner", 5, None))
+    assert info["sessions"][0]["sessionId"] == "s-one"
+
+
+# -- neighbouring-turn context (retrieve's contextTurns) --------------------------------------
+
+def _session(svc, shards_rows):
+    return capture(svc, shards_rows)
+
+
+def test_context_turns_return_the_neighbours_in_order_across_shards(tmp_path):
+    svc = make_service(tmp_path, shards=2)  # a session's records spread over both shards
+    lines = ["we planned the trip", "which city first", "the zeppelin museum in friedrichshafen",
+             "booked the train", "packed the bags", "left on friday"]
+    rows = [(text, "s1", "ws", "2026-05-04T10:00:00Z") for text in lines]  # one timestamp:
+    rows += [("zeppelin museum review for work", "s2", "ws", ts(30))]  # capture order decides
+    ids = capture(svc, rows)
+    records, info = run(svc.search(caller(), "zeppelin museum friedrichshafen", 1, None,
+                                   context_turns=2))
+    assert records[0]["id"] == ids[2]
+    ctx = records[0]["context"]
+    assert [c["id"] for c in ctx] == [ids[0], ids[1], ids[3], ids[4]]
+    assert [c["offset"] for c in ctx] == [-2, -1, 1, 2]
+    assert [c["content"] for c in ctx] == [lines[0], lines[1], lines[3], lines[4]]
+    assert all(c["tokens"] > 0 for c in ctx)
+    assert records[0]["context_tokens"] == sum(c["tokens"] for c in ctx) == info[
+        "context_tokens"]
+    # at the end of a session there is less on one side
+    records, _ = run(svc.search(caller(), "left on friday", 1, None, context_turns=3))
+    assert records[0]["id"] == ids[5]
+    assert [c["offset"] for c in records[0]["context"]] == [-3, -2, -1]
+    # without contextTurns nothing is attached
+    records, info = run(svc.search(caller(), "zeppelin museum friedrichshafen", 1, None))
+    assert "context" not in records[0] and "context_tokens" not in info
+
+
+def test_context_turns_never_cross_the_filter_or_the_session(tmp_path):
+    svc = make_service(tmp_path, shards=1)
+    rows = [("first line in a", "s1", "ws-a", ts(1)),
+            ("secret in b, same session id", "s1", "ws-b", ts(2)),
+            ("zeppelin answer in a", "s1", "ws-a", ts(3)),
+            ("another session in a", "s2", "ws-a", ts(4)),
+            ("last line in a", "s1", "ws-a", ts(5))]
+    ids = capture(svc, rows)
+    records, _ = run(svc.search(caller(), "zeppelin answer", 1, {"workspaceId": "ws-a"},
+                                context_turns=2))
+    assert records[0]["id"] == ids[2]
+    assert [c["id"] for c in records[0]["context"]] == [ids[0], ids[4]]
+    assert [c["offset"] for c in records[0]["context"]] == [-1, 1]
+
+
+def test_context_token_budget_takes_the_nearest_turns_first(tmp_path):
+    from memoray.tokens import count_tokens
+
+    svc = make_service(tmp_path, shards=1)
+    lines = ["one two three four five six seven eight", "alpha beta", "zeppelin hangar door",
+             "gamma delta", "nine ten eleven twelve thirteen fourteen fifteen"]
+    ids = capture(svc, [(t, "s1", "ws", ts(i)) for i, t in enumerate(lines)])
+    near = count_tokens(lines[1]) + count_tokens(lines[3])
+    records, info = run(svc.search(caller(), "zeppelin hangar", 1, None, context_turns=2,
+                                   context_budget=near))
+    assert [c["id"] for c in records[0]["context"]] == [ids[1], ids[3]]
+    assert info["context_tokens"] == near
+    records, _ = run(svc.search(caller(), "zeppelin hangar", 1, None, context_turns=2,
+                                context_budget=0))
+    assert records[0]["context"] == [] and records[0]["context_tokens"] == 0
+
+
+def test_context_turns_are_validated_and_a_record_without_session_gets_none(tmp_path):
+    import pytest
+
+    from memoray.errors import MemorayError
+
+    svc = make_service(tmp_path, shards=1)
+    run(svc.capture([item("zeppelin without a session")], caller()))
+    records, _ = run(svc.search(caller(), "zeppelin", 1, None, context_turns=2))
+    assert records[0]["context"] == []
+    for bad in ({"context_turns": 11}, {"context_turns": -1},
+                {"context_turns": 1, "context_budget": -5}):
+        with pytest.raises(MemorayError) as err:
+            run(svc.search(caller(), "zeppelin", 1, None, **bad))
+        assert err.value.code.value == "INVALID_INPUT"
+    mems = run(svc.retrieve(caller(), "zeppelin", 1, None, context_turns=1))
+    assert mems[0].context == [] and mems[0].context_tokens == 0
+
+
+def test_context_turns_obey_every_filter_of_the_coding_set(tmp_path):
+    """The coding-memories set's 150 filtered queries (workspace, branch, event type, time),
+    each asked with two context turns either side: no context turn may break the filter, each
+    is in its memory's session, and some are found (the set has multi-record sessions)."""
+    from benchmarks.coding_memories import build_set
+    from memoray import filters as flt
+    from memoray.models import CaptureItem
+
+    memories, queries = build_set()
+    svc = make_service(tmp_path, shards=2)
+    for m in memories:
+        run(svc.capture([CaptureItem(content=m["content"], event_type=m["event_type"],
+                                     workspace_id=m["workspace_id"], git_branch=m["git_branch"],
+                                     session_id=m["session_id"], timestamp=m["timestamp"])],
+                        caller()))
+    stored = {}
+    for core in svc.cores:
+        for _label, rec, _vec in core.storage.iter_all():
+            stored[rec["id"]] = rec
+    attached = 0
+    for q in queries:
+        records, _ = run(svc.search(caller(), q["query"], 5, q["filters"], context_turns=2))
+        node = flt.parse_filter(q["filters"])
+        for r in records:
+            for turn in r["context"]:
+                full = stored[turn["id"]]
+                assert flt.matches(node, full), (q["query"], turn["id"])
+                assert full["session_id"] == r["session_id"]
+                assert turn["id"] != r["id"]
+                attached += 1
+    assert attached > 100

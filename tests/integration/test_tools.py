@@ -120,6 +120,34 @@ def test_get_and_delete(minilm_server):
     run(go())
 
 
+def test_retrieve_with_neighbouring_turns(minilm_server):
+    ws = WS + "-context"
+
+    async def go():
+        async with mcp_client(minilm_server.mcp_url) as c:
+            lines = ["Why is the nightly export slow?", "It scans the whole audit table.",
+                     "We added an index on audit.created_at.", "Now it takes two minutes.",
+                     "Closing the ticket."]
+            items = [{"content": t, "workspaceId": ws, "sessionId": "chat-1",
+                      "eventType": "conversation"} for t in lines]
+            ids = [x[0] for x in (await c.call("capture-memories", items=items))["ids"]]
+            plain = await c.call("retrieve-memories", query="index on audit created_at",
+                                 limit=1, filters={"workspaceId": ws})
+            assert "context" not in plain["memories"][0]  # the reply is unchanged without it
+            res = await c.call("retrieve-memories", query="index on audit created_at", limit=1,
+                               filters={"workspaceId": ws}, contextTurns=1)
+            mem = res["memories"][0]
+            assert mem["id"] == ids[2]
+            assert [(t["id"], t["offset"]) for t in mem["context"]] == [(ids[1], -1),
+                                                                       (ids[3], 1)]
+            assert res["contextTokens"] == mem["contextTokens"] == sum(
+                t["tokens"] for t in mem["context"]) > 0
+            with pytest.raises(ToolError) as err:
+                await c.call("retrieve-memories", query="x", contextTurns=11)
+            assert err.value.code == "INVALID_INPUT"
+    run(go())
+
+
 BAD_CALLS = [
     ("capture-memory", {"content": "x" * (1024 * 1024 + 1), "workspaceId": "bad"}, "content"),
     ("capture-memory", {"content": "", "workspaceId": "bad"}, "content"),
