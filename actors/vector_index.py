@@ -47,7 +47,7 @@ M = 16
 # keeps the value it was built with.
 EF_CONSTRUCTION = 100
 # 128, not 64: on one graph of 500,000 hash-embedded corpus texts recall@10 was 0.831 at 64 and
-# 0.920 at 128 for 0.32 -> 0.56 ms a query (make bench-hnsw ARGS=--ef-sweep,
+# 0.920 at 128 for 0.32 -> 0.56 ms a query (python -m benchmarks.bench_hnsw --ef-sweep --n 500000,
 # benchmarks/results/hnsw_ef_hash_500000.json); 1,000,000 memories through /mcp gave 0.945 at 64.
 EF_SEARCH = 128
 INSERT_CHUNK = 16  # vectors per locked graph insert: bounds how long a search can wait

@@ -16,9 +16,9 @@ import numpy as np
 
 from benchmarks.common import CachedEmbedder, LazyEmbedder, fmt_table, log, save_json
 from benchmarks.corpus import corpus, queries
+from memoray.actors.vector_index import EF_SEARCH  # the shards' own
 
 GRID = [(16, 200), (16, 100), (16, 64), (12, 100), (8, 100), (16, 40)]
-EF_SEARCH = 64
 
 
 def _vectors(kind: str, n: int, n_queries: int) -> tuple[np.ndarray, np.ndarray]:
