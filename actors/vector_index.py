@@ -39,6 +39,8 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
+from memoray.fsutil import fsync_dir
+
 log = logging.getLogger(__name__)
 
 M = 16
@@ -96,14 +98,6 @@ def _fsync_write(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class VectorIndex:
@@ -406,7 +400,7 @@ class VectorIndex:
         _fsync_write(self.next_meta_path, meta)
         os.replace(tmp, self.index_path)
         _fsync_write(self.meta_path, meta)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         self.next_meta_path.unlink(missing_ok=True)
         self.covered_seq = seq
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from memoray.errors import ErrorCode, MemorayError, invalid
+from memoray.fsutil import fsync_dir
 
 TOKEN_PREFIX = "mr_"
 SCOPES = frozenset({"read", "write", "admin", "metrics"})  # metrics: scrape /metrics only
@@ -110,14 +111,6 @@ def parse_scopes(value: str | Iterable[str]) -> list[str]:
     return out
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Readers see the old file or the new one, never a torn one, and the new one survives a
     crash once this returns."""
@@ -134,7 +127,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class TokenStore:
