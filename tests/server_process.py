@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,10 +21,31 @@ from mcp.client.streamable_http import streamable_http_client
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# Ports the tests hand to servers come from below the kernel's ephemeral range (32768-60999
+# here) and above Ray's worker ports (10002-19999). A port the kernel picked with bind(0) lies
+# in the ephemeral range, where Ray's own bind(0) calls and every outgoing connection draw too;
+# CI once lost a server start that way ("Failed to bind to address '127.0.0.1:32985'").
+def _ephemeral_start() -> int:
+    try:
+        return int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORTS = range(20000, max(min(32000, _ephemeral_start()), 21000))
+_rng = random.Random(os.getpid() ^ time.time_ns())
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(200):
+        port = _rng.choice(_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 def _children() -> dict[int, list[int]]:
@@ -64,6 +86,7 @@ class ServerProcess:
         self.data_dir = Path(data_dir)
         self.embedder = embedder
         self.shards = shards
+        self._pick_port = port is None  # a port the test chose is kept on a retry
         self.port = port or free_port()
         self.env = env or {}
         self.extra_args = extra_args or []
@@ -79,6 +102,26 @@ class ServerProcess:
         return self.url + "/mcp"
 
     def start(self, timeout: float = 180) -> ServerProcess:
+        try:
+            return self._start(timeout)
+        except RuntimeError as e:
+            # Another process took the port between free_port() and the proxy's bind: the
+            # server exits before it is ready, so a fresh port and a second start are safe.
+            lost_port = ("Failed to bind to address" in str(e)
+                         or f"port {self.port} is in use" in str(e))
+            if not self._pick_port or not lost_port:
+                raise
+            if self.proc is not None:  # what the failed start left in its session (Ray's)
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.kill9()
+            self.port = free_port()
+            self.log_path = self.data_dir.parent / f"server-{self.port}.log"
+            return self._start(timeout)
+
+    def _start(self, timeout: float) -> ServerProcess:
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
                "PYTHONUNBUFFERED": "1", "MEMORAY_DASHBOARD": "false",
                "MEMORAY_DASHBOARD_AGENT_PORT": str(free_port()),
