@@ -34,7 +34,7 @@ from memoray.timeutil import parse_iso
 # event loop keeps serving other requests; smaller ones are cheaper inline than a thread hop.
 OFF_LOOP_CHARS = 16_384
 # Records per pipeline group of a capture batch: group g+1 embeds while group g commits.
-PIPELINE_RECORDS = 32
+PIPELINE_RECORDS = 50
 
 
 def _groups(prepared: list[Prepared], size: int) -> list[list[int]]:
