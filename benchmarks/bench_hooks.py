@@ -11,6 +11,7 @@ nothing touches the user's spool and the stored memories land in a throwaway wor
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import socket
@@ -80,13 +81,27 @@ def _stats(seconds: list[float]) -> dict[str, float | int]:
             "mean_ms": round(sum(ms) / len(ms), 2)}
 
 
-def _measure(cmd: list[str], inputs: list[str], env: dict[str, str], cwd: Path) -> list[float]:
+def _measure(cmd: list[str], inputs: list[str], env: dict[str, str], cwd: Path,
+             delivered: list[float] | None = None) -> list[float]:
+    """Each hook's wall time (what the agent waits for). A hook that captured leaves a
+    detached child sending its items (memoray/hooks/runner.py flush_detached); the next hook
+    starts once it is done, as an agent's next tool call comes seconds later, and with
+    `delivered` the time from the hook's start until its items were sent is kept there."""
     times = []
+    lock = Path(env["MEMORAY_SPOOL_DIR"]) / "flush.lock"
     for data in inputs:
         start = time.perf_counter()
         subprocess.run(cmd, check=False, input=data, capture_output=True, text=True, env=env,
                        cwd=cwd, timeout=60)
         times.append(time.perf_counter() - start)
+        if lock.exists():
+            fd = os.open(lock, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # the child holds it until it has sent
+            finally:
+                os.close(fd)
+            if delivered is not None:
+                delivered.append(time.perf_counter() - start)
     return times
 
 
@@ -120,7 +135,11 @@ def run(url: str, samples: int = 50) -> dict[str, Any]:
             for event in EVENTS:
                 inputs = [json.dumps(_payload(event, repo, n)) for n in range(samples)]
                 cmd = [sys.executable, "-m", "memoray.entry", "hook", event]
-                results[label][event] = _stats(_measure(cmd, inputs, env, repo))
+                sent: list[float] = []
+                results[label][event] = _stats(_measure(cmd, inputs, env, repo, sent))
+                if label == "up" and event == "PostToolUse" and sent:
+                    # a capture is searchable once sent: hook start to the server's answer
+                    results[label]["PostToolUse sent"] = _stats(sent)
     return results
 
 

@@ -89,6 +89,7 @@ class Admin(UseCase):
         if not restricted:
             out["shards"] = [{"shard": s["shard"], "records": s["records"],
                               "indexed": s["indexed"], "deletedInGraph": s["deleted_in_graph"],
+                              "graphPending": s.get("graph_pending", 0),
                               "seq": s["seq"], "snapshotSeq": s["snapshot_seq"],
                               "diskBytes": s["disk_bytes"], "indexBytes": s["index_bytes"],
                               "lexical": s["lexical"], "recovery": s["recovery"],

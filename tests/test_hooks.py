@@ -7,8 +7,10 @@ stdin, the way Claude Code does, against an MCPServer with `capture-memories` an
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from memoray.hooks import events, transcript
 from memoray.hooks.client import McpClient
 from memoray.hooks.spool import Spool
 from tests.gitutil import git, isolate_git
+from tests.hook_process import log_size, settle
 
 HEAVY = ("ray", "torch", "numpy", "pydantic", "httpx", "mcp", "anyio", "starlette", "uvicorn")
 REMOTE = "https://github.com/Acme/Widget.git"
@@ -47,6 +50,7 @@ class Recorder:
     context: str = "## Relevant memories\n- use pnpm, not npm (decision)"
     capture_error: dict[str, Any] | str | None = None
     poison: str | None = None  # items whose content contains this are INVALID_INPUT
+    capture_delay: float = 0.0  # seconds capture-memories takes to answer
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -57,6 +61,7 @@ class Recorder:
         self.context = "## Relevant memories\n- use pnpm, not npm (decision)"
         self.capture_error = None
         self.poison = None
+        self.capture_delay = 0.0
 
     def items(self) -> list[dict[str, Any]]:
         """Every item received by capture-memories, in arrival order (duplicates included)."""
@@ -79,9 +84,12 @@ def make_app(rec: Recorder):
     server = MCPServer("memoray-test")
 
     @server.tool(name="capture-memories")
-    def capture(items: list[dict[str, Any]]) -> CallToolResult:
+    async def capture(items: list[dict[str, Any]]) -> CallToolResult:
         with rec.lock:
             rec.log.append(("capture-memories", {"items": items}))
+        if rec.capture_delay:  # received, not yet answered
+            await asyncio.sleep(rec.capture_delay)
+        with rec.lock:
             if isinstance(rec.capture_error, str):  # an uncoded failure, as a bug would give
                 return CallToolResult(content=[TextContent(type="text", text=rec.capture_error)],
                                       is_error=True)
@@ -203,11 +211,14 @@ def hook(event: str, payload: Any, *, url: str, spool: Path, env: dict[str, str]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MEMORAY_")}
     full_env.update({"MEMORAY_URL": url, "MEMORAY_SPOOL_DIR": str(spool), **(env or {})})
     data = raw if raw is not None else json.dumps(payload)
+    logged = log_size(spool)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, *(extra or []), "-m", "memoray.cli", "hook", event],
                           check=False, input=data, capture_output=True, text=True, env=full_env,
                           timeout=30, cwd=payload.get("cwd") if isinstance(payload, dict) else None)
-    return Run(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start)
+    seconds = time.perf_counter() - start  # the hook itself: what the agent waits for
+    # then its detached flusher, whose log lines read as the hook's own
+    return Run(proc.returncode, proc.stdout, proc.stderr + settle(spool, logged), seconds)
 
 
 def base(project: Path, **fields: Any) -> dict[str, Any]:
@@ -272,6 +283,65 @@ def test_server_down_is_fast_and_spools(project: Path, tmp_path: Path) -> None:
         assert run.seconds < 1.0, run.seconds
     pending = Spool(spool).pending_items()
     assert [it["eventType"] for it in pending] == ["code_change", "prompt"]
+
+
+def test_a_capturing_hook_answers_before_the_server_does(live, project: Path,
+                                                         tmp_path: Path) -> None:
+    """The agent waits for the hook, not for the capture: a detached child sends it. With
+    MEMORAY_HOOK_BACKGROUND=0 the hook sends it itself and waits for the answer."""
+    url, rec = live
+    rec.capture_delay = 1.5
+    spool = tmp_path / "spool"
+    run = hook("PostToolUse", edit_payload(project, 1), url=url, spool=spool)
+    assert run.rc == 0 and run.stdout == "" and run.stderr == "", run.stderr
+    assert run.seconds < 1.2, run.seconds  # hook() timed the hook, then waited for its child
+    assert [it["eventType"] for it in rec.items()] == ["code_change"]
+    assert Spool(spool).pending_items() == []
+    run = hook("PostToolUse", edit_payload(project, 2), url=url, spool=spool,
+               env={"MEMORAY_HOOK_BACKGROUND": "0"})
+    assert run.rc == 0 and run.seconds >= 1.5, run.seconds
+    assert len(rec.items()) == 2 and Spool(spool).pending_items() == []
+
+
+def _hook_processes(event: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            cmd = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"memoray.cli" in cmd and b"hook" in cmd and event.encode() in cmd:
+            pids.append(int(entry))
+    return pids
+
+
+def test_a_killed_background_sender_loses_nothing(live, project: Path, tmp_path: Path) -> None:
+    """SIGKILL the detached child while the server is still answering: the item stays in the
+    spool, and the next hook's child sends it (once: idempotency keys)."""
+    url, rec = live
+    rec.capture_delay = 3.0
+    spool = tmp_path / "spool"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMORAY_")}
+    env.update({"MEMORAY_URL": url, "MEMORAY_SPOOL_DIR": str(spool)})
+    proc = subprocess.run([sys.executable, "-m", "memoray.cli", "hook", "PostToolUse"],
+                          input=json.dumps(edit_payload(project, 1)), capture_output=True,
+                          text=True, env=env, timeout=30, cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    children = _hook_processes("PostToolUse")
+    assert len(children) == 1, children  # the hook has exited; its sender has not
+    deadline = time.monotonic() + 10
+    while not rec.items():  # the sender's request reached the server, which is still on it
+        assert time.monotonic() < deadline, "the detached sender never called the server"
+        time.sleep(0.02)
+    os.kill(children[0], signal.SIGKILL)
+    while _hook_processes("PostToolUse"):
+        time.sleep(0.02)
+    assert [it["eventType"] for it in Spool(spool).pending_items()] == ["code_change"]
+    rec.capture_delay = 0.0
+    run = hook("PostToolUse", edit_payload(project, 2), url=url, spool=spool)
+    assert run.rc == 0 and Spool(spool).pending_items() == []
+    assert len(rec.stored) == 2  # the first item arrived twice and was stored once
+    assert [it["idempotencyKey"] for it in rec.items()][0] == rec.items()[1]["idempotencyKey"]
 
 
 def test_hanging_server_is_cut_off_by_the_timeout(project: Path, tmp_path: Path) -> None:

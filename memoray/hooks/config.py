@@ -54,6 +54,10 @@ class HookConfig(NamedTuple):
     prompt_budget: int  # tokens of context added to each prompt
     session_budget: int  # tokens of context added at session start
     agent_id: str
+    # Send captured items from a detached child after the hook has answered (the agent waits
+    # on the hook, not on the server's embedding and commit); off: the hook sends them itself.
+    background: bool = True
+    flush_timeout_s: float = 10.0  # the detached child's budget for sending the spool
 
     @property
     def mcp_url(self) -> str:
@@ -75,4 +79,7 @@ class HookConfig(NamedTuple):
             prompt_budget=_int("MEMORAY_PROMPT_BUDGET", 600),
             session_budget=_int("MEMORAY_SESSION_BUDGET", 1500),
             agent_id=os.environ.get("MEMORAY_AGENT_ID") or "claude-code",
+            background=os.environ.get("MEMORAY_HOOK_BACKGROUND", "1").strip().lower()
+            not in ("0", "false", "no", "off"),
+            flush_timeout_s=_float("MEMORAY_HOOK_FLUSH_TIMEOUT", 10.0),
         )

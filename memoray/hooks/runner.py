@@ -26,6 +26,7 @@ PER_TOOL_TYPES = ("code_change", "tool_event", "prompt")
 INDEX_CANDIDATES = 80
 MIN_QUERY_WORDS = 3  # "yes", "go on": no point searching memories for these
 MAX_QUERY_CHARS = 2000
+LOG_MAX_BYTES = 1 << 20  # hook.log, the detached flusher's stderr
 
 
 def _sha(*parts: str) -> str:
@@ -50,6 +51,7 @@ class Hook:
         self.cwd = str(payload.get("cwd") or os.environ.get("CLAUDE_PROJECT_DIR") or os.getcwd())
         self.spool = Spool(cfg.spool_dir, cfg.spool_max_bytes)
         self.server_down = False
+        self.flush_later = False  # the spool has items for the detached flusher (run_hook)
         self._client: McpClient | None = None
         self._facts: GitFacts | None = None
         self._detailed = False
@@ -152,6 +154,9 @@ class Hook:
             return None
         if self.server_down or self.remaining() <= 0.05:
             return None
+        if self.cfg.background:
+            self.flush_later = True
+            return None
         result = self.spool.flush(self.client, self.deadline)
         if result.error is not None and result.error.transient:
             self.server_down = result.error.code in ("NETWORK", "TIMEOUT")
@@ -162,7 +167,53 @@ class Hook:
     def flush(self) -> FlushResult | None:
         if self.server_down or self.remaining() <= 0.05 or self.spool.pending_bytes() == 0:
             return None
+        if self.cfg.background:
+            self.flush_later = True
+            return None
         return self.spool.flush(self.client, self.deadline)
+
+    def flush_detached(self) -> None:
+        """Send the spool from a forked child once this hook has answered: the agent waits for
+        the hook's exit, not for the server's embedding and commit. The items are in the
+        spool already (appended and fsynced), so a child that dies loses nothing: the next
+        hook sends them. The child takes the flush lock before the fork when it is free, so
+        whoever waits on that lock (`memoray hook` tests, a next flush) waits for the child;
+        when another flusher holds it, the child waits its turn. Its stderr goes to
+        `hook.log` in the spool directory. Without fork (or when it fails), flush here."""
+        fd = self.spool.take_flush_lock()
+        try:
+            pid = os.fork()
+        except (AttributeError, OSError):
+            if fd is not None:
+                os.close(fd)
+            self.cfg = self.cfg._replace(background=False)
+            self.flush()
+            return
+        if pid:  # the hook: done
+            if fd is not None:
+                os.close(fd)  # the child's copy keeps the lock
+            return
+        code = 0
+        try:
+            _detach_stdio(self.cfg.spool_dir / "hook.log")
+            try:
+                os.setsid()  # out of the agent's process group and terminal
+            except OSError:
+                pass
+            deadline = time.monotonic() + self.cfg.flush_timeout_s
+            if fd is None:
+                fd = self.spool.take_flush_lock(wait_until=deadline)
+            if fd is not None:
+                result = self.spool.flush_holding_lock(self.client, deadline)
+                if result.error is not None and result.error.transient:
+                    log(f"{self.event}: server unavailable ({result.error.code}: "
+                        f"{result.error.message[:200]}); items kept in {self.spool.data}")
+        except BaseException as exc:  # noqa: BLE001 - a detached child reports to its log
+            log(f"{self.event}: background flush failed: {type(exc).__name__}: {exc}")
+            code = 1
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
 
     def context(self, query: str | None, budget: int,
                 extra_filter: dict[str, Any] | None = None,
@@ -201,6 +252,27 @@ class Hook:
             return None
         text = result.get("context")
         return text.strip() if isinstance(text, str) and text.strip() else None
+
+
+def _detach_stdio(log_path: Any) -> None:
+    """The detached flusher's stdin and stdout on /dev/null, stderr appended to `log_path`
+    (or /dev/null): the agent reading the hook's pipes sees them close when the hook exits."""
+    null = os.open(os.devnull, os.O_RDWR)
+    try:  # one old generation kept: a server down for days logs a line per hook
+        if os.path.getsize(log_path) > LOG_MAX_BYTES:
+            os.replace(log_path, str(log_path) + ".1")
+    except OSError:
+        pass
+    try:
+        err = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError:
+        err = null
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(err, 2)
+    for fd in {null, err}:
+        if fd > 2:
+            os.close(fd)
 
 
 def _output(event: str, context: str) -> dict[str, Any]:
@@ -483,10 +555,14 @@ def run_hook(event: str) -> int:
         payload = _read_payload()
         if payload is None:
             return 0
-        output = handler(Hook(event, payload, HookConfig.from_env(), started))
+        hook = Hook(event, payload, HookConfig.from_env(), started)
+        output = handler(hook)
         if output:
             sys.stdout.write(json.dumps(output, ensure_ascii=False))
-            sys.stdout.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()  # before a fork: the child must not write this process's buffers
+        if hook.flush_later and not hook.server_down:
+            hook.flush_detached()
     except Exception as exc:  # noqa: BLE001 - the agent must never see a hook crash
         log(f"{event} failed: {type(exc).__name__}: {exc}")
     from memoray import gitfacts

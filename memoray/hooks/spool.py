@@ -212,21 +212,39 @@ class Spool:
 
     def flush(self, client: McpClient, deadline: float) -> FlushResult:
         """Send pending items in order, in batches, until empty, a transient error or deadline."""
-        result = FlushResult()
+        fd = self.take_flush_lock()
+        if fd is None:
+            result = FlushResult()
+            result.skipped, result.pending = "busy", True
+            return result
+        try:
+            return self.flush_holding_lock(client, deadline)
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def take_flush_lock(self, wait_until: float | None = None) -> int | None:
+        """The fd holding `flush.lock`, or None when another process holds it (past
+        `wait_until`, a time.monotonic() value, when given). The lock belongs to the open file:
+        a child forked while holding it holds it until its own copy closes."""
         self.dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.dir / "flush.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
+        while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
             except OSError:
-                result.skipped, result.pending = "busy", True
-                return result
-            if self.backoff_remaining() > 0:
-                result.skipped, result.pending = "backoff", self.pending_bytes() > 0
-                return result
-            self._flush_locked(client, deadline, result)
-        finally:
-            os.close(fd)
+                if wait_until is None or time.monotonic() >= wait_until:
+                    os.close(fd)
+                    return None
+                time.sleep(0.02)
+
+    def flush_holding_lock(self, client: McpClient, deadline: float) -> FlushResult:
+        """flush(), by the holder of the flush lock."""
+        result = FlushResult()
+        if self.backoff_remaining() > 0:
+            result.skipped, result.pending = "backoff", self.pending_bytes() > 0
+            return result
+        self._flush_locked(client, deadline, result)
         return result
 
     def _flush_locked(self, client: McpClient, deadline: float, result: FlushResult) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from memoray.tokens import count_tokens
 from tests.gitutil import git, isolate_git
+from tests.hook_process import settle
 
 
 @pytest.fixture()
@@ -41,6 +42,7 @@ def hook(server, event: str, payload: dict, spool: Path) -> subprocess.Completed
                           input=json.dumps(payload), capture_output=True, text=True, env=env,
                           timeout=60, cwd=payload["cwd"])
     assert proc.returncode == 0, proc.stderr
+    settle(spool)  # the hook's detached flusher has sent what it captured
     return proc
 
 
