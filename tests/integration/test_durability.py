@@ -51,6 +51,27 @@ def _shard_pids(server) -> list[int]:
     return sorted(pids)
 
 
+def test_actors_run_with_two_malloc_arenas(server):
+    """The launcher's allocator setting (serve/launcher.py ALLOCATOR_ENV) reaches the shard
+    and app-replica processes through Ray's runtime env: RAM per memory depends on it."""
+    want = os.environ.get("MALLOC_ARENA_MAX", "2")
+    seen = {}
+    for pid in descendants(server.proc.pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                name = f.read().split(b"\0")[0].decode(errors="replace")
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except OSError:
+            continue
+        if name.startswith(("ray::ShardCore", "ray::ServeReplica")):
+            seen[pid] = (name, env.get(b"MALLOC_ARENA_MAX", b"").decode())
+    names = [n for n, _ in seen.values()]
+    assert sum(n.startswith("ray::ShardCore") for n in names) == 2, names
+    assert any(n.startswith("ray::ServeReplica") for n in names), names
+    assert all(v == want for _, v in seen.values()), seen
+
+
 def test_killed_shard_actor_recovers_all_its_records(server):
     ids = _seed(server, "shard recovery record", "dur", 40)
     before = _shard_pids(server)
