@@ -27,7 +27,7 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin memoray \
 COPY --from=build /opt/memoray /opt/memoray
 ENV PATH=/opt/memoray/bin:$PATH \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1 \
-    MEMORAY_DATA_DIR=/data MEMORAY_HOST=0.0.0.0 MEMORAY_PORT=8000 MALLOC_ARENA_MAX=2
+    MEMORAY_DATA_DIR=/data MEMORAY_HOST=0.0.0.0 MEMORAY_PORT=8000
 USER memoray
 WORKDIR /home/memoray
 VOLUME ["/data"]

@@ -26,6 +26,7 @@ import numpy as np
 from sortedcontainers import SortedList
 
 from memoray import filters as flt
+from memoray import heap
 from memoray.actors.graph_rebuild import GraphRebuild, worth_rebuilding
 from memoray.actors.shard_search import SearchRequest, SearchResult, ShardSearch
 from memoray.actors.shard_storage import OP_DEL, OP_PUT, ShardStorage, u64
@@ -458,6 +459,7 @@ class ShardCore:
             "rebuilds": self.rebuilds,
             "rebuilding": self._rebuild is not None,
             "expiring": len(self.expiry),
+            "heap_trim": heap.trimmer_running(),
             "stages": {k: {"seconds": round(v[0], 6), "calls": int(v[1])}
                        for k, v in self.stage_totals.items()},
         }

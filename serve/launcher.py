@@ -48,15 +48,9 @@ def _ingress_env() -> dict[str, str]:
     return {k: os.environ[k] for k in _INGRESS_VARS if k in os.environ}
 
 
-# glibc gives threads that allocate their own malloc arenas (up to 8 per core) and keeps what
-# each frees for reuse by that arena: a Ray worker's gRPC and io threads left the shards and the
-# app replica holding freed heap, 4,481 -> 4,095 B of RAM per memory at 100,000 memories with
-# two arenas (benchmarks/bench_scale.py, README). The operator's own setting wins.
-ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "2"}
-
-
-def allocator_env() -> dict[str, str]:
-    return {k: os.environ.get(k, v) for k, v in ALLOCATOR_ENV.items()}
+def _heap_env() -> dict[str, str]:
+    """MEMORAY_HEAP_TRIM_S for the actors' heap trimmer (memoray/heap.py), when set here."""
+    return {k: os.environ[k] for k in ("MEMORAY_HEAP_TRIM_S",) if k in os.environ}
 
 
 def _direct_ingress(settings: Settings) -> int:
@@ -142,9 +136,10 @@ def serve_forever(settings: Settings) -> int:
                                                  "RAY_USAGE_STATS_ENABLED": "0",
                                                  "MEMORAY_LOG_FORMAT": settings.log_format,
                                                  "MEMORAY_LOG_LEVEL": settings.log_level,
-                                                 **_ingress_env(), **allocator_env()},
-                                    # every actor process logs as memoray.logs says
-                                    "worker_process_setup_hook": "memoray.logs.configure"})
+                                                 **_ingress_env(), **_heap_env()},
+                                    # every actor process logs as memoray.logs says and
+                                    # gives freed heap back (memoray/heap.py)
+                                    "worker_process_setup_hook": "memoray.heap.setup_worker"})
     steps.say(f"loading {settings.shards} shards and the {settings.embedder} embedding model")
     try:
         if settings.cluster_mode:

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from memoray.serve.launcher import _INGRESS_VARS, _direct_ingress, _ingress_env, allocator_env
+from memoray.serve.launcher import _INGRESS_VARS, _direct_ingress, _ingress_env
 from memoray.settings import Settings
 
 DRAIN = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
@@ -42,9 +42,3 @@ def test_without_direct_ingress_nothing_is_set(tmp_path, kw):
     assert _direct_ingress(Settings(data_dir=tmp_path, port=41234, **kw)) == 41234
     assert _ingress_env() == {}
 
-
-def test_actors_get_two_malloc_arenas_unless_the_operator_says_otherwise(monkeypatch):
-    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    assert allocator_env() == {"MALLOC_ARENA_MAX": "2"}
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
-    assert allocator_env() == {"MALLOC_ARENA_MAX": "8"}
