@@ -4,10 +4,11 @@ glibc gives each thread that allocates an arena of its own and keeps what the th
 that arena's later use. A Ray worker's gRPC threads unpack every request (a capture's vectors
 and records) and a shard's insert thread copies vectors, so the shards and the app replica held
 hundreds of bytes of freed heap per stored memory (README, Performance: 4,692 B of RAM per
-memory at 100,000, about 600 B of it freed heap). Capping the arenas (MALLOC_ARENA_MAX=2) freed
-as much but made retrieve slower (threads queue on two arena locks); trimming every arena every
-few seconds frees it without that. On a libc without malloc_trim (musl, macOS) this does
-nothing.
+memory at 100,000, about 600 B of it freed heap). Two things give it back: the launcher sets
+MALLOC_MMAP_THRESHOLD_ (big buffers are mmapped, so freeing one unmaps it), and a thread here
+trims every arena every few seconds. Capping the arenas (MALLOC_ARENA_MAX=2) freed as much but
+made retrieve slower (threads queue on two arena locks). On a libc without malloc_trim (musl,
+macOS) the trimmer does nothing.
 """
 
 from __future__ import annotations

@@ -48,9 +48,18 @@ def _ingress_env() -> dict[str, str]:
     return {k: os.environ[k] for k in _INGRESS_VARS if k in os.environ}
 
 
-def _heap_env() -> dict[str, str]:
-    """MEMORAY_HEAP_TRIM_S for the actors' heap trimmer (memoray/heap.py), when set here."""
-    return {k: os.environ[k] for k in ("MEMORAY_HEAP_TRIM_S",) if k in os.environ}
+# The actors' allocator (memoray/heap.py says why): buffers of 64 KiB and more (a capture's
+# vectors and records as they arrive) are mmapped and unmapped when freed, never left in a heap
+# between live blocks; glibc otherwise raises that threshold as it goes, up to 32 MiB.
+HEAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def heap_env() -> dict[str, str]:
+    """HEAP_ENV (the operator's own values win) and MEMORAY_HEAP_TRIM_S when set here."""
+    out = {k: os.environ.get(k, v) for k, v in HEAP_ENV.items()}
+    if "MEMORAY_HEAP_TRIM_S" in os.environ:
+        out["MEMORAY_HEAP_TRIM_S"] = os.environ["MEMORAY_HEAP_TRIM_S"]
+    return out
 
 
 def _direct_ingress(settings: Settings) -> int:
@@ -136,7 +145,7 @@ def serve_forever(settings: Settings) -> int:
                                                  "RAY_USAGE_STATS_ENABLED": "0",
                                                  "MEMORAY_LOG_FORMAT": settings.log_format,
                                                  "MEMORAY_LOG_LEVEL": settings.log_level,
-                                                 **_ingress_env(), **_heap_env()},
+                                                 **_ingress_env(), **heap_env()},
                                     # every actor process logs as memoray.logs says and
                                     # gives freed heap back (memoray/heap.py)
                                     "worker_process_setup_hook": "memoray.heap.setup_worker"})

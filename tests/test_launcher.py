@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from memoray.serve.launcher import _INGRESS_VARS, _direct_ingress, _ingress_env
+from memoray.serve.launcher import _INGRESS_VARS, _direct_ingress, _ingress_env, heap_env
 from memoray.settings import Settings
 
 DRAIN = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
@@ -42,3 +42,12 @@ def test_without_direct_ingress_nothing_is_set(tmp_path, kw):
     assert _direct_ingress(Settings(data_dir=tmp_path, port=41234, **kw)) == 41234
     assert _ingress_env() == {}
 
+
+
+def test_actors_get_the_heap_settings_unless_the_operator_set_them(monkeypatch):
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("MEMORAY_HEAP_TRIM_S", raising=False)
+    assert heap_env() == {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    monkeypatch.setenv("MEMORAY_HEAP_TRIM_S", "0")
+    assert heap_env() == {"MALLOC_MMAP_THRESHOLD_": "1048576", "MEMORAY_HEAP_TRIM_S": "0"}
