@@ -106,8 +106,9 @@ class Settings(BaseSettings):
     embedding_workers: int = Field(default=1, ge=1, le=64, description="embedding actors")
     embedding_gpus: float = Field(default=0.0, ge=0.0, description="GPUs per embedding actor")
     embedding_threads: int = Field(default=0, ge=0, le=512, description="CPU threads one "
-                                   "embedding worker gives a batch of texts (0: every CPU of its "
-                                   "node); a lone query always uses one")
+                                   "embedding worker gives a batch of texts, as that many "
+                                   "one-thread model calls on parts of the batch (0: every CPU "
+                                   "of its node); a lone query always uses one")
     dashboard: bool = Field(True, description="start Ray's dashboard (it serves the job API "
                             "that `ray job submit`, `make backup` and `make reindex` use)")
     # Ray's fixed default ports (8265, 52365) are taken when another Ray runs on the machine:
