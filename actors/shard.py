@@ -54,6 +54,7 @@ class ShardCore:
         """`encryption`: the keyring as text (what crosses Ray to a shard actor); `keyring`: an
         already parsed Keyring (in-process callers). `background_inserts`: graph inserts after
         the acknowledgement (see VectorIndex)."""
+        heap.mmap_big_buffers()  # RAM per memory: memoray/heap.py
         if encryption and keyring is None:
             from memoray.crypto import Keyring
 
@@ -459,7 +460,7 @@ class ShardCore:
             "rebuilds": self.rebuilds,
             "rebuilding": self._rebuild is not None,
             "expiring": len(self.expiry),
-            "heap_trim": heap.trimmer_running(),
+            "heap": heap.status(),
             "stages": {k: {"seconds": round(v[0], 6), "calls": int(v[1])}
                        for k, v in self.stage_totals.items()},
         }

@@ -135,6 +135,10 @@ class Sim:
                               env=self.env, cwd=repo, timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"{event} exited {proc.returncode}: {proc.stderr}")
+        # The hook's detached child sends what it captured; the next step may search for it.
+        from tests.hook_process import settle
+
+        settle(self.spool)
         if "git timed out" in proc.stderr:
             self.git_timeouts += 1
         if not proc.stdout.strip():

@@ -4,11 +4,14 @@ glibc gives each thread that allocates an arena of its own and keeps what the th
 that arena's later use. A Ray worker's gRPC threads unpack every request (a capture's vectors
 and records) and a shard's insert thread copies vectors, so the shards and the app replica held
 hundreds of bytes of freed heap per stored memory (README, Performance: 4,692 B of RAM per
-memory at 100,000, about 600 B of it freed heap). Two things give it back: the launcher sets
-MALLOC_MMAP_THRESHOLD_ (big buffers are mmapped, so freeing one unmaps it), and a thread here
-trims every arena every few seconds. Capping the arenas (MALLOC_ARENA_MAX=2) freed as much but
-made retrieve slower (threads queue on two arena locks). On a libc without malloc_trim (musl,
-macOS) the trimmer does nothing.
+memory at 100,000, about 600 B of it freed heap). Two things give it back: the shards and the
+app replica mmap buffers of 64 KiB and more (`mmap_big_buffers`: freeing one unmaps it, where
+glibc would otherwise raise that threshold as it goes, up to 32 MiB, and leave such buffers in
+a heap between live blocks), and a thread in every actor process trims every arena every few
+seconds. Not the embedding worker's mmap threshold: torch's activations would then be mapped
+and zeroed on every call (MiniLM 23% slower). Capping the arenas (MALLOC_ARENA_MAX=2) freed as
+much but made retrieve slower (threads queue on two arena locks). On a libc without these
+(musl, macOS) both do nothing.
 """
 
 from __future__ import annotations
@@ -20,16 +23,25 @@ import threading
 from collections.abc import Callable
 
 INTERVAL_S = 10.0  # MEMORAY_HEAP_TRIM_S; 0 turns the trimmer off
+MMAP_THRESHOLD = 64 << 10
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 
 _started = False
+_mmap_threshold: int | None = None
 _lock = threading.Lock()
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        fn = libc.malloc_trim
-    except (OSError, AttributeError):
+        fn = _libc().malloc_trim  # type: ignore[union-attr]
+    except AttributeError:
         return None
     fn.argtypes = [ctypes.c_size_t]
     fn.restype = ctypes.c_int
@@ -69,6 +81,28 @@ def start_trimmer(every_s: float | None = None) -> bool:
 
     threading.Thread(target=run, name="memoray-heap-trim", daemon=True).start()
     return True
+
+
+def mmap_big_buffers(threshold: int = MMAP_THRESHOLD) -> bool:
+    """From now on, this process's allocations of `threshold` bytes and more are mmapped
+    (and unmapped when freed). Call it in processes that hold many small long-lived objects
+    and see big transient buffers (a shard, the app replica); False where libc cannot."""
+    global _mmap_threshold
+    try:
+        mallopt = _libc().mallopt  # type: ignore[union-attr]
+    except AttributeError:
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    if mallopt(_M_MMAP_THRESHOLD, threshold) != 1:
+        return False
+    _mmap_threshold = threshold
+    return True
+
+
+def status() -> dict[str, int | bool | None]:
+    """What this process does about its heap (shown per shard by memory-stats)."""
+    return {"trim": _started, "mmapThreshold": _mmap_threshold}
 
 
 def trimmer_running() -> bool:

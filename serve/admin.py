@@ -90,7 +90,7 @@ class Admin(UseCase):
             out["shards"] = [{"shard": s["shard"], "records": s["records"],
                               "indexed": s["indexed"], "deletedInGraph": s["deleted_in_graph"],
                               "graphPending": s.get("graph_pending", 0),
-                              "heapTrim": s.get("heap_trim", False),
+                              "heap": s.get("heap", {}),
                               "seq": s["seq"], "snapshotSeq": s["snapshot_seq"],
                               "diskBytes": s["disk_bytes"], "indexBytes": s["index_bytes"],
                               "lexical": s["lexical"], "recovery": s["recovery"],

@@ -54,6 +54,9 @@ async def make_runtime(settings: Settings, metrics: Metrics, store_id: str):
 @serve.ingress()
 class MemorayServer:
     def __init__(self, settings_json: str, store_id: str):
+        from memoray import heap
+
+        heap.mmap_big_buffers()  # RAM per memory: memoray/heap.py
         self.settings = Settings.model_validate_json(settings_json)
         from memoray.logs import configure
 

@@ -48,18 +48,9 @@ def _ingress_env() -> dict[str, str]:
     return {k: os.environ[k] for k in _INGRESS_VARS if k in os.environ}
 
 
-# The actors' allocator (memoray/heap.py says why): buffers of 64 KiB and more (a capture's
-# vectors and records as they arrive) are mmapped and unmapped when freed, never left in a heap
-# between live blocks; glibc otherwise raises that threshold as it goes, up to 32 MiB.
-HEAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
-
-
 def heap_env() -> dict[str, str]:
-    """HEAP_ENV (the operator's own values win) and MEMORAY_HEAP_TRIM_S when set here."""
-    out = {k: os.environ.get(k, v) for k, v in HEAP_ENV.items()}
-    if "MEMORAY_HEAP_TRIM_S" in os.environ:
-        out["MEMORAY_HEAP_TRIM_S"] = os.environ["MEMORAY_HEAP_TRIM_S"]
-    return out
+    """MEMORAY_HEAP_TRIM_S for the actors' heap trimmer (memoray/heap.py), when set here."""
+    return {k: os.environ[k] for k in ("MEMORAY_HEAP_TRIM_S",) if k in os.environ}
 
 
 def _direct_ingress(settings: Settings) -> int:

@@ -43,3 +43,12 @@ def test_the_trimmer_starts_once_and_can_be_turned_off(monkeypatch):
     assert heap.start_trimmer(60.0) is True  # idempotent: still one thread
     import threading
     assert sum(t.name == "memoray-heap-trim" for t in threading.enumerate()) == 1
+
+
+def test_big_buffers_are_mmapped_once_asked():
+    """In a fresh process: mallopt takes the threshold, and status() reports it."""
+    code = ("from memoray import heap; assert heap.status()['mmapThreshold'] is None; "
+            "assert heap.mmap_big_buffers(); print(heap.status()['mmapThreshold'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == heap.MMAP_THRESHOLD == 65536

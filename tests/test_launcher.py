@@ -44,10 +44,8 @@ def test_without_direct_ingress_nothing_is_set(tmp_path, kw):
 
 
 
-def test_actors_get_the_heap_settings_unless_the_operator_set_them(monkeypatch):
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+def test_the_heap_trim_interval_reaches_the_actors_when_set(monkeypatch):
     monkeypatch.delenv("MEMORAY_HEAP_TRIM_S", raising=False)
-    assert heap_env() == {"MALLOC_MMAP_THRESHOLD_": "65536"}
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    assert heap_env() == {}
     monkeypatch.setenv("MEMORAY_HEAP_TRIM_S", "0")
-    assert heap_env() == {"MALLOC_MMAP_THRESHOLD_": "1048576", "MEMORAY_HEAP_TRIM_S": "0"}
+    assert heap_env() == {"MEMORAY_HEAP_TRIM_S": "0"}
