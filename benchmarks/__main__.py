@@ -16,6 +16,7 @@ def main() -> None:
         bench_audit,
         bench_core,
         bench_dedup,
+        bench_embedder,
         bench_hnsw,
         bench_hooks_server,
         bench_peer,
@@ -60,6 +61,7 @@ def main() -> None:
         ("hnsw parameters (issue 14)", lambda: bench_hnsw.run(
             n=2000 if quick else 20000, n_queries=50 if quick else 300)),
         ("shard memory (issue 14)", lambda: bench_shard_memory.run(n=2000 if quick else 20000)),
+        ("embedder parts (issue 14)", lambda: bench_embedder.run(200 if quick else 2000)),
         ("shard recovery, clean stop and kill -9 (issue 14)", lambda: bench_shard_recovery.run(
             n=3000 if quick else 100000, tail=500 if quick else 2500, directory=None)),
         # 1M hash records need hours on a 2-core machine: `make bench-scale` runs the full sizes.

@@ -88,13 +88,14 @@ def _measure(cmd: list[str], inputs: list[str], env: dict[str, str], cwd: Path,
     starts once it is done, as an agent's next tool call comes seconds later, and with
     `delivered` the time from the hook's start until its items were sent is kept there."""
     times = []
-    lock = Path(env["MEMORAY_SPOOL_DIR"]) / "flush.lock"
+    spool = env.get("MEMORAY_SPOOL_DIR")
+    lock = Path(spool) / "flush.lock" if spool else None
     for data in inputs:
         start = time.perf_counter()
         subprocess.run(cmd, check=False, input=data, capture_output=True, text=True, env=env,
                        cwd=cwd, timeout=60)
         times.append(time.perf_counter() - start)
-        if lock.exists():
+        if lock is not None and lock.exists():
             fd = os.open(lock, os.O_RDWR)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # the child holds it until it has sent

@@ -83,11 +83,23 @@ def start_trimmer(every_s: float | None = None) -> bool:
     return True
 
 
-def mmap_big_buffers(threshold: int = MMAP_THRESHOLD) -> bool:
+def mmap_threshold() -> int:
+    """MEMORAY_HEAP_MMAP_KIB in bytes (0: leave glibc's own, moving threshold)."""
+    try:
+        return max(0, int(os.environ.get("MEMORAY_HEAP_MMAP_KIB", MMAP_THRESHOLD >> 10))) << 10
+    except ValueError:
+        return MMAP_THRESHOLD
+
+
+def mmap_big_buffers(threshold: int | None = None) -> bool:
     """From now on, this process's allocations of `threshold` bytes and more are mmapped
     (and unmapped when freed). Call it in processes that hold many small long-lived objects
-    and see big transient buffers (a shard, the app replica); False where libc cannot."""
+    and see big transient buffers (a shard, the app replica); False where libc cannot, or
+    when the threshold is 0 (off)."""
     global _mmap_threshold
+    threshold = mmap_threshold() if threshold is None else threshold
+    if threshold <= 0:
+        return False
     try:
         mallopt = _libc().mallopt  # type: ignore[union-attr]
     except AttributeError:

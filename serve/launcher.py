@@ -49,8 +49,9 @@ def _ingress_env() -> dict[str, str]:
 
 
 def heap_env() -> dict[str, str]:
-    """MEMORAY_HEAP_TRIM_S for the actors' heap trimmer (memoray/heap.py), when set here."""
-    return {k: os.environ[k] for k in ("MEMORAY_HEAP_TRIM_S",) if k in os.environ}
+    """The actors' heap settings (memoray/heap.py), when set here."""
+    return {k: os.environ[k] for k in ("MEMORAY_HEAP_TRIM_S", "MEMORAY_HEAP_MMAP_KIB")
+            if k in os.environ}
 
 
 def _direct_ingress(settings: Settings) -> int:
