@@ -20,6 +20,7 @@ import ctypes
 import ctypes.util
 import os
 import threading
+import time
 from collections.abc import Callable
 
 INTERVAL_S = 10.0  # MEMORAY_HEAP_TRIM_S; 0 turns the trimmer off
@@ -73,10 +74,9 @@ def start_trimmer(every_s: float | None = None) -> bool:
         if _started:
             return True
         _started = True
-    stop = threading.Event()
-
     def run() -> None:
-        while not stop.wait(every):
+        while True:
+            time.sleep(every)
             fn(0)
 
     threading.Thread(target=run, name="memoray-heap-trim", daemon=True).start()
