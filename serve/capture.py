@@ -34,6 +34,8 @@ from memoray.timeutil import parse_iso
 # event loop keeps serving other requests; smaller ones are cheaper inline than a thread hop.
 OFF_LOOP_CHARS = 16_384
 # Records per pipeline group of a capture batch: group g+1 embeds while group g commits.
+# 50 rather than 32: fewer, larger model calls (112 -> 122 memories/s at 10,000 MiniLM,
+# benchmarks/results/core_10k_parts.json against core_10k_g50.json).
 PIPELINE_RECORDS = 50
 
 

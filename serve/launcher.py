@@ -44,14 +44,18 @@ _INGRESS_VARS = ("RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_DIRECT_INGRESS_MI
                  "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S")
 
 
+def _passed_on(names: tuple[str, ...]) -> dict[str, str]:
+    """Those of `names` set in this process's environment, for the actors' runtime env."""
+    return {k: os.environ[k] for k in names if k in os.environ}
+
+
 def _ingress_env() -> dict[str, str]:
-    return {k: os.environ[k] for k in _INGRESS_VARS if k in os.environ}
+    return _passed_on(_INGRESS_VARS)
 
 
 def heap_env() -> dict[str, str]:
     """The actors' heap settings (memoray/heap.py), when set here."""
-    return {k: os.environ[k] for k in ("MEMORAY_HEAP_TRIM_S", "MEMORAY_HEAP_MMAP_KIB")
-            if k in os.environ}
+    return _passed_on(("MEMORAY_HEAP_TRIM_S", "MEMORAY_HEAP_MMAP_KIB"))
 
 
 def _direct_ingress(settings: Settings) -> int:
