@@ -109,6 +109,10 @@ class Settings(BaseSettings):
                                    "embedding worker gives a batch of texts, as that many "
                                    "one-thread model calls on parts of the batch (0: every CPU "
                                    "of its node); a lone query always uses one")
+    query_embedding: Literal["auto", "replica", "worker"] = Field(
+        "auto", description="where a retrieve's query is embedded: `replica` (each app replica "
+        "loads its own one-thread copy of the model, skipping a round trip to the embedding "
+        "worker), `worker`, or `auto` (replica unless embedding_gpus > 0)")
     dashboard: bool = Field(True, description="start Ray's dashboard (it serves the job API "
                             "that `ray job submit`, `make backup` and `make reindex` use)")
     # Ray's fixed default ports (8265, 52365) are taken when another Ray runs on the machine:

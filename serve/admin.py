@@ -157,7 +157,10 @@ class Admin(UseCase):
     async def _embedder_health(self) -> dict:
         workers = await self.backend.embedders.health()
         status = "ok" if all(w.get("status") == "ok" for w in workers) else "degraded"
-        return {"status": status, "workers": workers}
+        out = {"status": status, "workers": workers}
+        if self.backend.queries is not None:  # this replica's own query model
+            out["queries"] = self.backend.queries.stats()
+        return out
 
     async def health_check(self, caller: Caller, detailed: bool = False) -> dict:
         """health-check: details (each component's own report) for admins only."""

@@ -16,6 +16,7 @@ from memoray.settings import Settings
 
 
 async def make_runtime(settings: Settings, metrics: Metrics, store_id: str):
+    from memoray.actors.query_embedder import ReplicaQueryEmbedder, queries_in_replica
     from memoray.ratelimit import LeaseClient, limits_from_settings
     from memoray.serve.runtime import Runtime
     from memoray.serve.topology import lookup, lookup_cluster
@@ -41,6 +42,8 @@ async def make_runtime(settings: Settings, metrics: Metrics, store_id: str):
         topo = lookup_cluster(settings, store_id)
     else:
         topo = lookup(settings, store_id)
+    if queries_in_replica(settings.query_embedding, settings.embedding_gpus):
+        topo.backend.queries = ReplicaQueryEmbedder(settings.embedder).start()
     limiter = LeaseClient(topo.limiter, limits_from_settings(settings))
     rt = Runtime(settings, topo.backend, metrics=metrics, planner_client=topo.planner,
                  limiter=limiter, expiry=topo.expiry, webhooks=topo.webhooks, **extra)
