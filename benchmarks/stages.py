@@ -43,7 +43,9 @@ async def snapshot(client: Any, base_url: str) -> dict[str, Any]:
     """Everything a breakdown needs, at one moment (`client`: an open mcp_client)."""
     stats = await client.call("memory-stats")
     health = await client.call("health-check", detailed=True)
-    workers = (health.get("components", {}).get("embedder", {}) or {}).get("workers", [])
+    embedder = health.get("components", {}).get("embedder", {}) or {}
+    workers = embedder.get("workers", [])
+    local = embedder.get("queries") or {}  # the replica's own query model (query_embedding)
     shard_stages: dict[str, list[float]] = {}
     for sh in stats.get("shards", []):
         for name, v in (sh.get("stages") or {}).items():
@@ -53,7 +55,9 @@ async def snapshot(client: Any, base_url: str) -> dict[str, Any]:
     return {"metrics": scrape(base_url), "shard_stages": shard_stages,
             "embed_busy_s": sum(w.get("busy_seconds", 0.0) for w in workers),
             "embed_texts": sum(w.get("texts", 0) for w in workers),
-            "embed_batches": sum(w.get("batches", 0) for w in workers)}
+            "embed_batches": sum(w.get("batches", 0) for w in workers),
+            "query_busy_s": local.get("busySeconds", 0.0),
+            "query_texts": local.get("queries", 0), "query_batches": local.get("batches", 0)}
 
 
 def breakdown(before: dict, after: dict, path: str, requests: int,
@@ -95,6 +99,13 @@ def breakdown(before: dict, after: dict, path: str, requests: int,
             "ms_per_request": round(1000 * busy / requests, 3),
             "ms_per_call": round(1000 * busy / batches, 3), "calls": int(batches),
             "texts": int(after["embed_texts"] - before["embed_texts"])}
+    busy = after.get("query_busy_s", 0.0) - before.get("query_busy_s", 0.0)
+    batches = after.get("query_batches", 0) - before.get("query_batches", 0)
+    if batches > 0:
+        rows["embed_compute (replica)"] = {
+            "ms_per_request": round(1000 * busy / requests, 3),
+            "ms_per_call": round(1000 * busy / batches, 3), "calls": int(batches),
+            "texts": int(after["query_texts"] - before["query_texts"])}
     return rows
 
 
@@ -102,7 +113,7 @@ def table(rows: dict[str, dict[str, float]], total_ms: float | None = None) -> s
     """Stages in request order, with the client's total beside them."""
     order = ["validation", "auth", "rate_limit", "prepare", "embed", "embed_compute (worker)",
              "commit", "shard_commit", "shard_index_postings_lexical", "shard_index_vector",
-             "plan", "embed_query", "fanout", "shard_search", "shard_filter", "shard_vector",
+             "plan", "embed_query", "embed_compute (replica)", "fanout", "shard_search", "shard_filter", "shard_vector",
              "shard_lexical", "shard_neighbours", "shard_score", "shard_fetch", "merge",
              "serialization", "audit", "mcp layer (derived)", "tool (replica)"]
     names = [n for n in order if n in rows] + sorted(set(rows) - set(order))

@@ -212,3 +212,30 @@ def test_health_and_metrics_endpoints(minilm_server):
     metrics = httpx.get(minilm_server.url + "/metrics", timeout=30).text
     assert "memoray_tool_calls_total" in metrics
     assert "memoray_memory_captures_total" in metrics
+
+
+def test_queries_are_embedded_in_the_replica(minilm_server):
+    """A retrieve's query is embedded by the replica's own model (actors/query_embedder.py),
+    not sent to the embedding worker; the worker embeds only what is captured."""
+    async def go():
+        async with mcp_client(minilm_server.mcp_url) as c:
+            deadline = asyncio.get_running_loop().time() + 120
+            while True:  # the replica loads its model in the background after it starts
+                emb = (await c.call("health-check", detailed=True))["components"]["embedder"]
+                if emb["queries"]["ready"] or asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+            assert emb["queries"]["ready"], emb
+            before_worker = emb["workers"][0]["texts"]
+            before_local = emb["queries"]["queries"]
+            await c.call("retrieve-memories", query="an unusual question about otters",
+                         limit=3, filters={"workspaceId": "it-queries"})
+            await c.call("capture-memory", content="Otters hold hands while they sleep.",
+                         eventType="decision", workspaceId="it-queries")
+            found = await c.call("retrieve-memories", query="do sea otters sleep holding paws",
+                                 limit=1, filters={"workspaceId": "it-queries"})
+            emb = (await c.call("health-check", detailed=True))["components"]["embedder"]
+            assert emb["queries"]["queries"] == before_local + 2
+            assert emb["workers"][0]["texts"] == before_worker + 1  # the capture only
+            assert found["memories"][0]["content"].startswith("Otters hold hands")
+    run(go())
