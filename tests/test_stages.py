@@ -35,7 +35,9 @@ def test_capture_and_retrieve_record_their_stages(tmp_path):
                   "serialization"):
         assert counts.get(("retrieve", stage), 0) >= 1, stage
     assert counts[("retrieve", "shard_search")] == 2  # one per shard
-    st = svc.cores[0].stats()["stages"]
+    # five records land on either shard by id hash (all five on one, 1 run in 16): the shard
+    # that got some
+    st = next(c.stats()["stages"] for c in svc.cores if len(c.postings))
     assert {"commit", "index_postings_lexical", "index_vector"} <= set(st)
     assert st["commit"]["calls"] >= 1 and st["commit"]["seconds"] > 0
 
