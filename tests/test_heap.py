@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -52,3 +53,19 @@ def test_big_buffers_are_mmapped_once_asked():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) == heap.MMAP_THRESHOLD == 65536
+
+
+def test_a_shard_started_without_rays_setup_hook_trims_its_heap(tmp_path):
+    """`serve deploy` and a joined cluster start actors without memoray's worker setup hook:
+    the shard starts the trimmer itself (and the app replica, serve/deployment.py)."""
+    code = ("import sys; from memoray import heap; from memoray.actors.shard import ShardCore; "
+            "assert not heap.trimmer_running(); ShardCore(0, sys.argv[1], 8, map_size=1 << 24); "
+            "print(heap.status()['trim'])")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s0")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
+    off = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s1")], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "MEMORAY_HEAP_TRIM_S": "0"})
+    assert off.returncode == 0, off.stderr
+    assert off.stdout.strip() == "False"
