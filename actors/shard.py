@@ -55,7 +55,7 @@ class ShardCore:
         already parsed Keyring (in-process callers). `background_inserts`: graph inserts after
         the acknowledgement (see VectorIndex)."""
         heap.mmap_big_buffers()  # RAM per memory: memoray/heap.py
-        heap.start_trimmer()  # also where no setup hook ran (serve deploy, a joined cluster)
+        heap.start_trimmer()  # also where no setup hook ran (`serve deploy`)
         if encryption and keyring is None:
             from memoray.crypto import Keyring
 

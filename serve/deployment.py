@@ -60,7 +60,7 @@ class MemorayServer:
         from memoray import heap
 
         heap.mmap_big_buffers()  # RAM per memory: memoray/heap.py
-        heap.start_trimmer()  # also where no setup hook ran (serve deploy, a joined cluster)
+        heap.start_trimmer()  # also where no setup hook ran (`serve deploy`)
         self.settings = Settings.model_validate_json(settings_json)
         from memoray.logs import configure
 

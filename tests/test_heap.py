@@ -56,7 +56,7 @@ def test_big_buffers_are_mmapped_once_asked():
 
 
 def test_a_shard_started_without_rays_setup_hook_trims_its_heap(tmp_path):
-    """`serve deploy` and a joined cluster start actors without memoray's worker setup hook:
+    """`serve deploy` starts actors without memoray's worker setup hook:
     the shard starts the trimmer itself (and the app replica, serve/deployment.py)."""
     code = ("import sys; from memoray import heap; from memoray.actors.shard import ShardCore; "
             "assert not heap.trimmer_running(); ShardCore(0, sys.argv[1], 8, map_size=1 << 24); "
