@@ -1,10 +1,11 @@
 """Query embedding in the replica's own process.
 
 A retrieve embeds one short query. Sent to the embedding worker, that is one more Ray round trip
-(the replica's loop, the worker's loop, its model thread and back): about 5 ms on the 2-core
-machine the benchmarks run on, a fifth of a retrieve, for 0.3 ms of hashing or 11-13 ms of MiniLM
-on one thread. The replica keeps its own copy of the model for queries; captures' batches still
-go to the workers, which own the cores (and the GPU, when there is one).
+(the replica's loop, the worker's loop, its model thread and back): with the hash embedder,
+3.0-3.7 ms per retrieve against 0.26-0.36 ms in the replica, on the 2-core machine the
+benchmarks run on (README, Performance, sixth session). The replica keeps its own copy of the
+model for queries; captures' batches still go to the workers, which own the cores (and the GPU,
+when there is one).
 
 The model loads on a background thread when the replica starts, so the replica is ready as soon
 as before; until it has loaded, or if it cannot load, queries go to the workers as before.
@@ -89,6 +90,6 @@ class ReplicaQueryEmbedder:
             out["error"] = self.error
         if self.batcher is not None:
             st = self.batcher.stats()
-            out.update(queries=st["texts"], batches=st["batches"],
+            out.update(embedded=st["texts"], batches=st["batches"],
                        cacheHits=st["cache_hits"], busySeconds=st["busy_seconds"])
         return out

@@ -57,7 +57,7 @@ async def snapshot(client: Any, base_url: str) -> dict[str, Any]:
             "embed_texts": sum(w.get("texts", 0) for w in workers),
             "embed_batches": sum(w.get("batches", 0) for w in workers),
             "query_busy_s": local.get("busySeconds", 0.0),
-            "query_texts": local.get("queries", 0), "query_batches": local.get("batches", 0)}
+            "query_texts": local.get("embedded", 0), "query_batches": local.get("batches", 0)}
 
 
 def breakdown(before: dict, after: dict, path: str, requests: int,

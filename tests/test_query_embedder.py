@@ -51,7 +51,7 @@ def test_queries_go_to_the_replica_model_and_captures_to_the_workers():
     np.testing.assert_allclose(q, HashEmbedder().embed(["where is the retry loop"]), atol=1e-6)
     assert c.shape == (2, 384)
     st = replica.stats()
-    assert st["ready"] and st["queries"] == 1 and st["fallbacks"] == 0
+    assert st["ready"] and st["embedded"] == 1 and st["fallbacks"] == 0
 
 
 def test_until_the_model_has_loaded_queries_go_to_the_workers():

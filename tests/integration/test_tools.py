@@ -227,7 +227,7 @@ def test_queries_are_embedded_in_the_replica(minilm_server):
                 await asyncio.sleep(0.5)
             assert emb["queries"]["ready"], emb
             before_worker = emb["workers"][0]["texts"]
-            before_local = emb["queries"]["queries"]
+            before_local = emb["queries"]["embedded"]
             await c.call("retrieve-memories", query="an unusual question about otters",
                          limit=3, filters={"workspaceId": "it-queries"})
             await c.call("capture-memory", content="Otters hold hands while they sleep.",
@@ -235,7 +235,7 @@ def test_queries_are_embedded_in_the_replica(minilm_server):
             found = await c.call("retrieve-memories", query="do sea otters sleep holding paws",
                                  limit=1, filters={"workspaceId": "it-queries"})
             emb = (await c.call("health-check", detailed=True))["components"]["embedder"]
-            assert emb["queries"]["queries"] == before_local + 2
+            assert emb["queries"]["embedded"] == before_local + 2  # two new queries
             assert emb["workers"][0]["texts"] == before_worker + 1  # the capture only
             assert found["memories"][0]["content"].startswith("Otters hold hands")
     run(go())
