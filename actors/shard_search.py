@@ -160,6 +160,7 @@ class ShardSearch:
         used = req.strategy
         cand: np.ndarray | None = None
         vec_labels = lex_labels = np.empty(0, np.int64)
+        known: tuple[np.ndarray, np.ndarray] | None = None  # (labels, float32 sims) scored
         want_vec = req.mode != "lexical" and req.vector is not None
         want_lex = req.mode != "vector" and bool(req.query)
         lex = _Lexical(self.lexical, req.query)
@@ -198,7 +199,7 @@ class ShardSearch:
             cand = None if isinstance(node, flt.All) else flt.evaluate(node, self.postings)
             st.lap("filter")
             if want_vec:
-                vec_labels = self.index.exact(req.vector, cand, pool_k)[0]
+                known = vec_labels, _ = self.index.exact(req.vector, cand, pool_k)
                 st.lap("vector")
             if want_lex:
                 lex_labels = lex.top(pool_k, candidates=cand)
@@ -224,10 +225,19 @@ class ShardSearch:
         else:
             rows = None
         hits = self._score(req, pool, max(k, req.pool), lex if want_lex else None, nb, rows,
-                           exp, st)
+                           exp, st, known)
         return {"shard": self.shard_id, "hits": hits, "strategy": used,
                 "candidates": None if cand is None else int(len(cand)), "pool": int(len(pool)),
                 "seconds": time.perf_counter() - t0, "stages": st.seconds}
+
+    def _similarity(self, vector: np.ndarray, pool: np.ndarray,
+                    known: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+        """Float32 similarity of each pool member: from `known` where the scan has it, read
+        (LMDB) and computed for the rest (lexical-only candidates, neighbours)."""
+        have, sims = _known_sims(pool, known)
+        if not have.all():
+            sims[~have] = self.index.similarity(vector, pool[~have])
+        return sims
 
     def _expansion_terms(self, req: SearchRequest, ranked: np.ndarray) -> list[str]:
         """Pseudo-relevance feedback (RM3-style, no model): the terms that weigh most in the
@@ -324,13 +334,15 @@ class ShardSearch:
     def _score(self, req: SearchRequest, pool: np.ndarray, k: int,
                lex: _Lexical | None, nb: np.ndarray | None = None,
                rows: list[dict] | None = None, exp: _Lexical | None = None,
-               st: _Stages | None = None) -> list[Hit]:
+               st: _Stages | None = None,
+               known: tuple[np.ndarray, np.ndarray] | None = None) -> list[Hit]:
+        """`known`: (labels, sims) the exact scan already scored in float32, not read again."""
         if len(pool) == 0:
             return []
         st = st or _Stages()
         want_vec = req.vector is not None and req.mode != "lexical"
         if want_vec:
-            vec = np.clip(self.index.similarity(req.vector, pool), 0.0, 1.0)
+            vec = np.clip(self._similarity(req.vector, pool, known), 0.0, 1.0)
         else:
             vec = np.zeros(len(pool), np.float32)
         st.lap("score")
@@ -383,6 +395,20 @@ class ShardSearch:
                 for i, rec in zip(order, records) if rec is not None]
         st.lap("fetch")
         return hits
+
+
+def _known_sims(pool: np.ndarray, known: tuple[np.ndarray, np.ndarray] | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Which of `pool` have a score in `known`, and those scores (0 elsewhere)."""
+    sims = np.zeros(len(pool), np.float32)
+    if known is None or not len(known[0]):
+        return np.zeros(len(pool), bool), sims
+    order = np.argsort(known[0])
+    labels, scores = known[0][order], known[1][order]
+    at = np.minimum(np.searchsorted(labels, pool), len(labels) - 1)
+    have = labels[at] == pool
+    sims[have] = scores[at[have]]
+    return have, sims
 
 
 def _fuse(req: SearchRequest, vec: np.ndarray, lexs: np.ndarray) -> np.ndarray:

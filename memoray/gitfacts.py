@@ -247,6 +247,76 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
+# The detailed facts' git work (merged branches, ahead/behind) kept across processes in a small
+# JSON file (the hooks point it at their spool dir), keyed by HEAD and the refs' fingerprint:
+# a hook that runs after no branch moved reuses it without running git.
+DETAIL_CACHE: Path | None = None
+DETAIL_CACHE_ENTRIES = 32
+_squash_pending = False  # the last squash pass left candidates unchecked (SQUASH_FRESH_PER_RUN)
+
+
+def refs_fingerprint(common: Path) -> str:
+    """Where git keeps refs and the config, by (path, inode, size, mtime): a branch created,
+    moved or deleted (loose, packed or reftable refs, remote-tracking ones included) or an
+    upstream set changes it. Stat calls only, no git run. Two 32-bit checksums of the list:
+    a collision would keep stale merged facts until the next ref change."""
+    import zlib
+
+    keys = []
+    for rel in ("packed-refs", "config", "reftable/tables.list"):
+        keys.append(_stat_key(str(common / rel)))
+    for sub in ("refs/heads", "refs/remotes"):
+        for dirpath, _dirs, files in sorted(os.walk(common / sub)):
+            keys.extend(_stat_key(os.path.join(dirpath, f)) for f in sorted(files))
+    blob = "\n".join(keys).encode("utf-8", "surrogateescape")
+    return f"{len(keys)}-{zlib.crc32(blob):08x}{zlib.adler32(blob):08x}"
+
+
+def _stat_key(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"{path} -"
+    return f"{path} {st.st_ino} {st.st_size} {st.st_mtime_ns}"
+
+
+def _detail_cache_load() -> dict:
+    import json
+
+    try:
+        data = json.loads(DETAIL_CACHE.read_text(encoding="utf-8"))  # type: ignore[union-attr]
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _detail_cache_get(key: str) -> tuple[int | None, int | None,
+                                        tuple[tuple[str, str], ...]] | None:
+    entry = _detail_cache_load().get(key)
+    try:
+        ahead, behind, tips = entry  # type: ignore[misc]
+        return ahead, behind, tuple((str(n), str(t)) for n, t in tips)
+    except (TypeError, ValueError):
+        return None
+
+
+def _detail_cache_put(key: str, ahead: int | None, behind: int | None,
+                      tips: tuple[tuple[str, str], ...]) -> None:
+    import json
+
+    data = _detail_cache_load()
+    data.pop(key, None)
+    data[key] = [ahead, behind, [list(t) for t in tips]]
+    items = list(data.items())[-DETAIL_CACHE_ENTRIES:]
+    try:
+        DETAIL_CACHE.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        tmp = DETAIL_CACHE.with_name(DETAIL_CACHE.name + f".{os.getpid()}.tmp")  # type: ignore[union-attr]
+        tmp.write_text(json.dumps(dict(items)), encoding="utf-8")
+        os.replace(tmp, DETAIL_CACHE)  # type: ignore[arg-type]
+    except OSError:
+        pass
+
+
 def _empty(cwd: str) -> GitFacts:
     return GitFacts(None, f"local:{cwd}", None, None, None, None, None, None, (), None)
 
@@ -285,15 +355,30 @@ def _compute(cwd: str, detailed: bool) -> GitFacts:
     merged: tuple[str, ...] = ()
     tips: tuple[tuple[str, str], ...] = ()
     if detailed and commit:
-        if upstream:
-            out = _git(root, "rev-list", "--left-right", "--count", "HEAD...@{upstream}")
-            parts = out.split() if out else []
-            if len(parts) == 2 and all(p.isdigit() for p in parts):
-                ahead, behind = int(parts[0]), int(parts[1])
-        tips = merged_tips(root, commit)
+        key = (f"{root}\0{commit}\0{refs_fingerprint(common)}" if DETAIL_CACHE is not None
+               else None)
+        hit = _detail_cache_get(key) if key is not None else None
+        if hit is not None:
+            ahead, behind, tips = hit
+        else:
+            timeouts = len(TIMEOUTS)
+            ahead, behind = _ahead_behind(root, upstream)
+            tips = merged_tips(root, commit)
+            if key is not None and len(TIMEOUTS) == timeouts and not _squash_pending:
+                _detail_cache_put(key, ahead, behind, tips)  # complete: nothing timed out
         merged = tuple(sorted({name for name, _ in tips}))
     return GitFacts(str(root), workspace_id, branch, commit, default_branch, upstream, ahead,
                     behind, merged, remote_url, tips)
+
+
+def _ahead_behind(root: Path, upstream: str | None) -> tuple[int | None, int | None]:
+    if not upstream:
+        return None, None
+    out = _git(root, "rev-list", "--left-right", "--count", "HEAD...@{upstream}")
+    parts = out.split() if out else []
+    if len(parts) == 2 and all(p.isdigit() for p in parts):
+        return int(parts[0]), int(parts[1])
+    return None, None
 
 
 _MERGE_SUBJECT = re.compile(
@@ -379,8 +464,11 @@ def squash_merged(root: Path, head: str, skip: set[str]) -> list[tuple[str, str]
     branch) and the squash commit's diff is the branch's diff (no conflict resolution, no other
     edits folded in). A squash-merged branch that was deleted cannot be found. Verdicts are
     cached (SQUASH_CACHE) and only SQUASH_FRESH_PER_RUN new ones are worked out per call, so a
-    hook stays fast; a branch not yet checked counts as unmerged (never a leak).
+    hook stays fast; a branch not yet checked counts as unmerged (never a leak), and the
+    answer is not kept in DETAIL_CACHE (`_squash_pending`).
     """
+    global _squash_pending
+    _squash_pending = False
     out = _git(root, "for-each-ref", "--no-merged", head, "--sort=-committerdate",
                f"--count={SQUASH_CANDIDATES * 2}", "--format=%(objectname) %(refname)",
                "refs/heads", "refs/remotes")
@@ -398,7 +486,10 @@ def squash_merged(root: Path, head: str, skip: set[str]) -> list[tuple[str, str]
             if _git(root, "merge-base", "--is-ancestor", squash, head) is not None:
                 found.append((name, sha))
                 continue
-        if SQUASH_CACHE.get(f"{sha}:{head}") is False or fresh >= SQUASH_FRESH_PER_RUN:
+        if SQUASH_CACHE.get(f"{sha}:{head}") is False:
+            continue
+        if fresh >= SQUASH_FRESH_PER_RUN:
+            _squash_pending = True
             continue
         fresh += 1
         commit = _squash_commit(root, head, sha)

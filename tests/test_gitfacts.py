@@ -378,3 +378,80 @@ def test_work_committed_ignores_claude_local_files(tmp_path):
     (repo / "new_module.py").write_text("x = 1\n")  # a new file of the agent's: uncommitted work
     gitfacts.clear_cache()
     assert gitfacts.work_committed(str(repo)) is False
+
+
+def _count_git_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    runs: list[str] = []
+    real = gitfacts._git
+
+    def counted(root: Path, *args: str) -> str | None:
+        runs.append(args[0])
+        return real(root, *args)
+
+    monkeypatch.setattr(gitfacts, "_git", counted)
+    return runs
+
+
+def test_detailed_facts_are_reused_until_a_ref_moves(tmp_path, monkeypatch):
+    """The detailed facts' git work is kept in DETAIL_CACHE (a file: what a later hook process
+    reads) under HEAD and the refs' fingerprint. Nothing moved: no git run, the same facts. A
+    merge (HEAD moves), a branch created at an old commit or deleted, refs packed: git runs
+    again and the answer is right."""
+    repo = tmp_path / "r"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    base = commit(repo, "a")
+    git(repo, "checkout", "-q", "-b", "feature/x")
+    x_tip = commit(repo, "x1")
+    git(repo, "checkout", "-q", "main")
+    commit(repo, "b")
+    monkeypatch.setattr(gitfacts, "DETAIL_CACHE", tmp_path / "spool" / "git-facts.json")
+    runs = _count_git_runs(monkeypatch)
+    first = fresh(repo)
+    assert runs and "feature/x" not in dict(first.merged_tips)
+    runs.clear()
+    assert fresh(repo) == first and runs == []  # nothing moved: read from the file
+    git(repo, "merge", "-q", "--no-ff", "-m", "Merge branch 'feature/x'", "feature/x")
+    runs.clear()
+    merged = fresh(repo)
+    assert runs and dict(merged.merged_tips)["feature/x"] == x_tip
+    git(repo, "branch", "old", base)  # HEAD stays; a branch appears at a merged commit
+    runs.clear()
+    assert dict(fresh(repo).merged_tips).get("old") == base and runs
+    git(repo, "branch", "-q", "-D", "old")
+    runs.clear()
+    assert "old" not in dict(fresh(repo).merged_tips) and runs
+    git(repo, "pack-refs", "--all")
+    runs.clear()
+    packed = fresh(repo)
+    assert runs and dict(packed.merged_tips)["feature/x"] == x_tip
+    runs.clear()
+    assert fresh(repo) == packed and runs == []
+
+
+def test_detailed_facts_with_squash_checks_left_are_not_cached(tmp_path, monkeypatch):
+    """A squash pass that left branches unchecked (SQUASH_FRESH_PER_RUN) is not kept: the
+    next hook works out the rest instead of reusing a partial answer."""
+    repo = tmp_path / "r"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, "a")
+    for b in ("one", "two"):
+        git(repo, "checkout", "-q", "-b", f"sq/{b}", "main")
+        commit(repo, f"{b}.txt")
+    git(repo, "checkout", "-q", "main")
+    for b in ("one", "two"):
+        git(repo, "merge", "-q", "--squash", f"sq/{b}")
+        git(repo, "commit", "-qm", f"squash {b}")
+    monkeypatch.setattr(gitfacts, "SQUASH_CACHE", {})
+    monkeypatch.setattr(gitfacts, "SQUASH_FRESH_PER_RUN", 1)
+    monkeypatch.setattr(gitfacts, "DETAIL_CACHE", tmp_path / "spool" / "git-facts.json")
+    runs = _count_git_runs(monkeypatch)
+    assert len([n for n, _ in fresh(repo).merged_tips if n.startswith("sq/")]) == 1
+    runs.clear()
+    assert {n for n, _ in fresh(repo).merged_tips if n.startswith("sq/")} == {
+        "sq/one", "sq/two"}
+    assert runs  # worked out, not read back
+    runs.clear()
+    fresh(repo)
+    assert runs == []  # complete now: kept

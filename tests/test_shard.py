@@ -292,3 +292,26 @@ def test_a_shard_killed_with_sigkill_recovers_every_acknowledged_record(tmp_path
         again.index.flush()
     assert live <= set(again.index.graph.get_ids_list())
     again.close()
+
+
+def test_an_exact_search_reads_each_scanned_vector_once(tmp_path):
+    """The exact scan's float32 scores are the hits' vector scores: scoring the pool reads from
+    LMDB only the members the scan did not score (here, in vector mode, none)."""
+    core = open_core(tmp_path)
+    put(core, [rec(f"deploy note number {i} about caching") for i in range(200)])
+    core.index.flush()
+    asked: list[int] = []
+    fetch = core.index.fetch
+
+    def counted(labels):
+        asked.append(len(labels))
+        return fetch(labels)
+
+    core.index.fetch = counted
+    out = search(core, "deploy caching", k=10, mode="vector", node=flt.parse_filter(
+        {"workspaceId": "ws"}))
+    assert len(out["hits"]) == 10 and len(asked) == 1  # the scan's rescoring, nothing after
+    q = EMB.embed(["deploy caching"])[0]
+    vecs, _ = fetch(np.array([core.storage.label_of(h.record["id"]) for h in out["hits"]]))
+    np.testing.assert_allclose([h.vector_score for h in out["hits"]],
+                               np.clip(vecs @ q, 0.0, 1.0), rtol=0, atol=1e-6)

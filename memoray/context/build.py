@@ -12,7 +12,6 @@ from memoray.context.packer import Packer
 from memoray.context.render import title_for
 from memoray.errors import invalid
 from memoray.timeutil import now as _now
-from memoray.tokens import count_tokens
 
 
 @dataclass
@@ -64,7 +63,7 @@ def build_context(
     title = INDEX_TITLE if style == "index" else title_for(workspace_id, branch)
     packer = Packer(items, title, limit, index=style == "index")
     text = packer.pack()
-    tokens = count_tokens(text)
+    tokens = packer.tokens
     included = [it for it in packer.order if it.level != DROP]
     shown = {it.id for it in included}
     sections = {name: 0 for name in SECTIONS}

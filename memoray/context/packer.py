@@ -24,6 +24,7 @@ class Packer:
         self.title = title
         self.limit = limit
         self.index = index  # one line each first; never more than the trimmed form
+        self.tokens = 0  # the count of the text pack() returned (counted there once)
         self.heading_tokens = count_many([f"## {name}" for name in SECTIONS])
         self._header_cache: dict[tuple[int, int], int] = {}
 
@@ -78,15 +79,18 @@ class Packer:
         while any(it.level != DROP for it in self.order) and self.total() > self.limit:
             self._degrade_lowest()
         text = self.render()
-        while any(it.level != DROP for it in self.order) and count_tokens(text) > self.limit:
+        while any(it.level != DROP for it in self.order):
+            self.tokens = count_tokens(text)
+            if self.tokens <= self.limit:
+                return text
             self._degrade_lowest()  # counts were not additive after all: shed and re-check
             text = self.render()
-        if any(it.level != DROP for it in self.order):
-            return text
         note = self.note(*self.counts())
         for fallback in (text, f"{MIN_TITLE}\n{note}", MIN_TITLE):
-            if count_tokens(fallback) <= self.limit:
+            self.tokens = count_tokens(fallback)
+            if self.tokens <= self.limit:
                 return fallback
+        self.tokens = 0
         return ""
 
     def _all_full(self) -> bool:

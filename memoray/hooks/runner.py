@@ -59,11 +59,13 @@ class Hook:
 
     def facts(self, detailed: bool = False) -> GitFacts:
         """Git facts for the payload's cwd; the detailed form runs `git`, so only on demand
-        (with squash-merge verdicts cached next to the spool)."""
+        (with squash-merge verdicts, and the git work until a branch moves, cached next to the
+        spool)."""
         if self._facts is None or (detailed and not self._detailed):
             if detailed:
                 from memoray import gitfacts
 
+                gitfacts.DETAIL_CACHE = self.cfg.spool_dir / "git-facts.json"
                 cache = self.cfg.spool_dir / "squash-cache.json"
                 gitfacts.load_squash_cache(cache)
                 before = dict(gitfacts.SQUASH_CACHE)
