@@ -30,6 +30,13 @@ async def _fill(url: str, n: int, workspace: str) -> None:
                  "gitBranch": "main"} for t in texts[i:i + BATCH]])
             prog.update(min(BATCH, n - i))
         prog.close()
+        # Graph inserts run behind the acknowledgement: time the hooks on a settled server, not
+        # beside the shards' insert threads (as bench_core does).
+        while True:
+            stats = await c.call("memory-stats")
+            if all(s.get("graphPending", 0) == 0 for s in stats.get("shards", [])):
+                break
+            await asyncio.sleep(0.2)
 
 
 def run(n: int = 10000, samples: int = 50, embedder: str = "minilm") -> dict:

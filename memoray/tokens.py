@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:  # imported on first use: `memoray hook` must start fast
@@ -97,6 +98,34 @@ def count_many(texts: list[str]) -> list[int]:
         return []
     encs = tokenizer().encode_batch([_clean(t) for t in texts], add_special_tokens=False)
     return [len(e.ids) for e in encs]
+
+
+LINE_CACHE = 4096  # lines whose counts one process keeps (count_lines)
+_line_counts: OrderedDict[str, int] = OrderedDict()
+_line_lock = threading.Lock()
+
+
+def count_lines(text: str) -> int:
+    """count_tokens(text), as the sum of its lines' counts: no token spans a newline (the
+    pre-tokenizer splits on whitespace), so the sum is exact, and a line counted before (a
+    memory shown again in the next context block) is not tokenized again. Keeps the counts of
+    the last LINE_CACHE distinct lines; lines not kept are counted in one batch."""
+    if not text:
+        return 0
+    lines = text.split("\n")
+    with _line_lock:
+        known = {ln: _line_counts[ln] for ln in lines if ln in _line_counts}
+        for ln in known:
+            _line_counts.move_to_end(ln)
+    missing = [ln for ln in dict.fromkeys(lines) if ln not in known]
+    if missing:
+        fresh = dict(zip(missing, count_many(missing)))
+        known.update(fresh)
+        with _line_lock:
+            _line_counts.update(fresh)
+            while len(_line_counts) > LINE_CACHE:
+                _line_counts.popitem(last=False)
+    return sum(known[ln] for ln in lines)
 
 
 def spans_many(texts: list[str]) -> list[Spans]:

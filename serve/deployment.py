@@ -8,6 +8,7 @@ since a FastAPI app with the MCP app mounted cannot be pickled.
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from ray import serve
 
@@ -20,6 +21,7 @@ async def make_runtime(settings: Settings, metrics: Metrics, store_id: str):
     from memoray.ratelimit import LeaseClient, limits_from_settings
     from memoray.serve.runtime import Runtime
     from memoray.serve.topology import lookup, lookup_cluster
+    from memoray.tokens import tokenizer as load_tokenizer
 
     extra = {}
     if settings.cluster_mode:  # tokens and audit from the controller, never this node's disk
@@ -44,6 +46,8 @@ async def make_runtime(settings: Settings, metrics: Metrics, store_id: str):
         topo = lookup(settings, store_id)
     if queries_in_replica(settings.query_embedding, settings.embedding_gpus):
         topo.backend.queries = ReplicaQueryEmbedder(settings.embedder).start()
+    # build-context counts tokens: load the tokenizer now (about 50 ms), not in the first call
+    threading.Thread(target=load_tokenizer, name="memoray-tokenizer", daemon=True).start()
     limiter = LeaseClient(topo.limiter, limits_from_settings(settings))
     rt = Runtime(settings, topo.backend, metrics=metrics, planner_client=topo.planner,
                  limiter=limiter, expiry=topo.expiry, webhooks=topo.webhooks, **extra)

@@ -107,3 +107,28 @@ def test_estimate_against_chars_over_4():
             f"= {ratio:.2f}x"
         )
         assert 0.7 < ratio < 1.6
+
+
+PIECES = [*"ab xyz,.!:;-_()[]{}", "\t", "\r", "\n", "\n", "\n\n", "é", "日本", "✅", "🚀",
+          "x" * 40, "\ud800", "\u00a0", "\u2028", "Ⅻ", "ﬁ", "deploy", "ing"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=60))
+def test_count_lines_is_count_tokens(parts):
+    """Summing per-line counts is exact (no token spans a newline), cached or not."""
+    text = "".join(parts)
+    assert tokens.count_lines(text) == count_tokens(text)
+    assert tokens.count_lines(text) == count_tokens(text)  # now from the line cache
+
+
+def test_count_lines_keeps_a_bounded_cache(monkeypatch):
+    monkeypatch.setattr(tokens, "LINE_CACHE", 3)
+    monkeypatch.setattr(tokens, "_line_counts", tokens.OrderedDict())
+    assert tokens.count_lines("one two\nthree\nfour five six\nseven") == 7
+    assert len(tokens._line_counts) == 3 and "one two" not in tokens._line_counts
+    calls = []
+    real = tokens.count_many
+    monkeypatch.setattr(tokens, "count_many", lambda t: calls.append(list(t)) or real(t))
+    assert tokens.count_lines("seven\nthree") == 2 and calls == []  # both kept
+    assert tokens.count_lines("one two\nseven") == 3 and calls == [["one two"]]

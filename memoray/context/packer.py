@@ -15,7 +15,7 @@ from memoray.context.constants import (
 )
 from memoray.context.items import Item
 from memoray.context.render import entry_text, fence_close_tokens
-from memoray.tokens import count_many, count_tokens
+from memoray.tokens import count_lines, count_many, count_tokens
 
 
 class Packer:
@@ -80,7 +80,7 @@ class Packer:
             self._degrade_lowest()
         text = self.render()
         while any(it.level != DROP for it in self.order):
-            self.tokens = count_tokens(text)
+            self.tokens = count_lines(text)
             if self.tokens <= self.limit:
                 return text
             self._degrade_lowest()  # counts were not additive after all: shed and re-check
