@@ -43,9 +43,10 @@ log = logging.getLogger(__name__)
 REPLICATE_TIMEOUT_S = 5.0     # a backup slower than this is dropped from the in-sync set
 CALL_TIMEOUT_S = 30.0         # one client call to a primary
 CATCHUP_BATCH = 256
-READ_METHODS = ("get", "document", "select", "search", "stats", "planner_stats", "health",
-                "snapshot", "scan", "backup", "expired", "start_rebuild", "finish_rebuild",
-                "reseal", "pid", "best_match", "export_snapshot", "outbox_read", "outbox_ack",
+READ_METHODS = ("get", "document", "select", "search", "search_many", "stats", "planner_stats",
+                "health", "snapshot", "scan", "backup", "expired", "start_rebuild",
+                "finish_rebuild", "reseal", "pid", "best_match", "export_snapshot", "outbox_read",
+                "outbox_ack",
                 # resharding (actors/resharding.py): the mover reads the primary
                 "placement", "export_moving", "export_ids", "idem_lookup", "spawn_options")
 

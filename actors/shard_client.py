@@ -77,6 +77,9 @@ class ShardClient(ActorClient[ShardCore]):
     async def search(self, req: SearchRequest) -> SearchResult:
         return await self._call(ShardCore.search, req)
 
+    async def search_many(self, reqs: list[SearchRequest]) -> list[SearchResult]:
+        return await self._call(ShardCore.search_many, reqs)
+
     async def expired(self, now: float, limit: int = 10000) -> list[Record]:
         return await self._call(ShardCore.expired, now, limit)
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from memoray import filters as flt
-from memoray.actors.shard_search import SearchRequest
+from memoray.actors.shard_search import SearchRequest, SearchResult
 from memoray.errors import ErrorCode, MemorayError, invalid
 from memoray.models import MAX_LIMIT, MAX_QUERY_CHARS, RetrievedMemory, check_text
 from memoray.records import Record
@@ -43,6 +44,18 @@ def one_workspace(node: Any) -> str | None:
     """The one workspace a filter confines to (the rate-limit bucket), None if not one."""
     named = flt.referenced_workspaces(node)
     return next(iter(named)) if named is not None and len(named) == 1 else None
+
+
+@dataclass
+class _PlannedSearch:
+    """One search, planned and embedded: what every shard gets, and what merging needs."""
+
+    req: SearchRequest
+    plan: Any
+    chosen: str
+    limit: int
+    clock: StageClock
+    t0: float
 
 
 class Retrieve(UseCase):
@@ -93,6 +106,17 @@ class Retrieve(UseCase):
                          include_content: bool = True, clock: StageClock | None = None
                          ) -> tuple[list[Record], dict]:
         """Plan, embed the query, fan out to every shard, merge. `node` is already scoped."""
+        prepared = await self._plan_search(query, limit, node, mode=mode,
+                                           recency_weight=recency_weight, strategy=strategy,
+                                           include_content=include_content, clock=clock)
+        parts = await self._send_searches([prepared])
+        return self._merge_search(prepared, parts[0])
+
+    async def _plan_search(self, query: str, limit: int, node: Any, *, mode: str = "hybrid",
+                           recency_weight: float = 0.0, strategy: str | None = None,
+                           include_content: bool = True, clock: StageClock | None = None
+                           ) -> _PlannedSearch:
+        """Plan and embed one search: the request every shard gets."""
         clock = clock or self.clock("retrieve")
         t0 = time.perf_counter()
         plan = self.planner.plan(node, limit)
@@ -114,19 +138,39 @@ class Retrieve(UseCase):
                             alpha=self.settings.hybrid_alpha, now=now, time_span=when,
                             recency_weight=recency_weight, include_content=include_content,
                             **feature_fields(self.settings))
-        with span("memoray.fanout", shards=len(self.backend.shards), strategy=chosen):
+        return _PlannedSearch(req, plan, chosen, limit, clock, t0)
+
+    async def _send_searches(self, prepared: list[_PlannedSearch]) -> list[list[SearchResult]]:
+        """Every search on every shard; per search, its shards' results in shard order.
+        Several searches go in one call per shard (`search_many`): one round trip each."""
+        reqs = [p.req for p in prepared]
+        with span("memoray.fanout", shards=len(self.backend.shards),
+                  strategy=",".join(p.chosen for p in prepared)):
             try:
-                parts = await asyncio.wait_for(self.backend.shards.each(lambda c: c.search(req)),
-                                               self.settings.query_timeout_s)
+                if len(reqs) == 1:
+                    per_shard = [[r] for r in await asyncio.wait_for(
+                        self.backend.shards.each(lambda c: c.search(reqs[0])),
+                        self.settings.query_timeout_s)]
+                else:
+                    per_shard = await asyncio.wait_for(
+                        self.backend.shards.each(lambda c: c.search_many(reqs)),
+                        self.settings.query_timeout_s)
             except TimeoutError:
                 raise MemorayError(ErrorCode.QUERY_TIMEOUT,
                                    f"query exceeded {self.settings.query_timeout_s}s") from None
-        clock.lap("fanout")
-        for p in parts:  # measured inside each shard, returned with its hits
-            clock.observe("shard_search", p["seconds"])
-            for stage, seconds in (p.get("stages") or {}).items():
+        for p in prepared:
+            p.clock.lap("fanout")
+        return [[shard[i] for shard in per_shard] for i in range(len(reqs))]
+
+    def _merge_search(self, p: _PlannedSearch, parts: list[SearchResult]
+                      ) -> tuple[list[Record], dict]:
+        """One search's shard results: best copy per id, sessions, top `limit`, 0-1 scores."""
+        clock, plan, chosen, limit = p.clock, p.plan, p.chosen, p.limit
+        for part in parts:  # measured inside each shard, returned with its hits
+            clock.observe("shard_search", part["seconds"])
+            for stage, seconds in (part.get("stages") or {}).items():
                 clock.observe(f"shard_{stage}", seconds)
-        hits = [h for p in parts for h in p["hits"]]
+        hits = [h for part in parts for h in part["hits"]]
         if len(parts) > 1:  # a record being moved by a reshard is briefly on two shards
             best: dict[str, Any] = {}
             for h in hits:
@@ -137,10 +181,10 @@ class Retrieve(UseCase):
         sessions = session_aggregate(hits, cfg.session_weight, cfg.session_aggregate,
                                      cfg.session_depth, cfg.session_damping, cfg.rrf_k)
         hits = sorted(hits, key=lambda h: -h.score)[:limit]
-        actual = [p["candidates"] for p in parts]
+        actual = [part["candidates"] for part in parts]
         total = sum(actual) if all(a is not None for a in actual) else None  # type: ignore[arg-type]
         self.planner.record(plan.estimated_candidates, total, chosen)
-        elapsed = time.perf_counter() - t0
+        elapsed = time.perf_counter() - p.t0
         self.metrics.query_latency.labels(strategy=chosen).observe(elapsed)
         out: list[Record] = []
         for h in hits:
@@ -150,7 +194,7 @@ class Retrieve(UseCase):
         info = {"plan": plan.to_dict(), "strategy": chosen, "seconds": elapsed,
                 "sessions": [{"sessionId": sid, "score": round(sc, 6)}
                              for sid, sc in list(sessions.items())[:limit]],
-                "shards": [{k: v for k, v in p.items() if k != "hits"} for p in parts]}
+                "shards": [{k: v for k, v in part.items() if k != "hits"} for part in parts]}
         clock.lap("merge")
         return out, info
 
@@ -279,16 +323,18 @@ class Retrieve(UseCase):
         # work
         text_query = query or " ".join(x for x in ("recent decisions changes problems", branch)
                                        if x)
-        # The searches are independent: run at once, their query embeddings share one model
-        # call (the micro-batcher) and their fan-outs overlap. Merged in the same order.
-        searches = [self.run_search(text_query, limit, scoped, recency_weight=0.3)]
+        # The searches are independent: prepared at once (their query embeddings share one
+        # model call, the micro-batcher), sent in one call per shard, merged in this order.
+        searches = [self._plan_search(text_query, limit, scoped, recency_weight=0.3)]
         if scoped_recent is not None:  # this branch's recent changes, even if the query missed
-            searches.append(self.run_search(f"changes on {branch}", min(limit, 20),
-                                            scoped_recent, recency_weight=0.8))
+            searches.append(self._plan_search(f"changes on {branch}", min(limit, 20),
+                                              scoped_recent, recency_weight=0.8))
         if lasting is not None:
-            searches.append(self.run_search(text_query, min(limit, 40), lasting,
-                                            recency_weight=0.8))
-        found = await asyncio.gather(*searches)
+            searches.append(self._plan_search(text_query, min(limit, 40), lasting,
+                                              recency_weight=0.8))
+        prepared = await asyncio.gather(*searches)
+        found = [self._merge_search(p, parts)
+                 for p, parts in zip(prepared, await self._send_searches(list(prepared)))]
         records = list(found[0][0])
         for more, _ in found[1:]:
             seen = {r["id"] for r in records}

@@ -212,6 +212,15 @@ def test_node_loss_and_return_with_replication_2(cluster, server):
             return new
 
     new = asyncio.run(while_down())
+
+    async def context_while_down() -> dict:
+        # build-context sends its three searches to each replicated shard in one call
+        async with mcp_client(url, token) as c:
+            return await c.call("build-context", query="while w1 is down", workspaceId="ws",
+                                gitBranch="main", style="index", tokenBudget=2000)
+
+    ctx = asyncio.run(context_while_down())
+    assert ctx["included"] > 0 and "while w1 is down" in ctx["context"], ctx
     cluster.add_worker("w1")             # the node returns with its old disk
     wait_in_sync(cluster, 2)
     assert asyncio.run(shard_health()) == {"shard-0": "ok", "shard-1": "ok"}

@@ -1,0 +1,56 @@
+"""build-context's searches go to each shard in one call (`ShardCore.search_many`), answered
+as the same searches sent one by one would be."""
+
+from __future__ import annotations
+
+import asyncio
+
+from memoray import filters as flt
+from memoray.actors.shard_search import EXACT, SearchRequest
+from tests.service_harness import caller, item, make_service
+from tests.test_shard import EMB, open_core, put, rec
+
+
+def test_search_many_answers_each_request_as_search_does(tmp_path):
+    core = open_core(tmp_path)
+    put(core, [rec(f"deploy note {i} about caching", event_type="decision" if i % 3 else "note",
+                   git_branch="main" if i % 2 else "feat") for i in range(120)])
+    core.index.flush()
+    reqs = [SearchRequest(vector=EMB.embed([q])[0], query=q, k=k, filter=f, strategy=EXACT,
+                          now=2.0e9)
+            for q, k, f in (("deploy caching", 40, flt.All()),
+                            ("changes on feat", 20, flt.parse_filter({"gitBranch": "feat"})),
+                            ("deploy caching", 10, flt.parse_filter({"eventType": "decision"})))]
+    many = core.search_many(reqs)
+    one_by_one = [core.search(r) for r in reqs]
+    assert len(many) == 3
+    for a, b in zip(many, one_by_one):
+        assert [(h.record["id"], h.score) for h in a["hits"]] == [
+            (h.record["id"], h.score) for h in b["hits"]]
+        assert a["hits"] and a["candidates"] == b["candidates"]
+
+
+def test_build_context_calls_each_shard_once(tmp_path, monkeypatch):
+    svc = make_service(tmp_path, shards=2)
+    items = [item(f"we decided to cache the deploy step, note {i}", event_type="decision",
+                  git_branch="feat") for i in range(12)]
+    items += [item(f"changed the deploy script, step {i}", event_type="code_change",
+                   git_branch="feat") for i in range(12)]
+    asyncio.run(svc.capture(items, caller()))
+    calls = {"search": 0, "search_many": 0}
+    for client in svc.backend.shards.clients:
+        for name in calls:
+            def counted(*args, _name=name, _real=getattr(client, name)):
+                calls[_name] += 1
+                return _real(*args)
+            monkeypatch.setattr(client, name, counted)
+    out = asyncio.run(svc.build_context(caller(), query=None, limit=40, filters=None,
+                                        budget=1500, workspace_id="ws", branch="feat",
+                                        session_id=None, style="index"))
+    assert calls == {"search": 0, "search_many": 2}  # three searches, one call per shard
+    assert out["included"] > 0 and "cache the deploy step" in out["context"]
+    sections = out["sections"]  # the decisions and the branch's changes both made it in
+    assert sections["Decisions and conventions"] and sections["Recent changes on this branch"]
+    calls.update(search=0, search_many=0)
+    asyncio.run(svc.retrieve(caller(), "deploy step", 5))
+    assert calls == {"search": 2, "search_many": 0}  # a retrieve: one search per shard
