@@ -7,7 +7,6 @@ Captured items go through the spool (see spool.py), so an outage loses nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -30,6 +29,8 @@ LOG_MAX_BYTES = 1 << 20  # hook.log, the detached flusher's stderr
 
 
 def _sha(*parts: str) -> str:
+    import hashlib  # here: its OpenSSL import costs ~3 ms, and SessionStart needs none
+
     return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 

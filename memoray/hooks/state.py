@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -29,6 +28,8 @@ STALE_AFTER_S = 14 * 86400
 def _session_file(spool_dir: Path, session_id: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", session_id)[:80] or "unknown"
     if safe != session_id:
+        import hashlib  # rarely needed: Claude Code's session ids are safe already
+
         safe += "-" + hashlib.sha256(session_id.encode()).hexdigest()[:8]
     return spool_dir / "sessions" / f"{safe}.json"
 
