@@ -48,13 +48,7 @@ async def _through_mcp(url: str, n: int, n_queries: int, texts: list[dict]) -> d
         # Graph inserts run behind the acknowledgement (a search scores what is not in the graph
         # yet exactly): wait for them, so retrieve is timed on a settled index, and say how
         # long the index took to catch up, and the capture rate counting that time.
-        t1 = time.perf_counter()
-        while True:
-            stats = await c.call("memory-stats")
-            if all(s.get("graphPending", 0) == 0 for s in stats.get("shards", [])):
-                break
-            await asyncio.sleep(0.2)
-        out["index_catch_up_s"] = round(time.perf_counter() - t1, 2)
+        out["index_catch_up_s"] = round(await stages.wait_indexed(c), 2)
         out["capture_per_s_until_indexed"] = round(n / (elapsed + out["index_catch_up_s"]), 1)
         s1 = await stages.snapshot(c, base)
         requests = (n + BATCH - 1) // BATCH

@@ -11,7 +11,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from benchmarks import bench_hooks
+from benchmarks import bench_hooks, stages
 from benchmarks.common import Progress, fmt_table, log, save_json
 from benchmarks.corpus import corpus
 
@@ -30,13 +30,8 @@ async def _fill(url: str, n: int, workspace: str) -> None:
                  "gitBranch": "main"} for t in texts[i:i + BATCH]])
             prog.update(min(BATCH, n - i))
         prog.close()
-        # Graph inserts run behind the acknowledgement: time the hooks on a settled server, not
-        # beside the shards' insert threads (as bench_core does).
-        while True:
-            stats = await c.call("memory-stats")
-            if all(s.get("graphPending", 0) == 0 for s in stats.get("shards", [])):
-                break
-            await asyncio.sleep(0.2)
+        # time the hooks on a settled server, not beside the shards' insert threads
+        await stages.wait_indexed(c)
 
 
 def run(n: int = 10000, samples: int = 50, embedder: str = "minilm") -> dict:

@@ -123,3 +123,17 @@ def table(rows: dict[str, dict[str, float]], total_ms: float | None = None) -> s
     if total_ms is not None:
         out.append(["client round trip (mean)", round(total_ms, 3), "", ""])
     return fmt_table(["stage", "ms/request", "ms/call", "calls"], out)
+
+
+async def wait_indexed(c: Any) -> float:
+    """Wait until no shard has graph inserts pending (they run behind the acknowledgement), so
+    what is timed next runs on a settled server; returns the seconds waited."""
+    import asyncio
+    import time
+
+    t0 = time.perf_counter()
+    while True:
+        stats = await c.call("memory-stats")
+        if all(s.get("graphPending", 0) == 0 for s in stats.get("shards", [])):
+            return time.perf_counter() - t0
+        await asyncio.sleep(0.2)

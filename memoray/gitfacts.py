@@ -280,19 +280,34 @@ def _stat_key(path: str) -> str:
     return f"{path} {st.st_ino} {st.st_size} {st.st_mtime_ns}"
 
 
-def _detail_cache_load() -> dict:
+def _read_json(path: Path) -> dict:
+    """A small JSON object kept next to the spool; {} when missing or unreadable."""
     import json
 
     try:
-        data = json.loads(DETAIL_CACHE.read_text(encoding="utf-8"))  # type: ignore[union-attr]
-    except (OSError, ValueError, AttributeError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
+def _write_json(path: Path, data: dict) -> None:
+    """Replace it atomically (a temporary file per process: hooks run concurrently); a cache,
+    so a failed write is ignored."""
+    import json
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
 def _detail_cache_get(key: str) -> tuple[int | None, int | None,
                                         tuple[tuple[str, str], ...]] | None:
-    entry = _detail_cache_load().get(key)
+    entry = _read_json(DETAIL_CACHE).get(key)  # type: ignore[arg-type]
     try:
         ahead, behind, tips = entry  # type: ignore[misc]
         return ahead, behind, tuple((str(n), str(t)) for n, t in tips)
@@ -302,19 +317,10 @@ def _detail_cache_get(key: str) -> tuple[int | None, int | None,
 
 def _detail_cache_put(key: str, ahead: int | None, behind: int | None,
                       tips: tuple[tuple[str, str], ...]) -> None:
-    import json
-
-    data = _detail_cache_load()
+    data = _read_json(DETAIL_CACHE)  # type: ignore[arg-type]
     data.pop(key, None)
     data[key] = [ahead, behind, [list(t) for t in tips]]
-    items = list(data.items())[-DETAIL_CACHE_ENTRIES:]
-    try:
-        DETAIL_CACHE.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-        tmp = DETAIL_CACHE.with_name(DETAIL_CACHE.name + f".{os.getpid()}.tmp")  # type: ignore[union-attr]
-        tmp.write_text(json.dumps(dict(items)), encoding="utf-8")
-        os.replace(tmp, DETAIL_CACHE)  # type: ignore[arg-type]
-    except OSError:
-        pass
+    _write_json(DETAIL_CACHE, dict(list(data.items())[-DETAIL_CACHE_ENTRIES:]))  # type: ignore[arg-type]
 
 
 def _empty(cwd: str) -> GitFacts:
@@ -432,27 +438,12 @@ SQUASH_CACHE: dict[str, str | bool] = {}
 
 
 def load_squash_cache(path: Path) -> None:
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    if isinstance(data, dict):
-        SQUASH_CACHE.update({k: v for k, v in data.items() if isinstance(v, (str, bool))})
+    SQUASH_CACHE.update({k: v for k, v in _read_json(path).items()
+                         if isinstance(v, (str, bool))})
 
 
 def save_squash_cache(path: Path, limit: int = 2000) -> None:
-    import json
-
-    items = list(SQUASH_CACHE.items())[-limit:]
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(dict(items)), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    _write_json(path, dict(list(SQUASH_CACHE.items())[-limit:]))
 
 
 def squash_merged(root: Path, head: str, skip: set[str]) -> list[tuple[str, str]]:
