@@ -135,13 +135,25 @@ def run(url: str, samples: int = 50) -> dict[str, Any]:
             results[label] = {}
             for event in EVENTS:
                 inputs = [json.dumps(_payload(event, repo, n)) for n in range(samples)]
-                cmd = [sys.executable, "-m", "memoray.entry", "hook", event]
-                sent: list[float] = []
-                results[label][event] = _stats(_measure(cmd, inputs, env, repo, sent))
-                if label == "up" and event == "PostToolUse" and sent:
-                    # a capture is searchable once sent: hook start to the server's answer
-                    results[label]["PostToolUse sent"] = _stats(sent)
+                for name, cmd in hook_commands(event):
+                    sent: list[float] = []
+                    results[label][name] = _stats(_measure(cmd, inputs, env, repo, sent))
+                    if label == "up" and name == "PostToolUse" and sent:
+                        # a capture is searchable once sent: hook start to the server's answer
+                        results[label]["PostToolUse sent"] = _stats(sent)
     return results
+
+
+def hook_commands(event: str) -> list[tuple[str, list[str]]]:
+    """The commands `memoray hooks install` writes (memoray/hooks/install.py hook_command): the
+    `memoray` console script where it is installed beside this interpreter (on PATH, as pip
+    and pipx put it), timed under the event's name; and `python -m memoray.entry`, the one
+    written when `memoray` is not on PATH (it also imports runpy), as "<event> (-m)"."""
+    module = [sys.executable, "-m", "memoray.entry", "hook", event]
+    script = os.path.join(os.path.dirname(sys.executable), "memoray")
+    if not os.access(script, os.X_OK):
+        return [(event, module)]
+    return [(event, [script, "hook", event]), (f"{event} (-m)", module)]
 
 
 def main(argv: list[str] | None = None) -> int:

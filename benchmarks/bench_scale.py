@@ -1,6 +1,7 @@
 """Scale (issue 14): a real server (2 shards) loaded through /mcp with N memories, for each N.
 
-Per N it reports: the load rate through capture-memories (batches of 1,000); bytes per memory on
+Per N it reports: the load rate through capture-memories (batches of 1,000), and the wait after
+it until the shards' graphs hold every vector (retrieves are timed after it); bytes per memory on
 disk (the whole data dir) and RAM per memory in each actor (anonymous RSS of the shard, embedder
 and replica processes, less what they held empty, so fixed costs don't count); retrieve p50/p95
 through /mcp, unfiltered and under a selective filter (one workspace of 100, 1%); recall@10 of
@@ -11,7 +12,7 @@ after a clean stop and after kill -9 (wall time of the restart, and the shards' 
 Every record is a "note" (one tier, so tier weighting does not reorder the vector ranking).
 Plots: latency and RAM per memory against N. JSON: benchmarks/results/scale[_<embedder>].json.
 
-Run: python -m benchmarks.bench_scale [--sizes 10000 100000 1000000] [--embedder hash]
+Run: python -m benchmarks.bench_scale [--sizes 10000 100000 1000000] [--embedder hash] [--out STEM]
 `make bench-scale` runs 10K, 100K and 1M with the hash embedder, then 100K with MiniLM.
 """
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import stages
 from benchmarks.common import (
     CachedEmbedder,
     LazyEmbedder,
@@ -124,6 +126,14 @@ async def _load(url: str, texts: list[str]) -> tuple[list[str], float]:
     return ids, elapsed
 
 
+async def _wait_indexed(url: str) -> float:
+    from tests.server_process import mcp_client
+
+    log("waiting for the shards' graph inserts ...")
+    async with mcp_client(url) as c:
+        return await stages.wait_indexed(c)
+
+
 async def _retrieve(url: str, qs: list[str]) -> dict:
     from tests.server_process import mcp_client
 
@@ -197,6 +207,9 @@ def run_size(n: int, embedder: str, root: Path) -> dict:
         ids, elapsed = asyncio.run(_load(server.mcp_url, texts))
         res["load_per_s"] = round(n / elapsed, 1)
         res["load_seconds"] = round(elapsed, 1)
+        # graph inserts run behind the acknowledgement: time retrieves on a settled server
+        res["index_wait_s"] = round(asyncio.run(_wait_indexed(server.mcp_url)), 1)
+        res["indexed_per_s"] = round(n / (elapsed + res["index_wait_s"]), 1)
         qs = queries(max(N_QUERIES, RECALL_QUERIES), seed=23)
         ret = asyncio.run(_retrieve(server.mcp_url, qs))
         stats = ret.pop("stats")
@@ -211,7 +224,7 @@ def run_size(n: int, embedder: str, root: Path) -> dict:
                       for role in full}
         res["ram_bytes_per_memory"] = round(sum(v["anon_bytes_per_memory"]
                                                 for v in res["ram"].values()), 1)
-        res["shards"] = [{k: s.get(k) for k in ("records", "diskBytes", "indexBytes")}
+        res["shards"] = [{k: s.get(k) for k in ("records", "diskBytes", "indexBytes", "heap")}
                          for s in stats.get("shards", [])]
         log("recall against exact search ...")
         emb = CachedEmbedder(LazyEmbedder(embedder))
@@ -311,20 +324,21 @@ def _plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def run(sizes: list[int], embedder: str = "hash") -> dict:
+def run(sizes: list[int], embedder: str = "hash", out: str | None = None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="memoray-scale-"))
     rows = []
     try:
         for n in sizes:
             log(f"== {n} memories ({embedder}) ==")
             rows.append(run_size(n, embedder, tmp))
-            stem = "scale" if embedder == "hash" else f"scale_{embedder}"
+            stem = out or ("scale" if embedder == "hash" else f"scale_{embedder}")
             save_json(f"{stem}.json", {"sizes": sizes, "embedder": embedder, "runs": rows})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    stem = "scale" if embedder == "hash" else f"scale_{embedder}"
+    stem = out or ("scale" if embedder == "hash" else f"scale_{embedder}")
     _plot(rows, result_path(f"{stem}.png"))
-    table = [[r["n"], r["load_per_s"], r["ram_bytes_per_memory"], r["disk_bytes_per_memory"],
+    table = [[r["n"], r["load_per_s"], r.get("indexed_per_s"), r["ram_bytes_per_memory"],
+              r["disk_bytes_per_memory"],
               f"{r['retrieve']['unfiltered']['p50_ms']:.1f} / "
               f"{r['retrieve']['unfiltered']['p95_ms']:.1f}",
               f"{r['retrieve']['filtered']['p50_ms']:.1f} / "
@@ -332,7 +346,8 @@ def run(sizes: list[int], embedder: str = "hash") -> dict:
               r["recall_at_10"], r["recall_at_10_filtered"],
               r.get("restart_after_clean_stop_s"), r.get("restart_after_kill9_s"),
               f"{r['loadavg_at_start'][0]:.1f}"] for r in rows]
-    print(fmt_table(["memories", "load/s", "RAM B/mem", "disk B/mem", "retrieve p50/p95",
+    print(fmt_table(["memories", "load/s", "indexed/s", "RAM B/mem", "disk B/mem",
+                     "retrieve p50/p95",
                      "filtered p50/p95", "recall@10", "recall@10 filt", "restart clean s",
                      "restart kill-9 s", "load avg"], table))
     for r in rows:
@@ -350,8 +365,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000, 1000000])
     ap.add_argument("--embedder", default="hash", choices=["hash", "minilm"])
+    ap.add_argument("--out", default=None,
+                    help="file stem under benchmarks/results (default scale[_<embedder>])")
     a = ap.parse_args()
-    run(a.sizes, a.embedder)
+    run(a.sizes, a.embedder, a.out)
 
 
 if __name__ == "__main__":

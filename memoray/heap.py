@@ -8,10 +8,14 @@ memory at 100,000, about 600 B of it freed heap). Two things give it back: the s
 app replica mmap buffers of 64 KiB and more (`mmap_big_buffers`: freeing one unmaps it, where
 glibc would otherwise raise that threshold as it goes, up to 32 MiB, and leave such buffers in
 a heap between live blocks), and a thread in every actor process trims every arena every few
-seconds. Not the embedding worker's mmap threshold: torch's activations would then be mapped
-and zeroed on every call (MiniLM 23% slower). Capping the arenas (MALLOC_ARENA_MAX=2) freed as
-much but made retrieve slower (threads queue on two arena locks). On a libc without these
-(musl, macOS) both do nothing.
+seconds. The cost: every query's temporaries of 64 KiB and more are mapped, page-faulted and
+zeroed anew; 1 MiB with a 32 MiB heap top (MEMORAY_HEAP_MMAP_KIB=1024
+MEMORAY_HEAP_TOP_KIB=32768) took 119 B more per memory at 100,000 and retrieved no faster
+through the server (README, Performance, eighth session), so it is not the default. Not the
+embedding worker's
+mmap threshold: torch's activations would then be mapped and zeroed on every call (MiniLM 23%
+slower). Capping the arenas (MALLOC_ARENA_MAX=2) freed as much but made retrieve slower
+(threads queue on two arena locks). On a libc without these (musl, macOS) both do nothing.
 """
 
 from __future__ import annotations
@@ -24,11 +28,15 @@ import time
 from collections.abc import Callable
 
 INTERVAL_S = 10.0  # MEMORAY_HEAP_TRIM_S; 0 turns the trimmer off
-MMAP_THRESHOLD = 64 << 10
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+MMAP_THRESHOLD = 64 << 10  # MEMORAY_HEAP_MMAP_KIB
+# MEMORAY_HEAP_TOP_KIB: free heap top kept between the trimmer's runs; 0 = glibc's 128 KiB
+TRIM_THRESHOLD = 0
+_M_TRIM_THRESHOLD = -1  # mallopt's parameter numbers (malloc.h)
+_M_MMAP_THRESHOLD = -3
 
 _started = False
 _mmap_threshold: int | None = None
+_trim_threshold: int | None = None
 _lock = threading.Lock()
 
 
@@ -83,38 +91,58 @@ def start_trimmer(every_s: float | None = None) -> bool:
     return True
 
 
+def _kib_setting(name: str, default: int) -> int:
+    try:
+        return max(0, int(os.environ.get(name, default >> 10))) << 10
+    except ValueError:
+        return default
+
+
 def mmap_threshold() -> int:
     """MEMORAY_HEAP_MMAP_KIB in bytes (0: leave glibc's own, moving threshold)."""
-    try:
-        return max(0, int(os.environ.get("MEMORAY_HEAP_MMAP_KIB", MMAP_THRESHOLD >> 10))) << 10
-    except ValueError:
-        return MMAP_THRESHOLD
+    return _kib_setting("MEMORAY_HEAP_MMAP_KIB", MMAP_THRESHOLD)
 
 
-def mmap_big_buffers(threshold: int | None = None) -> bool:
-    """From now on, this process's allocations of `threshold` bytes and more are mmapped
-    (and unmapped when freed). Call it in processes that hold many small long-lived objects
-    and see big transient buffers (a shard, the app replica); False where libc cannot, or
-    when the threshold is 0 (off)."""
-    global _mmap_threshold
-    threshold = mmap_threshold() if threshold is None else threshold
-    if threshold <= 0:
-        return False
+def trim_threshold() -> int:
+    """MEMORAY_HEAP_TOP_KIB in bytes (0: glibc's default, 128 KiB)."""
+    return _kib_setting("MEMORAY_HEAP_TOP_KIB", TRIM_THRESHOLD)
+
+
+def _mallopt(param: int, value: int) -> bool:
     try:
         mallopt = _libc().mallopt  # type: ignore[union-attr]
     except AttributeError:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    if mallopt(_M_MMAP_THRESHOLD, threshold) != 1:
+    return mallopt(param, value) == 1
+
+
+def mmap_big_buffers(threshold: int | None = None) -> bool:
+    """From now on, this process's allocations of `threshold` bytes and more are mmapped
+    (and unmapped when freed). Call it in processes that hold many small long-lived objects
+    and see big transient buffers (a shard, the app replica); False where libc cannot, or
+    when the threshold is 0 (off).
+
+    A fixed threshold also fixes glibc's trim threshold at 128 KiB: each free that leaves that
+    much at the heap's top shrinks the heap, and the next query's temporaries fault their pages
+    in again. With MEMORAY_HEAP_TOP_KIB set, and where the trimmer runs (it returns free pages
+    every few seconds anyway), the top may keep that much between the trimmer's runs."""
+    global _mmap_threshold, _trim_threshold
+    threshold = mmap_threshold() if threshold is None else threshold
+    if threshold <= 0 or not _mallopt(_M_MMAP_THRESHOLD, threshold):
         return False
     _mmap_threshold = threshold
+    top = trim_threshold()
+    if top > 0 and interval() > 0 and _mallopt(_M_TRIM_THRESHOLD, top):
+        _trim_threshold = top
     return True
 
 
 def status() -> dict[str, int | bool | None]:
     """What this process does about its heap (shown per shard by memory-stats)."""
-    return {"trim": _started, "mmapThreshold": _mmap_threshold}
+    return {"trim": _started, "mmapThreshold": _mmap_threshold,
+            "trimThreshold": _trim_threshold}
 
 
 def trimmer_running() -> bool:

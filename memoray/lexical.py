@@ -247,8 +247,17 @@ class LexicalIndex:
         """BM25 term weights; the single formula both search paths share (bit-identical)."""
         avgdl = self._total_len / len(self._slot_of)
         k1, b = self.k1, self.b
-        norm = k1 * ((1.0 - b) + b * self._doclen[slots] / avgdl)
-        return self.idf(df) * (k1 + 1.0) * tfs / (tfs + norm)
+        # idf * (k1 + 1) * tf / (tf + k1 * ((1 - b) + b * dl / avgdl)), evaluated in that
+        # order in two arrays: a common term's postings are long, and each temporary that size
+        # is a fresh mmap in a shard (memoray/heap.py), page-faulted on every query
+        norm = self._doclen.take(slots)
+        np.multiply(norm, b, out=norm)
+        np.divide(norm, avgdl, out=norm)
+        np.add(norm, 1.0 - b, out=norm)
+        np.multiply(norm, k1, out=norm)
+        np.add(norm, tfs, out=norm)
+        weights = np.multiply(tfs, self.idf(df) * (k1 + 1.0))
+        return np.divide(weights, norm, out=weights)
 
     def _search_all(
         self, present: list[tuple[str, int | array]], k: int, cand: np.ndarray | None

@@ -30,7 +30,8 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 if TYPE_CHECKING:  # imported on first use: `memoray hook` must start fast
     from tokenizers import Tokenizer
@@ -39,6 +40,8 @@ _LONG_WORD = 32
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _lock = threading.Lock()
 _tokenizer: Tokenizer | None = None
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class Spans(NamedTuple):
@@ -100,9 +103,39 @@ def count_many(texts: list[str]) -> list[int]:
     return [len(e.ids) for e in encs]
 
 
+class BatchCache(Generic[K, V]):
+    """The values of the last `size` distinct keys; the keys it lacks are computed in one batch
+    call (one Rust-parallel tokenizer call, not one per key). Thread-safe."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._values: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._values
+
+    def get_many(self, keys: list[K], compute: Callable[[list[K]], list[V]]) -> dict[K, V]:
+        with self._lock:
+            known = {k: self._values[k] for k in keys if k in self._values}
+            for k in known:
+                self._values.move_to_end(k)
+        missing = [k for k in dict.fromkeys(keys) if k not in known]
+        if missing:
+            fresh = dict(zip(missing, compute(missing)))
+            known.update(fresh)
+            with self._lock:
+                self._values.update(fresh)
+                while len(self._values) > self.size:
+                    self._values.popitem(last=False)
+        return known
+
+
 LINE_CACHE = 4096  # lines whose counts one process keeps (count_lines)
-_line_counts: OrderedDict[str, int] = OrderedDict()
-_line_lock = threading.Lock()
+_line_counts: BatchCache[str, int] = BatchCache(LINE_CACHE)
 
 
 def count_lines(text: str) -> int:
@@ -113,18 +146,7 @@ def count_lines(text: str) -> int:
     if not text:
         return 0
     lines = text.split("\n")
-    with _line_lock:
-        known = {ln: _line_counts[ln] for ln in lines if ln in _line_counts}
-        for ln in known:
-            _line_counts.move_to_end(ln)
-    missing = [ln for ln in dict.fromkeys(lines) if ln not in known]
-    if missing:
-        fresh = dict(zip(missing, count_many(missing)))
-        known.update(fresh)
-        with _line_lock:
-            _line_counts.update(fresh)
-            while len(_line_counts) > LINE_CACHE:
-                _line_counts.popitem(last=False)
+    known = _line_counts.get_many(lines, count_many)
     return sum(known[ln] for ln in lines)
 
 

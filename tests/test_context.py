@@ -404,3 +404,42 @@ def test_index_style_puts_ids_first_on_one_line_each():
     assert all(count_tokens(ln) <= 120 for ln in lines)  # never the full text
     with pytest.raises(MemorayError):
         build(memories, budget=100, style="fancy")
+
+
+_LINES = st.text(alphabet=st.sampled_from(list("ab cd-ef_g.h()/✅é漢\t")), max_size=120)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines=st.lists(_LINES, min_size=1, max_size=12), limit=st.integers(1, 40))
+def test_line_fits_is_the_uncached_cut(lines, limit):
+    """The one-line form's cut, cached or not, is what tokenizing the line gives: its tokens when
+    they fit, else the tokens kept up to a word boundary and where the text is cut."""
+    from memoray.context import items
+    from memoray.context.render import word_cut
+    from memoray.tokens import spans_many
+
+    want = []
+    for sp in spans_many(lines):
+        if len(sp.offsets) <= limit:
+            want.append((len(sp.offsets), None))
+        else:
+            keep = word_cut(sp.words, limit)
+            want.append((keep, sp.offsets[keep - 1][1]))
+    assert items.line_fits(lines, limit) == want
+    assert items.line_fits(lines, limit) == want  # now from the cache
+
+
+def test_line_fits_tokenizes_only_lines_it_has_not_seen(monkeypatch):
+    from memoray.context import items
+    from memoray.tokens import BatchCache
+
+    monkeypatch.setattr(items, "_line_fits", BatchCache(8))
+    calls: list[list[str]] = []
+    real = items.spans_many
+    monkeypatch.setattr(items, "spans_many", lambda t: calls.append(list(t)) or real(t))
+    long = " ".join(f"word{i}" for i in range(60))
+    first = items.line_fits(["short line", long], 10)
+    assert calls == [["short line", long]] and first[0] == (2, None) and first[1][1] is not None
+    assert items.line_fits([long, "short line"], 10) == first[::-1] and len(calls) == 1
+    items.line_fits([long], 80)  # another limit is another answer
+    assert calls[1:] == [[long]]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from memoray import heap
 
@@ -53,6 +56,46 @@ def test_big_buffers_are_mmapped_once_asked():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) == heap.MMAP_THRESHOLD == 65536
+
+
+# A fresh process frees a 512 KiB block (under the mmap threshold, so on the heap, at its top)
+# and prints what glibc keeps at the top afterwards (mallinfo2's keepcost) and heap.status().
+_KEEP_TOP = """
+import ctypes, json
+from memoray import heap
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+heap.mmap_big_buffers()
+p = libc.malloc(512 << 10)
+libc.free(p)
+print(json.dumps([libc.mallinfo2().keepcost, heap.status()]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_freed_heap_top_waits_for_the_trimmer_only_where_it_runs():
+    """MEMORAY_HEAP_TOP_KIB: with the trimmer on, a freed block at the heap's top stays for the
+    next query's temporaries (the trimmer gives it back); with it off, or by default, glibc
+    trims at free."""
+    def run(**env: str) -> tuple[int, dict]:
+        out = subprocess.run([sys.executable, "-c", _KEEP_TOP], capture_output=True, text=True,
+                             timeout=60, env={**os.environ, **env})
+        assert out.returncode == 0, out.stderr
+        keep, status = json.loads(out.stdout)
+        return keep, status
+
+    big = {"MEMORAY_HEAP_MMAP_KIB": "1024", "MEMORAY_HEAP_TOP_KIB": "32768"}
+    keep, status = run(MEMORAY_HEAP_TRIM_S="10", **big)
+    assert status["trimThreshold"] == 32 << 20 and keep >= 512 << 10
+    keep, status = run(MEMORAY_HEAP_TRIM_S="0", **big)
+    assert status["trimThreshold"] is None and keep < 256 << 10
+    keep, status = run(MEMORAY_HEAP_TRIM_S="10", MEMORAY_HEAP_MMAP_KIB="1024")  # the default
+    assert status["trimThreshold"] is None and keep < 256 << 10
 
 
 def test_a_shard_started_without_rays_setup_hook_trims_its_heap(tmp_path):

@@ -123,8 +123,7 @@ def test_count_lines_is_count_tokens(parts):
 
 
 def test_count_lines_keeps_a_bounded_cache(monkeypatch):
-    monkeypatch.setattr(tokens, "LINE_CACHE", 3)
-    monkeypatch.setattr(tokens, "_line_counts", tokens.OrderedDict())
+    monkeypatch.setattr(tokens, "_line_counts", tokens.BatchCache(3))
     assert tokens.count_lines("one two\nthree\nfour five six\nseven") == 7
     assert len(tokens._line_counts) == 3 and "one two" not in tokens._line_counts
     calls = []

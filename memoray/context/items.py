@@ -32,7 +32,7 @@ from memoray.context.constants import (
 )
 from memoray.context.render import fence_close_tokens, first_line, head_text, label_for, word_cut
 from memoray.timeutil import parse_iso
-from memoray.tokens import count_tokens, spans_many
+from memoray.tokens import LINE_CACHE, BatchCache, count_tokens, spans_many
 
 
 @dataclass(slots=True, eq=False)
@@ -196,17 +196,37 @@ def prepare_items(
         line, it.line_is_all = first_line(it.content, it.norm)
         lines.append(line)
     line_tokens = INDEX_LINE_TOKENS if show_ids else LINE_TOKENS
-    for it, sp, line in zip(items, spans_many(lines), lines):
-        n = len(sp.offsets)
-        if n > line_tokens:
-            keep = word_cut(sp.words, line_tokens)
-            it.line_text = line[: sp.offsets[keep - 1][1]] + ELLIPSIS
-            it.line_tokens = keep + 1
+    for it, line, (n, end) in zip(items, lines, line_fits(lines, line_tokens)):
+        if end is not None:
+            it.line_text = line[:end] + ELLIPSIS
+            it.line_tokens = n + 1
         elif it.line_is_all:
             it.line_text, it.line_tokens = line, n
         else:
             it.line_text, it.line_tokens = line + ELLIPSIS, n + 1
     return items, duplicates, empty
+
+
+# (line, token limit) -> line_fit's answer: the same memories come back in the next block
+_line_fits: BatchCache[tuple[str, int], tuple[int, int | None]] = BatchCache(LINE_CACHE)
+
+
+def line_fits(lines: list[str], limit: int) -> list[tuple[int, int | None]]:
+    """Per line, (its tokens, None) when it has at most `limit` tokens, else (the tokens kept,
+    the character offset to cut at): the cut falls between words (word_cut). Lines seen before
+    are not tokenized again; the rest are tokenized in one batch."""
+    def fit(keys: list[tuple[str, int]]) -> list[tuple[int, int | None]]:
+        out: list[tuple[int, int | None]] = []
+        for (_, lim), sp in zip(keys, spans_many([line for line, _ in keys])):
+            if len(sp.offsets) <= lim:
+                out.append((len(sp.offsets), None))
+            else:
+                keep = word_cut(sp.words, lim)
+                out.append((keep, sp.offsets[keep - 1][1]))
+        return out
+
+    known = _line_fits.get_many([(line, limit) for line in lines], fit)
+    return [known[(line, limit)] for line in lines]
 
 
 def near_duplicate(words: frozenset[str], kept: list[frozenset[str]]) -> bool:
