@@ -12,10 +12,10 @@ seconds. The cost: every query's temporaries of 64 KiB and more are mapped, page
 zeroed anew; 1 MiB with a 32 MiB heap top (MEMORAY_HEAP_MMAP_KIB=1024
 MEMORAY_HEAP_TOP_KIB=32768) took 119 B more per memory at 100,000 and retrieved no faster
 through the server (README, Performance, eighth session), so it is not the default. Not the
-embedding worker's
-mmap threshold: torch's activations would then be mapped and zeroed on every call (MiniLM 23%
-slower). Capping the arenas (MALLOC_ARENA_MAX=2) freed as much but made retrieve slower
-(threads queue on two arena locks). On a libc without these (musl, macOS) both do nothing.
+embedding worker's mmap threshold: torch's activations would then be mapped and zeroed on every
+call (MiniLM 23% slower). Capping the arenas (MALLOC_ARENA_MAX=2) freed as much but made
+retrieve slower (threads queue on two arena locks). On a libc without these (musl, macOS) both
+do nothing.
 """
 
 from __future__ import annotations

@@ -207,7 +207,7 @@ def prepare_items(
     return items, duplicates, empty
 
 
-# (line, token limit) -> line_fit's answer: the same memories come back in the next block
+# (line, token limit) -> line_fits' answer for it: the same memories come back in the next block
 _line_fits: BatchCache[tuple[str, int], tuple[int, int | None]] = BatchCache(LINE_CACHE)
 
 
