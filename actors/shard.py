@@ -28,7 +28,7 @@ from sortedcontainers import SortedList
 from memoray import filters as flt
 from memoray import heap
 from memoray.actors.graph_rebuild import GraphRebuild, worth_rebuilding
-from memoray.actors.shard_search import SearchRequest, SearchResult, ShardSearch
+from memoray.actors.shard_search import Memo, SearchRequest, SearchResult, ShardSearch
 from memoray.actors.shard_storage import OP_DEL, OP_PUT, ShardStorage, u64
 from memoray.actors.snapshot_export import SnapshotChunk, export_chunk
 from memoray.actors.vector_index import MAX_PENDING, VectorIndex
@@ -442,8 +442,11 @@ class ShardCore:
 
     def search_many(self, reqs: list[SearchRequest]) -> list[SearchResult]:
         """Several searches in one call, answered in order: build-context's three cost one
-        actor round trip per shard, not three."""
-        return [self.search(req) for req in reqs]
+        actor round trip per shard, not three, and decode each row and record they share
+        once (shard_search.Memo)."""
+        self._swap_if_rebuilt()
+        memo = Memo()
+        return [self.reader.run(req, memo) for req in reqs]
 
     # -- stats ------------------------------------------------------------------------------
     def stats(self) -> dict:

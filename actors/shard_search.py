@@ -141,6 +141,19 @@ class _Lexical:
         return np.where(found, self.scores[safe], 0.0).astype(np.float32)
 
 
+class Memo:
+    """Rows and records one call has decoded already, by label: the searches of one
+    `search_many` (build-context's three) share much of their pools, and each decoded them
+    again. A write landing between those searches may leave a later one a row as it was when
+    the call first read it: the view a search run a moment earlier would have had."""
+
+    __slots__ = ("records", "rows")
+
+    def __init__(self) -> None:
+        self.rows: dict[int, dict] = {}
+        self.records: dict[int, Record | None] = {}
+
+
 class ShardSearch:
     """The read path over one shard's in-memory indexes (owned by ShardCore)."""
 
@@ -152,8 +165,10 @@ class ShardSearch:
         self.postings = postings
         self.fetch = fetch  # labels -> full records (content) from LMDB
 
-    def run(self, req: SearchRequest) -> SearchResult:
+    def run(self, req: SearchRequest, memo: Memo | None = None) -> SearchResult:
+        """One search; `memo` shares decoded rows and records with the call's other searches."""
         t0 = time.perf_counter()
+        memo = memo if memo is not None else Memo()
         node = req.filter if req.filter is not None else flt.All()
         k = max(1, req.k)
         pool_k = min(max(k * 4, 20), MAX_OVERSAMPLE_K)
@@ -207,7 +222,7 @@ class ShardSearch:
 
         exp = None
         if req.prf_docs > 0 and want_lex and len(lex_labels):
-            terms = self._expansion_terms(req, lex_labels)
+            terms = self._expansion_terms(req, lex_labels, memo)
             if terms:
                 exp = _Lexical(self.lexical, terms)
                 if cand is not None or isinstance(node, flt.All):
@@ -220,15 +235,32 @@ class ShardSearch:
         pool = np.union1d(vec_labels, lex_labels).astype(np.int64)
         nb = None
         if req.neighbor_weight > 0 and len(pool):
-            pool, nb, rows = self._neighbours(req, pool, node, cand)
+            pool, nb, rows = self._neighbours(req, pool, node, cand, memo)
             st.lap("neighbours")
         else:
             rows = None
         hits = self._score(req, pool, max(k, req.pool), lex if want_lex else None, nb, rows,
-                           exp, st, known)
+                           exp, st, known, memo)
         return {"shard": self.shard_id, "hits": hits, "strategy": used,
                 "candidates": None if cand is None else int(len(cand)), "pool": int(len(pool)),
                 "seconds": time.perf_counter() - t0, "stages": st.seconds}
+
+    def _rows(self, labels: Any, memo: Memo) -> list[dict]:
+        """The slim rows of `labels` (postings), each decoded once per call."""
+        rows, out = memo.rows, []
+        for lb in labels.tolist() if isinstance(labels, np.ndarray) else labels:
+            row = rows.get(lb)
+            if row is None:
+                row = rows[lb] = self.postings.row(lb)
+            out.append(row)
+        return out
+
+    def _fetch(self, labels: list[int], memo: Memo) -> list[Record | None]:
+        """Full records (LMDB) of `labels`, each read once per call."""
+        missing = [lb for lb in labels if lb not in memo.records]
+        if missing:
+            memo.records.update(zip(missing, self.fetch(missing)))
+        return [memo.records[lb] for lb in labels]
 
     def _similarity(self, vector: np.ndarray, pool: np.ndarray,
                     known: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
@@ -239,13 +271,14 @@ class ShardSearch:
             sims[~have] = self.index.similarity(vector, pool[~have])
         return sims
 
-    def _expansion_terms(self, req: SearchRequest, ranked: np.ndarray) -> list[str]:
+    def _expansion_terms(self, req: SearchRequest, ranked: np.ndarray,
+                         memo: Memo | None = None) -> list[str]:
         """Pseudo-relevance feedback (RM3-style, no model): the terms that weigh most in the
         top `prf_docs` BM25 hits (term frequency share in each document, times idf), the
         query's own terms and terms of a single document left out. A question and the turn
         that answers it rarely share their words; the question's best lexical matches often
         share the answer's topic words ("adoption" -> "agency", "kids")."""
-        records = self.fetch([int(x) for x in ranked[: req.prf_docs]])
+        records = self._fetch([int(x) for x in ranked[: req.prf_docs]], memo or Memo())
         analyzer, index = self.lexical.analyzer, self.lexical
         own = set(index.terms(req.query))
         weights: Counter[str] = Counter()
@@ -277,7 +310,8 @@ class ShardSearch:
         return np.asarray(keep, dtype=np.int64)
 
     def _neighbours(self, req: SearchRequest, pool: np.ndarray, node: Any,
-                    cand: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+                    cand: np.ndarray | None, memo: Memo
+                    ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
         """Neighbouring-record expansion: the pool grows by each member's `neighbor_turns`
         nearest records either side in its session (session_id, capture order, within
         `neighbor_window_s`), so a short reply ("Yes, last Friday!") is found through the
@@ -292,7 +326,7 @@ class ShardSearch:
         apart)."""
         w = max(1, int(req.neighbor_turns))
         offsets = np.concatenate([-np.arange(1, w + 1), np.arange(1, w + 1)])
-        rows = [self.postings.row(int(lb)) for lb in pool]
+        rows = self._rows(pool, memo)
         sids = [r.get("session_id") for r in rows]
         names = sorted({sid for sid in sids if sid})
         if not names:
@@ -319,10 +353,11 @@ class ShardSearch:
             pool = np.concatenate([pool, new])
             order = np.argsort(pool, kind="stable")
             pool = pool[order]
-            rows = rows + [self.postings.row(int(lb)) for lb in new]
+            new_rows = self._rows(new, memo)
+            rows = rows + new_rows
             rows = [rows[i] for i in order.tolist()]
-            new_codes = np.asarray([code_of.get(self.postings.row(int(lb)).get("session_id"),
-                                                -1) for lb in new], np.int64)
+            new_codes = np.asarray([code_of.get(r.get("session_id"), -1) for r in new_rows],
+                                   np.int64)
             codes = np.concatenate([codes, new_codes])[order]
             labs, ok = around(pool, codes)
         ts = np.asarray([r.get("timestamp") or 0.0 for r in rows], dtype=np.float64)
@@ -335,11 +370,13 @@ class ShardSearch:
                lex: _Lexical | None, nb: np.ndarray | None = None,
                rows: list[dict] | None = None, exp: _Lexical | None = None,
                st: _Stages | None = None,
-               known: tuple[np.ndarray, np.ndarray] | None = None) -> list[Hit]:
+               known: tuple[np.ndarray, np.ndarray] | None = None,
+               memo: Memo | None = None) -> list[Hit]:
         """`known`: (labels, sims) the exact scan already scored in float32, not read again."""
         if len(pool) == 0:
             return []
         st = st or _Stages()
+        memo = memo if memo is not None else Memo()
         want_vec = req.vector is not None and req.mode != "lexical"
         if want_vec:
             vec = np.clip(self._similarity(req.vector, pool, known), 0.0, 1.0)
@@ -366,7 +403,7 @@ class ShardSearch:
             score = _fuse(req, vec, lexs)
         now = req.now or time.time()
         if rows is None:
-            rows = [self.postings.row(int(lb)) for lb in pool]
+            rows = self._rows(pool, memo)
         expired = np.array([(r.get("expires_at") or math.inf) <= now for r in rows])
         if nb is not None:
             # each record also scores by its best neighbour (what it answers or is answered
@@ -389,7 +426,7 @@ class ShardSearch:
         order = order[score[order] >= 0]
         top = pool[order]
         st.lap("score")
-        records = (self.fetch(top.tolist()) if req.include_content
+        records = (self._fetch(top.tolist(), memo) if req.include_content
                    else [rows[i] for i in order])
         hits = [Hit(float(score[i]), float(vec[i]), float(lexs[i]), rec)
                 for i, rec in zip(order, records) if rec is not None]

@@ -53,6 +53,11 @@ EF_CONSTRUCTION = 100
 # 0.920 at 128 for 0.32 -> 0.56 ms a query (python -m benchmarks.bench_hnsw --ef-sweep --n 500000,
 # benchmarks/results/hnsw_ef_hash_500000.json); 1,000,000 memories through /mcp gave 0.945 at 64.
 EF_SEARCH = 128
+# A graph's recall at a fixed ef falls as it grows. Beyond EF_GROWS[0] live vectors, ef rises
+# linearly to EF_SEARCH_LARGE at EF_GROWS[1] and stays there: on the same sweep's graph of
+# 500,000 (its own corpus and queries, not the scale benchmark's), 0.954 at ef 200 for 0.88 ms.
+EF_SEARCH_LARGE = 200
+EF_GROWS = (100_000, 500_000)
 INSERT_CHUNK = 16  # vectors per locked graph insert: bounds how long a search can wait
 MAX_PENDING = 8192  # writes wait for the worker beyond this many vectors not yet in the graph
 RESCORE = 4  # an exact scan rescores at most its best RESCORE*k int8 candidates in float32
@@ -62,6 +67,16 @@ SCAN_BLOCK = 8192  # int8 rows converted to float32 at a time (bounds a scan's t
 # shards allocate 64 KiB and more with mmap (memoray/heap.py), so a fresh temporary per scan
 # was page-faulted and zeroed on every call: 2.3 ms for 3,300 rows against 0.2 ms reused.
 SCAN_ROWS = 1024
+
+def search_ef(live: int) -> int:
+    """HNSW's ef for a graph of `live` vectors (EF_SEARCH, rising with size; see EF_GROWS)."""
+    lo, hi = EF_GROWS
+    if live <= lo:
+        return EF_SEARCH
+    if live >= hi:
+        return EF_SEARCH_LARGE
+    return EF_SEARCH + round((EF_SEARCH_LARGE - EF_SEARCH) * (live - lo) / (hi - lo))
+
 
 # labels -> (float32 vectors, found mask): the exact vectors of live labels (LMDB, in a shard)
 Fetch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -351,7 +366,7 @@ class VectorIndex:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         with self.lock:
             pending = list(self._pending.items()) if self._pending else None
-            self.graph.set_ef(max(ef or EF_SEARCH, k))
+            self.graph.set_ef(max(ef or search_ef(live), k))
             try:
                 labels, dists = self.graph.knn_query(query, k=k, num_threads=1)
             except RuntimeError:  # the graph holds fewer than k (the rest may be pending)

@@ -81,20 +81,48 @@ def _stats(seconds: list[float]) -> dict[str, float | int]:
             "mean_ms": round(sum(ms) / len(ms), 2)}
 
 
+# A hook's wall time split by its trace (memoray/hooks/trace.py), in the order they happen:
+# the interpreter's start, memoray's imports, git, the server calls, the rest of the
+# handler, the output, and the exit until the benchmark sees the process gone.
+PHASES = ("start", "imports", "git", "server", "handler_other", "output", "exit")
+
+
+def _phases(spawned: float, exited: float, line: dict[str, Any]) -> dict[str, float]:
+    m, spent = line["marks"], line["spent"]
+    handler = m.get("handled", m["end"]) - m["runner"]
+    return {"start": m["entry"] - spawned, "imports": m["runner"] - m["entry"],
+            "git": spent.get("git", 0.0), "server": spent.get("server", 0.0),
+            "handler_other": handler - spent.get("git", 0.0) - spent.get("server", 0.0),
+            "output": m["end"] - m.get("handled", m["end"]), "exit": exited - m["end"]}
+
+
 def _measure(cmd: list[str], inputs: list[str], env: dict[str, str], cwd: Path,
-             delivered: list[float] | None = None) -> list[float]:
+             delivered: list[float] | None = None,
+             phases: dict[str, list[float]] | None = None) -> list[float]:
     """Each hook's wall time (what the agent waits for). A hook that captured leaves a
     detached child sending its items (memoray/hooks/runner.py flush_detached); the next hook
     starts once it is done, as an agent's next tool call comes seconds later, and with
-    `delivered` the time from the hook's start until its items were sent is kept there."""
+    `delivered` the time from the hook's start until its items were sent is kept there.
+    With `phases`, each hook writes its trace and the split of its time is kept there."""
     times = []
     spool = env.get("MEMORAY_SPOOL_DIR")
     lock = Path(spool) / "flush.lock" if spool else None
+    trace = Path(spool or tempfile.gettempdir()) / "trace.jsonl"
+    if phases is not None:
+        env = {**env, "MEMORAY_HOOK_TRACE": str(trace)}
     for data in inputs:
+        trace.unlink(missing_ok=True)
+        spawned = time.time()
         start = time.perf_counter()
         subprocess.run(cmd, check=False, input=data, capture_output=True, text=True, env=env,
                        cwd=cwd, timeout=60)
         times.append(time.perf_counter() - start)
+        exited = time.time()
+        if phases is not None and trace.exists():
+            lines = trace.read_text().splitlines()
+            if lines:
+                for name, sec in _phases(spawned, exited, json.loads(lines[0])).items():
+                    phases.setdefault(name, []).append(sec)
         if lock is not None and lock.exists():
             fd = os.open(lock, os.O_RDWR)
             try:
@@ -137,7 +165,13 @@ def run(url: str, samples: int = 50) -> dict[str, Any]:
                 inputs = [json.dumps(_payload(event, repo, n)) for n in range(samples)]
                 for name, cmd in hook_commands(event):
                     sent: list[float] = []
-                    results[label][name] = _stats(_measure(cmd, inputs, env, repo, sent))
+                    split: dict[str, list[float]] = {}
+                    results[label][name] = _stats(_measure(cmd, inputs, env, repo, sent, split))
+                    if split:  # per phase: p50 and mean ms (their p50s need not add up)
+                        results[label][name]["phases"] = {
+                            k: {"p50_ms": round(_percentile(v, 0.5) * 1000, 2),
+                                "mean_ms": round(sum(v) / len(v) * 1000, 2)}
+                            for k, v in ((k, split[k]) for k in PHASES if k in split)}
                     if label == "up" and name == "PostToolUse" and sent:
                         # a capture is searchable once sent: hook start to the server's answer
                         results[label]["PostToolUse sent"] = _stats(sent)

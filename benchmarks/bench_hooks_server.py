@@ -55,6 +55,14 @@ def run(n: int = 10000, samples: int = 50, embedder: str = "minilm") -> dict:
         for event, st in res.get(state, {}).items():
             rows.append([f"{event} (server {state})", st["p50_ms"], st["p95_ms"], st["max_ms"]])
     print(fmt_table(["hook", "p50 ms", "p95 ms", "max ms"], rows))
+    names = bench_hooks.PHASES
+    split = [[f"{event} (server {state})"] + [st["phases"][k]["mean_ms"] if k in st["phases"]
+                                               else "" for k in names]
+             for state in ("up", "down") for event, st in res.get(state, {}).items()
+             if st.get("phases")]
+    if split:
+        print("where each hook's time goes, mean ms (memoray/hooks/trace.py):")
+        print(fmt_table(["hook", *names], split))
     print(f"python startup alone: {res.get('python_startup')}")
     print(f"saved {path}")
     return out

@@ -6,6 +6,9 @@ memoray.cli's."""
 from __future__ import annotations
 
 import sys
+import time
+
+STARTED = time.time()  # the first line of ours a hook runs (its trace's "entry" mark)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv[1] in HOOK_EVENTS:
             from memoray.hooks.runner import run_hook
 
-            return int(run_hook(argv[1]) or 0)
+            return int(run_hook(argv[1], STARTED) or 0)
     from memoray.cli import main as cli_main
 
     return cli_main(argv)

@@ -483,6 +483,30 @@ def test_session_start_prints_context(live, project: Path, tmp_path: Path) -> No
     assert again.rc == 0 and again.stdout == ""
 
 
+def test_the_trace_splits_a_hooks_time(live, project: Path, tmp_path: Path) -> None:
+    """MEMORAY_HOOK_TRACE: one line per hook, marks in order, git and server time counted;
+    nothing written without it. Run as installed hooks run it (memoray.entry)."""
+    url, rec = live
+    trace = tmp_path / "trace.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMORAY_")}
+    env.update({"MEMORAY_URL": url, "MEMORAY_SPOOL_DIR": str(tmp_path / "spool")})
+    payload = json.dumps(base(project, hook_event_name="SessionStart", source="startup"))
+    cmd = [sys.executable, "-m", "memoray.entry", "hook", "SessionStart"]
+    before = time.time()
+    for traced in (True, False):
+        proc = subprocess.run(cmd, input=payload, capture_output=True, text=True, timeout=30,
+                              cwd=project, env={**env, "MEMORAY_HOOK_TRACE": str(trace)}
+                              if traced else env)
+        assert proc.returncode == 0 and "additionalContext" in proc.stdout, proc.stderr
+    [line] = [json.loads(x) for x in trace.read_text().splitlines()]
+    m = line["marks"]
+    assert line["event"] == "SessionStart"
+    assert before < m["entry"] <= m["runner"] <= m["handled"] <= m["end"] < time.time()
+    handler = m["handled"] - m["runner"]
+    assert 0 < line["spent"]["git"] < handler and 0 < line["spent"]["server"] < handler
+    assert len(rec.calls("build-context")) == 2
+
+
 def test_token_is_sent_as_bearer(live, project: Path, tmp_path: Path) -> None:
     url, rec = live
     hook("PostToolUse", edit_payload(project), url=url, spool=tmp_path / "spool",

@@ -7,6 +7,7 @@ import asyncio
 
 from memoray import filters as flt
 from memoray.actors.shard_search import EXACT, SearchRequest
+from memoray.postings import Postings
 from tests.service_harness import caller, item, make_service
 from tests.test_shard import EMB, open_core, put, rec
 
@@ -28,6 +29,36 @@ def test_search_many_answers_each_request_as_search_does(tmp_path):
         assert [(h.record["id"], h.score) for h in a["hits"]] == [
             (h.record["id"], h.score) for h in b["hits"]]
         assert a["hits"] and a["candidates"] == b["candidates"]
+
+
+def test_search_many_decodes_each_row_and_record_once(tmp_path, monkeypatch):
+    """The searches of one call share what they decode (shard_search.Memo), with neighbours
+    on (build-context's settings), and still answer as one by one."""
+    core = open_core(tmp_path)
+    put(core, [rec(f"deploy note {i} about caching", session_id=f"s{i % 7}",
+                   timestamp=1.0e9 + i, event_type="decision" if i % 3 else "note",
+                   git_branch="main" if i % 2 else "feat") for i in range(150)])
+    core.index.flush()
+    reqs = [SearchRequest(vector=EMB.embed([q])[0], query=q, k=k, filter=f, strategy=EXACT,
+                          now=2.0e9, neighbor_weight=0.3)
+            for q, k, f in (("deploy caching", 40, flt.All()),
+                            ("changes on feat", 20, flt.parse_filter({"gitBranch": "feat"})),
+                            ("deploy caching", 30, flt.parse_filter({"eventType": "decision"})))]
+    rows, fetched = [], []
+    real_row, real_fetch = Postings.row, core.reader.fetch
+    monkeypatch.setattr(Postings, "row", lambda self, lb: rows.append(lb) or real_row(self, lb))
+    monkeypatch.setattr(core.reader, "fetch", lambda lbs: fetched.extend(lbs) or real_fetch(lbs))
+    many = core.search_many(reqs)
+    assert rows and len(rows) == len(set(rows)) and len(fetched) == len(set(fetched))
+    shared = len(rows), len(fetched)
+    rows.clear()
+    fetched.clear()
+    one_by_one = [core.search(r) for r in reqs]
+    assert len(rows) > shared[0] and len(fetched) > shared[1]  # the pools overlap
+    for a, b in zip(many, one_by_one):
+        assert [(h.record["id"], h.score, h.vector_score) for h in a["hits"]] == [
+            (h.record["id"], h.score, h.vector_score) for h in b["hits"]]
+        assert a["hits"] and a["pool"] == b["pool"]
 
 
 def test_build_context_calls_each_shard_once(tmp_path, monkeypatch):

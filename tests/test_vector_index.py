@@ -257,3 +257,22 @@ def test_a_shard_killed_with_inserts_queued_recovers_them(tmp_path):
     assert set(again.index.graph.get_ids_list()) >= set(range(400))
     assert again.index.ann(x[399], 1)[0][0] == 399
     again.close()
+
+
+def test_search_ef_rises_with_the_graph(tmp_path, monkeypatch):
+    from memoray.actors import vector_index as vi
+
+    assert vi.search_ef(0) == vi.search_ef(100_000) == vi.EF_SEARCH == 128
+    assert vi.search_ef(300_000) == 164
+    assert vi.search_ef(500_000) == vi.search_ef(10**7) == vi.EF_SEARCH_LARGE == 200
+    # a search sets the graph's ef from its live count (a k above it still wins)
+    monkeypatch.setattr(vi, "EF_GROWS", (10, 100))
+    idx = VectorIndex(32, tmp_path)
+    x = _unit(60, seed=5)
+    idx.add(np.arange(60), x)
+    idx.ann(x[0], 5)
+    assert idx.graph.ef == 128 + round(72 * 50 / 90)
+    idx.ann(x[0], 5, ef=20)  # an ef asked for wins, but never below k
+    assert idx.graph.ef == 20
+    idx.ann(x[0], 40, ef=20)
+    assert idx.graph.ef == 40

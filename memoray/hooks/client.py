@@ -39,7 +39,8 @@ _HTTP_CODES = {401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "PROTOCOL", 429: "RAT
 
 
 class McpClient:
-    def __init__(self, mcp_url: str, token: str | None = None, *, connect_timeout: float = 0.5):
+    def __init__(self, mcp_url: str, token: str | None = None, *, connect_timeout: float = 0.5,
+                 timed: bool = False):
         parts = urlsplit(mcp_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {mcp_url!r}")
@@ -53,6 +54,8 @@ class McpClient:
         self._token = token
         self._connect_timeout = connect_timeout
         self._next_id = 1
+        self._timed = timed
+        self.seconds = 0.0  # spent reaching the server and waiting for it, when `timed`
 
     def reachable(self, timeout: float) -> bool:
         """Whether the server accepts a connection: checked before work that only pays off
@@ -61,11 +64,15 @@ class McpClient:
             return True
         import socket
 
+        t0 = time.perf_counter() if self._timed else 0.0
         try:
             socket.create_connection(self._addr,
                                      timeout=min(self._connect_timeout, timeout)).close()
         except OSError:
             return False
+        finally:
+            if self._timed:
+                self.seconds += time.perf_counter() - t0
         return True
 
     def call_tool(self, name: str, arguments: dict[str, Any], *, timeout: float) -> dict[str, Any]:
@@ -107,6 +114,16 @@ class McpClient:
         return parsed if isinstance(parsed, dict) else {"result": parsed}
 
     def _post(self, body: bytes, headers: dict[str, str],
+              timeout: float) -> tuple[int, str, bytes]:
+        if not self._timed:
+            return self._send(body, headers, timeout)
+        t0 = time.perf_counter()
+        try:
+            return self._send(body, headers, timeout)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def _send(self, body: bytes, headers: dict[str, str],
               timeout: float) -> tuple[int, str, bytes]:
         if not self._https:
             return self._post_plain(body, headers, timeout)

@@ -19,6 +19,7 @@ from memoray.hooks import events, state
 from memoray.hooks.client import CallError, McpClient
 from memoray.hooks.config import HookConfig
 from memoray.hooks.spool import FlushResult, Spool, log
+from memoray.hooks.trace import Trace
 from memoray.hooks.transcript import last_assistant_text
 
 PER_TOOL_TYPES = ("code_change", "tool_event", "prompt")
@@ -43,8 +44,10 @@ def _now_iso() -> str:
 class Hook:
     """One hook invocation: its payload, git facts, deadline, server client and spool."""
 
-    def __init__(self, event: str, payload: dict[str, Any], cfg: HookConfig, started: float):
+    def __init__(self, event: str, payload: dict[str, Any], cfg: HookConfig, started: float,
+                 trace: Trace | None = None):
         self.event = event
+        self.trace = trace
         self.payload = payload
         self.cfg = cfg
         self.deadline = started + cfg.timeout_s
@@ -63,6 +66,7 @@ class Hook:
         (with squash-merge verdicts, and the git work until a branch moves, cached next to the
         spool)."""
         if self._facts is None or (detailed and not self._detailed):
+            t0 = time.perf_counter()
             if detailed:
                 from memoray import gitfacts
 
@@ -76,12 +80,17 @@ class Hook:
             else:
                 self._facts = git_facts(self.cwd, detailed=False)
             self._detailed = detailed
+            if self.trace is not None:
+                self.trace.add("git", time.perf_counter() - t0)
         return self._facts
 
     def committed(self) -> bool | None:
         """Whether the work described now is in HEAD's commit (see gitfacts.work_committed)."""
         if self._committed == "unknown":
+            t0 = time.perf_counter()
             self._committed = work_committed(self.cwd)
+            if self.trace is not None:
+                self.trace.add("git", time.perf_counter() - t0)
         return self._committed  # type: ignore[return-value]
 
     def outcome_item(self, content: str, event_type: str, tier: str, metadata: dict[str, Any],
@@ -114,7 +123,8 @@ class Hook:
     def client(self) -> McpClient:
         if self._client is None:
             self._client = McpClient(self.cfg.mcp_url, self.cfg.token,
-                                     connect_timeout=self.cfg.connect_timeout_s)
+                                     connect_timeout=self.cfg.connect_timeout_s,
+                                     timed=self.trace is not None)
         return self._client
 
     def remaining(self) -> float:
@@ -547,9 +557,12 @@ def _read_payload() -> dict[str, Any] | None:
     return payload
 
 
-def run_hook(event: str) -> int:
-    """Run one hook; always returns 0 so a memory problem never stops the agent."""
+def run_hook(event: str, entry: float | None = None) -> int:
+    """Run one hook; always returns 0 so a memory problem never stops the agent. `entry`:
+    when memoray's first line ran (memoray.entry), for the trace (MEMORAY_HOOK_TRACE)."""
     started = time.monotonic()
+    trace = Trace.from_env(entry)
+    hook: Hook | None = None
     try:
         handler = HANDLERS.get(event)
         if handler is None:
@@ -558,8 +571,10 @@ def run_hook(event: str) -> int:
         payload = _read_payload()
         if payload is None:
             return 0
-        hook = Hook(event, payload, HookConfig.from_env(), started)
+        hook = Hook(event, payload, HookConfig.from_env(), started, trace)
         output = handler(hook)
+        if trace is not None:
+            trace.mark("handled")
         if output:
             sys.stdout.write(json.dumps(output, ensure_ascii=False))
         sys.stdout.flush()
@@ -574,4 +589,8 @@ def run_hook(event: str) -> int:
         log(f"git timed out ({', '.join(sorted(set(gitfacts.TIMEOUTS)))}) after "
             f"{gitfacts.GIT_TIMEOUT_S}s; merged branches may be missing from the context "
             "(MEMORAY_GIT_TIMEOUT raises the limit)")
+    if trace is not None:
+        if hook is not None and hook._client is not None:
+            trace.add("server", hook._client.seconds)
+        trace.write(event)
     return 0
