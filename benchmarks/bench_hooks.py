@@ -107,7 +107,9 @@ def _measure(cmd: list[str], inputs: list[str], env: dict[str, str], cwd: Path,
     times = []
     spool = env.get("MEMORAY_SPOOL_DIR")
     lock = Path(spool) / "flush.lock" if spool else None
-    trace = Path(spool or tempfile.gettempdir()) / "trace.jsonl"
+    # beside the spool, not in it: a hook that spools nothing may never create the spool
+    trace = Path(spool).parent / f"{Path(spool).name}.trace" if spool else Path(
+        tempfile.gettempdir()) / "memoray-bench-hooks.trace"
     if phases is not None:
         env = {**env, "MEMORAY_HOOK_TRACE": str(trace)}
     for data in inputs:

@@ -5,6 +5,7 @@ memoray.cli's."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -19,7 +20,15 @@ def main(argv: list[str] | None = None) -> int:
         if argv[1] in HOOK_EVENTS:
             from memoray.hooks.runner import run_hook
 
-            return int(run_hook(argv[1], STARTED) or 0)
+            code = int(run_hook(argv[1], STARTED) or 0)
+            # The hook has answered and left nothing to run at exit (the spool is fsynced, a
+            # detached sender is its own process): skip the interpreter's teardown, about
+            # 10 ms of every hook on a machine where a hook takes ~150 ms.
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
     from memoray.cli import main as cli_main
 
     return cli_main(argv)
