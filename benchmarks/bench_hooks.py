@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +137,10 @@ def _measure(cmd: list[str], inputs: list[str], env: dict[str, str], cwd: Path,
     return times
 
 
-def run(url: str, samples: int = 50) -> dict[str, Any]:
-    """p50/p95 wall time of hook processes with the server at `url` up, and with it down."""
+def run(url: str, samples: int = 50,
+        on_phase: Callable[[str, str, str], None] | None = None) -> dict[str, Any]:
+    """p50/p95 wall time of hook processes with the server at `url` up, and with it down.
+    `on_phase("before"|"after", state, hook)` is called around each timed series."""
     samples = max(1, samples)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("MEMORAY_")}
     if os.environ.get("MEMORAY_TOKEN"):
@@ -168,7 +171,11 @@ def run(url: str, samples: int = 50) -> dict[str, Any]:
                 for name, cmd in hook_commands(event):
                     sent: list[float] = []
                     split: dict[str, list[float]] = {}
+                    if on_phase is not None:
+                        on_phase("before", label, name)
                     results[label][name] = _stats(_measure(cmd, inputs, env, repo, sent, split))
+                    if on_phase is not None:
+                        on_phase("after", label, name)
                     if split:  # per phase: p50 and mean ms (their p50s need not add up)
                         results[label][name]["phases"] = {
                             k: {"p50_ms": round(_percentile(v, 0.5) * 1000, 2),

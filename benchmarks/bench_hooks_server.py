@@ -34,6 +34,34 @@ async def _fill(url: str, n: int, workspace: str) -> None:
         await stages.wait_indexed(c)
 
 
+class _ServerSplit:
+    """The server's stage breakdown of one timed hook series (SessionStart with the server
+    up: its build-context call, three searches), from snapshots taken around it."""
+
+    def __init__(self, base_url: str, mcp_url: str, samples: int):
+        self.base_url, self.mcp_url, self.samples = base_url, mcp_url, samples
+        self.before: dict | None = None
+        self.rows: dict[str, dict] = {}
+
+    async def _snapshot(self) -> dict:
+        from tests.server_process import mcp_client
+
+        async with mcp_client(self.mcp_url) as c:
+            return await stages.snapshot(c, self.base_url)
+
+    def __call__(self, when: str, state: str, hook: str) -> None:
+        if state != "up" or hook != "SessionStart":
+            return
+        snap = asyncio.run(self._snapshot())
+        if when == "before":
+            self.before = snap
+        elif self.before is not None:
+            rows = stages.breakdown(self.before, snap, "retrieve", self.samples,
+                                    tool="build-context")
+            rows.pop("mcp layer (derived)", None)  # per search there, per hook here
+            self.rows = rows
+
+
 def run(n: int = 10000, samples: int = 50, embedder: str = "minilm") -> dict:
     from tests.server_process import ServerProcess
 
@@ -45,7 +73,9 @@ def run(n: int = 10000, samples: int = 50, embedder: str = "minilm") -> dict:
             # the hooks run in a repo whose origin makes this their workspace
             asyncio.run(_fill(server.mcp_url, n, bench_hooks.BENCH_WORKSPACE))
             log("timing hook processes ...")
-            res = bench_hooks.run(server.url, samples=samples)
+            split = _ServerSplit(server.url, server.mcp_url, samples)
+            res = bench_hooks.run(server.url, samples=samples, on_phase=split)
+            res["session_start_server"] = split.rows
         finally:
             server.stop()
     out = {"memories": n, "embedder": embedder, "samples": samples, **res}
@@ -63,6 +93,11 @@ def run(n: int = 10000, samples: int = 50, embedder: str = "minilm") -> dict:
     if split:
         print("where each hook's time goes, mean ms (memoray/hooks/trace.py):")
         print(fmt_table(["hook", *names], split))
+    if res.get("session_start_server"):
+        print("SessionStart's build-context in the server, per hook (memoray_stage_seconds, "
+              "path retrieve): three searches, planned and embedded at once and sent in one "
+              "call per shard, so their stages overlap and may sum past the tool's time:")
+        print(stages.table(res["session_start_server"]))
     print(f"python startup alone: {res.get('python_startup')}")
     print(f"saved {path}")
     return out
