@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections import namedtuple
 from pathlib import Path
-from typing import NamedTuple
 
 GIT_TIMEOUT_S = float(os.environ.get("MEMORAY_GIT_TIMEOUT") or 0.3)
 TIMEOUTS: list[str] = []  # git subcommands that timed out in this process (facts then degrade)
@@ -23,18 +23,23 @@ _SCP_RE = re.compile(r"^(?:[^@/\s]+@)?([^:/\s]+):(?!//)(.*)$")
 MAX_MERGED_BRANCHES = 25  # the most recently committed; keeps the filter within its limits
 
 
-class GitFacts(NamedTuple):
-    root: str | None  # repository work-tree root (absolute), None outside a repo
-    workspace_id: str
-    branch: str | None  # None when HEAD is detached or unknown
-    commit: str | None  # full sha of HEAD, None in a repo without commits
-    default_branch: str | None
-    upstream: str | None  # e.g. "origin/main"
-    ahead: int | None
-    behind: int | None
-    merged_branches: tuple[str, ...]  # local branches merged into HEAD (HEAD's own included)
-    remote_url: str | None
-    merged_tips: tuple[tuple[str, str], ...] = ()  # (branch, tip sha), most recent first
+class GitFacts(namedtuple("GitFacts", (
+    "root",  # str | None: repository work-tree root (absolute), None outside a repo
+    "workspace_id",  # str
+    "branch",  # str | None: None when HEAD is detached or unknown
+    "commit",  # str | None: full sha of HEAD, None in a repo without commits
+    "default_branch",  # str | None
+    "upstream",  # str | None, e.g. "origin/main"
+    "ahead",  # int | None
+    "behind",  # int | None
+    "merged_branches",  # tuple[str, ...]: local branches merged into HEAD (HEAD's included)
+    "remote_url",  # str | None
+    "merged_tips",  # tuple[tuple[str, str], ...], default (): (branch, tip sha), newest first
+), defaults=((),))):
+    """What a hook knows of the repository (collections.namedtuple, not typing.NamedTuple:
+    typing's import costs every hook ~5 ms)."""
+
+    __slots__ = ()
 
     def branch_filter(self) -> dict:
         """The memories visible from HEAD, as a filter.

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections import namedtuple
 from pathlib import Path
-from typing import NamedTuple
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -44,20 +44,26 @@ def server_spool_dir(base: Path, url: str) -> Path:
     return target
 
 
-class HookConfig(NamedTuple):
-    url: str  # server base URL; tools live at url + "/mcp"
-    token: str | None
-    timeout_s: float  # total budget for one network round of a hook
-    connect_timeout_s: float
-    spool_dir: Path
-    spool_max_bytes: int
-    prompt_budget: int  # tokens of context added to each prompt
-    session_budget: int  # tokens of context added at session start
-    agent_id: str
-    # Send captured items from a detached child after the hook has answered (the agent waits
-    # on the hook, not on the server's embedding and commit); off: the hook sends them itself.
-    background: bool = True
-    flush_timeout_s: float = 10.0  # the detached child's budget for sending the spool
+class HookConfig(namedtuple("HookConfig", (
+    "url",  # str: server base URL; tools live at url + "/mcp"
+    "token",  # str | None
+    "timeout_s",  # float: total budget for one network round of a hook
+    "connect_timeout_s",  # float
+    "spool_dir",  # Path
+    "spool_max_bytes",  # int
+    "prompt_budget",  # int: tokens of context added to each prompt
+    "session_budget",  # int: tokens of context added at session start
+    "agent_id",  # str
+    # bool, default True: send captured items from a detached child after the hook has
+    # answered (the agent waits on the hook, not on the server's embedding and commit); off:
+    # the hook sends them itself.
+    "background",
+    "flush_timeout_s",  # float, default 10.0: the detached child's budget for the spool
+), defaults=(True, 10.0))):
+    """Hook settings (collections.namedtuple, not typing.NamedTuple: typing's import costs
+    every hook ~5 ms)."""
+
+    __slots__ = ()
 
     @property
     def mcp_url(self) -> str:

@@ -10,7 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, NamedTuple
+from collections import namedtuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not at run time: typing's import costs every hook ~5 ms
+    from typing import Any
 
 # Tools that only look around: counted per session, never stored.
 NOISE_TOOLS = frozenset({
@@ -402,13 +406,15 @@ def same_run(failed: tuple[str, tuple[str, ...]], passed: tuple[str, tuple[str, 
     return any(covers(p, f) or covers(f, p) for p in passed[1] for f in failed[1] or ("",))
 
 
-class Failure(NamedTuple):
+class Failure(namedtuple("Failure", (
+    "content",  # str | None; None: a slip or an interrupt, counted only
+    "metadata",  # dict[str, Any]
+    "command",  # str | None
+    "error",  # str
+))):
     """What a PostToolUseFailure contributes."""
 
-    content: str | None  # None: a slip or an interrupt, counted only
-    metadata: dict[str, Any]
-    command: str | None
-    error: str
+    __slots__ = ()
 
 
 def summarize_failure(payload: dict[str, Any], root: str | None) -> Failure | None:

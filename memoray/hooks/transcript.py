@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not at run time: typing's import costs every hook ~5 ms
+    from typing import Any
 
 WINDOWS = (64 * 1024, 1024 * 1024, 8 * 1024 * 1024)
 
