@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,28 @@ from benchmarks.corpus import corpus, queries
 BATCH = 100
 
 
-async def _through_mcp(url: str, n: int, n_queries: int, texts: list[dict]) -> dict:
+async def _singles(c: Any, base: str, texts: list[dict], out: dict) -> None:
+    """One memory per `capture-memory` call, as an agent or a hook captures: the rate and
+    where each call's time goes (texts the store does not hold yet)."""
+    s0 = await stages.snapshot(c, base)
+    lat = []
+    prog = Progress("capture-memory via /mcp", len(texts), "memories")
+    for t in texts:
+        t0 = time.perf_counter()
+        await c.call("capture-memory", content=t["content"] + " (one)",
+                     eventType=t["eventType"], workspaceId="bench")
+        lat.append(time.perf_counter() - t0)
+        prog.update()
+    prog.close()
+    s1 = await stages.snapshot(c, base)
+    out["capture_one"] = latency_summary(lat)
+    out["capture_one_per_s"] = round(len(lat) / sum(lat), 1)
+    out["capture_one_stages"] = stages.breakdown(s0, s1, "capture", len(lat),
+                                                 tool="capture-memory")
+
+
+async def _through_mcp(url: str, n: int, n_queries: int, texts: list[dict],
+                       singles: int = 0) -> dict:
     from tests.server_process import mcp_client
 
     out: dict = {}
@@ -78,6 +100,8 @@ async def _through_mcp(url: str, n: int, n_queries: int, texts: list[dict]) -> d
         out["retrieve_stages"] = stages.breakdown(s2, s3, "retrieve", len(qs),
                                                   tool="retrieve-memories")
         out["ping_stages"] = stages.breakdown(s2, s3, "none", len(qs), tool="ping")
+        if singles > 0:
+            await _singles(c, base, texts[:singles], out)
     return out
 
 
@@ -155,7 +179,7 @@ def _plot(res: dict, path: Path) -> None:
 
 
 def run(n: int = 10000, n_queries: int = 200, embedder: str = "minilm",
-        shards: int = 2, out: str = "core") -> dict:
+        shards: int = 2, out: str = "core", singles: int = 200) -> dict:
     from tests.server_process import ServerProcess
 
     texts = corpus(n)
@@ -165,7 +189,7 @@ def run(n: int = 10000, n_queries: int = 200, embedder: str = "minilm",
         server = ServerProcess(Path(tmp) / "data", embedder=embedder, shards=shards, env={
             "MEMORAY_RATE_LIMIT_ENABLED": "false"}).start(timeout=900)  # throughput, not limits
         try:
-            mcp = asyncio.run(_through_mcp(server.mcp_url, n, n_queries, texts))
+            mcp = asyncio.run(_through_mcp(server.mcp_url, n, n_queries, texts, singles))
         finally:
             server.stop()
     log("in-process baselines ...")
@@ -203,6 +227,11 @@ def run(n: int = 10000, n_queries: int = 200, embedder: str = "minilm",
     print(stages.table(mcp["capture_stages"], mcp["capture_ms_per_request"]))
     print("\nwhere a retrieve-memories call spends its time:")
     print(stages.table(mcp["retrieve_stages"], mcp["retrieve"]["mean_ms"]))
+    if "capture_one" in mcp:
+        one = mcp["capture_one"]
+        print(f"\none memory per capture-memory call: {mcp['capture_one_per_s']} memories/s, "
+              f"p50 {one['p50_ms']:.1f} / p95 {one['p95_ms']:.1f} ms; where a call's time goes:")
+        print(stages.table(mcp["capture_one_stages"], one["mean_ms"]))
     ping_replica = mcp["ping_stages"].get("tool (replica)", {}).get("ms_per_call")
     print(f"\nping: replica {ping_replica} ms of a {mcp['ping']['mean_ms']:.3f} ms round trip")
     print(f"saved {path} and {out}.png")
@@ -213,11 +242,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=10000)
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--singles", type=int, default=200,
+                    help="memories then captured one per capture-memory call (0: none)")
     ap.add_argument("--embedder", default="minilm", choices=["minilm", "hash"])
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--out", default="core", help="file stem under benchmarks/results/")
     a = ap.parse_args()
-    run(a.n, a.queries, a.embedder, a.shards, a.out)
+    run(a.n, a.queries, a.embedder, a.shards, a.out, a.singles)
 
 
 if __name__ == "__main__":
