@@ -51,7 +51,7 @@ run: install
 	$(BIN)/memoray serve $(ARGS)
 
 test: install browser prometheus
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=30 tests
 
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not integration" tests

@@ -157,15 +157,29 @@ def test_hook_path_stays_light():
 
 def test_the_hook_entry_skips_argparse_and_the_cli(tmp_path):
     """`memoray hook <Event>` (the console script's entry) imports neither argparse nor
-    memoray.cli, and still runs the hook (an unknown event exits 0 through the CLI)."""
-    code = ("import sys; import memoray.entry as e; sys.argv = ['memoray', 'hook', 'Stop']; "
-            "rc = e.main(); bad = [m for m in ('argparse', 'memoray.cli', 'dataclasses', "
-            "'pydantic', 'numpy') if m in sys.modules]; print(rc, bad)")
+    memoray.cli, runs the hook and leaves through os._exit (no interpreter teardown); an
+    unknown event still exits 0 through the CLI."""
+    code = ("import os, sys\n"
+            "real_exit = os._exit\n"
+            "def report(rc):\n"
+            "    bad = [m for m in ('argparse', 'memoray.cli', 'dataclasses', 'pydantic',\n"
+            "           'numpy', 'typing') if m in sys.modules]\n"
+            "    print(rc, bad, flush=True)\n"
+            "    real_exit(rc)\n"
+            "os._exit = report\n"
+            "import memoray.entry as e\n"
+            "sys.argv = ['memoray', 'hook', 'Stop']\n"
+            "e.main()\n"
+            "print('returned', flush=True)\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MEMORAY_URL": "http://127.0.0.1:1",
            "MEMORAY_SPOOL_DIR": str(tmp_path / "spool")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          input="{}", env=env, cwd=tmp_path)
     assert out.stdout.strip() == "0 []", (out.stdout, out.stderr)
+    assert out.returncode == 0, out.stderr
+    real = subprocess.run([sys.executable, "-m", "memoray.entry", "hook", "Stop"],
+                          capture_output=True, text=True, input="{}", env=env, cwd=tmp_path)
+    assert real.returncode == 0, real.stderr
     other = subprocess.run([sys.executable, "-m", "memoray.entry", "hook", "NoSuchEvent"],
                            capture_output=True, text=True, input="{}", env=env, cwd=tmp_path)
     assert other.returncode == 0, other.stderr
