@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from memoray.errors import MemorayError
 from memoray.settings import Settings
@@ -85,37 +85,11 @@ def _direct_ingress(settings: Settings) -> int:
     return startup.free_port()
 
 
-class Background:
-    """One start-up step run on a thread beside the others; its error is raised where the
-    launcher needs its result, not lost on the thread."""
-
-    def __init__(self, step: Callable[[], object], now: bool = True):
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(step,), daemon=True)
-        self._started = now
-        if now:
-            self._thread.start()
-
-    def _start_late(self) -> None:
-        if not self._started:
-            self._started = True
-            self._thread.start()
-
-    def _run(self, step: Callable[[], object]) -> None:
-        try:
-            step()
-        except BaseException as exc:  # noqa: BLE001 - re-raised by result()
-            self._error = exc
-
-    def wait(self) -> None:
-        if self._started:
-            self._thread.join()
-
-    def result(self) -> None:
-        self._start_late()  # a step not started beside the others runs now, in order
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
+def _settle(pending: Future | None) -> None:
+    """Lets a start-up step running beside a failed one finish before Ray shuts down; its own
+    error, if any, is not the one to report."""
+    if pending is not None:
+        pending.exception()
 
 
 def serve_forever(settings: Settings) -> int:
@@ -181,13 +155,14 @@ def serve_forever(settings: Settings) -> int:
                                     "worker_process_setup_hook": "memoray.heap.setup_worker"})
     logs = {"log_level": "WARNING", "enable_access_log": settings.access_log}
     # One machine: Serve's controller and proxy start while the shards load (they need none
-    # of them), about 9 s off a start of ~38 s on a two-core machine. Cluster mode keeps the
-    # order it was tested with (a concurrent start once hung a 3-node test's deploy; not
-    # understood, so not done there).
-    serve_started = Background(lambda: serve.start(
-        http_options={"host": settings.host, "port": serve_port},
-        proxy_location=settings.proxy_location, logging_config=logs),
-        now=not settings.cluster_mode)
+    # of them), about 9 s off a start of ~38 s on a two-core machine. Cluster mode keeps its
+    # old order: not measured there.
+    def start_serve() -> None:
+        serve.start(http_options={"host": settings.host, "port": serve_port},
+                    proxy_location=settings.proxy_location, logging_config=logs)
+
+    serve_started: Future | None = (None if settings.cluster_mode else
+                                    ThreadPoolExecutor(1, "serve-start").submit(start_serve))
     steps.say(f"loading {settings.shards} shards and the {settings.embedder} embedding model")
     try:
         if settings.cluster_mode:
@@ -198,7 +173,7 @@ def serve_forever(settings: Settings) -> int:
             store_id = layout.store_id
     except MemorayError as err:
         print(f"memoray: {err.message}", file=sys.stderr)
-        serve_started.wait()
+        _settle(serve_started)
         ray.shutdown()
         return 2
     except Exception as exc:  # an actor failed to start: say why in one line, not a traceback
@@ -208,12 +183,15 @@ def serve_forever(settings: Settings) -> int:
         print(f"memoray: failed to start: {reason or type(exc).__name__}", file=sys.stderr)
         if reason is None:
             log.error("start-up failed", exc_info=exc)
-        serve_started.wait()
+        _settle(serve_started)
         ray.shutdown()
         return 2
     steps.say(f"deploying the server ({settings.replicas} replica"
               f"{'s' if settings.replicas > 1 else ''})")
-    serve_started.result()  # Serve's own start-up error, if it had one, surfaces here
+    if serve_started is None:
+        start_serve()
+    else:
+        serve_started.result()  # Serve's own start-up error, if it had one, surfaces here
     serve.run(make_app(settings, store_id), name="memoray", route_prefix="/",
               blocking=False, logging_config=logs)
     url = f"http://{settings.host}:{settings.port}"

@@ -50,31 +50,3 @@ def test_the_heap_trim_interval_reaches_the_actors_when_set(monkeypatch):
     monkeypatch.setenv("MEMORAY_HEAP_TRIM_S", "0")
     assert heap_env() == {"MEMORAY_HEAP_TRIM_S": "0"}
 
-
-def test_a_background_step_runs_beside_and_raises_where_its_result_is_needed():
-    """serve.start runs on a thread while the shards load (one machine); its error must reach
-    the launcher, and a step held back (cluster mode) runs only when its result is asked."""
-    import threading
-
-    from memoray.serve.launcher import Background
-
-    ran = threading.Event()
-    step = Background(ran.set)
-    step.result()
-    assert ran.is_set()
-
-    def fail():
-        raise RuntimeError("port taken")
-
-    failing = Background(fail)
-    failing.wait()  # the failure path's wait never raises
-    with pytest.raises(RuntimeError, match="port taken"):
-        failing.result()
-
-    order: list[str] = []
-    held = Background(lambda: order.append("serve"), now=False)
-    order.append("shards")
-    held.wait()  # not started: nothing to wait for, and it does not start it
-    assert order == ["shards"]
-    held.result()
-    assert order == ["shards", "serve"]
