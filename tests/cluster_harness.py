@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from memoray.serve.launcher import LOCAL_RAY_ENV
 from tests.server_process import ROOT, descendants, free_port
 
 # Fast failure detection: a killed node is declared dead in ~3 s instead of ~30 s.
@@ -92,7 +93,8 @@ class LocalCluster:
                 # `ray start` turns Ray's token auth on when ~/.ray/auth_token exists (another
                 # test may have made one): this cluster, its drivers and clients all go without.
                 "RAY_AUTH_MODE": "disabled",
-                **FAST_HEALTH, **self.env}
+                # what docs/operations.md advises for an operator's `ray start` nodes
+                **LOCAL_RAY_ENV, **FAST_HEALTH, **self.env}
 
     def client_env(self) -> dict[str, str]:
         """What a driver (`memoray serve --address`, `serve deploy`) needs to join."""

@@ -39,16 +39,26 @@ def _seed(server, text: str, workspace: str, n: int) -> list[str]:
     return asyncio.run(go())
 
 
-def _shard_pids(server) -> list[int]:
+def _ray_pids(server, prefix: bytes) -> list[int]:
     pids = []
     for pid in descendants(server.proc.pid):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if f.read().startswith(b"ray::ShardCore"):
+                if f.read().startswith(prefix):
                     pids.append(pid)
         except OSError:
             pass
     return sorted(pids)
+
+
+def _shard_pids(server) -> list[int]:
+    return _ray_pids(server, b"ray::ShardCore")
+
+
+def test_the_server_starts_no_idle_ray_workers(server):
+    """serve/launcher.py turns off Ray's prestarted workers: no memoray actor would take them."""
+    assert len(_shard_pids(server)) == 2
+    assert _ray_pids(server, b"ray::IDLE") == []
 
 
 def test_every_shard_actor_mmaps_big_buffers_and_trims_its_heap(server):
