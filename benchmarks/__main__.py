@@ -29,6 +29,7 @@ def main() -> None:
         bench_security,
         bench_shard_memory,
         bench_shard_recovery,
+        bench_startup,
         coding_memories,
         locomo,
     )
@@ -61,6 +62,8 @@ def main() -> None:
         ("hnsw parameters (issue 14)", lambda: bench_hnsw.run(
             n=2000 if quick else 20000, n_queries=50 if quick else 300)),
         ("shard memory (issue 14)", lambda: bench_shard_memory.run(n=2000 if quick else 20000)),
+        ("server start and idle (issue 14)", lambda: bench_startup.main(
+            ["--runs", "1", "--idle-s", "10"] if quick else [])),
         ("embedder parts (issue 14)", lambda: bench_embedder.run(200 if quick else 2000)),
         ("shard recovery, clean stop and kill -9 (issue 14)", lambda: bench_shard_recovery.run(
             n=3000 if quick else 100000, tail=500 if quick else 2500, directory=None)),
