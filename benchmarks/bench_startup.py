@@ -90,7 +90,8 @@ def one_start(env: dict[str, str], idle_s: float) -> dict[str, Any]:
             server.stop()
             stop_s = time.perf_counter() - t1
     return {"started_in_s": started, "wall_to_ready_s": round(wall, 2), "steps_s": steps,
-            "processes": len(titles), "idle_ray_workers": sum(t.startswith("ray::IDLE") for t in titles),
+            "processes": len(titles),
+            "idle_ray_workers": sum(t.startswith("ray::IDLE") for t in titles),
             "stop_s": round(stop_s, 2), **idle}
 
 
