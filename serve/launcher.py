@@ -88,13 +88,13 @@ def _direct_ingress(settings: Settings) -> int:
 # Ray settings for the Ray `memoray serve` starts on one machine (an operator's own `ray start`
 # takes them from its environment; docs/operations.md). Either can be overridden by setting it.
 LOCAL_RAY_ENV = {
-    # Ray prestarts one idle worker per CPU for the first driver. No memoray actor takes them
-    # (they stay `ray::IDLE` for the server's life), yet each imports Ray while the shards load:
-    # off, a start on two cores took ~2.5 s less (27.6 -> 25.1 s) with two processes fewer.
+    # Ray prestarts one idle worker per CPU for the first driver. No memoray actor takes them:
+    # they stay `ray::IDLE` for the server's life, two processes and ~160 MB of RSS on two
+    # cores (benchmarks/bench_startup.py; the start itself was no faster, within its noise).
     "RAY_prestart_worker_first_driver": "0",
     # Every worker reports its task events to the GCS each second, for the dashboard's task
-    # views and `ray list tasks`; memoray's own metrics, traces and logs do not use them. Off,
-    # an idle server used 27% of one core instead of 35% (the GCS 0.9% instead of 3.7%).
+    # views and `ray list tasks`; memoray's own metrics, traces and logs do not use them.
+    # With both settings an idle server used 26% of one core instead of 29% (bench_startup).
     "RAY_task_events_report_interval_ms": "0",
 }
 
