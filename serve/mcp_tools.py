@@ -155,7 +155,10 @@ class MemorayMCP(MCPServer):
 def build_mcp(get_runtime: Callable[[], Awaitable[Any]], metrics: Any = None) -> MemorayMCP:
     """Register the tools. `get_runtime()` returns the replica's Runtime (service, token store,
     limiter), built lazily inside the replica process."""
-    mcp = MemorayMCP(name="memoray", metrics=metrics, instructions=(
+    # log_level: MCPServer puts a rich handler on the root logger at this level. At INFO the
+    # SDK's "Terminating session" line, rendered by rich, was a fifth of a replica's CPU per
+    # stateless call (py-spy, README "Twelfth session"); memoray's own lines have their own logger.
+    mcp = MemorayMCP(name="memoray", metrics=metrics, log_level="WARNING", instructions=(
         "Persistent memory for coding agents. Capture decisions, code changes and lessons with "
         "capture-memory; recall them with retrieve-memories or build-context; expand an id "
         "with get-memory. A call that names no workspaceId works in the project's workspace "

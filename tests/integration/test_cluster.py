@@ -86,14 +86,8 @@ async def capture_stream(url: str, token: str, acked: list, stop: asyncio.Event,
 
 
 async def all_found(url: str, token: str, ids: list[str]) -> list[str]:
-    missing = []
     async with mcp_client(url, token) as c:
-        for mid in ids:
-            try:
-                await c.call("get-memory", id=mid)
-            except ToolError as err:
-                missing.append(f"{mid}:{err.code}")
-    return missing
+        return [f"{mid}:{code}" for mid, code in (await c.unreadable(ids)).items()]
 
 
 def cluster_query(cluster: LocalCluster, code: str) -> object:

@@ -21,13 +21,8 @@ def server(tmp_path_factory):
 
 
 async def _all_present(url: str, ids: list[str]) -> list[str]:
-    missing = []
     async with mcp_client(url) as c:
-        for mid in ids:
-            is_error, body = await c.raw("get-memory", {"id": mid})
-            if is_error:
-                missing.append(mid)
-    return missing
+        return list(await c.unreadable(ids))
 
 
 def _seed(server, text: str, workspace: str, n: int) -> list[str]:

@@ -74,7 +74,7 @@ async def _capture(url: str, tag: str) -> list[str]:
 
 async def _read_all(url: str, ids: list[str]) -> list[dict]:
     async with mcp_client(url) as c:
-        return [await c.call("get-memory", id=mid) for mid in ids]
+        return await c.call_many("get-memory", [{"id": mid} for mid in ids])
 
 
 class State:

@@ -111,13 +111,14 @@ class Load:
     async def check_all(self) -> dict:
         missing = []
         async with mcp_client(self.url, self.token) as c:
-            for mid, content in self.acked.items():
-                try:
-                    got = await c.call("get-memory", id=mid)
-                    if got["content"] != content:
-                        missing.append(f"{mid}: changed")
-                except Exception as exc:  # noqa: BLE001
-                    missing.append(f"{mid}: {exc}")
+            ids = list(self.acked)
+            got = await c.call_many("get-memory", [{"id": mid} for mid in ids],
+                                    return_exceptions=True)
+            for mid, g in zip(ids, got):
+                if isinstance(g, BaseException):
+                    missing.append(f"{mid}: {g}")
+                elif g["content"] != self.acked[mid]:
+                    missing.append(f"{mid}: changed")
             assert missing == [], missing[:10]
             return await c.call("memory-stats")
 
