@@ -3,7 +3,9 @@ delivers, signed, with retries; a plain class the Ray actor is made from (Webhoo
 typed client).
 
 Why captures never wait for a receiver: a shard writes the event in its own commit and returns;
-this actor reads the outboxes on its own schedule (every POLL_S) in another process. Why a slow
+this actor reads the outboxes on its own schedule in another process: every POLL_S while events
+come, backing off to IDLE_POLL_S while none do (each read is an actor call to every shard, and an
+idle server's 8 reads a second were its third busiest process). Why a slow
 receiver never slows another: every subscription has its own queue and its own worker (at most
 `concurrency` attempts in flight), all on this actor's event loop thread.
 
@@ -38,6 +40,7 @@ from memoray.webhooks.models import Subscription, payload, public
 log = logging.getLogger(__name__)
 
 POLL_S = 0.25
+IDLE_POLL_S = 2.0  # the longest wait between reads once the outboxes stay empty
 OUTBOX_BATCH = 256
 CONTENT_EVENTS = ("memory.captured", "memory.updated", "memory.shared")
 USER_AGENT = "memoray-webhooks/1"
@@ -55,7 +58,7 @@ class WebhookDispatcher:
                  encryption: str | None = None, max_attempts: int = 8,
                  retry_base_s: float = 5.0, retry_max_s: float = 3600.0,
                  timeout_s: float = 10.0, concurrency: int = 4, poll_s: float = POLL_S,
-                 resolver: Any = None, start: bool = True):
+                 idle_poll_s: float = IDLE_POLL_S, resolver: Any = None, start: bool = True):
         """`policy`: ssrf.Policy fields; `encryption`: the store's key text (secrets sealed);
         `resolver`: host -> addresses (tests); `start`: run the delivery thread now."""
         from memoray.redaction import Redactor
@@ -69,6 +72,8 @@ class WebhookDispatcher:
         self.timeout_s = timeout_s
         self.concurrency = concurrency
         self.poll_s = poll_s
+        self.idle_poll_s = max(poll_s, idle_poll_s)
+        self.outbox_reads = 0
         self.resolver = resolver or ssrf.system_resolver
         self.redactor = Redactor(pii="redact")
         self.rng = random.Random()
@@ -117,6 +122,7 @@ class WebhookDispatcher:
     async def _pump(self) -> None:
         """Outboxes -> per-subscriber queues, forever."""
         last_prune = 0.0
+        wait = self.poll_s
         while not self._stopping:
             moved = 0
             self.shards.refresh()  # a reshard may have added or removed shards
@@ -129,12 +135,16 @@ class WebhookDispatcher:
             if time.time() - last_prune > 600:
                 last_prune = time.time()
                 self.store.prune_seen()
-            if not moved:
-                await asyncio.sleep(self.poll_s)
+            if moved:
+                wait = self.poll_s
+            else:  # nothing came: wait, and twice as long next time, up to idle_poll_s
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, self.idle_poll_s)
 
     async def _drain(self, shard: int) -> int:
         client = self.shards[shard]
         entries = await client.outbox_read(OUTBOX_BATCH)
+        self.outbox_reads += 1
         if not entries:
             return 0
         with self._lock:

@@ -171,7 +171,8 @@ def test_event_ids_are_the_same_on_every_replica(tmp_path):
 
 def _service_with_dispatcher(tmp_path, shards=2, **kw):
     svc = make_service(tmp_path, shards=shards)
-    opts = {"policy": LOOPBACK, "retry_base_s": 0.1, "retry_max_s": 0.5, "poll_s": 0.05, **kw}
+    opts = {"policy": LOOPBACK, "retry_base_s": 0.1, "retry_max_s": 0.5, "poll_s": 0.05,
+            "idle_poll_s": 0.2, **kw}
     dispatcher = WebhookDispatcher(svc.backend.shards, tmp_path / "webhooks", **opts)
     svc.webhooks = WebhookClient(dispatcher)
     svc.settings = Settings(data_dir=tmp_path, shards=shards, webhook_allow_loopback=True)
@@ -210,6 +211,29 @@ def test_every_event_type_is_delivered_signed(tmp_path):
         assert len({e["_id"] for e in evs}) == len(evs)   # one delivery id per delivery
         test = asyncio.run(svc.test_webhook(caller(), sub["id"]))
         assert test["delivered"] and test["status"] == 200
+    finally:
+        disp.close()
+        rx.stop()
+
+
+def test_idle_outboxes_are_read_less_often_and_an_event_still_comes(tmp_path):
+    """While nothing comes, the dispatcher's wait between reads doubles up to idle_poll_s (an
+    idle server's reads were 8 actor calls a second); the first event after that still goes out."""
+    rx = Receiver().start()
+    svc, disp = _service_with_dispatcher(tmp_path, poll_s=0.05, idle_poll_s=0.4)
+    try:
+        sub = asyncio.run(svc.create_webhook(caller(), {"workspaceId": "ws", "url": rx.url}))
+        time.sleep(0.5)  # past the first doublings
+        before, t0 = disp.outbox_reads, time.monotonic()
+        time.sleep(2.0)
+        reads, idle_s = disp.outbox_reads - before, time.monotonic() - t0
+        # Every 0.05 s, 2 shards read 80 times in 2 s; backed off to 0.4 s, about 10.
+        assert reads <= 2 * (idle_s / 0.4 + 2), reads
+        t_capture = time.monotonic()
+        mid = asyncio.run(svc.capture([item("after a quiet spell")], caller()))[0]["ids"][0]
+        evs = rx.wait_for(lambda es: len(es) == 1, secret=sub["secret"], timeout=10)
+        assert evs[0]["data"]["memoryId"] == mid
+        assert time.monotonic() - t_capture < 5.0
     finally:
         disp.close()
         rx.stop()
