@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install torch==2.13.0
 	# compat: a .pth path entry, not an import-hook finder that costs every `memoray hook` 12 ms
 	$(BIN)/pip install -e '.[dev]' --config-settings editable_mode=compat
-	# bytecode now, read even with PYTHONDONTWRITEBYTECODE (which CI sets): hooks, and each Ray
+	# bytecode now, read even with PYTHONDONTWRITEBYTECODE (set on these machines): hooks, and each Ray
 	# worker, which otherwise compiles actors/ and serve/ from source at every start
 	$(BIN)/python -m compileall -q memoray actors serve cluster
 	touch $(STAMP)
