@@ -592,7 +592,7 @@ RECORD = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=200, deadline=None, derandomize=True)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(RECORD, max_size=25), WIRE_FILTERS)
 def test_property_evaluate_equals_matches(records, wire):
     node = parse_filter(wire)
@@ -606,7 +606,7 @@ def test_property_evaluate_equals_matches(records, wire):
     assert 0.0 <= estimate(node, p.stats()) <= 1.0
 
 
-@settings(max_examples=150, deadline=None, derandomize=True)
+@settings(max_examples=150, deadline=None)
 @given(WIRE_FILTERS)
 def test_property_wire_filters_parse_and_round_trip(wire):
     node = parse_filter(wire)

@@ -199,7 +199,7 @@ _OPS = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
+@settings(max_examples=60, deadline=None)
 @given(_OPS)
 def test_postings_match_brute_force(ops):
     p = Postings()

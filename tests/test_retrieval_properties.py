@@ -11,7 +11,7 @@
 Data: 800 records over 2 shards with small value domains, so random filters land anywhere
 from empty to everything. Vectors are positive-orthant unit vectors, so every cosine is > 0 and
 the shard's clip to [0, 1] never creates ties. Deterministic: fixed seeds, derandomized
-hypothesis, no example database.
+hypothesis (tests/conftest.py's profile), no example database.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ WORDS = ("apple", "banana", "cherry", "delta", "echo", "foxtrot", "golf", "hotel
 _PURE = ({"tier_weighting": False}
          if "tier_weighting" in getattr(SearchRequest, "__dataclass_fields__", {}) else {})
 
-SETTINGS = {"deadline": None, "derandomize": True, "database": None,
+SETTINGS = {"deadline": None,
             "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]}
 
 

@@ -40,7 +40,9 @@ PREFIX = "fuzz-"
 STATS: dict[str, Any] = {"calls": 0, "seconds": 0.0, "by_test": {}}
 HEADERS = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18",
            "Content-Type": "application/json"}
-HYP = dict(deadline=None, database=None, derandomize=False,
+# derandomize and database come from tests/conftest.py's profile (fixed examples unless
+# MEMORAY_HYPOTHESIS_RANDOM=1).
+HYP = dict(deadline=None,
            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                   HealthCheck.filter_too_much,
                                   HealthCheck.function_scoped_fixture])
@@ -346,16 +348,20 @@ BAD_VALUES: dict[str, list] = {
     "capture-memories": [("items", st.just([])), ("items", bad_items()),
                          ("items", st.lists(st.integers(), min_size=1, max_size=3))],
     "upsert-memory": [("items", st.just([])), ("items", bad_items()), ("items", bad_items()),
-                      ("similarityThreshold", st.one_of(finite.filter(lambda f: f <= 0),
-                                                        finite.filter(lambda f: f > 1)))],
+                      ("similarityThreshold", st.one_of(
+                          st.floats(max_value=-5e-324, allow_infinity=False),
+                          st.floats(min_value=1.0000000000000002, allow_infinity=False)))],
     "retrieve-memories": [
         ("query", st.sampled_from(["", "  ", "a\x00b"])),
         ("query", st.integers(MAX_QUERY_CHARS + 1, MAX_QUERY_CHARS + 5000).map(
             lambda n: "q" * n)),
         ("limit", st.one_of(st.integers(max_value=0), st.integers(min_value=101),
                             st.just(10**30))),
-        ("recencyWeight", st.one_of(finite.filter(lambda f: f < 0),
-                                    finite.filter(lambda f: f > 1))),
+        # Explicit bounds, not `.filter(lambda f: f < 0)`: Hypothesis rewrites that filter to
+        # max_value=next_down(0.0), which is -0.0, a valid weight (-0.0 >= 0).
+        ("recencyWeight", st.one_of(st.floats(max_value=-5e-324, allow_infinity=False),
+                                    st.floats(min_value=1.0000000000000002,
+                                              allow_infinity=False))),
         ("filters", invalid_filters),
     ],
     "build-context": [
