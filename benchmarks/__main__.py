@@ -70,7 +70,7 @@ def main() -> None:
         # 1M hash records need hours on a 2-core machine: `make bench-scale` runs the full sizes.
         ("scale (issue 14)", lambda: bench_scale.run([2000] if quick else [10000, 100000])),
         ("the peer side by side (issue 14)", lambda: bench_peer.run(
-            n=300 if quick else 10000, n_conv=1 if quick else 10,
+            n=600 if quick else 10000, n_conv=1 if quick else 10,
             sample=60 if quick else 300)),
     ]
     for name, fn in steps:

@@ -56,6 +56,7 @@ async def _through_mcp(url: str, n: int, n_queries: int, texts: list[dict],
     base = url.rsplit("/mcp", 1)[0]
     async with mcp_client(url) as c:
         await c.call("ping")
+        out["query_model_wait_s"] = round(await stages.wait_query_model(c), 2)
         s0 = await stages.snapshot(c, base)
         prog = Progress("capture via /mcp", n, "memories")
         t0 = time.perf_counter()

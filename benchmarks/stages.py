@@ -125,6 +125,25 @@ def table(rows: dict[str, dict[str, float]], total_ms: float | None = None) -> s
     return fmt_table(["stage", "ms/request", "ms/call", "calls"], out)
 
 
+async def wait_query_model(c: Any, timeout: float = 600.0) -> float:
+    """Wait until the replica has loaded its own copy of the query model (a background thread
+    at start: importing transformers and loading MiniLM took about one core for 10-20 s here),
+    so nothing timed next shares the CPU with a server still starting; returns the seconds
+    waited. Returns at once when queries go to the workers (no `queries` entry) or the load
+    failed (an `error`, the workers answer instead)."""
+    import asyncio
+    import time
+
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        health = await c.call("health-check", detailed=True)
+        queries = (health.get("components", {}).get("embedder") or {}).get("queries")
+        if not queries or queries.get("ready") or queries.get("error"):
+            return time.perf_counter() - t0
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"the replica's query model did not load in {timeout:.0f}s")
+
+
 async def wait_indexed(c: Any) -> float:
     """Wait until no shard has graph inserts pending (they run behind the acknowledgement), so
     what is timed next runs on a settled server; returns the seconds waited."""
