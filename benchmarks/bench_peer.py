@@ -7,11 +7,10 @@ Per system, N memories (default 10,000) of benchmarks.corpus, then LoCoMo:
 - capture throughput through the served interface. memoray: capture-memory one at a time (the
   first 300), then capture-memory from 8 clients at once (8 MCP sessions, 240 memories: what
   several agents writing to one server see), then capture-memories in batches of 100 for the
-  rest, all through MCP. The peer: the same 8-client phase with memory_store right after its
-  first timed half; and
-  memory_store, one memory per call (it has no batch tool), timed on a sample (--peer-sample,
-  default 300): half into the empty store, half into the store filled to N - sample/2, so the
-  figure covers both ends of the fill; the reported rate is the whole sample over its time.
+  rest, all through MCP. The peer: memory_store, one memory per call (it has no batch tool),
+  timed on a sample (--peer-sample, default 300): half into the empty store, half into the
+  store filled to N - sample/2, so the figure covers both ends of the fill; the reported rate is
+  the whole sample over its time. Its 8-client phase runs right after the first half.
 - filling the peer to N (--peer-fill storage, the default): the memories between the two samples
   go in through the peer's own storage API in process (benchmarks/peer_fill.py, run by the
   peer's venv python while its server is stopped: SqliteVecMemoryStorage.store_batch on the
