@@ -127,7 +127,7 @@ def table(rows: dict[str, dict[str, float]], total_ms: float | None = None) -> s
 
 async def wait_query_model(c: Any, timeout: float = 600.0) -> float:
     """Wait until the replica has loaded its own copy of the query model (a background thread
-    at start: importing transformers and loading MiniLM took about one core for 10-20 s here),
+    at start: importing transformers and loading MiniLM took about one core for 9 s here),
     so nothing timed next shares the CPU with a server still starting; returns the seconds
     waited. Returns at once when queries go to the workers (no `queries` entry) or the load
     failed (an `error`, the workers answer instead)."""
