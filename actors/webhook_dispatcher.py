@@ -5,7 +5,9 @@ typed client).
 Why captures never wait for a receiver: a shard writes the event in its own commit and returns;
 this actor reads the outboxes on its own schedule in another process: every POLL_S while events
 come, backing off to IDLE_POLL_S while none do (each read is an actor call to every shard, and an
-idle server's 8 reads a second were its third busiest process). Why a slow
+idle server's 8 reads a second were its third busiest process); a new subscription wakes it at
+once and resets the wait, so the first events a new subscriber causes are not held behind an idle
+wait. Why a slow
 receiver never slows another: every subscription has its own queue and its own worker (at most
 `concurrency` attempts in flight), all on this actor's event loop thread.
 
@@ -83,6 +85,7 @@ class WebhookDispatcher:
         self._lock = threading.Lock()
         self._wake: dict[str, asyncio.Event] = {}
         self._workers: dict[str, asyncio.Task] = {}
+        self._poke: asyncio.Event | None = None  # set: read the outboxes now, at POLL_S again
         self._inflight: dict[str, set[bytes]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -103,6 +106,7 @@ class WebhookDispatcher:
     def _run(self, ready: threading.Event) -> None:
         self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
+        self._poke = asyncio.Event()
         self._http = httpx.AsyncClient(follow_redirects=False, trust_env=False,
                                        timeout=httpx.Timeout(self.timeout_s),
                                        headers={"user-agent": USER_AGENT})
@@ -138,8 +142,16 @@ class WebhookDispatcher:
             if moved:
                 wait = self.poll_s
             else:  # nothing came: wait, and twice as long next time, up to idle_poll_s
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, self.idle_poll_s)
+                try:
+                    await asyncio.wait_for(self._poke.wait(), wait)
+                    wait = self.poll_s  # poked: a subscriber expects events soon
+                except TimeoutError:
+                    wait = min(wait * 2, self.idle_poll_s)
+                self._poke.clear()
+
+    def _wake_pump(self) -> None:
+        if self._poke is not None:
+            self._poke.set()
 
     async def _drain(self, shard: int) -> int:
         client = self.shards[shard]
@@ -288,6 +300,7 @@ class WebhookDispatcher:
         with self._lock:
             self._subs = self.store.subs()
         self._call_soon(self._ensure_worker, stored["id"])
+        self._call_soon(self._wake_pump)
         return public(stored, secret=secret)
 
     def list(self, workspaces: list[str] | None = None) -> list[dict]:

@@ -239,6 +239,27 @@ def test_idle_outboxes_are_read_less_often_and_an_event_still_comes(tmp_path):
         rx.stop()
 
 
+def test_a_new_subscription_wakes_a_backed_off_dispatcher(tmp_path):
+    """Creating a subscription resets the idle wait: its first event goes out at once, not after
+    the wait the dispatcher had backed off to (in a clean-clone run of the thirteenth stop, 30
+    captures ended inside one idle wait and the receiver had not yet been called)."""
+    rx = Receiver().start()
+    svc, disp = _service_with_dispatcher(tmp_path, poll_s=0.05, idle_poll_s=60.0)
+    try:
+        # Waits so far 0.05, 0.1, 0.2, 0.4, 0.8, 1.6 (3.15 s in all); at 3.3 s the dispatcher
+        # is inside a 3.2 s wait that ends at 6.35 s.
+        time.sleep(3.3)
+        t0 = time.monotonic()
+        sub = asyncio.run(svc.create_webhook(caller(), {"workspaceId": "ws", "url": rx.url}))
+        mid = asyncio.run(svc.capture([item("right after subscribing")], caller()))[0]["ids"][0]
+        evs = rx.wait_for(lambda es: len(es) == 1, secret=sub["secret"], timeout=10)
+        assert evs[0]["data"]["memoryId"] == mid
+        assert time.monotonic() - t0 < 1.5  # without the wake: about 3 s
+    finally:
+        disp.close()
+        rx.stop()
+
+
 def test_without_include_content_no_content_is_sent(tmp_path):
     rx = Receiver().start()
     svc, disp = _service_with_dispatcher(tmp_path)
