@@ -437,16 +437,20 @@ class ShardCore:
         return self.postings.day_counts(self.labels_matching(node))
 
     def search(self, req: SearchRequest) -> SearchResult:
-        self._swap_if_rebuilt()
-        return self.reader.run(req)
+        return self.search_many([req])[0]
 
     def search_many(self, reqs: list[SearchRequest]) -> list[SearchResult]:
         """Several searches in one call, answered in order: build-context's three cost one
         actor round trip per shard, not three, and decode each row and record they share
-        once (shard_search.Memo)."""
+        once (shard_search.Memo). Each result carries the call's wall-clock window."""
+        began = time.time()
         self._swap_if_rebuilt()
         memo = Memo()
-        return [self.reader.run(req, memo) for req in reqs]
+        out = [self.reader.run(req, memo) for req in reqs]
+        ended = time.time()
+        for res in out:
+            res["wall"] = (began, ended)
+        return out
 
     # -- stats ------------------------------------------------------------------------------
     def stats(self) -> dict:

@@ -12,7 +12,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -83,6 +83,9 @@ class SearchResult(TypedDict):
     pool: int
     seconds: float
     stages: dict[str, float]  # seconds per stage: filter, vector, lexical, neighbours, score, fetch
+    # time.time() when the shard's actor method began and ended (ShardCore.search): the replica
+    # splits its fanout wait into sending, this shard's work and the reply with it.
+    wall: NotRequired[tuple[float, float]]
 
 
 class _Stages:

@@ -113,9 +113,9 @@ def table(rows: dict[str, dict[str, float]], total_ms: float | None = None) -> s
     """Stages in request order, with the client's total beside them."""
     order = ["validation", "auth", "rate_limit", "prepare", "embed", "embed_compute (worker)",
              "commit", "shard_commit", "shard_index_postings_lexical", "shard_index_vector",
-             "plan", "embed_query", "embed_compute (replica)", "fanout", "shard_search",
-             "shard_filter", "shard_vector", "shard_lexical", "shard_neighbours", "shard_score",
-             "shard_fetch", "merge",
+             "plan", "embed_query", "embed_compute (replica)", "fanout", "fanout_send",
+             "shard_search", "fanout_reply", "shard_filter", "shard_vector", "shard_lexical",
+             "shard_neighbours", "shard_score", "shard_fetch", "merge",
              "serialization", "audit", "mcp layer (derived)", "tool (replica)"]
     names = [n for n in order if n in rows] + sorted(set(rows) - set(order))
     out = [[n, rows[n]["ms_per_request"], rows[n]["ms_per_call"], rows[n]["calls"]]

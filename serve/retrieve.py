@@ -146,6 +146,7 @@ class Retrieve(UseCase):
         reqs = [p.req for p in prepared]
         with span("memoray.fanout", shards=len(self.backend.shards),
                   strategy=",".join(p.chosen for p in prepared)):
+            sent = time.time()
             try:
                 if len(reqs) == 1:
                     per_shard = [[r] for r in await asyncio.wait_for(
@@ -158,8 +159,14 @@ class Retrieve(UseCase):
             except TimeoutError:
                 raise MemorayError(ErrorCode.QUERY_TIMEOUT,
                                    f"query exceeded {self.settings.query_timeout_s}s") from None
+        back = time.time()
         for p in prepared:
             p.clock.lap("fanout")
+        for shard in per_shard:  # where each shard's share of the wait went (Ray's transport)
+            wall = shard[0].get("wall") if shard else None
+            if wall is not None:
+                prepared[0].clock.observe("fanout_send", max(0.0, wall[0] - sent))
+                prepared[0].clock.observe("fanout_reply", max(0.0, back - wall[1]))
         return [[shard[i] for shard in per_shard] for i in range(len(reqs))]
 
     def _merge_search(self, p: _PlannedSearch, parts: list[SearchResult]
@@ -194,7 +201,8 @@ class Retrieve(UseCase):
         info = {"plan": plan.to_dict(), "strategy": chosen, "seconds": elapsed,
                 "sessions": [{"sessionId": sid, "score": round(sc, 6)}
                              for sid, sc in list(sessions.items())[:limit]],
-                "shards": [{k: v for k, v in part.items() if k != "hits"} for part in parts]}
+                "shards": [{k: v for k, v in part.items() if k not in ("hits", "wall")}
+                           for part in parts]}
         clock.lap("merge")
         return out, info
 

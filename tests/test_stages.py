@@ -35,6 +35,9 @@ def test_capture_and_retrieve_record_their_stages(tmp_path):
                   "serialization"):
         assert counts.get(("retrieve", stage), 0) >= 1, stage
     assert counts[("retrieve", "shard_search")] == 2  # one per shard
+    # the fanout's wait split per shard: sending, and the reply after the shard's method ended
+    assert counts[("retrieve", "fanout_send")] == 2
+    assert counts[("retrieve", "fanout_reply")] == 2
     # five records land on either shard by id hash (all five on one, 1 run in 16): the shard
     # that got some
     st = next(c.stats()["stages"] for c in svc.cores if len(c.postings))
@@ -76,3 +79,25 @@ def test_groups_never_split_an_item():
 
     groups = capture_mod._groups([P(1), P(1), P(5), P(1), P(2), P(1)], 2)
     assert groups == [[0, 1], [2, 3, 4, 5, 6], [7, 8, 9], [10]]
+
+
+def test_a_shard_search_reports_its_wall_clock_window(tmp_path):
+    """The window the replica splits its fanout wait with: the actor method's own start and end,
+    inside the caller's, the same for every search of one search_many call."""
+    import time
+
+    from memoray.actors.shard_search import SearchRequest
+    from memoray.embedding import HashEmbedder
+
+    svc = make_service(tmp_path)
+    asyncio.run(svc.capture([item(f"window note {i}") for i in range(6)], caller()))
+    core = svc.cores[0]
+    q = HashEmbedder().embed(["window note"])[0]
+    before = time.time()
+    res = core.search_many([SearchRequest(vector=q, query="window note", k=3),
+                            SearchRequest(vector=q, query="note", k=2)])
+    after = time.time()
+    began, ended = res[0]["wall"]
+    assert before <= began <= ended <= after
+    assert res[1]["wall"] == (began, ended)
+    assert core.search(SearchRequest(vector=None, query="window", k=2, mode="lexical"))["wall"]
