@@ -7,9 +7,8 @@ this actor reads the outboxes on its own schedule in another process: every POLL
 come, backing off to IDLE_POLL_S while none do (each read is an actor call to every shard, and an
 idle server's 8 reads a second were its third busiest process); a new subscription wakes it at
 once and resets the wait, so the first events a new subscriber causes are not held behind an idle
-wait. Why a slow
-receiver never slows another: every subscription has its own queue and its own worker (at most
-`concurrency` attempts in flight), all on this actor's event loop thread.
+wait. Why a slow receiver never slows another: every subscription has its own queue and its own
+worker (at most `concurrency` attempts in flight), all on this actor's event loop thread.
 
 At least once, never invented: an outbox batch is acknowledged on the shard only after its
 deliveries are committed here (WebhookStore.fan_out); a crash in between reads the batch again
