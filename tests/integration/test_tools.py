@@ -214,6 +214,60 @@ def test_health_and_metrics_endpoints(minilm_server):
     assert "memoray_memory_captures_total" in metrics
 
 
+def _retrieve_stage_sums(url: str) -> dict[str, tuple[float, float]]:
+    """memoray_stage_seconds{path="retrieve"}: stage -> (sum, count), from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, list[float]] = {}
+    text = httpx.get(url + "/metrics", timeout=30).text
+    for fam in text_string_to_metric_families(text):
+        if fam.name != "memoray_stage_seconds":
+            continue
+        for smp in fam.samples:
+            if smp.labels.get("path") != "retrieve":
+                continue
+            slot = out.setdefault(smp.labels["stage"], [0.0, 0.0])
+            if smp.name.endswith("_sum"):
+                slot[0] += smp.value
+            elif smp.name.endswith("_count"):
+                slot[1] += smp.value
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def test_the_fanout_wait_is_split_across_real_shard_actors(minilm_server):
+    """Through Ray: every retrieve records, per shard, the time to reach the shard's method and
+    the time its answer took back, from the shard's own clock readings; with the shard's search
+    they fit inside the replica's whole wait (one machine: one clock)."""
+    n = 5
+
+    async def go():
+        async with mcp_client(minilm_server.mcp_url) as c:
+            await c.call("capture-memory", content="the fanout split test note",
+                         workspaceId=WS + "/fanout")
+            before = _retrieve_stage_sums(minilm_server.url)
+            for i in range(n):
+                await c.call("retrieve-memories", query=f"fanout split {i}", limit=3,
+                             filters={"workspaceId": WS + "/fanout"})
+            return before, _retrieve_stage_sums(minilm_server.url)
+
+    before, after = run(go())
+
+    def delta(stage: str) -> tuple[float, float]:
+        s0, c0 = before.get(stage, (0.0, 0.0))
+        s1, c1 = after[stage]
+        return s1 - s0, c1 - c0
+
+    send, reply, fanout = delta("fanout_send"), delta("fanout_reply"), delta("fanout")
+    search = delta("shard_search")
+    assert send[1] == reply[1] == 2 * n  # two shards, one call each per retrieve
+    assert fanout[1] == n
+    assert send[0] > 0 and reply[0] > 0
+    # per retrieve and shard: send + search + reply <= the wait for both (ms of slack for the
+    # two clocks the replica reads)
+    assert send[0] + search[0] + reply[0] <= 2 * fanout[0] + 2 * n * 0.002, (send, search, reply,
+                                                                              fanout)
+
+
 def test_queries_are_embedded_in_the_replica(minilm_server):
     """A retrieve's query is embedded by the replica's own model (actors/query_embedder.py),
     not sent to the embedding worker; the worker embeds only what is captured."""
