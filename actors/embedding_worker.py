@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from memoray import gcpause
 from memoray.actors.client import ActorClient
 from memoray.embedding import Embedder, make_embedder
 from memoray.errors import ErrorCode, MemorayError
@@ -163,15 +164,16 @@ class EmbeddingWorker:
                                                       threads=threads))
         else:
             self.batcher = MicroBatcher(kind)
+        gcpause.settle()  # torch and the model stay for the actor's life (memoray/gcpause.py)
 
     async def embed(self, texts: list[str], query: bool = False) -> np.ndarray:
         return await self.batcher.embed(texts, query=query)
 
     async def stats(self) -> dict:
-        return self.batcher.stats()
+        return {**self.batcher.stats(), "gc": gcpause.WATCH.stats()}
 
     async def health(self) -> dict:
-        return {"status": "ok", **self.batcher.stats()}
+        return {"status": "ok", **self.batcher.stats(), "gc": gcpause.WATCH.stats()}
 
 
 def embedder_actor_class(**options: Any) -> Any:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from memoray import gcpause
 from memoray.actors.embedding_worker import MicroBatcher
 from memoray.embedding import Embedder, make_embedder
 
@@ -74,6 +75,9 @@ class ReplicaQueryEmbedder:
             return
         self.batcher = MicroBatcher(embedder, max_batch=32)
         self.load_seconds = round(time.perf_counter() - t0, 3)
+        # torch and the model came after Serve froze the replica's startup objects: freeze them
+        # too, out of the full collections that stop the replica's loop (memoray/gcpause.py)
+        gcpause.settle()
 
     @property
     def ready(self) -> bool:

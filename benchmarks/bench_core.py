@@ -101,6 +101,7 @@ async def _through_mcp(url: str, n: int, n_queries: int, texts: list[dict],
         out["retrieve_stages"] = stages.breakdown(s2, s3, "retrieve", len(qs),
                                                   tool="retrieve-memories")
         out["ping_stages"] = stages.breakdown(s2, s3, "none", len(qs), tool="ping")
+        out["gc_at_end"] = s3["gc_reports"]  # each process's collector (memoray/gcpause.py)
         if singles > 0:
             await _singles(c, base, texts[:singles], out)
     return out
@@ -196,7 +197,8 @@ def run(n: int = 10000, n_queries: int = 200, embedder: str = "minilm",
     log("in-process baselines ...")
     base = _in_process([t["content"] for t in texts], n_queries, embedder, n)
     res = {"n": n, "queries": n_queries, "embedder": embedder, "shards": shards,
-           "batch": BATCH, "mcp": mcp, "in_process": base, "loadavg_at_start": load_start}
+           "batch": BATCH, "mcp": mcp, "in_process": base, "loadavg_at_start": load_start,
+           "gc_freeze": os.environ.get("MEMORAY_GC_FREEZE", "1")}
     floor = base["embed_plus_knn"]
     res["retrieve_p95_above_floor_p95_ms"] = round(mcp["retrieve"]["p95_ms"] - floor["p95_ms"], 3)
     res["loadavg_at_end"] = os.getloadavg()

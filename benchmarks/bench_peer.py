@@ -19,7 +19,8 @@ Per system, N memories (default 10,000) of benchmarks.corpus, then LoCoMo:
   --peer-fill mcp sends every memory through memory_store instead (slow; for small N).
 - retrieve p50/p95 at N memories through MCP (200 queries, top 10, 10 warm-up queries first):
   memoray retrieve-memories, the peer memory_search, each scoped to the benchmark's workspace /
-  tag.
+  tag; then retrieve throughput: 400 other queries from 8 clients at once (8 MCP sessions),
+  queries/s over the wall time, with each call's latency.
 - LoCoMo evidence recall@5 (categories 1-4), every turn stored as "<speaker>: <text>", one
   workspace per conversation in memoray, one tag in the peer; all conversations are stored
   first (memoray through capture-memories; the peer through the same in-process fill, or
@@ -66,6 +67,7 @@ SINGLE = 300  # memoray capture-memory calls (one memory each), for the like-for
 CLIENTS = 8  # ...and from this many clients at once (one MCP session each)
 CONCURRENT = 240  # memories stored one per call by the CLIENTS together
 N_QUERIES = 200
+N_QUERIES_CONCURRENT = 400  # ...and these from the CLIENTS at once
 # the peer's store answers "... (hash: H)", its search lists "Hash: H" per memory
 _HASH = re.compile(r"hash: ([0-9a-f]{16,64})", re.IGNORECASE)
 
@@ -196,23 +198,29 @@ def _stamp(msg: str) -> None:
     log(f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f}] {msg}")
 
 
-async def _capture_concurrently(url: str, make_api: Any, texts: list[str], workspace: str,
-                                label: str) -> dict:
-    """`texts` stored one per call by CLIENTS clients at once, each its own MCP session taking
-    the next text as soon as its last call answered. The rate is all texts over the wall time
-    from the first call to the last answer (sessions opened beforehand, untimed)."""
+async def _concurrently(url: str, make_api: Any, items: list[str], call: Any, label: str,
+                        unit: str) -> dict:
+    """`items` sent one per call by CLIENTS clients at once, each its own MCP session taking the
+    next item as soon as its last call answered: what several agents sharing one server see.
+    `call(api, item)` answers true when the item was served. The rate is all items over the wall
+    time from the first call to the last answer (sessions opened beforehand, untimed); the
+    latencies are each call's own."""
     from tests.server_process import mcp_client
 
-    queue = list(reversed(texts))
-    stored = 0
-    prog = Progress(label, len(texts), "memories")
+    queue = list(reversed(items))
+    served = 0
+    lat: list[float] = []
+    prog = Progress(label, len(items), unit)
 
     async def client(api: Any, ready: asyncio.Event) -> None:
-        nonlocal stored
+        nonlocal served
         await ready.wait()
         while queue:
-            got = await api.capture_one(queue.pop(), workspace)
-            stored += bool(got)  # after the await: `stored += await ...` loses updates
+            item = queue.pop()
+            t = time.perf_counter()
+            got = await call(api, item)
+            lat.append(time.perf_counter() - t)
+            served += bool(got)  # after the await: `served += await ...` loses updates
             prog.update()
 
     async with contextlib.AsyncExitStack() as stack:
@@ -225,8 +233,29 @@ async def _capture_concurrently(url: str, make_api: Any, texts: list[str], works
         await asyncio.gather(*tasks)
         seconds = time.perf_counter() - t0
     prog.close()
-    return {"clients": CLIENTS, "memories": len(texts), "stored": stored,
-            "seconds": round(seconds, 2), "per_s": round(len(texts) / seconds, 2)}
+    return {"clients": CLIENTS, unit: len(items), "served": served,
+            "seconds": round(seconds, 2), "per_s": round(len(items) / seconds, 2),
+            "latency": latency_summary(lat)}
+
+
+async def _capture_concurrently(url: str, make_api: Any, texts: list[str], workspace: str,
+                                label: str) -> dict:
+    """`texts` stored one per call from CLIENTS clients at once."""
+    out = await _concurrently(url, make_api, texts,
+                              lambda api, t: api.capture_one(t, workspace), label, "memories")
+    out["stored"] = out.pop("served")
+    return out
+
+
+async def _retrieve_concurrently(url: str, make_api: Any, label: str) -> dict:
+    """N_QUERIES_CONCURRENT queries (top 10, none of them the sequential run's) from CLIENTS
+    clients at once: the retrieve throughput the issue's 2x goal is about, where a server that
+    serves one call at a time and one that overlaps them part ways."""
+    qs = queries(N_QUERIES_CONCURRENT, seed=37)
+    out = await _concurrently(url, make_api, qs, lambda api, q: api.search(q, 10, "bench"),
+                              label, "queries")
+    out["answered"] = out.pop("served")
+    return out
 
 
 async def _retrieve(api: Any, label: str) -> dict:
@@ -327,6 +356,9 @@ async def _run_memoray(url: str, n: int, convs: list) -> dict:
         out["memories_at_retrieve"] = stored
         _stamp(f"memoray: retrieve at {stored}")
         out["retrieve"] = await _retrieve(api, "memoray")
+        _stamp(f"memoray: retrieve x {N_QUERIES_CONCURRENT} from {CLIENTS} clients at once")
+        out["retrieve_concurrent"] = await _retrieve_concurrently(
+            url, Memoray, f"memoray retrieve, {CLIENTS} clients")
         out["loadavg_after_retrieve"] = os.getloadavg()
         if convs:
             _stamp(f"memoray: LoCoMo, storing {len(convs)} conversations")
@@ -459,6 +491,9 @@ def _run_peer(data_dir: Path, n: int, convs: list, sample: int, fill: str) -> di
         _stamp(f"peer: retrieve at {stored}")
         out["retrieve"] = asyncio.run(_peer_session(server.mcp_url,
                                                     lambda api: _retrieve(api, "peer")))
+        _stamp(f"peer: memory_search x {N_QUERIES_CONCURRENT} from {CLIENTS} clients at once")
+        out["retrieve_concurrent"] = asyncio.run(_retrieve_concurrently(
+            server.mcp_url, Peer, f"peer memory_search, {CLIENTS} clients"))
         out["loadavg_after_retrieve"] = os.getloadavg()
         if not convs:
             out["locomo"] = None
@@ -521,6 +556,10 @@ def _plot(out: dict, path: Path) -> None:
                out["ratios"]["retrieve_p50_speedup"]),
               (f"retrieve p95 ms at {out['n']}", m["retrieve"]["p95_ms"], p["retrieve"]["p95_ms"],
                out["ratios"]["retrieve_p95_speedup"])]
+    if m.get("retrieve_concurrent") and p.get("retrieve_concurrent"):
+        panels.append((f"retrieve, queries/s\n({CLIENTS} clients at once)",
+                       m["retrieve_concurrent"]["per_s"], p["retrieve_concurrent"]["per_s"],
+                       out["ratios"]["retrieve_throughput_concurrent"]))
     if m.get("locomo") and p.get("locomo"):
         panels.append((f"LoCoMo recall@5\n({m['locomo']['questions']} questions)",
                        m["locomo"]["recall_at_5"], p["locomo"]["recall_at_5"],
@@ -574,6 +613,9 @@ def run(n: int = 10000, n_conv: int = 10, sample: int = 300, fill: str = "storag
             (p.get("capture_concurrent") or {}).get("per_s")),
         "retrieve_p50_speedup": _ratio(p["retrieve"]["p50_ms"], m["retrieve"]["p50_ms"]),
         "retrieve_p95_speedup": _ratio(p["retrieve"]["p95_ms"], m["retrieve"]["p95_ms"]),
+        "retrieve_throughput_concurrent": _ratio(
+            (m.get("retrieve_concurrent") or {}).get("per_s"),
+            (p.get("retrieve_concurrent") or {}).get("per_s")),
         "locomo_recall_at_5": _ratio((m["locomo"] or {}).get("recall_at_5"),
                                      (p["locomo"] or {}).get("recall_at_5")),
     }
@@ -592,7 +634,14 @@ def run(n: int = 10000, n_conv: int = 10, sample: int = 300, fill: str = "storag
             [f"retrieve p50 ms at {n}", m["retrieve"]["p50_ms"], p["retrieve"]["p50_ms"],
              out["ratios"]["retrieve_p50_speedup"]],
             [f"retrieve p95 ms at {n}", m["retrieve"]["p95_ms"], p["retrieve"]["p95_ms"],
-             out["ratios"]["retrieve_p95_speedup"]]]
+             out["ratios"]["retrieve_p95_speedup"]],
+            [f"retrieve, {CLIENTS} clients at once (queries/s)",
+             (m.get("retrieve_concurrent") or {}).get("per_s"),
+             (p.get("retrieve_concurrent") or {}).get("per_s"),
+             out["ratios"]["retrieve_throughput_concurrent"]],
+            [f"retrieve p95 ms, {CLIENTS} clients at once",
+             ((m.get("retrieve_concurrent") or {}).get("latency") or {}).get("p95_ms"),
+             ((p.get("retrieve_concurrent") or {}).get("latency") or {}).get("p95_ms"), None]]
     if m["locomo"] and p["locomo"]:
         rows.append([f"LoCoMo recall@5 ({m['locomo']['questions']} questions)",
                      m["locomo"]["recall_at_5"], p["locomo"]["recall_at_5"],

@@ -47,6 +47,10 @@ async def snapshot(client: Any, base_url: str) -> dict[str, Any]:
     workers = embedder.get("workers", [])
     local = embedder.get("queries") or {}  # the replica's own query model (query_embedding)
     shard_stages: dict[str, list[float]] = {}
+    gc_reports = {"replica": [(health.get("replica") or {}).get("gc")],
+                  "shards": [sh.get("gc") for sh in stats.get("shards", [])],
+                  "workers": [w.get("gc") for w in workers]}
+    gc = {who: _gc_totals(reports) for who, reports in gc_reports.items()}
     for sh in stats.get("shards", []):
         for name, v in (sh.get("stages") or {}).items():
             cur = shard_stages.setdefault(name, [0.0, 0.0])
@@ -57,7 +61,19 @@ async def snapshot(client: Any, base_url: str) -> dict[str, Any]:
             "embed_texts": sum(w.get("texts", 0) for w in workers),
             "embed_batches": sum(w.get("batches", 0) for w in workers),
             "query_busy_s": local.get("busySeconds", 0.0),
-            "query_texts": local.get("embedded", 0), "query_batches": local.get("batches", 0)}
+            "query_texts": local.get("embedded", 0), "query_batches": local.get("batches", 0),
+            "gc": gc, "gc_reports": gc_reports}
+
+
+def _gc_totals(reports: list[dict | None]) -> tuple[float, float, float]:
+    """(seconds, collections, full collections) summed over processes' gcpause reports."""
+    seconds = collections = full = 0.0
+    for r in reports:
+        if r:
+            seconds += sum(r.get("seconds", []))
+            collections += sum(r.get("collections", []))
+            full += (r.get("collections") or [0, 0, 0])[-1]
+    return seconds, collections, full
 
 
 def breakdown(before: dict, after: dict, path: str, requests: int,
@@ -106,6 +122,13 @@ def breakdown(before: dict, after: dict, path: str, requests: int,
             "ms_per_request": round(1000 * busy / requests, 3),
             "ms_per_call": round(1000 * busy / batches, 3), "calls": int(batches),
             "texts": int(after["query_texts"] - before["query_texts"])}
+    for who in ("replica", "shards", "workers"):  # the collector's pauses (memoray/gcpause.py)
+        (s1, c1, f1), (s0, c0, f0) = after.get("gc", {}).get(who, (0, 0, 0)), before.get(
+            "gc", {}).get(who, (0, 0, 0))
+        if c1 - c0 > 0:
+            rows[f"gc ({who})"] = {"ms_per_request": round(1000 * (s1 - s0) / requests, 3),
+                                   "ms_per_call": round(1000 * (s1 - s0) / (c1 - c0), 3),
+                                   "calls": int(c1 - c0), "full": int(f1 - f0)}
     return rows
 
 

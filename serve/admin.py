@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 from memoray import filters as flt
+from memoray import gcpause
 from memoray.errors import ErrorCode, MemorayError, invalid
 from memoray.serve.request import Caller, UseCase
 
@@ -90,7 +91,7 @@ class Admin(UseCase):
             out["shards"] = [{"shard": s["shard"], "records": s["records"],
                               "indexed": s["indexed"], "deletedInGraph": s["deleted_in_graph"],
                               "graphPending": s.get("graph_pending", 0),
-                              "heap": s.get("heap", {}),
+                              "heap": s.get("heap", {}), "gc": s.get("gc", {}),
                               "seq": s["seq"], "snapshotSeq": s["snapshot_seq"],
                               "diskBytes": s["disk_bytes"], "indexBytes": s["index_bytes"],
                               "lexical": s["lexical"], "recovery": s["recovery"],
@@ -136,8 +137,11 @@ class Admin(UseCase):
         for name, comp in components.items():  # degraded still answers (its own alert)
             self.metrics.up.labels(component=name).set(
                 1 if comp.get("status") in ("ok", "degraded") else 0)
-        return {"status": overall, "uptimeSeconds": round(time.time() - self.started, 1),
-                "components": components}
+        out = {"status": overall, "uptimeSeconds": round(time.time() - self.started, 1),
+               "components": components}
+        if detailed:  # this replica's own process (shards and workers report theirs above)
+            out["replica"] = {"gc": gcpause.WATCH.stats()}
+        return out
 
     async def _replicas(self) -> dict[int, list[dict]]:
         """Each shard's replicas. A replicated store asks its controller (actors/controller.py:

@@ -61,10 +61,11 @@ async def make_runtime(settings: Settings, metrics: Metrics, store_id: str):
 @serve.ingress()
 class MemorayServer:
     def __init__(self, settings_json: str, store_id: str):
-        from memoray import heap
+        from memoray import gcpause, heap
 
         heap.mmap_big_buffers()  # RAM per memory: memoray/heap.py
         heap.start_trimmer()  # also where no setup hook ran (`serve deploy`)
+        gcpause.watch()  # the collector's pauses in this replica (health-check, /metrics)
         self.settings = Settings.model_validate_json(settings_json)
         from memoray.logs import configure
 

@@ -55,8 +55,10 @@ def _ingress_env() -> dict[str, str]:
 
 
 def heap_env() -> dict[str, str]:
-    """The actors' heap settings (memoray/heap.py), when set here."""
-    return _passed_on(("MEMORAY_HEAP_TRIM_S", "MEMORAY_HEAP_MMAP_KIB", "MEMORAY_HEAP_TOP_KIB"))
+    """The actors' heap and collector settings (memoray/heap.py, memoray/gcpause.py), when set
+    here."""
+    return _passed_on(("MEMORAY_HEAP_TRIM_S", "MEMORAY_HEAP_MMAP_KIB", "MEMORAY_HEAP_TOP_KIB",
+                       "MEMORAY_GC_FREEZE"))
 
 
 def _direct_ingress(settings: Settings) -> int:

@@ -176,6 +176,27 @@ class Metrics:
                               registry=r)
         self.up = Gauge("memoray_component_up", "1 when a component answers its health check",
                         ["component"], registry=r)
+        self.gc_collections = Counter(
+            "memoray_gc_collections_total", "This replica's garbage collections by generation",
+            ["generation"], registry=r)
+        self.gc_seconds = Counter(
+            "memoray_gc_pause_seconds_total", "Time this replica's loop stood still in "
+            "garbage collections, by generation (memoray/gcpause.py)", ["generation"], registry=r)
+        self._gc_seen = ([0, 0, 0], [0.0, 0.0, 0.0])
+
+    def sync_gc(self) -> None:
+        """Bring the collector counters up to this process's totals (gcpause counts inside the
+        collector, where taking a metric's lock could deadlock)."""
+        from memoray import gcpause
+
+        w, (seen_n, seen_s) = gcpause.WATCH, self._gc_seen
+        for g in range(3):
+            n, sec = w.collections[g], w.seconds[g]
+            if n > seen_n[g]:
+                self.gc_collections.labels(generation=g).inc(n - seen_n[g])
+                self.gc_seconds.labels(generation=g).inc(sec - seen_s[g])
+                seen_n[g], seen_s[g] = n, sec
 
     def render(self) -> bytes:
+        self.sync_gc()
         return generate_latest(self.registry)

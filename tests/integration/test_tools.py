@@ -293,3 +293,31 @@ def test_queries_are_embedded_in_the_replica(minilm_server):
             assert emb["workers"][0]["texts"] == before_worker + 1  # the capture only
             assert found["memories"][0]["content"].startswith("Otters hold hands")
     run(go())
+
+
+def test_every_actor_process_freezes_what_it_loaded_and_times_its_collections(minilm_server):
+    """memoray/gcpause.py through Ray: each shard froze what recovery built, the replica what
+    its query model brought, the embedding worker its model; each reports its collector's
+    pauses, and the replica's reach /metrics."""
+    async def go():
+        async with mcp_client(minilm_server.mcp_url) as c:
+            deadline = asyncio.get_running_loop().time() + 120
+            while True:  # the replica freezes once its query model has loaded
+                health = await c.call("health-check", detailed=True)
+                if (health["components"]["embedder"]["queries"]["ready"]
+                        or asyncio.get_running_loop().time() > deadline):
+                    break
+                await asyncio.sleep(0.5)
+            return health, await c.call("memory-stats")
+
+    health, stats = run(go())
+    replica = health["replica"]["gc"]
+    assert replica["freezeEnabled"] and replica["freezes"] >= 1, replica
+    assert replica["frozen"] > 100_000  # torch, transformers and the model among them
+    assert len(stats["shards"]) == 2
+    for sh in stats["shards"]:
+        assert sh["gc"]["freezes"] >= 1 and sh["gc"]["frozen"] > 0, sh["gc"]
+    workers = health["components"]["embedder"]["workers"]
+    assert workers and all(w["gc"]["freezes"] >= 1 for w in workers), workers
+    text = httpx.get(minilm_server.url + "/metrics", timeout=30).text
+    assert 'memoray_gc_collections_total{generation="0"}' in text
