@@ -2,12 +2,12 @@
 process holds for good kept out of its scans.
 
 A full (generation 2) collection walks every container object the process tracks, holding the
-GIL: a shard actor's event loop, or the replica's, stops for its length. Measured in process
-with a shard of 10,000 hash-embedded memories (memoray and its libraries imported, 41,000
-tracked objects): 13-14 ms per full collection, 19-20 ms at 50,000 (README, Performance,
-fifteenth session); a Ray worker tracks several times as many objects, and the replica loads
-torch and transformers after Serve's own freeze (Serve freezes what a replica holds at the end
-of its constructor; the query model loads later, on a thread). Such a pause lands on whatever
+GIL: a shard actor, or the replica's event loop, stops for its length. Measured on two cores
+(README, Performance, fifteenth session): in process, a shard of 10,000 hash-embedded memories
+with memoray's libraries imported (41,000 tracked objects) took 13-14 ms per full collection,
+19-20 ms at 50,000; the replica, whose query model loads after Serve's own freeze (Serve
+freezes what a replica holds when its constructor ends; the model loads later, on a thread),
+held 582,000 objects and its full collections took up to 210 ms. Such a pause lands on whatever
 request is in flight.
 
 `freeze()` collects once, then moves every object the process holds to the permanent
