@@ -25,6 +25,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from memoray import gcpause
 from memoray.actors.shard import ShardCore
 from memoray.actors.shard_storage import from_u64, u64
 from memoray.errors import ErrorCode, MemorayError
@@ -104,6 +105,10 @@ class ReplicaCore:
     def _wipe(self) -> None:
         self.core.storage.close()
         shutil.rmtree(self.path, ignore_errors=True)
+        # The old core was frozen out of the collector when it opened, and refers to itself:
+        # give it back and let go of it, so the new core's freeze collects it (gcpause).
+        gcpause.unfreeze()
+        del self.core
         self.core = ShardCore(self.shard_id, self.path, self.dim, **self.shard_kwargs)
         st = self.core.storage
         self.rlog = st.env.open_db(b"rlog")

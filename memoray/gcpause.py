@@ -14,7 +14,9 @@ request is in flight.
 generation (`gc.freeze`), which no collection scans: the shards call it when recovery ends,
 the replica and the embedding workers when their model has loaded. Objects made afterwards are
 collected as before. The cost: cyclic garbage among the frozen objects is never freed (reference
-counting still frees everything else); what is frozen is what the process holds for its life.
+counting still frees everything else), so what is frozen must be what the process holds for
+its life; a process that drops such a thing calls `unfreeze()` first (a replica shard wiping
+its store for a full copy drops its whole ShardCore, which refers to itself).
 MEMORAY_GC_FREEZE=0 turns it off (passed on to the actors with the heap settings).
 
 `watch()` times every collection (gc.callbacks): count, seconds and the longest, per
@@ -123,6 +125,14 @@ def freeze() -> int:
     WATCH.freezes += 1
     WATCH.frozen = gc.get_freeze_count()
     return WATCH.frozen
+
+
+def unfreeze() -> None:
+    """Give what is frozen back to the collector: before a process drops something it froze
+    (a replica shard wiping its store for a full copy), whose cycles would otherwise stay for
+    good. The next freeze collects what became garbage and freezes the rest again."""
+    gc.unfreeze()
+    WATCH.frozen = 0
 
 
 def settle() -> int:

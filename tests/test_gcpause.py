@@ -92,3 +92,29 @@ def test_the_replica_metrics_follow_the_collector():
                 if x.startswith('memoray_gc_collections_total{generation="2"}'))
     assert float(line.split()[-1]) >= first + 1
     assert 'memoray_gc_pause_seconds_total{generation="2"}' in text
+
+
+WIPE = """
+import gc, json, tempfile, weakref
+import numpy as np
+from memoray import gcpause
+gcpause.in_actor = lambda: True  # as in a replica shard's actor process
+from memoray.actors.replica_core import ReplicaCore
+with tempfile.TemporaryDirectory() as tmp:
+    rc = ReplicaCore(0, tmp + "/s", 8, durable=False)
+    first = gcpause.WATCH.frozen
+    old = weakref.ref(rc.core)
+    rc.begin_copy()  # a full copy: the store wiped, a new ShardCore opened (and frozen)
+    gc.collect()
+    print(json.dumps({"first": first, "old_alive": old() is not None,
+                      "new_frozen": gcpause.WATCH.frozen, "freezes": gcpause.WATCH.freezes}))
+    rc.core.close()
+"""
+
+
+def test_a_wiped_replica_shard_lets_its_frozen_core_go():
+    """A replica shard's full copy drops its ShardCore, which refers to itself: frozen, it would
+    stay in memory for good; it is given back to the collector first."""
+    r = _child(WIPE)
+    assert r["first"] > 0 and r["freezes"] == 2 and r["new_frozen"] > 0
+    assert not r["old_alive"]
