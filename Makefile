@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 .PHONY: install browser run test test-unit test-integration test-cluster bench bench-core \
         bench-hooks bench-locomo bench-locomo-dev bench-coding bench-planner bench-dedup \
         bench-security bench-audit bench-replication bench-agent bench-reindex bench-reshard \
-        bench-scale bench-peer bench-hnsw bench-startup prometheus reindex backup restore reshard lint clean
+        bench-scale bench-peer bench-hnsw bench-startup bench-gc prometheus reindex backup restore reshard lint clean
 
 install: $(STAMP)
 
@@ -113,6 +113,10 @@ bench-hnsw: install
 # A server's start, stop and idle CPU, with Ray's defaults and with memoray's (issue 14).
 bench-startup: install
 	$(BIN)/python -m benchmarks.bench_startup
+
+# A full garbage collection in a shard-sized process, before and after gcpause's freeze.
+bench-gc: install
+	$(BIN)/python -m benchmarks.bench_gc
 
 # The peer side by side (issue 14): mcp-memory-service, pinned, in its own venv. Its sqlite-vec
 # backend needs a Python whose sqlite3 loads extensions (Debian's does; pyenv builds often do

@@ -88,7 +88,7 @@ class ShardCore:
         self.reader = ShardSearch(shard_id, self.index, self.lexical, self.postings,
                                   self.storage.get_by_labels)
         # what recovery built stays for the actor's life: out of the collector's full scans,
-        # which would otherwise stop a search for ~20 ms at 50,000 memories (memoray/gcpause.py)
+        # which would otherwise stop a search for ~12 ms even in process (memoray/gcpause.py)
         gcpause.settle()
 
     def _new_index(self) -> VectorIndex:

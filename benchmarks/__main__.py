@@ -17,6 +17,7 @@ def main() -> None:
         bench_core,
         bench_dedup,
         bench_embedder,
+        bench_gc,
         bench_hnsw,
         bench_hooks_server,
         bench_peer,
@@ -61,6 +62,8 @@ def main() -> None:
             samples=30 if quick else 200, rounds=1 if quick else 3)),
         ("hnsw parameters (issue 14)", lambda: bench_hnsw.run(
             n=2000 if quick else 20000, n_queries=50 if quick else 300)),
+        ("garbage collector pauses (issue 14)", lambda: bench_gc.run(
+            [2000] if quick else [10000, 50000])),
         ("shard memory (issue 14)", lambda: bench_shard_memory.run(n=2000 if quick else 20000)),
         ("server start and idle (issue 14)", lambda: bench_startup.main(
             ["--runs", "1", "--idle-s", "10"] if quick else [])),

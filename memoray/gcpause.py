@@ -3,12 +3,12 @@ process holds for good kept out of its scans.
 
 A full (generation 2) collection walks every container object the process tracks, holding the
 GIL: a shard actor, or the replica's event loop, stops for its length. Measured on two cores
-(README, Performance, fifteenth session): in process, a shard of 10,000 hash-embedded memories
-with memoray's libraries imported (41,000 tracked objects) took 13-14 ms per full collection,
-19-20 ms at 50,000; the replica, whose query model loads after Serve's own freeze (Serve
-freezes what a replica holds when its constructor ends; the model loads later, on a thread),
-held 582,000 objects and its full collections took up to 210 ms. Such a pause lands on whatever
-request is in flight.
+(README, Performance, fifteenth session): in process, a shard of 10,000 or 50,000
+hash-embedded memories with memoray's libraries imported (about 40,500 tracked objects) took
+12-13 ms per full collection (benchmarks/bench_gc.py), nothing after the freeze; the
+replica, whose query model loads after Serve's own freeze (Serve freezes what a replica holds
+when its constructor ends; the model loads later, on a thread), held 582,000 objects and its
+full collections took up to 210 ms. Such a pause lands on whatever request is in flight.
 
 `freeze()` collects once, then moves every object the process holds to the permanent
 generation (`gc.freeze`), which no collection scans: the shards call it when recovery ends,
