@@ -17,9 +17,12 @@ WORKDIR /src
 COPY . .
 RUN /opt/memoray/bin/pip install . \
  && /opt/memoray/bin/python -m compileall -q /opt/memoray/lib
-# Fail the build, not the first request, if the model cannot load offline.
-RUN HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 /opt/memoray/bin/python -c \
-    "from memoray.embedding import MiniLMEmbedder; print(MiniLMEmbedder(device='cpu').embed(['ok']).shape)"
+# MiniLM's ONNX export made into the image (memoray/onnx_minilm.py), and the build fails, not
+# the first request, if the model cannot load offline on ONNX Runtime.
+ENV MEMORAY_MODEL_CACHE=/opt/memoray/share/memoray/models
+RUN HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 /opt/memoray/bin/python -m memoray.onnx_minilm \
+ && HF_HUB_OFFLINE=1 /opt/memoray/bin/python -c \
+    "from memoray.embedding import MiniLMEmbedder; print(MiniLMEmbedder(device='cpu', runtime='onnx').embed(['ok']).shape)"
 
 FROM python:${PYTHON}-slim
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin memoray \
@@ -27,7 +30,8 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin memoray \
 COPY --from=build /opt/memoray /opt/memoray
 ENV PATH=/opt/memoray/bin:$PATH \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1 \
-    MEMORAY_DATA_DIR=/data MEMORAY_HOST=0.0.0.0 MEMORAY_PORT=8000
+    MEMORAY_DATA_DIR=/data MEMORAY_HOST=0.0.0.0 MEMORAY_PORT=8000 \
+    MEMORAY_MODEL_CACHE=/opt/memoray/share/memoray/models
 USER memoray
 WORKDIR /home/memoray
 VOLUME ["/data"]

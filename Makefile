@@ -27,6 +27,9 @@ $(STAMP): pyproject.toml
 	# bytecode now, read even with PYTHONDONTWRITEBYTECODE (set on these machines): hooks, and each Ray
 	# worker, which otherwise compiles actors/ and serve/ from source at every start
 	$(BIN)/python -m compileall -q memoray actors serve cluster
+	# MiniLM's ONNX export (memoray/onnx_minilm.py), made now from the bundled weights rather
+	# than by the first server to start (about 10 s, once per machine's model cache)
+	$(BIN)/python -m memoray.onnx_minilm
 	touch $(STAMP)
 
 # Headless Chromium for the viewer tests (Debian's chromium + chromium-driver), when missing.

@@ -74,7 +74,7 @@ def start_store(settings: Settings, layout: dict, timeout: float = 600) -> dict[
                                if layout.get("placement") else None)
     embedders = [embedder_actor_class().options(
         name=names.embedder(i), num_gpus=settings.embedding_gpus, num_cpus=0, **detached)
-        .remote(settings.embedder, settings.embedding_threads)
+        .remote(settings.embedder, settings.embedding_threads, settings.embedding_runtime)
         for i in range(settings.embedding_workers)]
     planner = planner_actor_class().options(name=names.planner, **detached).remote(shards)
     limiter = create_limiter(settings, name=names.limiter, namespace=NAMESPACE,

@@ -126,6 +126,7 @@ class MicroBatcher:
     def stats(self) -> dict[str, Any]:
         return {
             "embedder": self.embedder.name,
+            "runtime": getattr(self.embedder, "runtime", None),
             "dim": self.embedder.dim,
             "batches": self.batches,
             "texts": self.texts,
@@ -156,12 +157,13 @@ def _device_for(kind: str) -> str | None:
 class EmbeddingWorker:
     """The embedding actor's plain class: a MicroBatcher over one model."""
 
-    def __init__(self, kind: str | Embedder | MicroBatcher, threads: int = 0):
+    def __init__(self, kind: str | Embedder | MicroBatcher, threads: int = 0,
+                 runtime: str = "auto"):
         if isinstance(kind, MicroBatcher):
             self.batcher = kind
         elif isinstance(kind, str):
             self.batcher = MicroBatcher(make_embedder(kind, device=_device_for(kind),
-                                                      threads=threads))
+                                                      threads=threads, runtime=runtime))
         else:
             self.batcher = MicroBatcher(kind)
         gcpause.settle()  # torch and the model stay for the actor's life (memoray/gcpause.py)

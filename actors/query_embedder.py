@@ -42,9 +42,11 @@ class ReplicaQueryEmbedder:
     """One-thread copy of the store's model, behind a MicroBatcher (concurrent queries share a
     model call; repeated queries hit its cache)."""
 
-    def __init__(self, kind: str, load: Callable[[], Embedder] | None = None):
+    def __init__(self, kind: str, load: Callable[[], Embedder] | None = None,
+                 runtime: str = "auto"):
         self.kind = kind
-        self._load = load or (lambda: make_embedder(kind, device="cpu", threads=1))
+        self._load = load or (lambda: make_embedder(kind, device="cpu", threads=1,
+                                                    runtime=runtime))
         self.batcher: MicroBatcher | None = None
         self.error: str | None = None
         self.load_seconds: float | None = None
@@ -75,8 +77,9 @@ class ReplicaQueryEmbedder:
             return
         self.batcher = MicroBatcher(embedder, max_batch=32)
         self.load_seconds = round(time.perf_counter() - t0, 3)
-        # torch and the model came after Serve froze the replica's startup objects: freeze them
-        # too, out of the full collections that stop the replica's loop (memoray/gcpause.py)
+        # the runtime and the model came after Serve froze the replica's startup objects:
+        # freeze them too, out of the full collections that stop the replica's loop
+        # (memoray/gcpause.py)
         gcpause.settle()
 
     @property
@@ -94,6 +97,6 @@ class ReplicaQueryEmbedder:
             out["error"] = self.error
         if self.batcher is not None:
             st = self.batcher.stats()
-            out.update(embedded=st["texts"], batches=st["batches"],
+            out.update(runtime=st["runtime"], embedded=st["texts"], batches=st["batches"],
                        cacheHits=st["cache_hits"], busySeconds=st["busy_seconds"])
         return out

@@ -67,7 +67,8 @@ def main() -> None:
         ("shard memory (issue 14)", lambda: bench_shard_memory.run(n=2000 if quick else 20000)),
         ("server start and idle (issue 14)", lambda: bench_startup.main(
             ["--runs", "1", "--idle-s", "10"] if quick else [])),
-        ("embedder parts (issue 14)", lambda: bench_embedder.run(200 if quick else 2000)),
+        ("embedder runtimes (issue 14)", lambda: bench_embedder.run(200 if quick else 2000,
+                                                                 50 if quick else 300)),
         ("shard recovery, clean stop and kill -9 (issue 14)", lambda: bench_shard_recovery.run(
             n=3000 if quick else 100000, tail=500 if quick else 2500, directory=None)),
         # 1M hash records need hours on a 2-core machine: `make bench-scale` runs the full sizes.

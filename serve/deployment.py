@@ -45,7 +45,8 @@ async def make_runtime(settings: Settings, metrics: Metrics, store_id: str):
     else:
         topo = lookup(settings, store_id)
     if queries_in_replica(settings.query_embedding, settings.embedding_gpus):
-        topo.backend.queries = ReplicaQueryEmbedder(settings.embedder).start()
+        topo.backend.queries = ReplicaQueryEmbedder(settings.embedder,
+                                                     runtime=settings.embedding_runtime).start()
     # build-context counts tokens: load the tokenizer now (about 50 ms), not in the first call
     threading.Thread(target=load_tokenizer, name="memoray-tokenizer", daemon=True).start()
     limiter = LeaseClient(topo.limiter, limits_from_settings(settings))

@@ -55,10 +55,10 @@ def _ingress_env() -> dict[str, str]:
 
 
 def heap_env() -> dict[str, str]:
-    """The actors' heap and collector settings (memoray/heap.py, memoray/gcpause.py), when set
-    here."""
+    """The actors' process settings, when set here: heap and collector (memoray/heap.py,
+    memoray/gcpause.py) and where the model's ONNX export is cached (memoray/onnx_minilm.py)."""
     return _passed_on(("MEMORAY_HEAP_TRIM_S", "MEMORAY_HEAP_MMAP_KIB", "MEMORAY_HEAP_TOP_KIB",
-                       "MEMORAY_GC_FREEZE"))
+                       "MEMORAY_GC_FREEZE", "MEMORAY_MODEL_CACHE"))
 
 
 def _direct_ingress(settings: Settings) -> int:

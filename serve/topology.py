@@ -74,7 +74,8 @@ def start_actors(settings: Settings, layout: Layout, progress: Any = None) -> To
     embed_handles = [
         embed_cls.options(name=names.embedder(i), namespace=NAMESPACE, get_if_exists=True,
                           num_gpus=settings.embedding_gpus, num_cpus=0).remote(
-                              settings.embedder, settings.embedding_threads)
+                              settings.embedder, settings.embedding_threads,
+                              settings.embedding_runtime)
         for i in range(settings.embedding_workers)]
     shards = ShardSet.of(shard_handles, placement, LayoutSource(str(data), layout.store_id))
     planner = planner_actor_class().options(

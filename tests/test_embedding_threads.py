@@ -83,7 +83,8 @@ def test_the_model_runs_a_batch_on_the_policys_threads_even_under_omp_1(monkeypa
     torch = pytest.importorskip("torch")
     from memoray.embedding import MiniLMEmbedder
 
-    emb = MiniLMEmbedder(device="cpu", threads=2)
+    emb = MiniLMEmbedder(device="cpu", threads=2, runtime="torch")
+    assert emb.runtime == "torch"
     torch.set_num_threads(1)
     seen: list[tuple[int, int, str]] = []
     real = emb.model.encode
@@ -106,3 +107,31 @@ def test_the_model_runs_a_batch_on_the_policys_threads_even_under_omp_1(monkeypa
     assert not seen[2][2].startswith("memoray-embed")  # the query: the caller's thread
     one_call = np.asarray(real(texts, normalize_embeddings=True, convert_to_numpy=True))
     np.testing.assert_allclose(vecs, one_call, atol=1e-5)
+
+
+def test_the_onnx_runtime_splits_a_batch_across_the_pool_and_matches_torch(monkeypatch):
+    """ONNX Runtime (one intra-op thread per call): a batch becomes two calls on pool threads,
+    in the model at once, and its vectors are sentence-transformers' in the input's order."""
+    import threading
+
+    from memoray.embedding import MiniLMEmbedder
+
+    emb = MiniLMEmbedder(device="cpu", threads=2, runtime="onnx")
+    assert emb.runtime == "onnx" and emb.fallback is None
+    seen: list[tuple[int, str]] = []
+    real = emb.model.encode
+    both = threading.Barrier(2, timeout=30)
+
+    def spy(texts):
+        seen.append((len(texts), threading.current_thread().name))
+        both.wait()  # both parts are in the model at once, or this times out
+        return real(texts)
+
+    monkeypatch.setattr(emb.model, "encode", spy)
+    texts = [f"a fix for the login page, take {i}" + " and more" * (i % 5) for i in range(16)]
+    texts += ["naïve café 東京 🚀", "", "word " * 400]  # unicode, empty, past 256 tokens
+    vecs = emb.embed(texts)
+    assert len(seen) == 2 and sum(n for n, _ in seen) == len(texts)
+    assert all(name.startswith("memoray-embed") for _, name in seen)
+    torch_vecs = MiniLMEmbedder(device="cpu", threads=1, runtime="torch").embed(texts)
+    np.testing.assert_allclose(vecs, torch_vecs, atol=1e-5)

@@ -313,11 +313,14 @@ def test_every_actor_process_freezes_what_it_loaded_and_times_its_collections(mi
     health, stats = run(go())
     replica = health["replica"]["gc"]
     assert replica["freezeEnabled"] and replica["freezes"] >= 1, replica
-    assert replica["frozen"] > 100_000  # torch, transformers and the model among them
+    assert replica["frozen"] > 0
     assert len(stats["shards"]) == 2
     for sh in stats["shards"]:
         assert sh["gc"]["freezes"] >= 1 and sh["gc"]["frozen"] > 0, sh["gc"]
     workers = health["components"]["embedder"]["workers"]
     assert workers and all(w["gc"]["freezes"] >= 1 for w in workers), workers
+    # MiniLM on ONNX Runtime in both the replica and the worker (memoray/onnx_minilm.py)
+    assert health["components"]["embedder"]["queries"]["runtime"] == "onnx"
+    assert all(w["runtime"] == "onnx" for w in workers), workers
     text = httpx.get(minilm_server.url + "/metrics", timeout=30).text
     assert 'memoray_gc_collections_total{generation="0"}' in text
