@@ -635,8 +635,10 @@ def _plot(out: dict, path: Path) -> None:
         ax.set_title(f"{title}\nratio {r}x", fontsize=9)
         ax.margins(y=0.15)
     ld = out["loadavg_at_start"][0], out["loadavg_at_end"][0]
+    runtimes = (f"MiniLM on {out['memoray'].get('runtime', {}).get('workers', ['?'])[0]} / "
+                f"{out.get('peer_runtime', 'torch')}")
     fig.suptitle(f"memoray vs mcp-memory-service {PEER_VERSION}, {out['n']} memories, "
-                 f"load {ld[0]:.1f} -> {ld[1]:.1f} ({os.cpu_count()} cores); "
+                 f"{runtimes}, load {ld[0]:.1f} -> {ld[1]:.1f} ({os.cpu_count()} cores); "
                  f"ratio: memoray better > 1", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -47,6 +47,25 @@ def hooks_installed(project: Path) -> list[Path]:
     return found
 
 
+def _model_check() -> tuple[str, str, str]:
+    """MiniLM's ONNX export (memoray/onnx_minilm.py): present and intact, or what happens
+    without it."""
+    try:
+        import onnxruntime  # noqa: F401
+
+        from memoray import onnx_minilm
+
+        path = onnx_minilm.find_export()
+    except Exception as exc:  # no runtime, no model package: the server runs torch
+        return WARN, "model", (f"MiniLM runs on PyTorch ({type(exc).__name__}: {exc}); "
+                               "`pip install onnxruntime onnx` for ONNX Runtime")
+    if path is None:
+        return WARN, "model", (f"no ONNX export of MiniLM in {onnx_minilm.cache_dir()}: the "
+                               "first server start makes it (about 10 s); "
+                               "`python -m memoray.onnx_minilm` makes it now")
+    return OK, "model", f"MiniLM on ONNX Runtime: {path} (digest checked)"
+
+
 def run_doctor(url: str | None = None, token: str | None = None,
                project: Path | None = None) -> int:
     from memoray.client import ApiClient, ClientError
@@ -134,6 +153,9 @@ def run_doctor(url: str | None = None, token: str | None = None,
         else:
             check(WARN, name, f"port {port} in use (a running memoray or another Ray); a new "
                   "server picks a free one")
+
+    if settings.embedder == "minilm" and settings.embedding_runtime != "torch":
+        check(*_model_check())
 
     proj = (project or Path.cwd()).resolve()
     found = hooks_installed(proj)

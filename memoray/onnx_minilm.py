@@ -74,6 +74,13 @@ def export_path(model_dir: Path, cache: Path) -> Path:
     return cache / f"all-MiniLM-L6-v2-{weights}-v{EXPORT_VERSION}.onnx"
 
 
+def find_export(model_dir: Path | None = None, cache: Path | None = None) -> Path | None:
+    """The verified export of the bundled model if the cache holds one (makes nothing)."""
+    model_dir = model_dir or bundled_model_dir()
+    path = export_path(model_dir, cache or cache_dir())
+    return path if _verified(path) else None
+
+
 def ensure_exported(model_dir: Path | None = None, cache: Path | None = None,
                     max_seq_length: int = 256) -> Path:
     """The checked export of the bundled model, made if missing or not what was recorded.

@@ -145,3 +145,15 @@ def test_the_cache_directory_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("MEMORAY_MODEL_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert onnx_minilm.cache_dir() == tmp_path / "xdg" / "memoray" / "models"
+
+
+def test_doctor_says_whether_the_export_is_there(monkeypatch, tmp_path, exported):
+    from memoray.doctor import _model_check
+
+    monkeypatch.setenv("MEMORAY_MODEL_CACHE", str(exported.parent))
+    status, name, detail = _model_check()
+    assert (status, name) == ("ok", "model") and str(exported) in detail, detail
+    monkeypatch.setenv("MEMORAY_MODEL_CACHE", str(tmp_path))
+    status, _, detail = _model_check()
+    assert status == "warn" and "python -m memoray.onnx_minilm" in detail, detail
+    assert list(tmp_path.iterdir()) == []  # the check makes nothing
