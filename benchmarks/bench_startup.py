@@ -4,7 +4,11 @@ started and stopped `--runs` times with Ray's defaults and with memoray's (serve
 their RSS, and the CPU each uses while the server sits idle for `--idle-s` seconds.
 
 Why: every agent session meets a server that is either starting or idle, and the test suite
-starts about forty of them."""
+starts about forty of them.
+
+`--compare runtime`: MiniLM servers instead, with `embedding_runtime` torch and onnx in turn
+(memoray/onnx_minilm.py), to show what torch costs the replica and the embedding worker in RSS
+and start-up; each process's RSS is kept."""
 
 from __future__ import annotations
 
@@ -56,24 +60,27 @@ def idle_cost(pids: list[int], seconds: float) -> dict[str, Any]:
     before = {p: _proc(p) for p in pids}
     time.sleep(seconds)
     per: dict[str, float] = {}
-    rss = 0
+    rss: dict[str, int] = {}
     for p, b in before.items():
         a = _proc(p)
         if a is None or b is None:
             continue
         name = _name(a[0])
         per[name] = per.get(name, 0.0) + (a[1] - b[1]) / TICK / seconds * 100
-        rss += a[2]
+        rss[name] = rss.get(name, 0) + a[2]
     return {"cpu_pct_of_one_core": round(sum(per.values()), 1),
             "per_process": {k: round(v, 1) for k, v in sorted(per.items(), key=lambda kv: -kv[1])},
-            "rss_mb": round(rss / 2**20, 1)}
+            "rss_mb": round(sum(rss.values()) / 2**20, 1),
+            "rss_mb_per_process": {k: round(v / 2**20, 1)
+                                   for k, v in sorted(rss.items(), key=lambda kv: -kv[1])}}
 
 
-def one_start(env: dict[str, str], idle_s: float) -> dict[str, Any]:
+def one_start(env: dict[str, str], idle_s: float, embedder: str = "hash",
+              settle_s: float = 10.0) -> dict[str, Any]:
     from tests.server_process import ServerProcess, descendants
 
     with tempfile.TemporaryDirectory(prefix="memoray-startup-") as tmp:
-        server = ServerProcess(Path(tmp) / "data", embedder="hash", env=env)
+        server = ServerProcess(Path(tmp) / "data", embedder=embedder, env=env)
         t0 = time.perf_counter()
         server.start()
         wall = time.perf_counter() - t0
@@ -81,7 +88,13 @@ def one_start(env: dict[str, str], idle_s: float) -> dict[str, Any]:
             text = server.tail(20000)
             started = float(re.search(r"started in ([0-9.]+)s", text).group(1))
             steps = {m.group(1).split(" (")[0]: float(m.group(2)) for m in STEP.finditer(text)}
-            time.sleep(10)  # the start's stragglers (first planner pulls, trimmer) settle
+            if embedder == "minilm":  # the first request builds the replica's runtime, which
+                # loads its query model in the background (actors/query_embedder.py)
+                import httpx
+
+                httpx.get(server.url + "/healthz", timeout=120)
+            # the start's stragglers (first planner pulls, trimmer, the query model) settle
+            time.sleep(settle_s)
             pids = [server.proc.pid, *descendants(server.proc.pid)]
             titles = [t[0].split("\0")[0] for t in map(_proc, pids) if t is not None]
             idle = idle_cost(pids, idle_s)
@@ -125,17 +138,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="starts per setting")
     ap.add_argument("--idle-s", type=float, default=30.0, help="seconds of idle measured")
-    ap.add_argument("--out", default="startup")
+    ap.add_argument("--compare", choices=("ray-env", "runtime"), default="ray-env",
+                    help="Ray's settings against memoray's (hash embedder), or MiniLM on torch "
+                         "against ONNX Runtime")
+    ap.add_argument("--out", default=None, help="file stem (startup, startup_runtime)")
     args = ap.parse_args(argv)
 
-    settings = {"Ray's defaults": ray_defaults(), "memoray's": {}}
+    if args.compare == "runtime":
+        settings = {"torch": {"MEMORAY_EMBEDDING_RUNTIME": "torch"},
+                    "onnx": {"MEMORAY_EMBEDDING_RUNTIME": "onnx"}}
+        embedder, settle_s, out_stem = "minilm", 30.0, args.out or "startup_runtime"
+    else:
+        settings = {"Ray's defaults": ray_defaults(), "memoray's": {}}
+        embedder, settle_s, out_stem = "hash", 10.0, args.out or "startup"
     res: dict[str, Any] = {"runs": args.runs, "idle_s": args.idle_s,
                            "load_at_start": os.getloadavg(),
                            "settings": {k: {"env": v, "runs": []} for k, v in settings.items()}}
     for i in range(args.runs):  # in turn, so a drift of the machine touches both alike
         for label, env in settings.items():
             log(f"start {i + 1}/{args.runs}, {label}")
-            run = one_start(env, args.idle_s)
+            run = one_start(env, args.idle_s, embedder, settle_s)
             res["settings"][label]["runs"].append(run)
             log(f"  started in {run['started_in_s']} s, {run['processes']} processes, idle "
                 f"{run['cpu_pct_of_one_core']}% of a core, {run['rss_mb']} MB")
@@ -149,11 +171,17 @@ def main(argv: list[str] | None = None) -> int:
                      runs[-1]["processes"], runs[-1]["idle_ray_workers"], cpu,
                      " ".join(str(r["cpu_pct_of_one_core"]) for r in runs),
                      runs[-1]["rss_mb"], runs[-1]["stop_s"]])
-    print(fmt_table(["Ray settings", "start s (median)", "each", "processes", "ray::IDLE",
+    print(fmt_table(["setting", "start s (median)", "each", "processes", "ray::IDLE",
                      "idle CPU % of a core (median)", "each", "RSS MB", "stop s"], rows))
+    print("RSS MB per process, the last start of each setting:")
+    names = list(next(iter(res["settings"].values()))["runs"][-1]["rss_mb_per_process"])[:8]
+    print(fmt_table(["process", *res["settings"]],
+                    [[n, *[s["runs"][-1]["rss_mb_per_process"].get(n, "")
+                           for s in res["settings"].values()]] for n in names]))
+    res["embedder"] = embedder
     res["load_at_end"] = os.getloadavg()
-    out = save_json(f"{args.out}.json", res)
-    png = result_path(f"{args.out}.png")
+    out = save_json(f"{out_stem}.json", res)
+    png = result_path(f"{out_stem}.png")
     plot(res, png)
     log(f"saved {out} and {png}")
     return 0

@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_settings import (
     BaseSettings,
@@ -255,6 +255,14 @@ class Settings(BaseSettings):
                                    dotenv_settings: PydanticBaseSettingsSource,
                                    file_secret_settings: PydanticBaseSettingsSource):
         return init_settings, env_settings, _ConfigFileSource(settings_cls)
+
+    @model_validator(mode="after")
+    def _runtime_fits_the_device(self) -> Settings:
+        """Refused here, not in an embedding actor that would die at start on a GPU."""
+        if self.embedding_runtime == "onnx" and self.embedding_gpus > 0:
+            raise ValueError("embedding_runtime `onnx` runs MiniLM on the CPU; with "
+                             "embedding_gpus > 0 use `torch` or `auto`")
+        return self
 
     @property
     def cluster_mode(self) -> bool:

@@ -137,6 +137,9 @@ def test_bad_runtimes_are_refused():
         MiniLMEmbedder(device="cuda", runtime="onnx")
     with pytest.raises(ValueError):
         Settings(embedding_runtime="tensorrt")
+    with pytest.raises(ValueError, match="runs MiniLM on the CPU"):
+        Settings(embedding_runtime="onnx", embedding_gpus=1)
+    assert Settings(embedding_runtime="auto", embedding_gpus=1).embedding_gpus == 1
 
 
 def test_the_cache_directory_follows_the_environment(monkeypatch, tmp_path):
