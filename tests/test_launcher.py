@@ -50,3 +50,38 @@ def test_the_heap_trim_interval_reaches_the_actors_when_set(monkeypatch):
     monkeypatch.setenv("MEMORAY_HEAP_TRIM_S", "0")
     assert heap_env() == {"MEMORAY_HEAP_TRIM_S": "0"}
 
+
+
+def test_warm_up_reaches_healthz_and_never_fails_the_start(monkeypatch):
+    """serve/launcher.py warm_up: one GET /healthz on the bound port (loopback for a wildcard
+    bind), True on 200 or 503 (answered), False when nothing answers."""
+    import http.server
+    import threading
+
+    from memoray.serve.launcher import warm_up
+    from memoray.settings import Settings
+
+    seen: list[str] = []
+    status = {"code": 200}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append(self.path)
+            self.send_response(status["code"])
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        port = srv.server_address[1]
+        assert warm_up(Settings(host="0.0.0.0", port=port, insecure=True))
+        status["code"] = 503
+        assert warm_up(Settings(port=port))
+        assert seen == ["/healthz", "/healthz"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert not warm_up(Settings(port=port), timeout=2)  # nothing listens any more
