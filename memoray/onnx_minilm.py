@@ -2,9 +2,9 @@
 
 Why: for a lone text (a retrieve's query, one memory captured per call) PyTorch's eager
 dispatch costs more than the model's arithmetic. On one thread of the 2-core machine the
-benchmarks run on, a query took 14.4 ms p50 through sentence-transformers and 5.7 ms on ONNX
-Runtime, batches about the same (59 texts/s a thread either way), the vectors within 2e-7 of
-each other (`python -m benchmarks.bench_embedder`). A process that runs this never imports
+benchmarks run on, a query took 14.4 ms p50 through sentence-transformers and 6.6 ms on ONNX
+Runtime, batches split across the two cores 1.16-1.24x the texts/s, the vectors within 2e-7
+of each other (`python -m benchmarks.bench_embedder`). A process that runs this never imports
 torch or transformers (the replica's query model: see README, Performance).
 
 The graph (the BERT encoder, mean pooling over the attention mask and L2 normalisation, the

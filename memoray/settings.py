@@ -111,7 +111,7 @@ class Settings(BaseSettings):
                                    "of its node); a lone query always uses one")
     embedding_runtime: Literal["auto", "onnx", "torch"] = Field(
         "auto", description="what runs MiniLM on the CPU: `onnx` (ONNX Runtime on an export of "
-        "the bundled weights, made once into MEMORAY_MODEL_CACHE; a lone text in about 40% of "
+        "the bundled weights, made once into MEMORAY_MODEL_CACHE; a lone text in under half of "
         "torch's time), `torch` (sentence-transformers), or `auto` (onnx, else torch with a "
         "warning); a GPU worker always runs torch")
     query_embedding: Literal["auto", "replica", "worker"] = Field(
