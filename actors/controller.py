@@ -151,6 +151,8 @@ def controller_class():
             name = self.names.replica(shard, node)
             h = self.handles.get(name)
             if h is None:
+                if self._stop.is_set():  # a clean stop under way: start nothing again
+                    raise RuntimeError(f"store stopping: not starting {name}")
                 opts = _shard_options(self.settings)
                 h = replica_actor_class().options(
                     name=name, namespace=NAMESPACE, get_if_exists=True,
@@ -463,22 +465,34 @@ def controller_class():
                         "replaced": self.replaced}
 
         def stop_replicas(self) -> int:
-            """Kill every replica this store started (a clean stop; data stays on disk)."""
+            """Kill every replica this store started (a clean stop; data stays on disk).
+
+            The watch loop's pass in flight ends first, and nothing starts a replica once the
+            stop is set (`_replica`): a pass that was probing or rebuilding a replica while the
+            old stop ran started one after the kills (a clean-clone CI run found shard-0's
+            replica on the head alive after a stop that followed a node's loss and return).
+            Replicas are found by the handles this controller holds as well as by name, since
+            a replica just created may not be registered under its name yet."""
             self._stop.set()
+            if self._monitor is not None and self._monitor is not threading.current_thread():
+                self._monitor.join(timeout=60)
             n = 0
             with self.lock:
-                for i, cfg in self.configs.items():
-                    for node in cfg["members"]:
+                names = {self.names.replica(i, node)
+                         for i, cfg in self.configs.items() for node in cfg["members"]}
+                for name in sorted(names | set(self.handles)):
+                    h = self.handles.get(name)
+                    if h is None:
                         try:
-                            h = ray.get_actor(self.names.replica(i, node), namespace=NAMESPACE)
+                            h = ray.get_actor(name, namespace=NAMESPACE)
                         except ValueError:
                             continue
-                        try:
-                            ray.get(h.close.remote(), timeout=10)
-                        except Exception:
-                            pass
-                        ray.kill(h, no_restart=True)
-                        n += 1
+                    try:
+                        ray.get(h.close.remote(), timeout=10)
+                    except Exception:
+                        pass
+                    ray.kill(h, no_restart=True)
+                    n += 1
                 self.handles.clear()
             return n
 
