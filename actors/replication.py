@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 REPLICATE_TIMEOUT_S = 5.0     # a backup slower than this is dropped from the in-sync set
 CALL_TIMEOUT_S = 30.0         # one client call to a primary
 CATCHUP_BATCH = 256
-READ_METHODS = ("get", "document", "select", "search", "search_many", "stats", "planner_stats",
+READ_METHODS = ("get", "document", "select", "search", "search_many", "search_packed",
+                "stats", "planner_stats",
                 "health", "snapshot", "scan", "backup", "expired", "start_rebuild",
                 "finish_rebuild", "reseal", "pid", "best_match", "export_snapshot", "outbox_read",
                 "outbox_ack",

@@ -28,7 +28,7 @@ from sortedcontainers import SortedList
 from memoray import filters as flt
 from memoray import gcpause, heap
 from memoray.actors.graph_rebuild import GraphRebuild, worth_rebuilding
-from memoray.actors.shard_search import Memo, SearchRequest, SearchResult, ShardSearch
+from memoray.actors.shard_search import Memo, SearchRequest, SearchResult, ShardSearch, pack, unpack
 from memoray.actors.shard_storage import OP_DEL, OP_PUT, ShardStorage, u64
 from memoray.actors.snapshot_export import SnapshotChunk, export_chunk
 from memoray.actors.vector_index import MAX_PENDING, VectorIndex
@@ -454,6 +454,11 @@ class ShardCore:
         for res in out:
             res["wall"] = (began, ended)
         return out
+
+    def search_packed(self, blob: bytes) -> bytes:
+        """`search_many` over the wire: the requests and the results each one pickled blob
+        (shard_search.pack says why); ShardClient packs and unpacks."""
+        return pack(self.search_many(unpack(blob)))
 
     # -- stats ------------------------------------------------------------------------------
     def stats(self) -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 
 from memoray.actors.client import ActorClient
 from memoray.actors.shard import ACTOR_OPTIONS, ShardCore
-from memoray.actors.shard_search import SearchRequest, SearchResult
+from memoray.actors.shard_search import SearchRequest, SearchResult, pack, unpack
 from memoray.actors.snapshot_export import SnapshotChunk
 from memoray.records import Record
 from memoray.routing import WRONG_SHARD, Placement, Routing, home_key, home_keys
@@ -75,10 +75,16 @@ class ShardClient(ActorClient[ShardCore]):
         return await self._call(ShardCore.day_counts, node)
 
     async def search(self, req: SearchRequest) -> SearchResult:
-        return await self._call(ShardCore.search, req)
+        return (await self.search_many([req]))[0]
 
-    async def search_many(self, reqs: list[SearchRequest]) -> list[SearchResult]:
-        return await self._call(ShardCore.search_many, reqs)
+    async def search_many(self, reqs: list[SearchRequest] | bytes) -> list[SearchResult]:
+        """ShardCore.search_many's answers, sent as search_packed's blobs; `reqs` may be
+        `pack(reqs)` already, made once for every shard of a fan-out."""
+        blob = reqs if isinstance(reqs, bytes) else pack(reqs)
+        return unpack(await self.search_packed(blob))
+
+    async def search_packed(self, blob: bytes) -> bytes:
+        return await self._call(ShardCore.search_packed, blob)
 
     async def expired(self, now: float, limit: int = 10000) -> list[Record]:
         return await self._call(ShardCore.expired, now, limit)

@@ -82,11 +82,11 @@ def breakdown(before: dict, after: dict, path: str, requests: int,
     `tool`: also the MCP tool's whole time inside the replica (row "tool (replica)")."""
     rows: dict[str, dict[str, float]] = {}
     for (p, stage), (s1, c1) in after["metrics"].items():
+        s0, c0 = before["metrics"].get((p, stage), (0.0, 0.0))
         if p == "tool" and stage == tool:
-            stage = "tool (replica)"
+            stage = "tool (replica)"  # (looked up before by its own key: the phase's calls only)
         elif p != path:
             continue
-        s0, c0 = before["metrics"].get((p, stage), (0.0, 0.0))
         if c1 - c0 <= 0:
             continue
         rows[stage] = {"ms_per_request": round(1000 * (s1 - s0) / requests, 3),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from memoray import filters as flt
-from memoray.actors.shard_search import SearchRequest, SearchResult
+from memoray.actors.shard_search import SearchRequest, SearchResult, pack
 from memoray.errors import ErrorCode, MemorayError, invalid
 from memoray.models import MAX_LIMIT, MAX_QUERY_CHARS, RetrievedMemory, check_text
 from memoray.records import Record
@@ -147,15 +147,11 @@ class Retrieve(UseCase):
         with span("memoray.fanout", shards=len(self.backend.shards),
                   strategy=",".join(p.chosen for p in prepared)):
             sent = time.time()
+            blob = pack(reqs)  # once for every shard
             try:
-                if len(reqs) == 1:
-                    per_shard = [[r] for r in await asyncio.wait_for(
-                        self.backend.shards.each(lambda c: c.search(reqs[0])),
-                        self.settings.query_timeout_s)]
-                else:
-                    per_shard = await asyncio.wait_for(
-                        self.backend.shards.each(lambda c: c.search_many(reqs)),
-                        self.settings.query_timeout_s)
+                per_shard = await asyncio.wait_for(
+                    self.backend.shards.each(lambda c: c.search_many(blob)),
+                    self.settings.query_timeout_s)
             except TimeoutError:
                 raise MemorayError(ErrorCode.QUERY_TIMEOUT,
                                    f"query exceeded {self.settings.query_timeout_s}s") from None

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from memoray import filters as flt
-from memoray.actors.shard_search import EXACT, SearchRequest
+from memoray.actors.shard_client import ShardClient
+from memoray.actors.shard_search import EXACT, SearchRequest, pack, unpack
 from memoray.postings import Postings
 from tests.service_harness import caller, item, make_service
 from tests.test_shard import EMB, open_core, put, rec
@@ -69,10 +70,12 @@ def test_build_context_calls_each_shard_once(tmp_path, monkeypatch):
                    git_branch="feat") for i in range(12)]
     asyncio.run(svc.capture(items, caller()))
     calls = {"search": 0, "search_many": 0}
+    sent: list = []
     for client in svc.backend.shards.clients:
         for name in calls:
             def counted(*args, _name=name, _real=getattr(client, name)):
                 calls[_name] += 1
+                sent.append(args[0])
                 return _real(*args)
             monkeypatch.setattr(client, name, counted)
     out = asyncio.run(svc.build_context(caller(), query=None, limit=40, filters=None,
@@ -83,5 +86,26 @@ def test_build_context_calls_each_shard_once(tmp_path, monkeypatch):
     sections = out["sections"]  # the decisions and the branch's changes both made it in
     assert sections["Decisions and conventions"] and sections["Recent changes on this branch"]
     calls.update(search=0, search_many=0)
-    asyncio.run(svc.retrieve(caller(), "deploy step", 5))
-    assert calls == {"search": 2, "search_many": 0}  # a retrieve: one search per shard
+    sent.clear()
+    hits = asyncio.run(svc.retrieve(caller(), "deploy step", 5))
+    assert calls == {"search": 0, "search_many": 2}  # a retrieve: one call per shard...
+    assert isinstance(sent[0], bytes) and sent[0] is sent[1]  # ...its request packed once
+    assert len(unpack(sent[0])) == 1 and hits
+
+
+def test_a_shard_client_packs_and_unpacks_what_the_core_answers(tmp_path):
+    """ShardClient's one wire form (shard_search.pack): the same answers as the core's own
+    search_many, from a request list or a blob packed once for several shards."""
+    core = open_core(tmp_path)
+    put(core, [rec(f"deploy note {i} about caching") for i in range(40)])
+    core.index.flush()
+    reqs = [SearchRequest(vector=EMB.embed([q])[0], query=q, k=5, strategy=EXACT, now=2.0e9)
+            for q in ("deploy caching", "note 7")]
+    client = ShardClient(core)
+    direct = core.search_many(reqs)
+    for arg in (reqs, pack(reqs)):
+        got = asyncio.run(client.search_many(arg))
+        assert [[(h.record["id"], h.score) for h in r["hits"]] for r in got] == [
+            [(h.record["id"], h.score) for h in r["hits"]] for r in direct]
+    one = asyncio.run(client.search(reqs[1]))
+    assert [h.record["id"] for h in one["hits"]] == [h.record["id"] for h in direct[1]["hits"]]
