@@ -52,17 +52,15 @@ async def _singles(c: Any, base: str, texts: list[dict], out: dict) -> None:
                                                  tool="capture-memory")
 
 
-async def _empty_store(c: Any, base: str, n_queries: int, out: dict) -> None:
-    """Retrieve on the empty store (the stack with nothing to embed or search), ping between."""
-    args = {"query": EMPTY_QUERY, "limit": 10, "filters": {"workspaceId": "bench"}}
-    for _ in range(10):  # the first embeds the query; the rest warm the path
-        await c.call("retrieve-memories", **args)
+async def _retrieves(c: Any, base: str, qs: list[str], title: str) -> dict:
+    """Each query retrieved (workspace filter, limit 10), a `ping` after each; both timed, and
+    the replica's stages over the phase."""
     lat, ping = [], []
     s0 = await stages.snapshot(c, base)
-    prog = Progress("retrieve on the empty store", n_queries, "queries")
-    for _ in range(n_queries):
+    prog = Progress(title, len(qs), "queries")
+    for q in qs:
         t = time.perf_counter()
-        await c.call("retrieve-memories", **args)
+        await c.call("retrieve-memories", query=q, limit=10, filters={"workspaceId": "bench"})
         lat.append(time.perf_counter() - t)
         t = time.perf_counter()
         await c.call("ping")
@@ -70,10 +68,21 @@ async def _empty_store(c: Any, base: str, n_queries: int, out: dict) -> None:
         prog.update()
     prog.close()
     s1 = await stages.snapshot(c, base)
-    out["retrieve_empty"] = latency_summary(lat)
-    out["ping_empty"] = latency_summary(ping)
-    out["retrieve_empty_stages"] = stages.breakdown(s0, s1, "retrieve", n_queries,
-                                                    tool="retrieve-memories")
+    return {"retrieve": latency_summary(lat), "ping": latency_summary(ping),
+            "stages": stages.breakdown(s0, s1, "retrieve", len(qs), tool="retrieve-memories"),
+            "ping_stages": stages.breakdown(s0, s1, "none", len(qs), tool="ping"),
+            "gc": s1["gc_reports"]}
+
+
+async def _empty_store(c: Any, base: str, n_queries: int, out: dict) -> None:
+    """Retrieve on the empty store (the stack with nothing to embed or search), ping between."""
+    for _ in range(10):  # the first embeds the query; the rest warm the path
+        await c.call("retrieve-memories", query=EMPTY_QUERY, limit=10,
+                     filters={"workspaceId": "bench"})
+    got = await _retrieves(c, base, [EMPTY_QUERY] * n_queries, "retrieve on the empty store")
+    out["retrieve_empty"] = got["retrieve"]
+    out["ping_empty"] = got["ping"]
+    out["retrieve_empty_stages"] = got["stages"]
 
 
 async def _through_mcp(url: str, n: int, n_queries: int, texts: list[dict],
@@ -111,26 +120,12 @@ async def _through_mcp(url: str, n: int, n_queries: int, texts: list[dict],
         qs = queries(n_queries)
         for q in qs[:10]:  # warm-up (first calls compile, connect, fill caches)
             await c.call("retrieve-memories", query=q + " warm", limit=10)
-        lat, ping = [], []
-        s2 = await stages.snapshot(c, base)
-        prog = Progress("retrieve via /mcp", n_queries, "queries")
-        for q in qs:
-            t = time.perf_counter()
-            await c.call("retrieve-memories", query=q, limit=10,
-                         filters={"workspaceId": "bench"})
-            lat.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            await c.call("ping")
-            ping.append(time.perf_counter() - t)
-            prog.update()
-        prog.close()
-        s3 = await stages.snapshot(c, base)
-        out["retrieve"] = latency_summary(lat)
-        out["ping"] = latency_summary(ping)
-        out["retrieve_stages"] = stages.breakdown(s2, s3, "retrieve", len(qs),
-                                                  tool="retrieve-memories")
-        out["ping_stages"] = stages.breakdown(s2, s3, "none", len(qs), tool="ping")
-        out["gc_at_end"] = s3["gc_reports"]  # each process's collector (memoray/gcpause.py)
+        got = await _retrieves(c, base, qs, "retrieve via /mcp")
+        out["retrieve"] = got["retrieve"]
+        out["ping"] = got["ping"]
+        out["retrieve_stages"] = got["stages"]
+        out["ping_stages"] = got["ping_stages"]
+        out["gc_at_end"] = got["gc"]  # each process's collector (memoray/gcpause.py)
         if singles > 0:
             await _singles(c, base, texts[:singles], out)
     return out
