@@ -27,8 +27,9 @@ from memoray.settings import Settings
 # stage totals in its stats; search: the `stages` each shard returns with its hits).
 CAPTURE_STAGES = ("validation", "auth", "rate_limit", "prepare", "embed", "commit", "audit",
                   "serialization")
-# fanout_send / fanout_reply: from the replica's send to a shard's method starting, and from its
-# end to the replica having every answer (Ray's transport; wall clocks, so across nodes skew too).
+# fanout_send / fanout_reply: from the replica's send to a shard's searches starting, and from
+# their end to the replica having every answer (Ray's transport and the packing of the request
+# and the results, shard_search.pack; wall clocks, so across nodes skew too).
 RETRIEVE_STAGES = ("validation", "auth", "rate_limit", "plan", "embed_query", "fanout",
                    "fanout_send", "fanout_reply", "shard_search", "shard_filter",
                    "shard_vector", "shard_lexical", "shard_neighbours", "shard_score",
